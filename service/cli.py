@@ -1,0 +1,148 @@
+"""The ``ai-service`` command: migrate, api, worker, dev (and helper servers).
+
+Every command reads settings first; a bad value prints one line naming the variable and what
+was expected, and exits 2, before anything starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from service.config import ConfigError, Settings
+from service.logs import setup_logging
+
+log = logging.getLogger("ai_service")
+
+EXIT_CONFIG = 2
+
+
+def _die(message: str, code: int = EXIT_CONFIG) -> NoReturn:
+    print(f"ai-service: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except ConfigError as exc:
+        _die(f"configuration error: {exc}")
+
+
+def _terminate_as_exit(signum: int, frame: Any) -> None:
+    # Until the event loop owns the signals, SIGTERM unwinds through `finally` blocks (so an
+    # embedded PostgreSQL is stopped) instead of killing the process on the spot.
+    raise SystemExit(128 + signum)
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from service.db.migrate import MigrationError, migrate, pending_migrations
+
+    url = _require_db(settings)
+    try:
+        if args.check:
+            pending = pending_migrations(url)
+            for m in pending:
+                print(f"pending: {m.version:04d}_{m.name}")
+            if pending:
+                return 1
+            print("schema is up to date")
+            return 0
+        for m in migrate(url):
+            print(f"applied: {m.version:04d}_{m.name}")
+        print("schema is up to date")
+    except MigrationError as exc:
+        _die(f"migration error: {exc}", 1)
+    return 0
+
+
+def _require_db(settings: Settings) -> str:
+    try:
+        return settings.require_database_url()
+    except ConfigError as exc:
+        _die(str(exc))
+
+
+def _migrate_on_start(settings: Settings, url: str) -> None:
+    if not settings.migrate_on_start:
+        return
+    from service.db.migrate import migrate
+
+    for m in migrate(url):
+        log.info("applied migration %04d_%s", m.version, m.name)
+
+
+def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
+    import anyio
+
+    from service.api.app import create_app
+    from service.runtime import http_service, supervise
+    from service.serve import make_server
+
+    url = _require_db(settings)
+    _migrate_on_start(settings, url)
+    server = make_server(create_app(settings, database_url=url), settings.http_host,
+                         settings.http_port)  # fmt: skip
+    log.info("API listening on %s:%d", settings.http_host, settings.http_port)
+    return anyio.run(supervise, [http_service("api", server)])
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from service.worker.main import run_worker_process
+
+    url = _require_db(settings)
+    _migrate_on_start(settings, url)
+    profiles = args.profile or list(settings.worker_profiles)
+    return run_worker_process(settings, url, profiles)
+
+
+def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
+    from service.dev import run_dev
+
+    return run_dev(settings)
+
+
+def _add_simulator(sub: Any) -> None:
+    try:
+        from service.simulator import cli as sim_cli
+    except ImportError:  # pragma: no cover - the simulator ships with the package
+        return
+    p = sub.add_parser("simulate-provider", help="run the local SIMULATED inference endpoint")
+    sim_cli.add_arguments(p)
+    p.set_defaults(func=lambda a, s: sim_cli.main(a))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ai-service", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("migrate", help="apply pending database migrations")
+    p.add_argument("--check", action="store_true", help="exit 1 if migrations are pending")
+    p.set_defaults(func=cmd_migrate)
+    p = sub.add_parser("api", help="serve the HTTP API (needs DATABASE_URL)")
+    p.set_defaults(func=cmd_api)
+    p = sub.add_parser("worker", help="run a worker (needs DATABASE_URL)")
+    p.add_argument("--profile", action="append", help="model profile to serve (repeatable)")
+    p.set_defaults(func=cmd_worker)
+    p = sub.add_parser("dev", help="everything on one machine: embedded PostgreSQL, API, workers")
+    p.set_defaults(func=cmd_dev)
+    _add_simulator(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = _settings()
+    fmt = "console" if args.command == "dev" else settings.log_format
+    setup_logging(settings.log_level, fmt)
+    previous = signal.signal(signal.SIGTERM, _terminate_as_exit)
+    try:
+        func: Callable[[argparse.Namespace, Settings], int] = args.func
+        return func(args, settings)
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)

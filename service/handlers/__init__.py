@@ -1,0 +1,1 @@
+"""Built-in task handlers (LLM chat family, Voxtral transcription) and their contract."""

@@ -1,0 +1,107 @@
+"""The contract between the worker runtime and task handlers.
+
+A handler is an async callable taking the claimed ``Job`` and returning its JSON result. It
+signals failure by raising a ``HandlerError`` subclass, whose category and retryability the
+worker records (``fail``); any other exception is recorded as ``internal`` and retried. The
+worker, not the handler, owns leases, cancellation, timeouts of the whole job and storage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from service.jobs.model import Job
+
+Handler = Callable[[Job], Awaitable[Any]]
+
+# Every error category a job can end with; docs and dashboards enumerate these.
+CATEGORIES: tuple[str, ...] = (
+    "timeout",
+    "provider_unavailable",
+    "provider_rejected",
+    "invalid_input",
+    "invalid_output",
+    "internal",
+    "unsupported_task",
+    "lease_expired",
+)
+
+
+class HandlerError(Exception):
+    """A failure with a category the operator can act on. Messages must not carry secrets."""
+
+    category: ClassVar[str] = "internal"
+    retryable: ClassVar[bool] = True
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class JobTimeout(HandlerError):
+    category = "timeout"
+    retryable = True
+
+
+class ProviderUnavailable(HandlerError):
+    """429/502/503/504 or a connection error: the GPU server is busy or down; try later."""
+
+    category = "provider_unavailable"
+    retryable = True
+
+
+class ProviderRejected(HandlerError):
+    """Any other 4xx: the request itself is wrong; retrying cannot help."""
+
+    category = "provider_rejected"
+    retryable = False
+
+
+class InvalidInput(HandlerError):
+    category = "invalid_input"
+    retryable = False
+
+
+class InvalidOutput(HandlerError):
+    """The model answered, but not in the requested shape (e.g. JSON that does not parse)."""
+
+    category = "invalid_output"
+    retryable = True
+
+
+class UnsupportedTask(HandlerError):
+    category = "unsupported_task"
+    retryable = False
+
+
+@dataclass(frozen=True)
+class Route:
+    task_types: frozenset[str]
+    model_profile: str
+    handler: Handler
+
+
+class HandlerRegistry:
+    """Maps ``(task_type, model_profile)`` to a handler."""
+
+    def __init__(self) -> None:
+        self._routes: dict[tuple[str, str], Handler] = {}
+
+    def register(self, task_types: Iterable[str], model_profile: str, handler: Handler) -> None:
+        for t in task_types:
+            key = (t, model_profile)
+            if key in self._routes:
+                raise ValueError(f"a handler for task_type={t!r} on {model_profile!r} exists")
+            self._routes[key] = handler
+
+    def lookup(self, task_type: str, model_profile: str) -> Handler | None:
+        return self._routes.get((task_type, model_profile))
+
+    def profiles(self) -> list[str]:
+        """The model profiles with at least one handler, in registration order."""
+        return list(dict.fromkeys(p for _, p in self._routes))
+
+    def task_types(self, model_profile: str) -> list[str]:
+        return [t for t, p in self._routes if p == model_profile]

@@ -1,0 +1,91 @@
+"""Job records and the shapes callers send, as msgspec Structs.
+
+Why msgspec: one declaration validates API bodies (unknown fields refused, constraints named
+in the error), serialises responses and converts database rows, at C speed on the hot path.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+import msgspec
+
+Status = Literal["pending", "running", "completed", "failed", "cancelled"]
+STATUSES: tuple[Status, ...] = ("pending", "running", "completed", "failed", "cancelled")
+
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^\S(.*\S)?$")]
+# A profile names a NOTIFY channel ("ai_jobs:<profile>", at most 63 bytes): ASCII, <= 55 chars.
+Profile = Annotated[
+    str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,54}$", examples=["qwen2.5-14b"])
+]
+Ref = Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
+Priority = Annotated[int, msgspec.Meta(ge=-1000, le=1000)]
+Attempts = Annotated[int, msgspec.Meta(ge=1, le=100)]
+IdemKey = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+
+
+class Job(msgspec.Struct, kw_only=True):
+    """A job as stored: technical state plus the caller's input and the worker's result."""
+
+    id: UUID
+    owner_service: str
+    owner_ref: str | None
+    task_type: str
+    model_profile: str
+    status: Status
+    priority: int
+    attempts: int
+    max_attempts: int
+    input: dict[str, Any]
+    result: Any
+    error_category: str | None
+    error_message: str | None
+    worker_id: str | None
+    lease_expires_at: datetime | None
+    run_after: datetime
+    idempotency_key: str | None
+    trace_context: dict[str, str] | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Job:
+        return msgspec.convert(row, cls, from_attributes=False)
+
+
+class NewJob(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """What a caller submits. ``max_attempts`` defaults to ``JOB_MAX_ATTEMPTS``."""
+
+    owner_service: Name
+    task_type: Name
+    model_profile: Profile
+    owner_ref: Ref | None = None
+    input: dict[str, Any] = msgspec.field(default_factory=dict)
+    priority: Priority = 0
+    max_attempts: Attempts | None = None
+    run_after: datetime | None = None
+    idempotency_key: IdemKey | None = None
+
+
+class JobFilter(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Selects jobs for list, retry-by-filter and cancel-by-filter. Empty selects everything."""
+
+    ids: list[UUID] | None = None
+    status: list[Status] | None = None
+    owner_service: str | None = None
+    owner_ref: str | None = None
+    task_type: list[str] | None = None
+    model_profile: list[str] | None = None
+    error_category: list[str] | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+    def is_empty(self) -> bool:
+        return all(getattr(self, f) is None for f in self.__struct_fields__)
+
+    def params(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in self.__struct_fields__}

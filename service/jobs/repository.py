@@ -1,0 +1,307 @@
+"""The job repository: the only code that runs job SQL, one method per named query.
+
+Why owner checks live in SQL (``WHERE status = 'running' AND worker_id = %s``): a late or
+foreign complete/fail/heartbeat must change nothing even under races, so the guard and the
+write are one statement; the method then reads the row once to say *why* it was refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import msgspec
+import uuid_utils.compat as uuid_compat
+
+from service.db import Database, Row, jsonb
+from service.jobs import states
+from service.jobs.errors import IdempotencyConflict, JobNotFound, StateConflict
+from service.jobs.model import Job, JobFilter, NewJob
+
+REAPER_LOCK_KEY = 0x61695F72656170  # "ai_reap"
+
+
+def new_id() -> UUID:
+    """UUIDv7: time-ordered, so ids double as the keyset for listing newest first."""
+    return uuid_compat.uuid7()
+
+
+def _jobs(rows: list[Row]) -> list[Job]:
+    return [Job.from_row(r) for r in rows]
+
+
+class JobRepository:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        default_max_attempts: int = 3,
+        backoff_base: float = 5.0,
+        backoff_max: float = 600.0,
+    ) -> None:
+        self.db = db
+        self.default_max_attempts = default_max_attempts
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+
+    # --- submission ---------------------------------------------------------------------
+    def _same_request(self, new: NewJob, job: Job) -> bool:
+        return (
+            new.task_type == job.task_type
+            and new.model_profile == job.model_profile
+            and new.owner_ref == job.owner_ref
+            and new.input == job.input
+            and new.priority == job.priority
+            and (new.max_attempts or self.default_max_attempts) == job.max_attempts
+        )
+
+    async def create(
+        self, new: NewJob, *, trace_context: dict[str, str] | None = None
+    ) -> tuple[Job, bool]:
+        """Insert one job; returns (job, created). A repeated idempotency key with the same
+        body returns the existing job with ``created=False``; a different body raises."""
+        row = await self.db.fetchrow(
+            "create_job",
+            {
+                "id": new_id(),
+                "owner_service": new.owner_service,
+                "owner_ref": new.owner_ref,
+                "task_type": new.task_type,
+                "model_profile": new.model_profile,
+                "priority": new.priority,
+                "max_attempts": new.max_attempts or self.default_max_attempts,
+                "input": jsonb(new.input),
+                "run_after": new.run_after,
+                "idempotency_key": new.idempotency_key,
+                "trace_context": jsonb(trace_context) if trace_context else None,
+            },
+        )
+        if row is not None:
+            return Job.from_row(row), True
+        assert new.idempotency_key is not None  # only a key conflict inserts nothing
+        existing = await self._by_keys(new.owner_service, [new.idempotency_key])
+        job = existing[new.idempotency_key]
+        if not self._same_request(new, job):
+            raise IdempotencyConflict(new.idempotency_key, job.id)
+        return job, False
+
+    async def _by_keys(self, owner_service: str, keys: list[str]) -> dict[str, Job]:
+        rows = await self.db.fetch(
+            "get_jobs_by_idempotency_keys", {"owner_service": owner_service, "keys": keys}
+        )
+        return {r["idempotency_key"]: Job.from_row(r) for r in rows}
+
+    async def create_batch(
+        self,
+        jobs: Sequence[NewJob],
+        *,
+        trace_contexts: Sequence[dict[str, str] | None] | None = None,
+    ) -> list[tuple[UUID, bool]]:
+        """Insert many jobs in one statement (one transaction, one NOTIFY per profile).
+
+        Returns ``(id, created)`` per input, in order; idempotent repeats map to the existing
+        job; a repeated key with a different body raises ``IdempotencyConflict`` and, because
+        it is checked before anything is written, nothing of the batch is inserted.
+        """
+        keyed: dict[tuple[str, str], int] = {}
+        for i, j in enumerate(jobs):
+            if j.idempotency_key is not None:
+                k = (j.owner_service, j.idempotency_key)
+                if k in keyed and not self._same_new(jobs[keyed[k]], j):
+                    raise IdempotencyConflict(j.idempotency_key, UUID(int=0))
+                keyed.setdefault(k, i)
+        existing: dict[tuple[str, str], Job] = {}
+        for owner in {o for o, _ in keyed}:
+            found = await self._by_keys(owner, [key for o, key in keyed if o == owner])
+            existing.update({(owner, key): job for key, job in found.items()})
+        for k, job in existing.items():
+            if not self._same_request(jobs[keyed[k]], job):
+                raise IdempotencyConflict(k[1], job.id)
+
+        ids = [new_id() for _ in jobs]
+        out: list[tuple[UUID, bool]] = []
+        todo = []
+        for i, j in enumerate(jobs):
+            k = (j.owner_service, j.idempotency_key or "")
+            if j.idempotency_key is not None and k in existing:
+                out.append((existing[k].id, False))
+            elif j.idempotency_key is not None and keyed[k] != i:
+                out.append((ids[keyed[k]], False))
+            else:
+                out.append((ids[i], True))
+                todo.append(i)
+        if not todo:
+            return out
+        tcs = trace_contexts or [None] * len(jobs)
+        params: dict[str, Any] = {
+            "ids": [ids[i] for i in todo],
+            "owner_services": [jobs[i].owner_service for i in todo],
+            "owner_refs": [jobs[i].owner_ref for i in todo],
+            "task_types": [jobs[i].task_type for i in todo],
+            "model_profiles": [jobs[i].model_profile for i in todo],
+            "priorities": [jobs[i].priority for i in todo],
+            "max_attempts": [jobs[i].max_attempts or self.default_max_attempts for i in todo],
+            "inputs": [jsonb(jobs[i].input) for i in todo],
+            "run_afters": [jobs[i].run_after for i in todo],
+            "idempotency_keys": [jobs[i].idempotency_key for i in todo],
+            "trace_contexts": [jsonb(tcs[i]) if tcs[i] else None for i in todo],
+        }
+        inserted = {r["id"] for r in await self.db.fetch("create_jobs", params, prepare=False)}
+        if len(inserted) != len(todo):
+            # A concurrent request took some keys between our check and the insert.
+            raced = [jobs[i].idempotency_key for i in todo if ids[i] not in inserted]
+            raise IdempotencyConflict(str(raced[0]), UUID(int=0))
+        return out
+
+    @staticmethod
+    def _same_new(a: NewJob, b: NewJob) -> bool:
+        return msgspec.structs.asdict(a) == msgspec.structs.asdict(b)
+
+    # --- reading ------------------------------------------------------------------------
+    async def get(self, job_id: UUID) -> Job:
+        row = await self.db.fetchrow("get_job", {"id": job_id})
+        if row is None:
+            raise JobNotFound(job_id)
+        return Job.from_row(row)
+
+    async def list_jobs(
+        self, flt: JobFilter, *, limit: int = 100, cursor: UUID | None = None
+    ) -> tuple[list[Job], UUID | None]:
+        """One page, newest first; the cursor for the next page is None on the last one."""
+        rows = await self.db.fetch(
+            "list_jobs", {**flt.params(), "cursor": cursor, "limit": limit + 1}, prepare=False
+        )
+        jobs = _jobs(rows[:limit])
+        return jobs, (jobs[-1].id if len(rows) > limit else None)
+
+    async def next_run_after(self, model_profile: str) -> datetime | None:
+        row = await self.db.fetchrow("next_run_after", {"model_profile": model_profile})
+        return row["next_run_after"] if row else None
+
+    async def stats_counts(self) -> list[Row]:
+        return await self.db.fetch("stats_counts")
+
+    # --- worker side --------------------------------------------------------------------
+    async def claim(
+        self, model_profile: str, worker_id: str, *, limit: int, lease_seconds: float
+    ) -> list[Job]:
+        """Claim up to ``limit`` due jobs (and expired leases) of one profile, SKIP LOCKED."""
+        if limit <= 0:
+            return []
+        rows = await self.db.fetch(
+            "claim_jobs",
+            {
+                "model_profile": model_profile,
+                "worker_id": worker_id,
+                "limit": limit,
+                "lease_seconds": lease_seconds,
+            },
+        )
+        # UPDATE ... RETURNING does not keep the CTE's order; callers start jobs in this order.
+        return sorted(_jobs(rows), key=lambda j: (-j.priority, j.run_after, j.id))
+
+    async def heartbeat(
+        self, worker_id: str, ids: Sequence[UUID], *, lease_seconds: float
+    ) -> set[UUID]:
+        """Extend leases in one statement; returns the ids still held (the rest were lost)."""
+        if not ids:
+            return set()
+        rows = await self.db.fetch(
+            "heartbeat_jobs",
+            {"worker_id": worker_id, "ids": list(ids), "lease_seconds": lease_seconds},
+        )
+        return {r["id"] for r in rows}
+
+    async def _refusal(self, job_id: UUID, action: str, worker_id: str | None) -> StateConflict:
+        job = await self.get(job_id)  # raises JobNotFound
+        if states.allowed(action, job.status) and worker_id is not None:
+            reason = f"the lease is held by another worker ({job.worker_id})"
+        else:
+            reason = f"{action} needs status {'|'.join(sorted(states.ACCEPTS[action]))}"
+        return StateConflict(job_id, action, job.status, reason)
+
+    async def complete(self, job_id: UUID, worker_id: str, result: Any) -> Job:
+        row = await self.db.fetchrow(
+            "complete_job", {"id": job_id, "worker_id": worker_id, "result": jsonb(result)}
+        )
+        if row is None:
+            raise await self._refusal(job_id, "complete", worker_id)
+        return Job.from_row(row)
+
+    async def complete_many(self, worker_id: str, items: Sequence[tuple[UUID, Any]]) -> set[UUID]:
+        """Store many results in one statement; returns the ids this worker still held."""
+        if not items:
+            return set()
+        rows = await self.db.fetch(
+            "complete_jobs",
+            {
+                "worker_id": worker_id,
+                "ids": [i for i, _ in items],
+                "results": [jsonb(r) for _, r in items],
+            },
+        )
+        return {r["id"] for r in rows}
+
+    async def fail(
+        self,
+        job_id: UUID,
+        worker_id: str,
+        *,
+        error_category: str,
+        error_message: str,
+        retryable: bool,
+        retry_after: float | None = None,
+    ) -> Job:
+        """Record a failure; retryable ones with attempts left return to pending after backoff."""
+        row = await self.db.fetchrow(
+            "fail_job",
+            {
+                "id": job_id,
+                "worker_id": worker_id,
+                "error_category": error_category,
+                "error_message": error_message[:4000],
+                "retryable": retryable,
+                "retry_after": retry_after,
+                "backoff_base": self.backoff_base,
+                "backoff_max": self.backoff_max,
+            },
+        )
+        if row is None:
+            raise await self._refusal(job_id, "fail", worker_id)
+        return Job.from_row(row)
+
+    async def release(self, worker_id: str, ids: Sequence[UUID]) -> set[UUID]:
+        """Hand unfinished jobs back to pending without counting the attempt (shutdown)."""
+        if not ids:
+            return set()
+        rows = await self.db.fetch("release_jobs", {"worker_id": worker_id, "ids": list(ids)})
+        return {r["id"] for r in rows}
+
+    async def reap(self, *, limit: int = 1000) -> list[tuple[UUID, str]] | None:
+        """Return expired leases to pending (or failed when out of attempts).
+
+        Returns None when another process holds the reaper lock (one reaper at a time).
+        """
+        async with self.db.transaction() as tx:
+            lock = await tx.fetchrow("try_reaper_lock", {"key": REAPER_LOCK_KEY})
+            if not lock or not lock["locked"]:
+                return None
+            rows = await tx.fetch("reap_expired", {"limit": limit})
+        return [(r["id"], r["status"]) for r in rows]
+
+    # --- operator actions ---------------------------------------------------------------
+    async def retry(self, job_id: UUID) -> Job:
+        row = await self.db.fetchrow("retry_job", {"id": job_id})
+        if row is None:
+            raise await self._refusal(job_id, "retry", None)
+        return Job.from_row(row)
+
+    async def retry_where(self, flt: JobFilter) -> list[UUID]:
+        rows = await self.db.fetch("retry_jobs", flt.params(), prepare=False)
+        return [r["id"] for r in rows]
+
+    async def cancel_where(self, flt: JobFilter) -> list[UUID]:
+        rows = await self.db.fetch("cancel_jobs", flt.params(), prepare=False)
+        return [r["id"] for r in rows]

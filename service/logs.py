@@ -1,0 +1,63 @@
+"""Log setup: JSON lines in production (one object per line, machine-parsable), a readable
+console format in ``dev``. Secrets never reach a log line because settings hold them as
+``Secret`` objects whose ``repr`` is masked; payloads are not logged by default.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any
+
+import msgspec
+
+_STD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+_encoder = msgspec.json.Encoder()
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _STD and not key.startswith("_"):
+                out[key] = value if isinstance(value, str | int | float | bool) else str(value)
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return _encoder.encode(out).decode()
+
+
+class ConsoleFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        extra = " ".join(
+            f"{k}={v}"
+            for k, v in record.__dict__.items()
+            if k not in _STD and not k.startswith("_")
+        )
+        base = f"{time.strftime('%H:%M:%S', time.localtime(record.created))} "
+        base += f"{record.levelname:<7} {record.name}: {record.getMessage()}"
+        if extra:
+            base += f"  [{extra}]"
+        if record.exc_info:
+            base += "\n" + self.formatException(record.exc_info)
+        return base
+
+
+def setup_logging(level: str = "info", fmt: str = "json") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else ConsoleFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # uvicorn's access log is replaced by our own request logging (without headers).
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        lg = logging.getLogger(name)
+        lg.handlers[:] = []
+        lg.propagate = True
+    logging.getLogger("uvicorn.access").setLevel("WARNING")

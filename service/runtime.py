@@ -1,0 +1,80 @@
+"""Process supervision shared by every long-running command (api, worker, dev).
+
+Why one supervisor: the shutdown order matters more than any single server. The first
+SIGTERM/SIGINT asks every service to stop gracefully (workers stop claiming and drain), a
+second one cancels everything at once; if any service dies, the others are stopped too, so a
+pod never keeps running half-alive. Returns the process exit code.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import anyio
+
+from service.serve import EmbeddedServer
+
+log = logging.getLogger("ai_service.runtime")
+
+
+@dataclass
+class Service:
+    name: str
+    run: Callable[[], Awaitable[None]]
+    stop: Callable[[], None]
+
+
+def http_service(name: str, server: EmbeddedServer) -> Service:
+    def stop() -> None:
+        server.should_exit = True
+
+    return Service(name, server.serve, stop)
+
+
+async def supervise(services: list[Service]) -> int:
+    exit_code = 0
+    stopping = False
+
+    def stop_all() -> None:
+        nonlocal stopping
+        stopping = True
+        for s in services:
+            s.stop()
+
+    async with anyio.create_task_group() as outer:
+
+        async def watch_signals() -> None:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                count = 0
+                async for signum in signals:
+                    count += 1
+                    name = signal.Signals(signum).name
+                    if count == 1:
+                        log.info("received %s: shutting down gracefully", name)
+                        stop_all()
+                    else:
+                        log.warning("received %s again: exiting now", name)
+                        outer.cancel_scope.cancel()
+
+        async def run_one(service: Service) -> None:
+            nonlocal exit_code
+            try:
+                await service.run()
+                if not stopping:
+                    log.error("%s stopped unexpectedly; stopping the process", service.name)
+                    exit_code = 1
+            except Exception:
+                log.exception("%s crashed; stopping the process", service.name)
+                exit_code = 1
+            finally:
+                stop_all()
+
+        outer.start_soon(watch_signals)
+        async with anyio.create_task_group() as inner:
+            for s in services:
+                inner.start_soon(run_one, s)
+        outer.cancel_scope.cancel()
+    return exit_code

@@ -1,0 +1,44 @@
+"""Run an ASGI app with uvicorn inside our own anyio task group.
+
+Why a subclass: ``uvicorn.Server.serve`` installs its own SIGINT/SIGTERM handlers, which would
+fight the process-wide shutdown sequence (stop claiming, drain, stop PostgreSQL). The
+composition root owns signals; servers are told to stop through ``should_exit``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import Generator
+from typing import Any
+
+import uvicorn
+
+
+class EmbeddedServer(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def make_server(app: Any, host: str, port: int, *, log_level: str = "warning") -> EmbeddedServer:
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,
+        lifespan="on",
+        server_header=False,
+        timeout_graceful_shutdown=10,
+    )
+    return EmbeddedServer(config)
+
+
+def bound_port(server: uvicorn.Server) -> int:
+    """The port actually bound (useful with port 0)."""
+    for srv in server.servers:
+        for sock in srv.sockets:
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                return int(sock.getsockname()[1])
+    raise RuntimeError("server is not listening")

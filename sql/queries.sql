@@ -1,0 +1,204 @@
+-- Named queries, loaded once by service/db/queries.py. A block starts with `-- name: NAME`.
+-- Fragments whose name starts with `_` are spliced into other queries where `{{ _name }}`
+-- appears; this is done once at load time, never with values. Parameters are %(name)s.
+
+-- name: _job_filter
+-- The filter shared by list, retry-by-filter and cancel-by-filter. A NULL parameter means
+-- "no filter"; the planner folds those away because these queries run with custom plans.
+    (%(ids)s::uuid[] IS NULL OR id = ANY(%(ids)s::uuid[]))
+AND (%(status)s::text[] IS NULL OR status = ANY(%(status)s::text[]))
+AND (%(owner_service)s::text IS NULL OR owner_service = %(owner_service)s::text)
+AND (%(owner_ref)s::text IS NULL OR owner_ref = %(owner_ref)s::text)
+AND (%(task_type)s::text[] IS NULL OR task_type = ANY(%(task_type)s::text[]))
+AND (%(model_profile)s::text[] IS NULL OR model_profile = ANY(%(model_profile)s::text[]))
+AND (%(error_category)s::text[] IS NULL OR error_category = ANY(%(error_category)s::text[]))
+AND (%(created_after)s::timestamptz IS NULL OR created_at >= %(created_after)s::timestamptz)
+AND (%(created_before)s::timestamptz IS NULL OR created_at < %(created_before)s::timestamptz)
+
+-- name: create_job
+-- One job. An idempotency-key conflict returns nothing; the caller then reads the existing job.
+INSERT INTO ai_jobs (id, owner_service, owner_ref, task_type, model_profile, priority,
+                     max_attempts, input, run_after, idempotency_key, trace_context)
+VALUES (%(id)s, %(owner_service)s, %(owner_ref)s, %(task_type)s, %(model_profile)s,
+        %(priority)s, %(max_attempts)s, %(input)s, coalesce(%(run_after)s::timestamptz, now()),
+        %(idempotency_key)s, %(trace_context)s)
+ON CONFLICT (owner_service, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+RETURNING *;
+
+-- name: create_jobs
+-- A whole batch in one statement (so one trigger run and one NOTIFY per profile).
+INSERT INTO ai_jobs (id, owner_service, owner_ref, task_type, model_profile, priority,
+                     max_attempts, input, run_after, idempotency_key, trace_context)
+SELECT u.id, u.owner_service, u.owner_ref, u.task_type, u.model_profile, u.priority,
+       u.max_attempts, u.input, coalesce(u.run_after, now()), u.idempotency_key, u.trace_context
+FROM unnest(%(ids)s::uuid[], %(owner_services)s::text[], %(owner_refs)s::text[],
+            %(task_types)s::text[], %(model_profiles)s::text[], %(priorities)s::int[],
+            %(max_attempts)s::int[], %(inputs)s::jsonb[], %(run_afters)s::timestamptz[],
+            %(idempotency_keys)s::text[], %(trace_contexts)s::jsonb[])
+     AS u(id, owner_service, owner_ref, task_type, model_profile, priority, max_attempts,
+          input, run_after, idempotency_key, trace_context)
+ON CONFLICT (owner_service, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+RETURNING id;
+
+-- name: get_job
+SELECT * FROM ai_jobs WHERE id = %(id)s;
+
+-- name: get_jobs_by_idempotency_keys
+SELECT * FROM ai_jobs
+WHERE owner_service = %(owner_service)s AND idempotency_key = ANY(%(keys)s::text[]);
+
+-- name: list_jobs
+-- Keyset pagination, newest first: ids are UUIDv7, so id order is creation order.
+SELECT * FROM ai_jobs
+WHERE {{ _job_filter }}
+  AND (%(cursor)s::uuid IS NULL OR id < %(cursor)s::uuid)
+ORDER BY id DESC
+LIMIT %(limit)s;
+
+-- name: claim_jobs
+-- Batch claim for one profile: due pending jobs by priority, plus running jobs whose lease
+-- expired (their owner is presumed dead) while they still have attempts left.
+WITH due AS (
+    SELECT id FROM ai_jobs
+    WHERE status = 'pending' AND model_profile = %(model_profile)s AND run_after <= now()
+    ORDER BY priority DESC, run_after, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), expired AS (
+    -- Read only when `due` cannot fill the limit; an index probe that stops at once when
+    -- no lease has expired.
+    SELECT id FROM ai_jobs
+    WHERE status = 'running' AND lease_expires_at < now()
+      AND model_profile = %(model_profile)s AND attempts < max_attempts
+    ORDER BY lease_expires_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), picked AS (
+    SELECT id FROM due UNION ALL SELECT id FROM expired LIMIT %(limit)s
+)
+UPDATE ai_jobs AS j
+SET status = 'running',
+    attempts = j.attempts + 1,
+    worker_id = %(worker_id)s,
+    lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
+    started_at = now(),
+    updated_at = now()
+FROM picked
+WHERE j.id = picked.id
+RETURNING j.*;
+
+-- name: heartbeat_jobs
+-- Extend the leases of the jobs this worker still holds; the ids not returned were lost.
+UPDATE ai_jobs
+SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s), updated_at = now()
+WHERE id = ANY(%(ids)s::uuid[]) AND status = 'running' AND worker_id = %(worker_id)s
+RETURNING id, lease_expires_at;
+
+-- name: complete_job
+UPDATE ai_jobs
+SET status = 'completed', result = %(result)s, finished_at = now(), updated_at = now(),
+    lease_expires_at = NULL, error_category = NULL, error_message = NULL
+WHERE id = %(id)s AND status = 'running' AND worker_id = %(worker_id)s
+RETURNING *;
+
+-- name: complete_jobs
+-- Many completions in one statement and one commit (the worker batches them).
+UPDATE ai_jobs AS j
+SET status = 'completed', result = u.result, finished_at = now(), updated_at = now(),
+    lease_expires_at = NULL, error_category = NULL, error_message = NULL
+FROM unnest(%(ids)s::uuid[], %(results)s::jsonb[]) AS u(id, result)
+WHERE j.id = u.id AND j.status = 'running' AND j.worker_id = %(worker_id)s
+RETURNING j.id;
+
+-- name: fail_job
+-- Retryable failures with attempts left go back to pending after exponential backoff with
+-- jitter (or the provider's Retry-After, when longer); everything else is final.
+UPDATE ai_jobs
+SET status = CASE WHEN %(retryable)s AND attempts < max_attempts
+                  THEN 'pending' ELSE 'failed' END,
+    run_after = CASE WHEN %(retryable)s AND attempts < max_attempts
+                     THEN now() + make_interval(secs => greatest(
+                              coalesce(%(retry_after)s::float8, 0),
+                              least(%(backoff_max)s::float8,
+                                    %(backoff_base)s::float8 * power(2, attempts - 1))
+                              * (0.5 + random() * 0.5)))
+                     ELSE run_after END,
+    finished_at = CASE WHEN %(retryable)s AND attempts < max_attempts THEN NULL ELSE now() END,
+    worker_id = CASE WHEN %(retryable)s AND attempts < max_attempts THEN NULL ELSE worker_id END,
+    lease_expires_at = NULL,
+    error_category = %(error_category)s,
+    error_message = %(error_message)s,
+    updated_at = now()
+WHERE id = %(id)s AND status = 'running' AND worker_id = %(worker_id)s
+RETURNING *;
+
+-- name: release_jobs
+-- Graceful shutdown: hand unfinished jobs back without counting the attempt.
+UPDATE ai_jobs
+SET status = 'pending', attempts = greatest(attempts - 1, 0), worker_id = NULL,
+    lease_expires_at = NULL, started_at = NULL, run_after = now(), updated_at = now()
+WHERE id = ANY(%(ids)s::uuid[]) AND status = 'running' AND worker_id = %(worker_id)s
+RETURNING id;
+
+-- name: retry_job
+-- Manual retry: a fresh attempt budget; a running job's holder loses its lease.
+UPDATE ai_jobs
+SET status = 'pending', attempts = 0, run_after = now(), worker_id = NULL,
+    lease_expires_at = NULL, result = NULL, error_category = NULL, error_message = NULL,
+    started_at = NULL, finished_at = NULL, updated_at = now()
+WHERE id = %(id)s AND status IN ('failed', 'running')
+RETURNING *;
+
+-- name: retry_jobs
+UPDATE ai_jobs
+SET status = 'pending', attempts = 0, run_after = now(), worker_id = NULL,
+    lease_expires_at = NULL, result = NULL, error_category = NULL, error_message = NULL,
+    started_at = NULL, finished_at = NULL, updated_at = now()
+WHERE status IN ('failed', 'running') AND {{ _job_filter }}
+RETURNING id;
+
+-- name: cancel_jobs
+UPDATE ai_jobs
+SET status = 'cancelled', lease_expires_at = NULL, finished_at = now(), updated_at = now()
+WHERE status IN ('pending', 'running') AND {{ _job_filter }}
+RETURNING id;
+
+-- name: try_reaper_lock
+-- Only one reaper at a time across all processes; released when the transaction ends.
+SELECT pg_try_advisory_xact_lock(%(key)s) AS locked;
+
+-- name: reap_expired
+-- Expired leases go back to pending, or to failed when the attempts are used up.
+WITH expired AS (
+    SELECT id FROM ai_jobs
+    WHERE status = 'running' AND lease_expires_at < now()
+    ORDER BY lease_expires_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE ai_jobs AS j
+SET status = CASE WHEN j.attempts >= j.max_attempts THEN 'failed' ELSE 'pending' END,
+    error_category = CASE WHEN j.attempts >= j.max_attempts
+                          THEN 'lease_expired' ELSE j.error_category END,
+    error_message = CASE WHEN j.attempts >= j.max_attempts
+                         THEN 'lease expired on worker ' || j.worker_id
+                              || ' after attempt ' || j.attempts
+                         ELSE j.error_message END,
+    finished_at = CASE WHEN j.attempts >= j.max_attempts THEN now() ELSE NULL END,
+    worker_id = CASE WHEN j.attempts >= j.max_attempts THEN j.worker_id ELSE NULL END,
+    lease_expires_at = NULL,
+    run_after = now(),
+    updated_at = now()
+FROM expired
+WHERE j.id = expired.id
+RETURNING j.id, j.status;
+
+-- name: next_run_after
+-- When the earliest pending job of a profile becomes due (the idle worker sleeps until then).
+SELECT min(run_after) AS next_run_after
+FROM ai_jobs WHERE status = 'pending' AND model_profile = %(model_profile)s;
+
+-- name: stats_counts
+SELECT status, model_profile, task_type, count(*) AS count
+FROM ai_jobs GROUP BY status, model_profile, task_type
+ORDER BY status, model_profile, task_type;

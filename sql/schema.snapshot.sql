@@ -1,0 +1,85 @@
+-- columns
+ai_jobs.id uuid NOT NULL
+ai_jobs.owner_service text NOT NULL
+ai_jobs.owner_ref text
+ai_jobs.task_type text NOT NULL
+ai_jobs.model_profile text NOT NULL
+ai_jobs.status text NOT NULL DEFAULT 'pending'::text
+ai_jobs.priority integer NOT NULL DEFAULT 0
+ai_jobs.attempts integer NOT NULL DEFAULT 0
+ai_jobs.max_attempts integer NOT NULL DEFAULT 3
+ai_jobs.input jsonb NOT NULL DEFAULT '{}'::jsonb
+ai_jobs.result jsonb
+ai_jobs.error_category text
+ai_jobs.error_message text
+ai_jobs.worker_id text
+ai_jobs.lease_expires_at timestamp with time zone
+ai_jobs.run_after timestamp with time zone NOT NULL DEFAULT now()
+ai_jobs.idempotency_key text
+ai_jobs.trace_context jsonb
+ai_jobs.created_at timestamp with time zone NOT NULL DEFAULT now()
+ai_jobs.started_at timestamp with time zone
+ai_jobs.finished_at timestamp with time zone
+ai_jobs.updated_at timestamp with time zone NOT NULL DEFAULT now()
+ai_service_migrations.version integer NOT NULL
+ai_service_migrations.name text NOT NULL
+ai_service_migrations.checksum text NOT NULL
+ai_service_migrations.applied_at timestamp with time zone NOT NULL DEFAULT now()
+-- constraints
+ai_jobs ai_jobs_attempts_check CHECK ((attempts >= 0))
+ai_jobs ai_jobs_max_attempts_check CHECK ((max_attempts >= 1))
+ai_jobs ai_jobs_model_profile_check CHECK ((model_profile ~ '^[A-Za-z0-9][A-Za-z0-9._:/-]{0,54}$'::text))
+ai_jobs ai_jobs_owner_service_check CHECK ((owner_service <> ''::text))
+ai_jobs ai_jobs_pkey PRIMARY KEY (id)
+ai_jobs ai_jobs_running_has_owner CHECK (((status <> 'running'::text) OR ((worker_id IS NOT NULL) AND (lease_expires_at IS NOT NULL))))
+ai_jobs ai_jobs_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'running'::text, 'completed'::text, 'failed'::text, 'cancelled'::text])))
+ai_jobs ai_jobs_task_type_check CHECK ((task_type <> ''::text))
+ai_service_migrations ai_service_migrations_pkey PRIMARY KEY (version)
+-- indexes
+CREATE INDEX ai_jobs_claim_idx ON public.ai_jobs USING btree (model_profile, priority DESC, run_after, id) WHERE (status = 'pending'::text)
+CREATE INDEX ai_jobs_finished_idx ON public.ai_jobs USING btree (finished_at) WHERE (finished_at IS NOT NULL)
+CREATE UNIQUE INDEX ai_jobs_idempotency_idx ON public.ai_jobs USING btree (owner_service, idempotency_key) WHERE (idempotency_key IS NOT NULL)
+CREATE INDEX ai_jobs_lease_idx ON public.ai_jobs USING btree (lease_expires_at) WHERE (status = 'running'::text)
+CREATE INDEX ai_jobs_owner_idx ON public.ai_jobs USING btree (owner_service, owner_ref, id)
+CREATE UNIQUE INDEX ai_jobs_pkey ON public.ai_jobs USING btree (id)
+CREATE INDEX ai_jobs_status_idx ON public.ai_jobs USING btree (status, model_profile, task_type)
+CREATE UNIQUE INDEX ai_service_migrations_pkey ON public.ai_service_migrations USING btree (version)
+-- triggers
+CREATE TRIGGER ai_jobs_notify_finished AFTER UPDATE OF status ON public.ai_jobs FOR EACH ROW WHEN (((new.status = ANY (ARRAY['completed'::text, 'failed'::text, 'cancelled'::text])) AND (old.status <> new.status))) EXECUTE FUNCTION ai_jobs_notify_finished()
+CREATE TRIGGER ai_jobs_notify_inserted AFTER INSERT ON public.ai_jobs REFERENCING NEW TABLE AS inserted FOR EACH STATEMENT EXECUTE FUNCTION ai_jobs_notify_inserted()
+CREATE TRIGGER ai_jobs_notify_requeued AFTER UPDATE OF status ON public.ai_jobs FOR EACH ROW WHEN (((new.status = 'pending'::text) AND (old.status <> 'pending'::text))) EXECUTE FUNCTION ai_jobs_notify_requeued()
+-- functions
+CREATE OR REPLACE FUNCTION public.ai_jobs_notify_finished()
+ RETURNS trigger
+ LANGUAGE plpgsql
+AS $function$
+BEGIN
+    PERFORM pg_notify('ai_jobs_finished', NEW.id::text);
+    IF OLD.status = 'running' AND NEW.status = 'cancelled' THEN
+        PERFORM pg_notify('ai_jobs_cancelled', NEW.id::text);
+    END IF;
+    RETURN NULL;
+END;
+$function$
+CREATE OR REPLACE FUNCTION public.ai_jobs_notify_inserted()
+ RETURNS trigger
+ LANGUAGE plpgsql
+AS $function$
+DECLARE
+    profile text;
+BEGIN
+    FOR profile IN SELECT DISTINCT model_profile FROM inserted WHERE status = 'pending' LOOP
+        PERFORM pg_notify('ai_jobs:' || profile, '');
+    END LOOP;
+    RETURN NULL;
+END;
+$function$
+CREATE OR REPLACE FUNCTION public.ai_jobs_notify_requeued()
+ RETURNS trigger
+ LANGUAGE plpgsql
+AS $function$
+BEGIN
+    PERFORM pg_notify('ai_jobs:' || NEW.model_profile, '');
+    RETURN NULL;
+END;
+$function$

@@ -1,0 +1,108 @@
+"""Test fixtures: a real PostgreSQL for every test, never a fake.
+
+The session starts one server (the embedded wheel, or ``TEST_DATABASE_URL`` when set),
+migrates a template database once, and gives each test its own database cloned from the
+template (procrastinate's pattern) so tests are isolated and can run in any order.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+
+from service.db import Database, open_database
+from service.db.embedded import FAST_SETTINGS, EmbeddedPostgres
+from service.db.migrate import migrate
+from service.jobs import JobRepository
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Every coroutine test runs on anyio's asyncio backend without per-test boilerplate.
+    for item in items:
+        fn = getattr(item, "function", None)
+        if fn is not None and inspect.iscoroutinefunction(fn):
+            item.add_marker(pytest.mark.anyio)
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def with_dbname(url: str, dbname: str) -> str:
+    return make_conninfo(url, dbname=dbname)
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a PostgreSQL server the tests may create databases on."""
+    external = os.environ.get("TEST_DATABASE_URL")
+    if external:
+        yield external
+        return
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data", settings=FAST_SETTINGS)
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def template_db(pg_admin_url: str) -> Iterator[str]:
+    """A migrated template database, created once per session."""
+    name = f"aisvc_tpl_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"'.encode())
+    migrate(with_dbname(pg_admin_url, name))
+    try:
+        yield name
+    finally:
+        with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
+
+
+def _create_db(admin_url: str, template: str | None) -> str:
+    name = f"aisvc_t_{uuid.uuid4().hex[:12]}"
+    tpl = f' TEMPLATE "{template}" STRATEGY FILE_COPY' if template else ""
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"{tpl}'.encode())
+    return name
+
+
+@pytest.fixture
+def db_url(pg_admin_url: str, template_db: str) -> Iterator[str]:
+    """A fresh, migrated database for one test."""
+    name = _create_db(pg_admin_url, template_db)
+    yield with_dbname(pg_admin_url, name)
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
+
+
+@pytest.fixture
+def empty_db_url(pg_admin_url: str) -> Iterator[str]:
+    """A fresh database with no migrations applied."""
+    name = _create_db(pg_admin_url, None)
+    yield with_dbname(pg_admin_url, name)
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
+
+
+@pytest.fixture
+async def db(db_url: str) -> AsyncIterator[Database]:
+    database = await open_database(db_url, max_size=12)
+    try:
+        yield database
+    finally:
+        await database.close()
+
+
+@pytest.fixture
+def repo(db: Database) -> JobRepository:
+    return JobRepository(db, backoff_base=0.0, backoff_max=0.0)

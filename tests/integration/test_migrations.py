@@ -1,0 +1,87 @@
+"""Migrations: snapshot equality, exactly-once under a race, --check, forward-only guards."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from service.db.migrate import MigrationError, load_migrations, migrate, pending_migrations
+from tests.helpers import ROOT
+from tests.schema_dump import dump_schema
+
+SNAPSHOT = ROOT / "sql" / "schema.snapshot.sql"
+
+
+def test_all_migrations_yield_the_schema_snapshot(empty_db_url: str) -> None:
+    migrate(empty_db_url)
+    actual = dump_schema(empty_db_url)
+    if os.environ.get("UPDATE_SCHEMA_SNAPSHOT") == "1":
+        SNAPSHOT.write_text(actual)
+    assert SNAPSHOT.exists(), "run `make schema-snapshot` to create sql/schema.snapshot.sql"
+    assert actual == SNAPSHOT.read_text(), (
+        "migrations no longer produce sql/schema.snapshot.sql; if the change is intended, "
+        "run `make schema-snapshot` and commit the diff"
+    )
+
+
+def test_migrate_is_idempotent_and_check_reports_pending(empty_db_url: str) -> None:
+    assert [m.version for m in pending_migrations(empty_db_url)] == [
+        m.version for m in load_migrations()
+    ]
+    assert len(migrate(empty_db_url)) == len(load_migrations())
+    assert migrate(empty_db_url) == []
+    assert pending_migrations(empty_db_url) == []
+
+
+def test_ten_concurrent_runners_migrate_exactly_once(empty_db_url: str) -> None:
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        results = list(pool.map(lambda _: migrate(empty_db_url), range(10)))
+    assert sum(len(r) for r in results) == len(load_migrations())
+    with psycopg.connect(empty_db_url) as conn:
+        rows = conn.execute("SELECT version FROM ai_service_migrations ORDER BY 1").fetchall()
+    assert [r[0] for r in rows] == [m.version for m in load_migrations()]
+
+
+def test_edited_applied_migration_is_refused(empty_db_url: str, tmp_path: Path) -> None:
+    (tmp_path / "0001_first.sql").write_text("CREATE TABLE t1 (id int);")
+    migrate(empty_db_url, tmp_path)
+    (tmp_path / "0001_first.sql").write_text("CREATE TABLE t1 (id bigint);")
+    with pytest.raises(MigrationError, match="edited after it was applied"):
+        migrate(empty_db_url, tmp_path)
+
+
+def test_failed_migration_leaves_no_version_row(empty_db_url: str, tmp_path: Path) -> None:
+    (tmp_path / "0001_first.sql").write_text("CREATE TABLE t1 (id int);")
+    (tmp_path / "0002_broken.sql").write_text("CREATE TABLE t2 (id int); SELECT 1/0;")
+    with pytest.raises(psycopg.errors.DivisionByZero):
+        migrate(empty_db_url, tmp_path)
+    with psycopg.connect(empty_db_url) as conn:
+        versions = [r[0] for r in conn.execute("SELECT version FROM ai_service_migrations")]
+        t2 = conn.execute("SELECT to_regclass('t2')").fetchone()
+    assert versions == [1]
+    assert t2 == (None,)
+
+
+def test_gap_in_numbering_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "0001_a.sql").write_text("SELECT 1;")
+    (tmp_path / "0003_c.sql").write_text("SELECT 1;")
+    with pytest.raises(MigrationError, match="0002 is missing"):
+        load_migrations(tmp_path)
+
+
+def test_cli_migrate_check_exit_codes(empty_db_url: str) -> None:
+    env = {**os.environ, "DATABASE_URL": empty_db_url}
+    cmd = [sys.executable, "-m", "service", "migrate", "--check"]
+    pending = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    assert pending.returncode == 1, pending.stderr
+    assert "0001_jobs" in pending.stdout
+    applied = subprocess.run(cmd[:-1], env=env, capture_output=True, text=True, timeout=60)
+    assert applied.returncode == 0, applied.stderr
+    clean = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    assert clean.returncode == 0, clean.stderr

@@ -1,0 +1,109 @@
+"""The wake-up triggers, observed on a real LISTEN connection."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import psycopg
+import pytest
+
+from service.jobs import JobFilter, JobRepository, NewJob
+
+
+def nj(profile: str, **kw: Any) -> NewJob:
+    return NewJob(owner_service="t", task_type="llm_chat", model_profile=profile, **kw)
+
+
+def drain(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
+    """Everything delivered so far: a round trip makes the server flush pending notifies."""
+    conn.execute("SELECT 1")
+    return [(n.channel, n.payload) for n in conn.notifies(timeout=0.5)]
+
+
+def listener(url: str, *channels: str) -> psycopg.Connection[Any]:
+    conn = psycopg.connect(url, autocommit=True)
+    for ch in channels:
+        conn.execute(f'LISTEN "{ch}"'.encode())
+    return conn
+
+
+async def test_batch_insert_sends_one_notify_per_profile(repo: JobRepository, db_url: str) -> None:
+    with listener(db_url, "ai_jobs:qwen2.5-14b", "ai_jobs:voxtral-small", "ai_jobs:other") as conn:
+        jobs = [nj("qwen2.5-14b") for _ in range(700)] + [nj("voxtral-small") for _ in range(300)]
+        await repo.create_batch(jobs)
+        got = Counter(ch for ch, _ in drain(conn))
+    assert got == Counter({"ai_jobs:qwen2.5-14b": 1, "ai_jobs:voxtral-small": 1})
+
+
+async def test_requeue_notifies_but_claim_and_complete_do_not(
+    repo: JobRepository, db_url: str
+) -> None:
+    await repo.create_batch([nj("qwen2.5-14b") for _ in range(3)])
+    with listener(db_url, "ai_jobs:qwen2.5-14b") as conn:
+        claimed = await repo.claim("qwen2.5-14b", "w", limit=3, lease_seconds=60)
+        await repo.complete(claimed[0].id, "w", {"ok": 1})
+        await repo.heartbeat("w", [claimed[1].id], lease_seconds=60)
+        assert drain(conn) == []
+        await repo.fail(
+            claimed[1].id, "w", error_category="timeout", error_message="t", retryable=True
+        )
+        assert drain(conn) == [("ai_jobs:qwen2.5-14b", "")]
+        # a retry of many jobs in one statement folds into one notification
+        await repo.release("w", [claimed[2].id])
+        assert drain(conn) == [("ai_jobs:qwen2.5-14b", "")]
+
+
+async def test_finish_and_cancel_channels(repo: JobRepository, db_url: str) -> None:
+    a, _ = await repo.create(nj("p"))
+    b, _ = await repo.create(nj("p"))
+    with listener(db_url, "ai_jobs_finished", "ai_jobs_cancelled") as conn:
+        await repo.claim("p", "w", limit=1, lease_seconds=60)  # takes a (older id first)
+        await repo.cancel_where(JobFilter(ids=[a.id, b.id]))
+        got = sorted(drain(conn))
+    assert got == sorted(
+        [("ai_jobs_finished", str(a.id)), ("ai_jobs_finished", str(b.id)),
+         ("ai_jobs_cancelled", str(a.id))]
+    )  # fmt: skip
+
+
+async def test_claim_uses_the_partial_index(repo: JobRepository, db_url: str) -> None:
+    await repo.create_batch([nj("qwen2.5-14b") for _ in range(5000)])
+    jobs = await repo.list_jobs(JobFilter(), limit=4000)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE ai_jobs SET status = 'completed', finished_at = now() WHERE id = ANY(%s)",
+            ([j.id for j in jobs[0]],),
+        )
+        conn.execute("ANALYZE ai_jobs")
+        from service.db.queries import queries
+
+        plan = conn.execute(
+            b"EXPLAIN (FORMAT TEXT) " + queries()["claim_jobs"],
+            {"model_profile": "qwen2.5-14b", "worker_id": "w", "limit": 4, "lease_seconds": 60},
+        ).fetchall()
+    text = "\n".join(r[0] for r in plan)
+    assert "ai_jobs_claim_idx" in text, text
+    assert "Seq Scan" not in text, text
+
+
+async def test_listen_connection_receives_and_reports_loss(db_url: str) -> None:
+    from service.db import DatabaseUnavailable
+    from service.db.listen import ListenConnection
+
+    conn = await ListenConnection.connect(db_url, ["ai_jobs:qwen2.5-14b"])
+    with psycopg.connect(db_url, autocommit=True) as other:
+        other.execute("SELECT pg_notify('ai_jobs:qwen2.5-14b', 'x')")
+        got = None
+        async for n in conn.notifications(timeout=30):
+            got = n
+            break
+        assert got == ("ai_jobs:qwen2.5-14b", "x")
+        other.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = 'ai-service-listener' AND datname = current_database()"
+        )
+    with pytest.raises(DatabaseUnavailable):
+        async for _ in conn.notifications(timeout=30):
+            pass
+    await conn.close()

@@ -1,0 +1,261 @@
+"""The job repository on real PostgreSQL: submission, claims, leases, failures, operators."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import anyio
+import psycopg
+import pytest
+
+from service.db import Database
+from service.jobs import (
+    IdempotencyConflict,
+    JobFilter,
+    JobNotFound,
+    JobRepository,
+    NewJob,
+    StateConflict,
+    new_id,
+)
+
+
+def nj(**kw: Any) -> NewJob:
+    base: dict[str, Any] = {
+        "owner_service": "telephony",
+        "task_type": "llm_chat",
+        "model_profile": "qwen2.5-14b",
+        "input": {"user": "hi"},
+    }
+    return NewJob(**(base | kw))
+
+
+def expire_leases(db_url: str) -> None:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE ai_jobs SET lease_expires_at = now() - interval '1 second' "
+            "WHERE status = 'running'"
+        )
+
+
+async def test_create_and_get(repo: JobRepository) -> None:
+    job, created = await repo.create(nj(owner_ref="beeline/1", priority=5))
+    assert created
+    assert job.status == "pending"
+    assert job.attempts == 0
+    assert job.max_attempts == 3
+    assert job.id.version == 7
+    got = await repo.get(job.id)
+    assert got.owner_ref == "beeline/1"
+    assert got.input == {"user": "hi"}
+    assert got.priority == 5
+    with pytest.raises(JobNotFound):
+        await repo.get(new_id())
+
+
+async def test_idempotency_same_body_returns_existing_different_body_conflicts(
+    repo: JobRepository,
+) -> None:
+    first, created = await repo.create(nj(idempotency_key="k1"))
+    again, created2 = await repo.create(nj(idempotency_key="k1"))
+    assert created and not created2
+    assert again.id == first.id
+    with pytest.raises(IdempotencyConflict):
+        await repo.create(nj(idempotency_key="k1", input={"user": "other"}))
+    # keys are per owner_service
+    other, created3 = await repo.create(nj(idempotency_key="k1", owner_service="monitoring-tg"))
+    assert created3 and other.id != first.id
+
+
+async def test_batch_one_statement_with_idempotent_repeats(repo: JobRepository) -> None:
+    existing, _ = await repo.create(nj(idempotency_key="dup"))
+    batch = [nj(owner_ref=str(i)) for i in range(500)] + [nj(idempotency_key="dup")]
+    out = await repo.create_batch(batch)
+    assert len(out) == 501
+    assert sum(created for _, created in out) == 500
+    assert out[-1] == (existing.id, False)
+    assert len({i for i, _ in out}) == 501
+    with pytest.raises(IdempotencyConflict):
+        await repo.create_batch([nj(owner_ref="new"), nj(idempotency_key="dup", priority=9)])
+    jobs, _ = await repo.list_jobs(JobFilter(owner_ref="new"))
+    assert jobs == []  # nothing of the refused batch was written
+
+
+async def test_list_filters_and_keyset_pagination(repo: JobRepository) -> None:
+    await repo.create_batch(
+        [nj(owner_ref=f"r{i}", task_type="transcribe" if i % 3 == 0 else "llm_chat")
+         for i in range(1200)]
+    )  # fmt: skip
+    seen: list[Any] = []
+    cursor = None
+    while True:
+        page, cursor = await repo.list_jobs(
+            JobFilter(task_type=["transcribe"]), limit=150, cursor=cursor
+        )
+        seen.extend(page)
+        if cursor is None:
+            break
+    assert len(seen) == 400
+    assert len({j.id for j in seen}) == 400
+    assert [j.id for j in seen] == sorted((j.id for j in seen), reverse=True)
+    assert all(j.task_type == "transcribe" for j in seen)
+    only, nxt = await repo.list_jobs(JobFilter(owner_ref="r7"))
+    assert [j.owner_ref for j in only] == ["r7"] and nxt is None
+
+
+async def test_claim_orders_by_priority_and_respects_run_after(repo: JobRepository) -> None:
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+    low, _ = await repo.create(nj(priority=0))
+    high, _ = await repo.create(nj(priority=10))
+    await repo.create(nj(priority=100, run_after=later))
+    await repo.create(nj(model_profile="voxtral-small"))
+    claimed = await repo.claim("qwen2.5-14b", "w1", limit=10, lease_seconds=60)
+    assert [j.id for j in claimed] == [high.id, low.id]
+    assert all(j.status == "running" and j.attempts == 1 and j.worker_id == "w1" for j in claimed)
+    assert await repo.next_run_after("qwen2.5-14b") == later
+
+
+async def test_concurrent_claimers_claim_every_job_exactly_once(
+    repo: JobRepository, db: Database
+) -> None:
+    await repo.create_batch([nj(owner_ref=str(i)) for i in range(1000)])
+    claims: dict[str, list[Any]] = {}
+
+    async def claimer(name: str) -> None:
+        got = claims.setdefault(name, [])
+        while True:
+            batch = await repo.claim("qwen2.5-14b", name, limit=7, lease_seconds=60)
+            if not batch:
+                return
+            got.extend(j.id for j in batch)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(8):
+            tg.start_soon(claimer, f"w{i}")
+    all_ids = [i for ids in claims.values() for i in ids]
+    assert len(all_ids) == 1000
+    assert len(set(all_ids)) == 1000
+    assert sum(1 for ids in claims.values() if ids) > 1  # really concurrent
+
+
+async def test_lease_expiry_reclaims_and_refuses_stale_owner(
+    repo: JobRepository, db_url: str
+) -> None:
+    job, _ = await repo.create(nj())
+    [held] = await repo.claim("qwen2.5-14b", "old", limit=1, lease_seconds=60)
+    expire_leases(db_url)
+    [again] = await repo.claim("qwen2.5-14b", "new", limit=1, lease_seconds=60)
+    assert again.id == job.id and again.attempts == 2 and again.worker_id == "new"
+    with pytest.raises(StateConflict) as err:
+        await repo.complete(job.id, "old", {"late": True})
+    assert "another worker" in str(err.value)
+    assert await repo.heartbeat("old", [job.id], lease_seconds=60) == set()
+    done = await repo.complete(job.id, "new", {"ok": True})
+    assert done.status == "completed" and done.result == {"ok": True}
+    with pytest.raises(StateConflict):
+        await repo.complete(job.id, "new", {"twice": True})
+    assert (await repo.get(held.id)).result == {"ok": True}
+
+
+async def test_fail_backoff_then_final_after_max_attempts(repo: JobRepository) -> None:
+    await repo.create(nj(max_attempts=2))
+    [c1] = await repo.claim("qwen2.5-14b", "w", limit=1, lease_seconds=60)
+    r1 = await repo.fail(c1.id, "w", error_category="timeout", error_message="slow", retryable=True)
+    assert r1.status == "pending" and r1.attempts == 1 and r1.worker_id is None
+    [c2] = await repo.claim("qwen2.5-14b", "w", limit=1, lease_seconds=60)
+    r2 = await repo.fail(c2.id, "w", error_category="timeout", error_message="slow", retryable=True)
+    assert r2.status == "failed" and r2.attempts == 2 and r2.finished_at is not None
+    assert r2.error_category == "timeout"
+
+
+async def test_backoff_delays_run_after_exponentially(db: Database) -> None:
+    repo = JobRepository(db, backoff_base=10.0, backoff_max=15.0)
+    job, _ = await repo.create(nj(max_attempts=5))
+    delays = []
+    for _ in range(3):
+        [c] = await repo.claim("qwen2.5-14b", "w", limit=1, lease_seconds=60)
+        assert c.id == job.id
+        failed = await repo.fail(c.id, "w", error_category="x", error_message="m", retryable=True)
+        delays.append((failed.run_after - failed.updated_at).total_seconds())
+        await _make_due(db, job.id)  # due again now, without waiting out the backoff
+    # attempt 1: 10s * [0.5, 1]; attempt 2: 20s capped to 15s * [0.5, 1]
+    assert 5.0 <= delays[0] <= 10.0
+    assert 7.5 <= delays[1] <= 15.0
+    assert 7.5 <= delays[2] <= 15.0
+
+
+async def _make_due(db: Database, job_id: Any) -> None:
+    conn_url = db.url
+    async with await psycopg.AsyncConnection.connect(conn_url, autocommit=True) as conn:
+        await conn.execute("UPDATE ai_jobs SET run_after = now() WHERE id = %s", (job_id,))
+
+
+async def test_non_retryable_fail_is_final_and_retry_resets(repo: JobRepository) -> None:
+    job, _ = await repo.create(nj())
+    await repo.claim("qwen2.5-14b", "w", limit=1, lease_seconds=60)
+    failed = await repo.fail(
+        job.id, "w", error_category="provider_rejected", error_message="bad", retryable=False
+    )
+    assert failed.status == "failed" and failed.attempts == 1
+    retried = await repo.retry(job.id)
+    assert retried.status == "pending" and retried.attempts == 0 and retried.error_category is None
+    with pytest.raises(StateConflict):
+        await repo.retry(job.id)  # pending cannot be retried
+
+
+async def test_retry_and_cancel_by_filter(repo: JobRepository) -> None:
+    await repo.create_batch([nj(owner_ref=f"a{i}") for i in range(5)])
+    await repo.create_batch(
+        [nj(owner_ref=f"b{i}", owner_service="monitoring-pf") for i in range(3)]
+    )
+    cancelled = await repo.cancel_where(JobFilter(owner_service="monitoring-pf"))
+    assert len(cancelled) == 3
+    assert await repo.cancel_where(JobFilter(owner_service="monitoring-pf")) == []
+    claimed = await repo.claim("qwen2.5-14b", "w", limit=2, lease_seconds=60)
+    retried = await repo.retry_where(JobFilter(status=["running"]))
+    assert sorted(retried) == sorted(j.id for j in claimed)
+    assert len(await repo.cancel_where(JobFilter())) == 5
+
+
+async def test_reaper_returns_expired_to_pending_or_failed(
+    repo: JobRepository, db_url: str
+) -> None:
+    one, _ = await repo.create(nj(max_attempts=1))
+    two, _ = await repo.create(nj(max_attempts=3))
+    await repo.claim("qwen2.5-14b", "dead", limit=2, lease_seconds=60)
+    assert await repo.reap() == []
+    expire_leases(db_url)
+    reaped = dict(await repo.reap() or [])
+    assert reaped == {one.id: "failed", two.id: "pending"}
+    gone = await repo.get(one.id)
+    assert gone.error_category == "lease_expired" and "dead" in (gone.error_message or "")
+
+
+async def test_release_does_not_count_the_attempt(repo: JobRepository) -> None:
+    job, _ = await repo.create(nj())
+    await repo.claim("qwen2.5-14b", "w", limit=1, lease_seconds=60)
+    assert await repo.release("w", [job.id]) == {job.id}
+    back = await repo.get(job.id)
+    assert back.status == "pending" and back.attempts == 0
+
+
+async def test_complete_many_only_stores_held_jobs(repo: JobRepository, db_url: str) -> None:
+    await repo.create_batch([nj() for _ in range(4)])
+    claimed = await repo.claim("qwen2.5-14b", "w", limit=4, lease_seconds=60)
+    ids = [j.id for j in claimed]
+    await repo.cancel_where(JobFilter(ids=[ids[0]]))
+    stored = await repo.complete_many("w", [(i, {"n": n}) for n, i in enumerate(ids)])
+    assert stored == set(ids[1:])
+    assert (await repo.get(ids[0])).status == "cancelled"
+    assert (await repo.get(ids[2])).result == {"n": 2}
+
+
+async def test_heartbeat_extends_only_held_leases(repo: JobRepository) -> None:
+    await repo.create_batch([nj() for _ in range(2)])
+    a, b = await repo.claim("qwen2.5-14b", "w", limit=2, lease_seconds=5)
+    await repo.cancel_where(JobFilter(ids=[b.id]))
+    assert await repo.heartbeat("w", [a.id, b.id], lease_seconds=600) == {a.id}
+    renewed = await repo.get(a.id)
+    assert renewed.lease_expires_at is not None and a.lease_expires_at is not None
+    assert renewed.lease_expires_at > a.lease_expires_at
