@@ -44,6 +44,8 @@ def parse_queries(text: str) -> dict[str, str]:
 
 @cache
 def queries() -> dict[str, bytes]:
-    """The named queries, encoded once (psycopg takes bytes as a trusted, literal query)."""
-    text = (sql_dir() / "queries.sql").read_text(encoding="utf-8")
+    """The named queries of ``queries.sql`` and ``queries_*.sql`` (one file per concern),
+    encoded once: psycopg takes bytes as a trusted, literal query."""
+    files = [sql_dir() / "queries.sql", *sorted(sql_dir().glob("queries_*.sql"))]
+    text = "\n".join(f.read_text(encoding="utf-8") for f in files)
     return {name: sql.encode() for name, sql in parse_queries(text).items()}
