@@ -92,9 +92,9 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    url = _require_db(settings)
     from service.worker.main import run_worker_process
 
-    url = _require_db(settings)
     _migrate_on_start(settings, url)
     profiles = args.profile or list(settings.worker_profiles)
     return run_worker_process(settings, url, profiles)

@@ -1,0 +1,50 @@
+# Two commands on a fresh machine: `make run` and `make test`. Both create .venv and install
+# everything they need; nothing has to be installed by hand.
+SHELL := /bin/bash
+VENV ?= .venv
+PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
+	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+	&& { echo $$p; break; }; done)
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: run test lint types unit bench bench-quick schema-snapshot clean
+
+$(STAMP): pyproject.toml
+	@test -n "$(PYTHON)" || { echo "make: Python >= 3.11 is required (python3.11+ on PATH)"; exit 2; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v '^WARNING: Location' || true
+	@$(BIN)/python -c 'import service, pytest, ruff, mypy' || { echo "make: installation failed"; exit 1; }
+	@rm -f $(VENV)/.installed-* && touch $@
+
+## run: start the whole service locally (embedded PostgreSQL, API, workers, simulator)
+run: $(STAMP)
+	$(BIN)/ai-service dev
+
+## test: lint, format check, strict types, and the whole test suite
+test: lint types unit
+
+lint: $(STAMP)
+	$(BIN)/ruff check service tests bench
+	$(BIN)/ruff format --check service tests bench
+
+types: $(STAMP)
+	$(BIN)/mypy --strict service
+
+unit: $(STAMP)
+	$(BIN)/pytest
+
+## bench: every benchmark (prints tables, writes bench/results/*.json)
+bench: $(STAMP)
+	$(BIN)/python -m bench all
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m bench all --quick
+
+## schema-snapshot: regenerate sql/schema.snapshot.sql after adding a migration
+schema-snapshot: $(STAMP)
+	UPDATE_SCHEMA_SNAPSHOT=1 $(BIN)/pytest -q tests/integration/test_migrations.py -k snapshot
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

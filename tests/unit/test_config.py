@@ -1,0 +1,143 @@
+"""Settings: the seed's variables and defaults, Go-style durations, one-line errors, secrets."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from service.config import (
+    FIELDS,
+    ConfigError,
+    Secret,
+    Settings,
+    format_duration,
+    parse_duration,
+)
+
+SEED_DEFAULTS = {
+    "HTTP_HOST": "0.0.0.0",
+    "HTTP_PORT": 8080,
+    "MIGRATE_ON_START": True,
+    "LLM_MODEL": "qwen2.5-14b",
+    "LLM_TIMEOUT": 300.0,
+    "VOXTRAL_MODEL": "mistralai/Voxtral-Small-24B-2507",
+    "WORKER_HTTP_HOST": "0.0.0.0",
+    "WORKER_HTTP_PORT": 8081,
+    "WORKER_CLAIM_LIMIT": 4,
+    "WORKER_LEASE_TIMEOUT": 900.0,
+}
+SEED_VARIABLES = [
+    "HTTP_HOST", "HTTP_PORT", "DATABASE_URL", "MIGRATE_ON_START", "AI_SERVICE_TOKEN",
+    "LLM_BASE_URL", "LLM_API_KEY", "LLM_MODEL", "LLM_TIMEOUT", "VOXTRAL_BASE_URL",
+    "VOXTRAL_MODEL", "VOXTRAL_API_KEY", "AUDIO_LLM_API_KEY", "AUDIO_LLM_PROMPT", "WORKER_ID",
+    "WORKER_HTTP_HOST", "WORKER_HTTP_PORT", "WORKER_POLL_INTERVAL", "WORKER_CLAIM_LIMIT",
+    "WORKER_LEASE_TIMEOUT",
+]  # fmt: skip
+
+
+def test_every_seed_variable_is_a_setting() -> None:
+    names = {f.env for f in FIELDS}
+    assert set(SEED_VARIABLES) <= names
+
+
+def test_seed_defaults() -> None:
+    s = Settings.from_env({})
+    by_env = {f.env: getattr(s, f.attr) for f in FIELDS}
+    for env, value in SEED_DEFAULTS.items():
+        assert by_env[env] == value, env
+    assert s.worker_poll_interval == 30.0  # the fallback poll; NOTIFY wakes workers at once
+    assert s.database_url is None
+    assert s.worker_id  # hostname
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("500ms", 0.5), ("2s", 2.0), ("5m", 300.0), ("1h30m", 5400.0), ("1.5s", 1.5),
+     ("90", 90.0), ("1h0m10s", 3610.0), ("250us", 0.00025)],
+)  # fmt: skip
+def test_go_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "5 m", "m", "5x", "-1s", "1h-5m", "abc", "5m3"])
+def test_bad_durations(text: str) -> None:
+    with pytest.raises(ValueError, match=r".*"):
+        parse_duration(text)
+
+
+def test_format_duration_round_trips() -> None:
+    for s in (0.5, 2.0, 300.0, 5400.0, 3610.0):
+        assert parse_duration(format_duration(s)) == s
+
+
+def test_bad_values_are_named_with_what_is_expected() -> None:
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env({"WORKER_CLAIM_LIMIT": "lots", "LLM_TIMEOUT": "soon"})
+    text = str(err.value)
+    assert "WORKER_CLAIM_LIMIT='lots' is invalid: expected an integer 1-10000" in text
+    assert "LLM_TIMEOUT='soon' is invalid: expected a duration" in text
+    assert "\n" not in text
+
+
+def test_secret_values_are_never_shown() -> None:
+    s = Settings.from_env(
+        {"AI_SERVICE_TOKEN": "tok-1,tok-2", "LLM_API_KEY": "sk-live-123",
+         "DATABASE_URL": "postgresql://u:hunter2@db/x"}
+    )  # fmt: skip
+    text = repr(s) + str(s)
+    for secret in ("tok-1", "sk-live-123", "hunter2"):
+        assert secret not in text
+    assert s.tokens == ("tok-1", "tok-2")
+    assert repr(Secret("x")) == "Secret('**********')"
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env({"DATABASE_URL": "mysql://root:hunter2@db"})
+    assert "hunter2" not in str(err.value)
+    assert "DATABASE_URL=<hidden>" in str(err.value)
+
+
+def test_voxtral_key_falls_back_to_audio_then_llm_key() -> None:
+    assert Settings.from_env({"LLM_API_KEY": "a"}).voxtral_key == Secret("a")
+    both = {"LLM_API_KEY": "a", "AUDIO_LLM_API_KEY": "b"}
+    assert Settings.from_env(both).voxtral_key == Secret("b")
+    assert Settings.from_env({**both, "VOXTRAL_API_KEY": "c"}).voxtral_key == Secret("c")
+    assert Settings.from_env({}).voxtral_key is None
+
+
+def test_per_profile_claim_limits() -> None:
+    s = Settings.from_env({"WORKER_CLAIM_LIMITS": "voxtral-small=8, qwen2.5-14b=16"})
+    assert s.claim_limit("voxtral-small") == 8
+    assert s.claim_limit("qwen2.5-14b") == 16
+    assert s.claim_limit("other") == 4
+    with pytest.raises(ConfigError, match="WORKER_CLAIM_LIMITS"):
+        Settings.from_env({"WORKER_CLAIM_LIMITS": "voxtral-small"})
+
+
+def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if k not in {f.env for f in FIELDS}}
+    return subprocess.run(
+        [sys.executable, "-m", "service", *args],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_cli_bad_value_exits_2_with_one_line_and_no_traceback() -> None:
+    done = _cli({"WORKER_LEASE_TIMEOUT": "forever"}, "migrate")
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "WORKER_LEASE_TIMEOUT='forever'" in lines[0]
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("command", ["api", "worker", "migrate"])
+def test_production_commands_require_database_url(command: str) -> None:
+    done = _cli({}, command)
+    assert done.returncode == 2
+    assert "DATABASE_URL is not set" in done.stderr
+    assert "ai-service dev" in done.stderr
