@@ -1,0 +1,43 @@
+"""Run every benchmark in order: ``python -m bench all [--quick]`` (what ``make bench`` does).
+
+Each benchmark is a module run in its own process, so one's event loop, pools and servers
+cannot disturb the next one's figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import subprocess
+import sys
+import time
+
+# In the order they should run; a module that is absent is reported, not silently skipped.
+BENCHMARKS = ["pickup", "throughput", "submit", "saturation", "stats_scale", "memory"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("which", nargs="?", default="all", help="'all' or a benchmark name")
+    parser.add_argument("--quick", action="store_true", help="smaller runs (about 2 minutes)")
+    args = parser.parse_args()
+    names = BENCHMARKS if args.which == "all" else [args.which]
+    failed = []
+    for name in names:
+        if importlib.util.find_spec(f"bench.{name}") is None:
+            print(f"== {name}: not implemented yet", flush=True)
+            continue
+        print(f"== {name}", flush=True)
+        started = time.monotonic()
+        cmd = [sys.executable, "-m", f"bench.{name}", *(["--quick"] if args.quick else [])]
+        code = subprocess.call(cmd)  # noqa: S603
+        print(f"== {name}: exit {code} in {time.monotonic() - started:.0f}s", flush=True)
+        if code:
+            failed.append(name)
+    if failed:
+        print("failed: " + ", ".join(failed))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
