@@ -30,7 +30,7 @@ def main() -> int:
         print(f"== {name}", flush=True)
         started = time.monotonic()
         cmd = [sys.executable, "-m", f"bench.{name}", *(["--quick"] if args.quick else [])]
-        code = subprocess.call(cmd)  # noqa: S603
+        code = subprocess.call(cmd)
         print(f"== {name}: exit {code} in {time.monotonic() - started:.0f}s", flush=True)
         if code:
             failed.append(name)
