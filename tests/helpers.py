@@ -21,9 +21,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for(
-    check: Callable[[], T | None], *, timeout: float = 60.0, what: str = "condition"
-) -> T:
+def wait_for(check: Callable[[], T | None], *, timeout: float = 60.0, what: str = "condition") -> T:
     """Poll ``check`` until it returns a truthy value; fail after a generous deadline.
 
     This waits on an outcome, it does not time anything: the deadline only bounds a hang.
