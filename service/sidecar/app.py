@@ -1,0 +1,47 @@
+"""The sidecar's HTTP app: ``GET /infra/status`` (everything, gathered concurrently) and
+``GET /healthz``. Read-only; it exposes no secrets and accepts no input beyond the path."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import anyio
+import httpx
+from litestar import Litestar, get
+
+from service.sidecar.containers import read_containers
+from service.sidecar.gpu import read_gpus
+from service.sidecar.vllm import read_vllm
+
+
+def create_sidecar_app(vllm_metrics: dict[str, str], docker_socket: str) -> Litestar:
+    @get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @get("/infra/status")
+    async def status() -> dict[str, Any]:
+        started = time.monotonic()
+        result: dict[str, Any] = {"vllm": []}
+        async with httpx.AsyncClient(timeout=3.0) as client:
+
+            async def gpus() -> None:
+                result["gpus"] = await anyio.to_thread.run_sync(read_gpus)
+
+            async def containers() -> None:
+                result["containers"] = await read_containers(docker_socket)
+
+            async def one(name: str, url: str) -> None:
+                result["vllm"].append(await read_vllm(name, url, client))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(gpus)
+                tg.start_soon(containers)
+                for name, url in vllm_metrics.items():
+                    tg.start_soon(one, name, url)
+        result["vllm"].sort(key=lambda v: v["name"])
+        result["collected_ms"] = round((time.monotonic() - started) * 1000, 1)
+        return result
+
+    return Litestar(route_handlers=[healthz, status])
