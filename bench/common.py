@@ -1,0 +1,113 @@
+"""Shared bench plumbing: a PostgreSQL to measure on, percentiles, tables and JSON output.
+
+Benchmarks run on the embedded PostgreSQL with durable stock settings (fsync on), unless
+``BENCH_DATABASE_URL`` names another server; every figure is printed next to the baseline
+measured in the same run, and written to ``bench/results/<name>.json`` with the machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from service.db.embedded import EmbeddedPostgres
+from service.db.migrate import migrate
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in [0, 100]) — no interpolation between samples."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def summary(values: Sequence[float]) -> dict[str, float]:
+    return {
+        "n": len(values),
+        "mean": statistics.fmean(values) if values else float("nan"),
+        "p50": percentile(values, 50),
+        "p95": percentile(values, 95),
+        "p99": percentile(values, 99),
+        "max": max(values) if values else float("nan"),
+    }
+
+
+def table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(h) for h in header]] + [
+        [f"{c:.3f}" if isinstance(c, float) else str(c) for c in r] for r in rows
+    ]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = [title, "  ".join(h.ljust(w) for h, w in zip(cells[0], widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in cells[1:]]
+    return "\n".join(lines)
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
+
+
+def write_result(name: str, data: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    payload = {"benchmark": name, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    payload |= {"machine": machine(), **data}
+    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    return path
+
+
+def server_info(url: str) -> dict[str, Any]:
+    with psycopg.connect(url) as conn:
+        version = conn.execute("SHOW server_version").fetchone()
+        settings = conn.execute(
+            "SELECT name, setting FROM pg_settings WHERE name IN ('shared_buffers', "
+            "'synchronous_commit', 'fsync', 'max_connections', 'work_mem')"
+        ).fetchall()
+    return {"server_version": version[0] if version else "?", "settings": dict(settings)}
+
+
+@contextlib.contextmanager
+def bench_database(*, migrated: bool = True) -> Iterator[str]:
+    """A fresh database: on BENCH_DATABASE_URL's server, else on a private embedded server."""
+    external = os.environ.get("BENCH_DATABASE_URL")
+    server: EmbeddedPostgres | None = None
+    tmp = None
+    if external:
+        admin = external
+    else:
+        tmp = tempfile.TemporaryDirectory(prefix="aisvc-bench-")
+        server = EmbeddedPostgres(Path(tmp.name) / "data")
+        admin = server.start()
+    name = f"bench_{os.getpid()}_{int(time.time())}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"'.encode())
+    url = psycopg.conninfo.make_conninfo(admin, dbname=name)
+    try:
+        if migrated:
+            migrate(url)
+        yield url
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
+        if server is not None:
+            server.close()
+        if tmp is not None:
+            tmp.cleanup()
