@@ -1,35 +1,95 @@
-"""The Litestar application: routes, lifespan (database pool), error mapping, OpenAPI."""
+"""The Litestar application: routes, lifespan (pool + long-poll hub), auth, errors, OpenAPI.
+
+Layout: ``jobs.py`` (caller-facing), ``workers.py`` (claim/heartbeat/complete/fail), ``stats.py``,
+``health.py`` (open probes); ``auth.py`` guards everything under ``/api/v1``; ``errors.py`` maps
+every exception to one error shape; ``hub.py`` owns the process's single LISTEN connection.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
-from litestar import Litestar
+import anyio
+from litestar import Litestar, Router
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
 
+from service.api import jobs, stats, workers
+from service.api.auth import bearer_guard
+from service.api.deps import DEPENDENCIES
+from service.api.errors import handle_exception
 from service.api.health import healthz, readyz
+from service.api.hub import NotifyHub
 from service.config import Settings
 from service.db import open_database
 from service.jobs import JobRepository
+from service.jobs.stats import StatsRepository
+
+API_PREFIX = "/api/v1"
+SECURITY_SCHEME = "BearerToken"
 
 
-def create_app(settings: Settings, *, database_url: str) -> Litestar:
+def api_router(settings: Settings, extra_routes: Sequence[Any] = ()) -> Router:
+    """Every ``/api/v1`` route behind the bearer guard. Other packages (providers/infra status)
+    pass their handlers through ``extra_routes`` so they share the guard and the prefix."""
+    return Router(
+        path=API_PREFIX,
+        route_handlers=[*jobs.ROUTES, *workers.ROUTES, *stats.ROUTES, *extra_routes],
+        guards=[bearer_guard(settings.tokens)],
+        security=[{SECURITY_SCHEME: []}] if settings.tokens else None,
+    )
+
+
+def create_app(
+    settings: Settings, *, database_url: str, extra_routes: Sequence[Any] = ()
+) -> Litestar:
     """Build the API. The pool opens at startup so a bad URL fails the process, not a request."""
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         db = await open_database(database_url, max_size=settings.db_pool_size)
-        app.state.db = db
-        app.state.repo = JobRepository(
-            db,
-            default_max_attempts=settings.job_max_attempts,
-            backoff_base=settings.retry_backoff_base,
-            backoff_max=settings.retry_backoff_max,
-        )
-        app.state.settings = settings
         try:
-            yield
+            hub = NotifyHub(database_url)
+            app.state.db = db
+            app.state.repo = JobRepository(
+                db,
+                default_max_attempts=settings.job_max_attempts,
+                backoff_base=settings.retry_backoff_base,
+                backoff_max=settings.retry_backoff_max,
+            )
+            app.state.stats = StatsRepository(db)
+            app.state.hub = hub
+            app.state.settings = settings
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(hub.run)
+                try:
+                    yield
+                finally:
+                    tg.cancel_scope.cancel()
         finally:
             await db.close()
 
-    return Litestar(route_handlers=[healthz, readyz], lifespan=[lifespan], debug=False)
+    openapi = OpenAPIConfig(
+        title="ai-service",
+        version="1",
+        description="Shared AI job service: submit jobs, claim them as a worker, read results.",
+        path="/schema",
+        components=Components(
+            security_schemes={
+                SECURITY_SCHEME: SecurityScheme(
+                    type="http", scheme="bearer", description="AI_SERVICE_TOKEN"
+                )
+            }
+        ),
+    )
+    return Litestar(
+        route_handlers=[healthz, readyz, api_router(settings, extra_routes)],
+        dependencies=DEPENDENCIES,
+        exception_handlers={Exception: handle_exception},
+        request_max_body_size=settings.max_request_bytes,
+        openapi_config=openapi,
+        lifespan=[lifespan],
+        debug=False,
+    )

@@ -1,0 +1,245 @@
+"""One error shape for every 4xx/5xx: ``{"error": code, "detail": sentence, "fields": [...]}``.
+
+Why one mapping function instead of per-route try/except: handlers stay thin and raise domain
+errors (``JobNotFound``, ``StateConflict`` …); this module is the single place that decides the
+status code and the stable ``error`` code callers branch on. Unexpected exceptions are logged
+with their traceback but answered with a generic sentence, so nothing internal (SQL, a token
+from a header, a connection string) can leak into a response.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import msgspec
+from litestar import Request, Response
+from litestar.exceptions import (
+    HTTPException,
+    MethodNotAllowedException,
+    NotAuthorizedException,
+    NotFoundException,
+    SerializationException,
+    ValidationException,
+)
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
+from litestar.openapi.datastructures import ResponseSpec
+
+from service.api.schemas import ErrorBody, FieldError
+from service.db import DatabaseUnavailable, IntegrityViolation
+from service.jobs import IdempotencyConflict, JobNotFound, StateConflict
+
+log = logging.getLogger("ai_service.api")
+
+WWW_AUTHENTICATE = 'Bearer realm="ai-service"'
+
+_STATUS_CODES: dict[int, str] = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "request_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    429: "too_many_requests",
+    500: "internal_error",
+    503: "service_unavailable",
+}
+
+
+class ApiError(Exception):
+    """An error a handler raises on purpose, with its status and stable code."""
+
+    def __init__(
+        self,
+        status_code: int,
+        code: str,
+        detail: str,
+        *,
+        fields: list[FieldError] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status_code = status_code
+        self.code = code
+        self.detail = detail
+        self.fields = fields
+
+
+def invalid(field: str, message: str, *, code: str = "validation_error") -> ApiError:
+    """A 422 naming one field."""
+    return ApiError(
+        422, code, f"{field}: {message}", fields=[FieldError(field=field, message=message)]
+    )
+
+
+_MSGSPEC_AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
+
+
+def _clean_path(path: str) -> str:
+    return path[1:] if path.startswith(".") else path
+
+
+def _msgspec_field(message: str, prefix: str = "") -> FieldError:
+    """``Expected `int`, got `str` - at `$.jobs[3].priority``` → field ``jobs[3].priority``."""
+    m = _MSGSPEC_AT.match(message.strip())
+    msg, path = (m.group("msg"), m.group("path") or "") if m else (message, "")
+    field = _clean_path(path)
+    unknown = re.match(r"Object contains unknown field `([^`]+)`", msg)
+    if unknown:
+        field = f"{field}.{unknown.group(1)}" if field else unknown.group(1)
+        msg = "unknown field"
+    missing = re.match(r"Object missing required field `([^`]+)`", msg)
+    if missing:
+        field = f"{field}.{missing.group(1)}" if field else missing.group(1)
+        msg = "required field is missing"
+    if prefix:
+        field = f"{prefix}.{field}" if field and not field.startswith("[") else prefix + field
+    return FieldError(field=field or "body", message=_lower_first(msg))
+
+
+def _lower_first(s: str) -> str:
+    return s[:1].lower() + s[1:] if s else s
+
+
+def _validation_fields(exc: ValidationException) -> list[FieldError]:
+    out: list[FieldError] = []
+    extra: Any = exc.extra
+    items = extra if isinstance(extra, list) else []
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        message = str(item.get("message", "invalid value"))
+        key = str(item.get("key", "") or "")
+        source = str(item.get("source", "") or "")
+        fe = _msgspec_field(message)
+        # Litestar gives the location as ``key`` (``jobs[1].priority``; ``data`` is the whole
+        # body); an unknown or missing field's own name is in the message.
+        base = "" if key in ("", "data") else key
+        if fe.field == "body":
+            field = base or ("body" if source == "body" or key == "data" else key or "body")
+        else:
+            field = f"{base}.{fe.field}" if base else fe.field
+        out.append(FieldError(field=field, message=fe.message))
+    return out
+
+
+def error_response(
+    status_code: int,
+    code: str,
+    detail: str,
+    *,
+    fields: list[FieldError] | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> Response[ErrorBody]:
+    body = ErrorBody(error=code, detail=detail, fields=fields or None, **extra)
+    return Response(body, status_code=status_code, headers=headers, media_type="application/json")
+
+
+def _sentence(fields: list[FieldError], fallback: str) -> str:
+    if not fields:
+        return fallback
+    first = fields[0]
+    more = f" (and {len(fields) - 1} more)" if len(fields) > 1 else ""
+    return f"{first.field}: {first.message}{more}"
+
+
+def _is_data_error(exc: Exception) -> bool:
+    """A value PostgreSQL cannot store (a NUL character in text or jsonb, a timestamp out of
+    range): SQLSTATE class 22 "data exception", or psycopg refusing to send it (its
+    ``DataError``; psycopg itself is imported only under service/db). The caller's data: 422."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    if isinstance(sqlstate, str) and sqlstate.startswith("22"):
+        return True
+    return any(c.__name__ == "DataError" for c in type(exc).__mro__)
+
+
+def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+    """The app's only exception handler (registered for ``Exception``)."""
+    if isinstance(exc, ApiError):
+        return error_response(exc.status_code, exc.code, exc.detail, fields=exc.fields)
+    if isinstance(exc, JobNotFound):
+        return error_response(404, exc.code, str(exc), job_id=exc.job_id)
+    if isinstance(exc, StateConflict):
+        return error_response(409, exc.code, str(exc), status=exc.status, job_id=exc.job_id)
+    if isinstance(exc, IdempotencyConflict):
+        existing = exc.existing if exc.existing.int else None
+        return error_response(409, exc.code, str(exc), job_id=existing)
+    if isinstance(exc, DatabaseUnavailable):
+        log.warning("database unavailable: %s", exc)
+        return error_response(
+            503,
+            "database_unavailable",
+            "the database is unavailable right now; retry later",
+            headers={"Retry-After": "1"},
+        )
+    if isinstance(exc, IntegrityViolation):
+        return error_response(422, "constraint_violation", f"the database refused the write: {exc}")
+    if _is_data_error(exc):
+        first_line = (str(exc).strip().splitlines() or ["invalid value"])[0]
+        return error_response(422, "invalid_value", f"a value cannot be stored: {first_line}")
+    if isinstance(exc, msgspec.ValidationError):
+        fields = [_msgspec_field(str(exc))]
+        return error_response(422, "validation_error", _sentence(fields, str(exc)), fields=fields)
+    if isinstance(exc, NotAuthorizedException):
+        return error_response(
+            401,
+            "unauthorized",
+            exc.detail or "a valid bearer token is required",
+            headers={"WWW-Authenticate": WWW_AUTHENTICATE},
+        )
+    if isinstance(exc, ValidationException):
+        fields = _validation_fields(exc)
+        if fields and all(f.message.startswith("json is malformed") for f in fields):
+            return error_response(400, "invalid_json", "the request body is not valid JSON")
+        return error_response(
+            422, "validation_error", _sentence(fields, "the request is invalid"), fields=fields
+        )
+    if isinstance(exc, SerializationException | UnicodeDecodeError):
+        return error_response(400, "invalid_json", "the request body is not valid JSON")
+    if isinstance(exc, RequestEntityTooLarge):
+        return error_response(413, "request_too_large", "the request body is too large")
+    if isinstance(exc, NotFoundException):
+        return error_response(404, "not_found", f"no route or resource at {request.url.path}")
+    if isinstance(exc, MethodNotAllowedException):
+        return error_response(
+            405, "method_not_allowed", f"{request.method} is not allowed on {request.url.path}"
+        )
+    if isinstance(exc, HTTPException) and exc.status_code == 400 and _is_body_decode(exc.detail):
+        return error_response(
+            400, "invalid_json", f"the request body is not valid JSON: {exc.detail}"
+        )
+    if isinstance(exc, HTTPException):
+        code = _STATUS_CODES.get(exc.status_code, "http_error")
+        detail = exc.detail if exc.status_code < 500 else "internal error"
+        return error_response(exc.status_code, code, detail or code.replace("_", " "))
+    log.error(
+        "unhandled error on %s %s", request.method, request.url.path, exc_info=exc
+    )  # never the headers: they may hold a token
+    return error_response(500, "internal_error", "an internal error occurred; it was logged")
+
+
+def _is_body_decode(detail: str | None) -> bool:
+    """Litestar reports undecodable bodies as plain 400s; their detail names JSON or UTF-8."""
+    text = (detail or "").lower()
+    return "json" in text or "utf-8" in text or "decode" in text
+
+
+def responses(*codes: int) -> dict[int, ResponseSpec]:
+    """OpenAPI documentation of the error responses a route can give."""
+    text = {
+        400: "Malformed JSON",
+        401: "Missing or invalid bearer token",
+        404: "No such job",
+        409: "State or idempotency conflict; the body carries the current status",
+        413: "Request body larger than MAX_REQUEST_BYTES",
+        422: "Validation failed; `fields` names each offending field",
+        503: "PostgreSQL is unavailable",
+    }
+    return {
+        c: ResponseSpec(data_container=ErrorBody, description=text.get(c, "Error"))
+        for c in sorted({*codes, 400, 401, 503})
+    }

@@ -1,0 +1,257 @@
+"""The long-poll hub: ONE LISTEN connection per API process, shared by every waiting request.
+
+Who waits: ``GET /api/v1/jobs/{id}?wait_seconds=N`` (channel ``ai_jobs_finished``, payload =
+the job id) and ``POST /api/v1/jobs/claim`` with ``wait_seconds`` (channel
+``ai_jobs:<profile>``, any payload). A request registers a ``Waiter`` *before* it checks the
+database, so a notification that lands between the check and the wait is not lost; after every
+wake it re-checks the database, and once more when its time is up, so a notification missed
+altogether (connection lost, server restarted) costs latency, never correctness.
+
+Profile channels are LISTENed on demand. psycopg holds the connection's lock while it waits for
+notifications, so the receive loop runs inside a cancel scope that a new subscription cancels;
+the loop then issues the LISTEN and resumes. Channels nobody waited on for a while are
+UNLISTENed, so arbitrary profile names cannot grow the set forever. On every (re)connect all
+waiters are woken to re-check, because notifications sent while we were not listening are gone.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
+from typing import TypeVar
+
+import anyio
+
+from service.db import DatabaseUnavailable
+from service.db.listen import ListenConnection, Notification
+
+log = logging.getLogger("ai_service.api.hub")
+
+FINISHED_CHANNEL = "ai_jobs_finished"
+KEEPALIVE = 10.0  # ping the connection after this many quiet seconds
+PING_TIMEOUT = 5.0
+IDLE_UNLISTEN = 60.0  # UNLISTEN a profile channel nobody waited on for this long
+T = TypeVar("T")
+
+
+def profile_channel(profile: str) -> str:
+    return f"ai_jobs:{profile}"
+
+
+class Waiter:
+    """One waiting request; woken by any of the (channel, payload) keys it registered."""
+
+    def __init__(self, keys: Iterable[tuple[str, str | None]]) -> None:
+        self.keys = list(dict.fromkeys(keys))
+        self.channels = {ch for ch, _ in self.keys}
+        self._event = anyio.Event()
+
+    def wake(self) -> None:
+        self._event.set()
+
+    def rearm(self) -> None:
+        """Forget past wake-ups; call *before* re-checking the database."""
+        if self._event.is_set():
+            self._event = anyio.Event()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+
+
+class NotifyHub:
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._waiters: dict[str, dict[str | None, set[Waiter]]] = {}
+        self._listening: set[str] = set()
+        self._idle_since: dict[str, float] = {}
+        self._dirty = False
+        self._interrupt: anyio.CancelScope | None = None
+        self._synced = anyio.Event()
+        self._registered = anyio.Event()
+        self._connected_event = anyio.Event()
+        self.connected = False
+        self.connects = 0
+        self.notifications = 0
+
+    # --- the receive loop -----------------------------------------------------------------
+    async def run(self) -> None:
+        """Keep one LISTEN connection open for the life of the process (reconnect on loss)."""
+        delay = 0.05
+        while True:
+            try:
+                conn = await ListenConnection.connect(self._url)
+            except DatabaseUnavailable as exc:
+                log.warning("long-poll listener cannot connect: %s", exc)
+                await anyio.sleep(delay * (0.5 + random.random() / 2))
+                delay = min(delay * 2, 5.0)
+                continue
+            try:
+                self._listening = set()
+                await self._sync(conn)
+                self.connected = True
+                self.connects += 1
+                connected, self._connected_event = self._connected_event, anyio.Event()
+                connected.set()
+                delay = 0.05
+                self._wake_all()  # catch-up: notifications sent while disconnected are gone
+                await self._receive(conn)
+            except (DatabaseUnavailable, TimeoutError) as exc:
+                log.warning("long-poll listener lost its connection: %s", exc)
+            finally:
+                self.connected = False
+                self._listening = set()
+                with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                    await conn.close()
+            await anyio.sleep(delay * (0.5 + random.random() / 2))
+            delay = min(delay * 2, 5.0)
+
+    async def _receive(self, conn: ListenConnection) -> None:
+        while True:
+            with anyio.CancelScope() as scope:
+                self._interrupt = scope
+                if not self._dirty:
+                    async for n in conn.notifications(timeout=KEEPALIVE):
+                        self._dispatch(n)
+            self._interrupt = None
+            if not scope.cancelled_caught:
+                # A quiet spell: make sure the connection is still alive.
+                with anyio.fail_after(PING_TIMEOUT):
+                    await conn.ping()
+            await self._sync(conn)
+
+    async def _sync(self, conn: ListenConnection) -> None:
+        """LISTEN what waiters need, UNLISTEN channels idle for a while, then tell waiters."""
+        self._dirty = False
+        now = time.monotonic()
+        wanted = {FINISHED_CHANNEL} | {ch for ch, by in self._waiters.items() if by}
+        for ch in sorted(wanted - self._listening):
+            await conn.listen(ch)
+            self._listening.add(ch)
+        for ch in sorted(self._listening - wanted):
+            if now - self._idle_since.get(ch, now) >= IDLE_UNLISTEN:
+                await conn.unlisten(ch)
+                self._listening.discard(ch)
+                self._idle_since.pop(ch, None)
+        synced, self._synced = self._synced, anyio.Event()
+        synced.set()
+
+    def _dispatch(self, n: Notification) -> None:
+        self.notifications += 1
+        by_payload = self._waiters.get(n.channel)
+        if not by_payload:
+            return
+        for w in by_payload.get(None, ()):
+            w.wake()
+        if n.payload:
+            for w in by_payload.get(n.payload, ()):
+                w.wake()
+
+    def _wake_all(self) -> None:
+        for by_payload in self._waiters.values():
+            for waiters in by_payload.values():
+                for w in waiters:
+                    w.wake()
+
+    # --- subscriptions --------------------------------------------------------------------
+    @asynccontextmanager
+    async def subscribe(self, keys: Iterable[tuple[str, str | None]]) -> AsyncIterator[Waiter]:
+        waiter = Waiter(keys)
+        for ch, payload in waiter.keys:
+            self._waiters.setdefault(ch, {}).setdefault(payload, set()).add(waiter)
+            self._idle_since.pop(ch, None)
+        if not waiter.channels <= self._listening:
+            self._request_sync()
+        registered, self._registered = self._registered, anyio.Event()
+        registered.set()
+        try:
+            yield waiter
+        finally:
+            now = time.monotonic()
+            for ch, payload in waiter.keys:
+                by_payload = self._waiters.get(ch, {})
+                group = by_payload.get(payload)
+                if group is not None:
+                    group.discard(waiter)
+                    if not group:
+                        del by_payload[payload]
+                if not by_payload:
+                    self._waiters.pop(ch, None)
+                    self._idle_since[ch] = now
+
+    def _request_sync(self) -> None:
+        self._dirty = True
+        if self._interrupt is not None:
+            self._interrupt.cancel()
+
+    async def until_listening(self, channels: set[str]) -> None:
+        """Return once every channel is LISTENed on the live connection."""
+        while not (self.connected and channels <= self._listening):
+            self._request_sync()
+            await self._synced.wait()
+
+    async def until_waiting(self, channel: str, payload: str | None = None) -> None:
+        """Return once a request waits on (channel, payload) and the channel is listened
+        (lets tests act at the right moment without sleeping)."""
+        while payload not in self._waiters.get(channel, {}):
+            await self._registered.wait()
+        await self.until_listening({channel})
+
+    async def until_connected(self, connects: int = 1) -> None:
+        """Return once the hub has connected at least ``connects`` times and is connected."""
+        while not (self.connected and self.connects >= connects):
+            await self._connected_event.wait()
+
+    def is_listening(self, channel: str) -> bool:
+        return self.connected and channel in self._listening
+
+    # --- the long-poll loop ---------------------------------------------------------------
+    async def wait_for(
+        self,
+        keys: Iterable[tuple[str, str | None]],
+        check: Callable[[], Awaitable[T | None]],
+        wait_seconds: float,
+        *,
+        gone: anyio.Event | None = None,
+    ) -> T | None:
+        """Run ``check`` until it returns something or ``wait_seconds`` pass, re-running it
+        after every matching notification and once more at the end. When ``gone`` is set (the
+        client hung up) it stops without checking again."""
+        if wait_seconds <= 0:
+            return await check()
+        deadline = anyio.current_time() + wait_seconds
+        async with self.subscribe(keys) as waiter:
+            result = await check()
+            if result is not None:
+                return result
+            with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
+                await self.until_listening(waiter.channels)
+            while True:
+                waiter.rearm()
+                result = await check()
+                if result is not None:
+                    return result
+                remaining = deadline - anyio.current_time()
+                if remaining <= 0:
+                    return None
+                with anyio.move_on_after(remaining):
+                    await _first(waiter.wait, gone.wait if gone is not None else None)
+                if gone is not None and gone.is_set():
+                    return None
+
+
+async def _first(a: Callable[[], Awaitable[None]], b: Callable[[], Awaitable[None]] | None) -> None:
+    """Wait until either ``a`` or ``b`` returns."""
+    if b is None:
+        await a()
+        return
+    async with anyio.create_task_group() as tg:
+
+        async def run(fn: Callable[[], Awaitable[None]]) -> None:
+            await fn()
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(run, a)
+        tg.start_soon(run, b)

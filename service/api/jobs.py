@@ -1,0 +1,235 @@
+"""Caller-facing job routes: submit, read (with long-poll), list, retry and cancel.
+
+Handlers are thin: they translate the wire shapes of ``service.api.schemas`` into calls on
+``JobRepository``; every refusal is a domain error mapped to one status by ``errors.py``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+from uuid import UUID
+
+from litestar import Request, Response, get, post
+from litestar.params import Parameter
+
+from service.api.deps import unless_gone
+from service.api.errors import ApiError, invalid, responses
+from service.api.hub import FINISHED_CHANNEL, NotifyHub
+from service.api.schemas import (
+    BatchItem,
+    BatchResult,
+    CountIds,
+    CreateBatch,
+    CreateJob,
+    FilterBody,
+    JobFields,
+    JobPage,
+    WaitSeconds,
+)
+from service.config import Settings
+from service.jobs import Job, JobFilter, JobRepository, NewJob, StateConflict, Status
+from service.jobs.states import ACCEPTS, TERMINAL
+
+_REQUIRED = ("owner_service", "task_type", "model_profile")
+_FIELDS = JobFields.__struct_fields__
+
+
+@post(
+    "/jobs",
+    status_code=201,
+    summary="Create a job",
+    description="201 with the new job; 200 with the existing job when the same "
+    "idempotency_key (per owner_service) was already used with the same body.",
+    responses=responses(409, 413, 422),
+    tags=["jobs"],
+)
+async def create_job(data: CreateJob, repo: JobRepository) -> Response[Job]:
+    job, created = await repo.create(data)
+    return Response(job, status_code=201 if created else 200)
+
+
+@post(
+    "/jobs/batch",
+    status_code=201,
+    summary="Create many jobs in one transaction",
+    description="Each item's fields override `defaults` field by field. Up to MAX_BATCH_SIZE "
+    "items; all or nothing. 201 when any job was created, 200 when all were idempotent repeats.",
+    responses=responses(409, 413, 422),
+    tags=["jobs"],
+)
+async def create_batch(
+    data: CreateBatch, repo: JobRepository, settings: Settings
+) -> Response[BatchResult]:
+    if len(data.jobs) > settings.max_batch_size:
+        raise invalid(
+            "jobs",
+            f"at most {settings.max_batch_size} jobs per batch (got {len(data.jobs)})",
+            code="batch_too_large",
+        )
+    news = [_merge(i, data.defaults, item) for i, item in enumerate(data.jobs)]
+    results = await repo.create_batch(news)
+    created = sum(1 for _, c in results if c)
+    body = BatchResult(
+        items=[BatchItem(id=i, created=c) for i, c in results],
+        created=created,
+        existing=len(results) - created,
+    )
+    return Response(body, status_code=201 if created else 200)
+
+
+def _merge(index: int, defaults: JobFields, item: JobFields) -> NewJob:
+    merged: dict[str, Any] = {}
+    for f in _FIELDS:
+        value = getattr(item, f)
+        if value is None:
+            value = getattr(defaults, f)
+        if value is not None:
+            merged[f] = value
+    for f in _REQUIRED:
+        if f not in merged:
+            raise invalid(
+                f"jobs[{index}].{f}", "required field is missing (in the item and in defaults)"
+            )
+    return NewJob(**merged)
+
+
+@get(
+    "/jobs",
+    summary="List jobs (newest first)",
+    description="Filters combine with AND; a repeated parameter (`status=pending&status=failed`) "
+    "matches any of its values. Keyset pagination: pass `next_cursor` back as `cursor`.",
+    responses=responses(422),
+    tags=["jobs"],
+)
+async def list_jobs(
+    repo: JobRepository,
+    status: list[Status] | None = None,
+    owner_service: str | None = None,
+    owner_ref: str | None = None,
+    task_type: list[str] | None = None,
+    model_profile: list[str] | None = None,
+    error_category: list[str] | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    ids: Annotated[list[UUID] | None, Parameter(query="id", description="job ids")] = None,
+    limit: Annotated[int, Parameter(ge=1, le=500)] = 100,
+    cursor: Annotated[UUID | None, Parameter(description="next_cursor of the last page")] = None,
+) -> JobPage:
+    flt = JobFilter(
+        ids=ids,
+        status=status,
+        owner_service=owner_service,
+        owner_ref=owner_ref,
+        task_type=task_type,
+        model_profile=model_profile,
+        error_category=error_category,
+        created_after=created_after,
+        created_before=created_before,
+    )
+    items, next_cursor = await repo.list_jobs(flt, limit=limit, cursor=cursor)
+    return JobPage(items=items, next_cursor=str(next_cursor) if next_cursor else None)
+
+
+@get(
+    "/jobs/{job_id:uuid}",
+    summary="Get a job (optionally wait until it finishes)",
+    description="With `wait_seconds` > 0 the request returns as soon as the job is completed, "
+    "failed or cancelled (woken by a NOTIFY), or when the time is up — whatever its state.",
+    responses=responses(404, 422),
+    tags=["jobs"],
+)
+async def get_job(
+    job_id: UUID,
+    request: Request[Any, Any, Any],
+    repo: JobRepository,
+    hub: NotifyHub,
+    wait_seconds: Annotated[WaitSeconds, Parameter(ge=0, le=60)] = 0,
+) -> Job:
+    last: Job | None = None
+
+    async def finished() -> Job | None:
+        nonlocal last
+        last = await repo.get(job_id)
+        return last if last.status in TERMINAL else None
+
+    if wait_seconds <= 0:
+        return await repo.get(job_id)
+    keys = [(FINISHED_CHANNEL, str(job_id))]
+    await unless_gone(request, lambda gone: hub.wait_for(keys, finished, wait_seconds, gone=gone))
+    assert last is not None
+    return last
+
+
+def _selection(data: FilterBody) -> JobFilter:
+    flt = data.to_filter()
+    if flt.is_empty() and not data.all:
+        raise ApiError(
+            422,
+            "filter_required",
+            'an empty filter would select every job; give a filter or set "all": true',
+        )
+    return flt
+
+
+@post(
+    "/jobs/retry",
+    status_code=200,
+    summary="Retry failed/running jobs by filter",
+    responses=responses(422),
+    tags=["jobs"],
+)
+async def retry_jobs(data: FilterBody, repo: JobRepository) -> CountIds:
+    ids = await repo.retry_where(_selection(data))
+    return CountIds(count=len(ids), ids=ids)
+
+
+@post(
+    "/jobs/cancel",
+    status_code=200,
+    summary="Cancel pending/running jobs by filter",
+    responses=responses(422),
+    tags=["jobs"],
+)
+async def cancel_jobs(data: FilterBody, repo: JobRepository) -> CountIds:
+    ids = await repo.cancel_where(_selection(data))
+    return CountIds(count=len(ids), ids=ids)
+
+
+@post(
+    "/jobs/{job_id:uuid}/retry",
+    status_code=200,
+    summary="Retry one failed or running job",
+    description="Resets the attempt budget; a running job's worker loses its lease.",
+    responses=responses(404, 409),
+    tags=["jobs"],
+)
+async def retry_job(job_id: UUID, repo: JobRepository) -> Job:
+    return await repo.retry(job_id)
+
+
+@post(
+    "/jobs/{job_id:uuid}/cancel",
+    status_code=200,
+    summary="Cancel one pending or running job",
+    responses=responses(404, 409),
+    tags=["jobs"],
+)
+async def cancel_job(job_id: UUID, repo: JobRepository) -> Job:
+    if not await repo.cancel_where(JobFilter(ids=[job_id])):
+        job = await repo.get(job_id)  # 404 when it does not exist
+        accepted = "|".join(sorted(ACCEPTS["cancel"]))
+        raise StateConflict(job_id, "cancel", job.status, f"cancel needs status {accepted}")
+    return await repo.get(job_id)
+
+
+ROUTES = [
+    create_job,
+    create_batch,
+    list_jobs,
+    get_job,
+    retry_jobs,
+    cancel_jobs,
+    retry_job,
+    cancel_job,
+]

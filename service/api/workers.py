@@ -1,0 +1,119 @@
+"""Worker-facing routes, for external workers in any language: claim (with long-poll),
+heartbeat, complete and fail. Every call after the claim names the ``worker_id`` that holds the
+lease; a late or foreign call is a 409 carrying the job's current status, never an overwrite.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from litestar import Request, post
+
+from service.api.deps import unless_gone
+from service.api.errors import responses
+from service.api.hub import NotifyHub, profile_channel
+from service.api.schemas import (
+    ClaimRequest,
+    ClaimResult,
+    CompleteRequest,
+    FailRequest,
+    HeartbeatRequest,
+)
+from service.config import Settings
+from service.jobs import Job, JobRepository, StateConflict
+from service.jobs.states import allowed
+
+
+@post(
+    "/jobs/claim",
+    status_code=200,
+    summary="Claim due jobs under a lease",
+    description="Leases up to `limit` due jobs of the given profile(s), highest priority first. "
+    "With `wait_seconds` > 0 and nothing due, waits until a job arrives (woken by NOTIFY) or "
+    "the time is up; `jobs` may be empty.",
+    responses=responses(413, 422),
+    tags=["workers"],
+)
+async def claim_jobs(
+    data: ClaimRequest,
+    request: Request[Any, Any, Any],
+    repo: JobRepository,
+    hub: NotifyHub,
+    settings: Settings,
+) -> ClaimResult:
+    lease = data.lease_seconds or settings.worker_lease_timeout
+    profiles = data.profiles()
+
+    async def claim() -> list[Job] | None:
+        jobs: list[Job] = []
+        for profile in profiles:
+            left = data.limit - len(jobs)
+            if left <= 0:
+                break
+            jobs += await repo.claim(profile, data.worker_id, limit=left, lease_seconds=lease)
+        return jobs or None
+
+    if data.wait_seconds <= 0:
+        return ClaimResult(jobs=await claim() or [])
+    keys = [(profile_channel(p), None) for p in profiles]
+    jobs = await unless_gone(
+        request, lambda gone: hub.wait_for(keys, claim, data.wait_seconds, gone=gone)
+    )
+    return ClaimResult(jobs=jobs or [])
+
+
+@post(
+    "/jobs/{job_id:uuid}/heartbeat",
+    status_code=200,
+    summary="Extend the lease of a running job",
+    responses=responses(404, 409, 422),
+    tags=["workers"],
+)
+async def heartbeat_job(
+    job_id: UUID, data: HeartbeatRequest, repo: JobRepository, settings: Settings
+) -> Job:
+    lease = data.lease_seconds or settings.worker_lease_timeout
+    held = await repo.heartbeat(data.worker_id, [job_id], lease_seconds=lease)
+    job = await repo.get(job_id)
+    if job_id not in held:
+        if allowed("heartbeat", job.status):
+            reason = f"the lease is held by another worker ({job.worker_id})"
+        else:
+            reason = "heartbeat needs status running"
+        raise StateConflict(job_id, "heartbeat", job.status, reason)
+    return job
+
+
+@post(
+    "/jobs/{job_id:uuid}/complete",
+    status_code=200,
+    summary="Store a job's result",
+    responses=responses(404, 409, 413, 422),
+    tags=["workers"],
+)
+async def complete_job(job_id: UUID, data: CompleteRequest, repo: JobRepository) -> Job:
+    return await repo.complete(job_id, data.worker_id, data.result)
+
+
+@post(
+    "/jobs/{job_id:uuid}/fail",
+    status_code=200,
+    summary="Record a failed attempt",
+    description="`retryable` failures with attempts left go back to pending after a backoff; "
+    "others fail the job for good.",
+    responses=responses(404, 409, 422),
+    tags=["workers"],
+)
+async def fail_job(job_id: UUID, data: FailRequest, repo: JobRepository) -> Job:
+    return await repo.fail(
+        job_id,
+        data.worker_id,
+        error_category=data.error_category,
+        error_message=data.error_message,
+        retryable=data.retryable,
+        retry_after=data.retry_after_seconds,
+    )
+
+
+ROUTES = [claim_jobs, heartbeat_job, complete_job, fail_job]

@@ -1,0 +1,45 @@
+-- Named queries used only by the HTTP API (service/jobs/stats.py). Each must stay fast on a
+-- table of millions of jobs: bench/stats_scale.py measures them on 1,000,000 rows.
+
+-- name: stats_by_kind
+-- Jobs by status x model_profile x task_type: a (parallel) index-only scan of ai_jobs_status_idx.
+SELECT status, model_profile, task_type, count(*) AS count
+FROM ai_jobs GROUP BY status, model_profile, task_type
+ORDER BY status, model_profile, task_type;
+
+-- name: stats_errors
+-- Jobs whose latest attempt failed, by category: index-only scan of ai_jobs_errors_idx.
+SELECT error_category,
+       count(*) FILTER (WHERE updated_at >= now() - interval '1 hour') AS last_hour,
+       count(*) AS total
+FROM ai_jobs WHERE error_category IS NOT NULL
+GROUP BY error_category ORDER BY error_category;
+
+-- name: stats_pending
+-- The queue per profile from the partial claim index. The age is how long the oldest *due*
+-- job has waited since it became runnable (run_after); jobs scheduled later do not count.
+SELECT model_profile,
+       count(*) AS pending,
+       count(*) FILTER (WHERE run_after <= now()) AS due,
+       extract(epoch FROM now() - min(run_after) FILTER (WHERE run_after <= now()))::float8
+           AS oldest_pending_age_seconds
+FROM ai_jobs WHERE status = 'pending'
+GROUP BY model_profile ORDER BY model_profile;
+
+-- name: stats_recent
+-- The last hour of finished jobs (ai_jobs_finished_idx range): throughput over 5 and 60
+-- minutes, and queue wait (claim time - due time) and run time of the final attempt.
+SELECT count(*) FILTER (WHERE status = 'completed' AND finished_at >= now() - interval '5 minutes')
+           AS completed_5m,
+       count(*) FILTER (WHERE status = 'completed') AS completed_60m,
+       count(*) FILTER (WHERE started_at IS NOT NULL) AS jobs,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM started_at - run_after))
+           FILTER (WHERE started_at IS NOT NULL) AS wait_p50,
+       percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM started_at - run_after))
+           FILTER (WHERE started_at IS NOT NULL) AS wait_p95,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - started_at))
+           FILTER (WHERE started_at IS NOT NULL) AS run_p50,
+       percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - started_at))
+           FILTER (WHERE started_at IS NOT NULL) AS run_p95
+FROM ai_jobs
+WHERE finished_at >= now() - interval '60 minutes' AND status IN ('completed', 'failed');

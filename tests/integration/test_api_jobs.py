@@ -1,0 +1,259 @@
+"""Caller-facing routes through real HTTP (uvicorn) on real PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from service.config import Settings
+from tests.integration.api_server import Api, job_body, running_api
+
+MISSING = "0190a1b2-0000-7000-8000-000000000000"
+
+
+@pytest.fixture
+async def api(db_url: str) -> AsyncIterator[Api]:
+    settings = Settings(db_pool_size=8, max_batch_size=2000, max_request_bytes=256 * 1024)
+    async with running_api(db_url, settings) as api:
+        yield api
+
+
+def assert_error(body: dict[str, Any], code: str, field: str | None = None) -> None:
+    assert body["error"] == code, body
+    assert isinstance(body["detail"], str) and body["detail"]
+    if field is not None:
+        assert [f["field"] for f in body["fields"]] == [field], body
+
+
+async def test_create_and_get(api: Api) -> None:
+    r = await api.client.post("/api/v1/jobs", json=job_body(owner_ref="beeline/1", priority=5))
+    assert r.status_code == 201
+    job = r.json()
+    assert job["status"] == "pending" and job["priority"] == 5 and job["max_attempts"] == 3
+    got = await api.client.get(f"/api/v1/jobs/{job['id']}")
+    assert got.status_code == 200 and got.json() == job
+
+
+async def test_idempotency_same_body_200_different_body_409(api: Api) -> None:
+    body = job_body(idempotency_key="call-42")
+    first = await api.client.post("/api/v1/jobs", json=body)
+    again = await api.client.post("/api/v1/jobs", json=body)
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json()["id"] == first.json()["id"]
+    other = await api.client.post("/api/v1/jobs", json={**body, "input": {"user": "other"}})
+    assert other.status_code == 409
+    assert_error(other.json(), "idempotency_conflict")
+    assert other.json()["job_id"] == first.json()["id"]
+    # the key is scoped per owner_service
+    elsewhere = await api.client.post("/api/v1/jobs", json={**body, "owner_service": "pf"})
+    assert elsewhere.status_code == 201
+
+
+# Loops rather than parametrize: parametrized coroutine tests do not collect here (the
+# anyio marker is added after collection by conftest.py).
+BAD_BODIES: list[tuple[dict[str, Any], str]] = [
+    (job_body(bogus=1), "bogus"),
+    (job_body(priority="high"), "priority"),
+    (job_body(priority=10_000), "priority"),
+    (job_body(model_profile="no spaces"), "model_profile"),
+    (job_body(input=[1, 2]), "input"),
+    ({"owner_service": "t", "task_type": "x"}, "model_profile"),
+    (job_body(max_attempts=0), "max_attempts"),
+    (job_body(run_after="yesterday"), "run_after"),
+]
+
+
+async def test_create_validation_names_the_field(api: Api) -> None:
+    for body, field in BAD_BODIES:
+        r = await api.client.post("/api/v1/jobs", json=body)
+        assert r.status_code == 422, body
+        assert_error(r.json(), "validation_error", field)
+        assert r.json()["detail"].startswith(f"{field}: ")
+
+
+async def test_malformed_json_wrong_method_and_too_large(api: Api) -> None:
+    r = await api.client.post(
+        "/api/v1/jobs", content=b"{nope", headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 400
+    assert_error(r.json(), "invalid_json")
+    r = await api.client.post(
+        "/api/v1/jobs", content=b'"\x90o\xff"', headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 400
+    assert_error(r.json(), "invalid_json")
+    r = await api.client.delete("/api/v1/jobs")
+    assert r.status_code == 405
+    assert_error(r.json(), "method_not_allowed")
+    r = await api.client.post("/api/v1/jobs", json=job_body(input={"blob": "x" * 300_000}))
+    assert r.status_code == 413
+    assert_error(r.json(), "request_too_large")
+
+
+async def test_bad_or_unknown_ids_are_404(api: Api) -> None:
+    for path in ["/api/v1/jobs/not-a-uuid", "/api/v1/jobs/1234", f"/api/v1/jobs/{MISSING}"]:
+        r = await api.client.get(path)
+        assert r.status_code == 404, path
+        assert_error(r.json(), "not_found")
+        r = await api.client.post(path + "/retry")
+        assert r.status_code == 404, path
+    r = await api.client.get("/api/v1/nothing")
+    assert r.status_code == 404
+
+
+async def test_bad_query_values_are_422(api: Api) -> None:
+    for query, field in [
+        ("limit=0", "limit"),
+        ("limit=501", "limit"),
+        ("status=bogus", "status"),
+        ("cursor=xyz", "cursor"),
+        ("id=xyz", "id"),
+        ("created_after=notadate", "created_after"),
+    ]:
+        r = await api.client.get(f"/api/v1/jobs?{query}")
+        assert r.status_code == 422, query
+        assert r.json()["error"] == "validation_error"
+        assert r.json()["fields"][0]["field"] in (field, "ids"), r.json()
+    r = await api.client.get(f"/api/v1/jobs/{MISSING}?wait_seconds=61")
+    assert r.status_code == 422
+
+
+async def test_batch_defaults_overrides_and_idempotency(api: Api) -> None:
+    body = {
+        "defaults": {"owner_service": "monitoring-tg", "task_type": "tg_analysis",
+                     "model_profile": "qwen2.5-14b", "priority": 1},
+        "jobs": [
+            {"owner_ref": "m/1", "input": {"user": "a"}},
+            {"owner_ref": "m/2", "priority": 9, "idempotency_key": "m2"},
+            {"owner_ref": "m/3", "model_profile": "voxtral-small", "task_type": "transcribe"},
+        ],
+    }  # fmt: skip
+    r = await api.client.post("/api/v1/jobs/batch", json=body)
+    assert r.status_code == 201
+    out = r.json()
+    assert (out["created"], out["existing"]) == (3, 0)
+    jobs = [(await api.client.get(f"/api/v1/jobs/{i['id']}")).json() for i in out["items"]]
+    assert [j["owner_ref"] for j in jobs] == ["m/1", "m/2", "m/3"]
+    assert [j["priority"] for j in jobs] == [1, 9, 1]
+    assert [j["model_profile"] for j in jobs] == ["qwen2.5-14b", "qwen2.5-14b", "voxtral-small"]
+    assert jobs[2]["task_type"] == "transcribe" and jobs[0]["input"] == {"user": "a"}
+
+    repeat = {"defaults": body["defaults"], "jobs": [body["jobs"][1]]}
+    r = await api.client.post("/api/v1/jobs/batch", json=repeat)
+    assert r.status_code == 200
+    assert r.json()["items"] == [{"id": out["items"][1]["id"], "created": False}]
+
+
+async def test_batch_errors(api: Api, db_url: str) -> None:
+    base = {"defaults": {"owner_service": "t", "task_type": "x", "model_profile": "p"}}
+    r = await api.client.post("/api/v1/jobs/batch", json={**base, "jobs": [{}] * 2001})
+    assert r.status_code == 422
+    assert_error(r.json(), "batch_too_large", "jobs")
+    r = await api.client.post("/api/v1/jobs/batch", json={"jobs": [job_body(), {"priority": 1}]})
+    assert r.status_code == 422
+    assert_error(r.json(), "validation_error", "jobs[1].owner_service")
+    r = await api.client.post("/api/v1/jobs/batch", json={**base, "jobs": [{}, {"nope": 1}]})
+    assert_error(r.json(), "validation_error", "jobs[1].nope")
+    r = await api.client.post("/api/v1/jobs/batch", json={**base, "jobs": []})
+    assert_error(r.json(), "validation_error", "jobs")
+    # an idempotency conflict refuses the whole batch: nothing is written
+    await api.client.post("/api/v1/jobs", json=job_body(owner_service="t", idempotency_key="k"))
+    r = await api.client.post(
+        "/api/v1/jobs/batch",
+        json={**base, "jobs": [{"owner_ref": "new"}, {"idempotency_key": "k", "priority": 7}]},
+    )
+    assert r.status_code == 409
+    assert_error(r.json(), "idempotency_conflict")
+    with psycopg.connect(db_url) as conn:
+        assert conn.execute("SELECT count(*) FROM ai_jobs").fetchone() == (1,)
+
+
+async def test_list_filters_and_pagination_over_1200_jobs(api: Api) -> None:
+    jobs = [
+        {"owner_service": "tel" if i % 2 else "mon", "task_type": f"t{i % 3}",
+         "model_profile": "qwen2.5-14b" if i % 4 else "vision", "owner_ref": f"r/{i}"}
+        for i in range(1200)
+    ]  # fmt: skip
+    r = await api.client.post("/api/v1/jobs/batch", json={"jobs": jobs})
+    assert r.status_code == 201
+    created = [i["id"] for i in r.json()["items"]]
+
+    seen: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        params: dict[str, Any] = {"limit": 500, **({"cursor": cursor} if cursor else {})}
+        page = (await api.client.get("/api/v1/jobs", params=params)).json()
+        seen += [j["id"] for j in page["items"]]
+        pages += 1
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert pages == 3 and len(seen) == 1200 and len(set(seen)) == 1200
+    assert seen == sorted(created, reverse=True)  # newest first (UUIDv7 order)
+
+    params = {"owner_service": "tel", "task_type": ["t0", "t1"], "limit": 500}
+    got = (await api.client.get("/api/v1/jobs", params=params)).json()["items"]
+    want = [j for j in jobs if j["owner_service"] == "tel" and j["task_type"] in ("t0", "t1")]
+    assert len(got) == len(want) == 400
+    assert all(j["owner_service"] == "tel" and j["task_type"] in ("t0", "t1") for j in got)
+    got = (await api.client.get("/api/v1/jobs", params={"model_profile": "vision"})).json()
+    assert len(got["items"]) == 100 and got["next_cursor"] is not None
+    r = await api.client.get("/api/v1/jobs", params={"owner_ref": "r/7"})
+    assert [j["owner_ref"] for j in r.json()["items"]] == ["r/7"]
+    r = await api.client.get("/api/v1/jobs", params={"id": created[:3], "status": "pending"})
+    assert sorted(j["id"] for j in r.json()["items"]) == sorted(created[:3])
+    r = await api.client.get("/api/v1/jobs", params={"status": ["failed", "running"]})
+    assert r.json() == {"items": [], "next_cursor": None}
+
+
+async def test_cancel_and_retry_by_filter(api: Api) -> None:
+    ids = [
+        (await api.client.post("/api/v1/jobs", json=job_body(owner_ref=f"c/{i}"))).json()["id"]
+        for i in range(4)
+    ]
+    for path in ("/api/v1/jobs/cancel", "/api/v1/jobs/retry"):
+        r = await api.client.post(path, json={})
+        assert r.status_code == 422
+        assert_error(r.json(), "filter_required")
+        r = await api.client.post(path, json={"owner_ref": "c/0", "sure": True})
+        assert_error(r.json(), "validation_error", "sure")
+    r = await api.client.post("/api/v1/jobs/cancel", json={"ids": ids[:2]})
+    assert r.status_code == 200
+    assert r.json()["count"] == 2 and sorted(r.json()["ids"]) == sorted(ids[:2])
+    r = await api.client.post("/api/v1/jobs/cancel", json={"ids": ids[:2]})
+    assert r.json() == {"count": 0, "ids": []}
+    # cancelled jobs are not retryable; failed ones are
+    r = await api.client.post("/api/v1/jobs/retry", json={"ids": ids})
+    assert r.json()["count"] == 0
+    r = await api.client.post("/api/v1/jobs/cancel", json={"all": True})
+    assert r.json()["count"] == 2
+    r = await api.client.get("/api/v1/jobs", params={"status": "cancelled"})
+    assert len(r.json()["items"]) == 4
+
+
+async def test_single_cancel_and_retry_conflicts(api: Api) -> None:
+    job = (await api.client.post("/api/v1/jobs", json=job_body())).json()
+    r = await api.client.post(f"/api/v1/jobs/{job['id']}/retry")
+    assert r.status_code == 409
+    assert_error(r.json(), "state_conflict")
+    assert r.json()["status"] == "pending"
+    r = await api.client.post(f"/api/v1/jobs/{job['id']}/cancel")
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    r = await api.client.post(f"/api/v1/jobs/{job['id']}/cancel")
+    assert r.status_code == 409
+    assert r.json()["status"] == "cancelled" and r.json()["error"] == "state_conflict"
+    r = await api.client.post(f"/api/v1/jobs/{MISSING}/cancel")
+    assert r.status_code == 404
+
+
+async def test_values_postgres_cannot_store_are_422_not_500(api: Api) -> None:
+    r = await api.client.post("/api/v1/jobs", json=job_body(input={"user": "a\u0000b"}))
+    assert r.status_code == 422 and r.json()["error"] == "invalid_value"
+    r = await api.client.post("/api/v1/jobs", json=job_body(owner_ref="a\u0000b"))
+    assert r.status_code == 422 and r.json()["error"] == "invalid_value"
+    r = await api.client.get("/api/v1/jobs", params={"owner_ref": "a\u0000b"})
+    assert r.status_code == 422 and r.json()["error"] == "invalid_value"

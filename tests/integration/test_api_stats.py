@@ -1,0 +1,51 @@
+"""GET /api/v1/stats on a known set of jobs."""
+
+from __future__ import annotations
+
+import psycopg
+
+from service.jobs import JobRepository, NewJob
+from tests.integration.api_server import running_api
+
+
+def nj(profile: str, task: str = "llm_chat") -> NewJob:
+    return NewJob(owner_service="t", task_type=task, model_profile=profile)
+
+
+async def test_stats_counts_errors_queue_and_durations(repo: JobRepository, db_url: str) -> None:
+    await repo.create_batch([nj("qwen") for _ in range(6)] + [nj("vox", "transcribe")] * 2)
+    jobs = await repo.claim("qwen", "w", limit=4, lease_seconds=60)
+    await repo.complete(jobs[0].id, "w", {"ok": 1})
+    await repo.complete(jobs[1].id, "w", {"ok": 1})
+    await repo.fail(jobs[2].id, "w", error_category="timeout", error_message="t", retryable=False)
+    with psycopg.connect(db_url, autocommit=True) as conn:  # an old failure, outside the hour
+        conn.execute(
+            "UPDATE ai_jobs SET status = 'failed', error_category = 'timeout', "
+            "updated_at = now() - interval '2 hours', finished_at = now() - interval '2 hours' "
+            "WHERE model_profile = 'vox' AND id = (SELECT min(id::text)::uuid FROM ai_jobs "
+            "WHERE model_profile = 'vox')"
+        )
+    async with running_api(db_url) as api:
+        r = await api.client.get("/api/v1/stats")
+    assert r.status_code == 200
+    s = r.json()
+    assert s["totals"] == {"pending": 3, "running": 1, "completed": 2, "failed": 2, "cancelled": 0}
+    assert {"status": "completed", "model_profile": "qwen", "task_type": "llm_chat",
+            "count": 2} in s["counts"]  # fmt: skip
+    assert s["errors"] == [{"error_category": "timeout", "last_hour": 1, "total": 2}]
+    pending = {p["model_profile"]: p for p in s["pending"]}
+    assert pending["qwen"]["pending"] == 2 and pending["vox"]["pending"] == 1
+    assert pending["qwen"]["oldest_pending_age_seconds"] >= 0
+    assert s["throughput"]["completed_last_5m"] == 2
+    assert s["throughput"]["completed_last_60m"] == 2
+    assert s["durations"]["jobs"] == 3
+    assert s["durations"]["run_seconds"]["p50"] >= 0
+    assert s["durations"]["queue_wait_seconds"]["p95"] >= 0
+
+
+async def test_stats_on_an_empty_table(db_url: str) -> None:
+    async with running_api(db_url) as api:
+        s = (await api.client.get("/api/v1/stats")).json()
+    assert s["counts"] == [] and s["errors"] == [] and s["pending"] == []
+    assert s["durations"] == {"jobs": 0, "queue_wait_seconds": {"p50": None, "p95": None},
+                              "run_seconds": {"p50": None, "p95": None}}  # fmt: skip

@@ -1,0 +1,274 @@
+"""Worker-facing routes and long-polling, through real HTTP on real PostgreSQL.
+
+Long-poll tests never sleep: they wait (with generous deadlines that only bound a hang) until
+the hub reports the request is waiting and listening, act, and expect the request to return
+long before its own ``wait_seconds`` — so only a NOTIFY can have woken it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import httpx
+import psycopg
+import pytest
+
+from service.api.hub import FINISHED_CHANNEL, profile_channel
+from tests.integration.api_server import Api, job_body, running_api
+
+GENEROUS = 30  # seconds; a deadline against hangs, far below the 60 s wait_seconds used
+
+
+@pytest.fixture
+async def api(db_url: str) -> AsyncIterator[Api]:
+    async with running_api(db_url) as api:
+        yield api
+
+
+async def create(api: Api, **kw: Any) -> dict[str, Any]:
+    r = await api.client.post("/api/v1/jobs", json=job_body(**kw))
+    assert r.status_code == 201, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+async def claim(api: Api, worker: str = "w1", **kw: Any) -> list[dict[str, Any]]:
+    body = {"worker_id": worker, "model_profile": "qwen2.5-14b", **kw}
+    r = await api.client.post("/api/v1/jobs/claim", json=body)
+    assert r.status_code == 200, r.text
+    jobs: list[dict[str, Any]] = r.json()["jobs"]
+    return jobs
+
+
+async def test_claim_complete_lifecycle(api: Api) -> None:
+    low = await create(api, priority=0)
+    high = await create(api, priority=10)
+    other = await create(api, model_profile="vision")
+    assert await claim(api, model_profile="none") == []
+    jobs = await claim(api, limit=5, lease_seconds=120)
+    assert [j["id"] for j in jobs] == [high["id"], low["id"]]
+    assert all(j["status"] == "running" and j["worker_id"] == "w1" for j in jobs)
+    jobs = await claim(api, "w2", model_profile=["vision", "qwen2.5-14b"], limit=5)
+    assert [j["id"] for j in jobs] == [other["id"]]
+
+    result = {"content": "ok", "usage": {"total_tokens": 3}}
+    r = await api.client.post(
+        f"/api/v1/jobs/{high['id']}/complete", json={"worker_id": "w1", "result": result}
+    )
+    assert r.status_code == 200
+    assert r.json()["status"] == "completed" and r.json()["result"]["content"] == "ok"
+    # a second completion, or one by a worker that does not hold the job, is a 409
+    r = await api.client.post(f"/api/v1/jobs/{high['id']}/complete", json={"worker_id": "w1"})
+    assert r.status_code == 409
+    assert r.json()["error"] == "state_conflict" and r.json()["status"] == "completed"
+    r = await api.client.post(f"/api/v1/jobs/{low['id']}/complete", json={"worker_id": "w9"})
+    assert r.status_code == 409 and r.json()["status"] == "running"
+    assert "another worker" in r.json()["detail"]
+
+
+async def test_heartbeat_extends_the_lease(api: Api) -> None:
+    job = await create(api)
+    [claimed] = await claim(api, lease_seconds=5)
+    r = await api.client.post(
+        f"/api/v1/jobs/{job['id']}/heartbeat", json={"worker_id": "w1", "lease_seconds": 600}
+    )
+    assert r.status_code == 200
+    assert r.json()["lease_expires_at"] > claimed["lease_expires_at"]
+    r = await api.client.post(f"/api/v1/jobs/{job['id']}/heartbeat", json={"worker_id": "x"})
+    assert r.status_code == 409 and r.json()["status"] == "running"
+    r = await api.client.post(f"/api/v1/jobs/{job['id']}/heartbeat", json={"worker": "w1"})
+    assert r.status_code == 422
+    pending = await create(api, model_profile="vision")
+    r = await api.client.post(f"/api/v1/jobs/{pending['id']}/heartbeat", json={"worker_id": "w1"})
+    assert r.status_code == 409 and r.json()["status"] == "pending"
+
+
+async def test_fail_retryable_then_final_and_manual_retry(api: Api) -> None:
+    job = await create(api, max_attempts=2)
+    await claim(api)
+    body = {"worker_id": "w1", "error_category": "timeout", "error_message": "slow",
+            "retryable": True, "retry_after_seconds": 0}  # fmt: skip
+    r = await api.client.post(f"/api/v1/jobs/{job['id']}/fail", json=body)
+    assert r.status_code == 200 and r.json()["status"] == "pending"
+    assert r.json()["error_category"] == "timeout"
+    # the backoff may put run_after a few seconds ahead; make it due for this test
+    r = await api.client.post("/api/v1/jobs/retry", json={"ids": [job["id"]]})
+    assert r.json()["count"] == 0  # pending jobs are not retried
+    await api.client.post(f"/api/v1/jobs/{job['id']}/cancel")
+    r = await api.client.post(f"/api/v1/jobs/{job['id']}/retry")
+    assert r.status_code == 409 and r.json()["status"] == "cancelled"
+
+    job = await create(api)
+    await claim(api)
+    r = await api.client.post(
+        f"/api/v1/jobs/{job['id']}/fail",
+        json={"worker_id": "w1", "error_category": "invalid_input", "error_message": "bad"},
+    )
+    assert r.json()["status"] == "failed" and r.json()["finished_at"] is not None
+    r = await api.client.post(f"/api/v1/jobs/{job['id']}/retry")
+    assert r.status_code == 200 and r.json()["status"] == "pending" and r.json()["attempts"] == 0
+    r = await api.client.post(f"/api/v1/jobs/{job['id']}/fail", json={"worker_id": "w1"})
+    assert r.status_code == 422 and r.json()["fields"][0]["field"] == "error_category"
+
+
+async def test_claim_validation(api: Api) -> None:
+    for body, field in [
+        ({"model_profile": "p"}, "worker_id"),
+        ({"worker_id": "w", "model_profile": "p", "limit": 0}, "limit"),
+        ({"worker_id": "w", "model_profile": "p", "wait_seconds": 61}, "wait_seconds"),
+        ({"worker_id": "w", "model_profile": []}, "model_profile"),
+        ({"worker_id": "w", "model_profile": ["ok", "not ok"]}, "model_profile[1]"),
+        ({"worker_id": "w", "model_profile": "p", "extra": 1}, "extra"),
+    ]:
+        r = await api.client.post("/api/v1/jobs/claim", json=body)
+        assert r.status_code == 422, body
+        assert r.json()["fields"][0]["field"] == field, r.json()
+
+
+async def test_get_with_wait_returns_when_another_request_completes_the_job(api: Api) -> None:
+    job = await create(api)
+    [claimed] = await claim(api)
+    result: dict[str, Any] = {}
+
+    async def waiting_get() -> None:
+        r = await api.client.get(f"/api/v1/jobs/{job['id']}", params={"wait_seconds": 60})
+        result.update(r.json())
+
+    with anyio.fail_after(GENEROUS):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(waiting_get)
+            await api.hub.until_waiting(FINISHED_CHANNEL, job["id"])
+            assert result == {}
+            r = await api.client.post(
+                f"/api/v1/jobs/{claimed['id']}/complete",
+                json={"worker_id": "w1", "result": {"content": "done"}},
+            )
+            assert r.status_code == 200
+    assert result["status"] == "completed" and result["result"] == {"content": "done"}
+
+
+async def test_get_with_wait_returns_at_once_when_finished_and_state_when_time_is_up(
+    api: Api,
+) -> None:
+    job = await create(api)
+    await api.client.post(f"/api/v1/jobs/{job['id']}/cancel")
+    with anyio.fail_after(GENEROUS):
+        r = await api.client.get(f"/api/v1/jobs/{job['id']}", params={"wait_seconds": 60})
+    assert r.json()["status"] == "cancelled"
+    pending = await create(api)
+    r = await api.client.get(f"/api/v1/jobs/{pending['id']}", params={"wait_seconds": 0.2})
+    assert r.status_code == 200 and r.json()["status"] == "pending"
+    r = await api.client.get(
+        "/api/v1/jobs/0190a1b2-0000-7000-8000-000000000000", params={"wait_seconds": 5}
+    )
+    assert r.status_code == 404
+
+
+async def test_claim_with_wait_is_woken_by_a_new_job(api: Api) -> None:
+    got: list[dict[str, Any]] = []
+
+    async def waiting_claim() -> None:
+        got.extend(await claim(api, model_profile=["vision", "qwen2.5-14b"], wait_seconds=60))
+
+    with anyio.fail_after(GENEROUS):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(waiting_claim)
+            await api.hub.until_waiting(profile_channel("qwen2.5-14b"))
+            await api.hub.until_waiting(profile_channel("vision"))
+            job = await create(api)
+    assert [j["id"] for j in got] == [job["id"]]
+    assert got[0]["status"] == "running"
+
+
+async def test_many_waiters_share_one_listen_connection(api: Api, db_url: str) -> None:
+    jobs = [await create(api) for _ in range(5)]
+    claimed = await claim(api, limit=5)
+    done: list[str] = []
+
+    async def waiting_get(job_id: str) -> None:
+        r = await api.client.get(f"/api/v1/jobs/{job_id}", params={"wait_seconds": 60})
+        done.append(r.json()["status"])
+
+    with anyio.fail_after(GENEROUS):
+        async with anyio.create_task_group() as tg:
+            for j in jobs:
+                tg.start_soon(waiting_get, j["id"])
+            for j in jobs:
+                await api.hub.until_waiting(FINISHED_CHANNEL, j["id"])
+            with psycopg.connect(db_url) as conn:
+                listeners = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND application_name = 'ai-service-listener'"
+                ).fetchone()
+            assert listeners == (1,)
+            for j in claimed:
+                await api.client.post(f"/api/v1/jobs/{j['id']}/complete", json={"worker_id": "w1"})
+    assert done == ["completed"] * 5
+
+
+async def test_waiters_survive_a_lost_listen_connection(api: Api, db_url: str) -> None:
+    job = await create(api)
+    await claim(api)
+    result: dict[str, Any] = {}
+
+    async def waiting_get() -> None:
+        r = await api.client.get(f"/api/v1/jobs/{job['id']}", params={"wait_seconds": 60})
+        result.update(r.json())
+
+    with anyio.fail_after(GENEROUS):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(waiting_get)
+            await api.hub.until_waiting(FINISHED_CHANNEL, job["id"])
+            connects = api.hub.connects
+            with psycopg.connect(db_url, autocommit=True) as conn:
+                conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE application_name = 'ai-service-listener' "
+                    "AND datname = current_database()"
+                )
+            # the job finishes while the hub may be reconnecting: the catch-up re-check or
+            # the NOTIFY on the new connection must still deliver it
+            await api.client.post(f"/api/v1/jobs/{job['id']}/complete", json={"worker_id": "w1"})
+    assert result["status"] == "completed"
+    with anyio.fail_after(GENEROUS):
+        await api.hub.until_connected(connects + 1)
+
+
+async def test_database_unavailable_is_503(api: Api, db_url: str) -> None:
+    job = await create(api)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    r = await api.client.get(f"/api/v1/jobs/{job['id']}")
+    assert r.status_code == 503
+    assert r.json()["error"] == "database_unavailable"
+    assert "postgres" not in r.text.lower() or "password" not in r.text.lower()
+    # the pool replaces the dead connections: the service recovers by itself
+    with anyio.fail_after(GENEROUS):
+        while (await api.client.get(f"/api/v1/jobs/{job['id']}")).status_code != 200:  # noqa: ASYNC110
+            await anyio.sleep(0.01)  # retries until recovered (an outcome), bounded above
+
+
+async def test_client_hanging_up_stops_a_waiting_claim(api: Api) -> None:
+    async with httpx.AsyncClient(base_url=api.url, timeout=90) as other:
+        with anyio.fail_after(GENEROUS):
+            async with anyio.create_task_group() as tg:
+
+                async def hang_up() -> None:
+                    await api.hub.until_waiting(profile_channel("hangup"))
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(hang_up)
+                body = {"worker_id": "gone", "model_profile": "hangup", "wait_seconds": 60}
+                await other.post("/api/v1/jobs/claim", json=body)
+    with anyio.fail_after(GENEROUS):
+        while api.hub._waiters.get(profile_channel("hangup")):  # noqa: ASYNC110
+            await anyio.sleep(0.01)  # until the server dropped the waiter (an outcome)
+    await create(api, model_profile="hangup")
+    # the job was not leased to the caller that went away
+    r = await api.client.get("/api/v1/jobs", params={"model_profile": "hangup"})
+    assert [j["status"] for j in r.json()["items"]] == ["pending"]
