@@ -180,6 +180,12 @@ class JobRepository:
         row = await self.db.fetchrow("next_run_after", {"model_profile": model_profile})
         return row["next_run_after"] if row else None
 
+    async def seconds_until_due(self, model_profile: str) -> float | None:
+        """Seconds until the earliest pending job of a profile is due (<= 0: due now), on the
+        database's clock; None when nothing is pending. The idle worker sleeps this long."""
+        row = await self.db.fetchrow("next_due_in", {"model_profile": model_profile})
+        return None if row is None or row["seconds"] is None else float(row["seconds"])
+
     async def stats_counts(self) -> list[Row]:
         return await self.db.fetch("stats_counts")
 

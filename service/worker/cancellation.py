@@ -1,0 +1,92 @@
+"""The in-flight jobs of this process and how each one is stopped.
+
+Every running job has its own anyio cancel scope. Three things cancel it, and the reason
+decides what happens to the job afterwards:
+
+- ``lost``: the lease keeper found the job no longer held (reaped, retried, taken over);
+  the late result is discarded, nothing is written.
+- ``cancelled``: a ``ai_jobs_cancelled`` notification (the API cancelled the job); discarded.
+- ``shutdown``: the shutdown grace ran out; the job is released to pending.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+from uuid import UUID
+
+import anyio
+
+from service.jobs import Job
+
+log = logging.getLogger("ai_service.worker.cancellation")
+
+Reason = Literal["lost", "cancelled", "shutdown"]
+
+
+@dataclass(eq=False)
+class RunningJob:
+    job: Job
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    reason: Reason | None = None
+
+    def cancel(self, reason: Reason) -> None:
+        if self.reason is None:
+            self.reason = reason
+            self.scope.cancel()
+
+
+class Running:
+    """Jobs whose handler is running in this process, by id."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[UUID, RunningJob] = {}
+        self._empty = anyio.Event()
+        self._empty.set()
+
+    def add(self, job: Job) -> RunningJob:
+        old = self._jobs.get(job.id)
+        if old is not None:
+            # We claimed the job again, so the earlier lease on it is gone.
+            old.cancel("lost")
+        entry = RunningJob(job)
+        self._jobs[job.id] = entry
+        if self._empty.is_set():
+            self._empty = anyio.Event()
+        return entry
+
+    def remove(self, entry: RunningJob) -> None:
+        if self._jobs.get(entry.job.id) is entry:
+            del self._jobs[entry.job.id]
+        if not self._jobs:
+            self._empty.set()
+
+    def cancel(self, job_id: UUID, reason: Reason) -> bool:
+        entry = self._jobs.get(job_id)
+        if entry is None:
+            return False
+        log.warning("cancelling job %s: %s", job_id, reason, extra={"job_id": str(job_id)})
+        entry.cancel(reason)
+        return True
+
+    def is_current(self, entry: RunningJob) -> bool:
+        """Still the registered run of its job (not finished, not replaced by a new claim)."""
+        return self._jobs.get(entry.job.id) is entry
+
+    def cancel_all(self, reason: Reason) -> None:
+        for entry in list(self._jobs.values()):
+            entry.cancel(reason)
+
+    async def wait_empty(self) -> None:
+        await self._empty.wait()
+
+    def ids(self) -> list[UUID]:
+        return list(self._jobs)
+
+    def __iter__(self) -> Iterator[RunningJob]:
+        return iter(list(self._jobs.values()))
+
+    def __len__(self) -> int:
+        return len(self._jobs)

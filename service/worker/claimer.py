@@ -1,0 +1,145 @@
+"""The claim loop of one model profile.
+
+It claims only free capacity (``limit - in_flight``), in one batch. While the queue may hold
+more work (the last claim filled every free slot) it claims again the moment a slot frees, with
+no sleep between jobs. Once a claim comes back short the queue is drained; the loop then waits
+for a wake-up (NOTIFY on ``ai_jobs:<profile>``, a listener reconnect) or until the earlier of
+the next ``run_after`` among pending jobs and the fallback poll interval.
+
+The claim itself is shielded from cancellation: a claim that committed must reach the executor
+(or be released), never vanish with its lease still held.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import anyio
+import anyio.lowlevel
+
+from service.db import DatabaseUnavailable
+from service.jobs import Job, JobRepository
+from service.worker.backoff import Backoff
+from service.worker.executor import Executor
+from service.worker.status import ProfileStats
+from service.worker.wakeup import Wakeup
+
+log = logging.getLogger("ai_service.worker.claimer")
+
+DUE_SLACK = 0.002  # wake this much after run_after so the job is due when the claim runs
+LOCKED_RETRY = 0.01  # a due job we could not take is being claimed by another worker
+
+
+class ClaimLoop:
+    def __init__(
+        self,
+        profile: str,
+        *,
+        repo: JobRepository,
+        worker_id: str,
+        executor: Executor,
+        stats: ProfileStats,
+        lease_seconds: float,
+        poll_interval: float,
+    ) -> None:
+        self.profile = profile
+        self.repo = repo
+        self.worker_id = worker_id
+        self.executor = executor
+        self.stats = stats
+        self.lease_seconds = lease_seconds
+        self.poll_interval = poll_interval
+        self._wakeup = Wakeup()
+        self._hint = False
+        self._stopped = False
+
+    # --- signals from other parts of the worker (all synchronous, never block) -----------
+    def notify(self) -> None:
+        """There may be new work: a NOTIFY, or a (re)connect of the listener (catch-up)."""
+        self._hint = True
+        self._wakeup.set()
+
+    def slot_freed(self) -> None:
+        self._wakeup.set()
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._wakeup.set()
+
+    # --- the loop ---------------------------------------------------------------------------
+    async def run(self) -> None:
+        may_have_work = True  # claim once at start: catch up on what arrived before us
+        idle_until = 0.0
+        backoff = Backoff(0.05, 5.0)
+        while not self._stopped:
+            free = self.stats.capacity - self.stats.in_flight
+            if free > 0 and (may_have_work or self._hint or time.monotonic() >= idle_until):
+                self._hint = False
+                self.stats.state = "claiming"
+                try:
+                    jobs = await self._claim(free)
+                except DatabaseUnavailable as exc:
+                    may_have_work = True
+                    self.stats.state = "backoff"
+                    log.warning("claim on %s failed, will retry: %s", self.profile, exc)
+                    await self._pause(backoff.next())
+                    continue
+                except Exception:
+                    may_have_work = True
+                    self.stats.state = "backoff"
+                    log.exception("claim on %s failed unexpectedly", self.profile)
+                    await self._pause(backoff.next())
+                    continue
+                backoff.reset()
+                if self._stopped:
+                    await self._release(jobs)
+                    break
+                for job in jobs:
+                    self.executor.start(job)
+                self.stats.claimed += len(jobs)
+                may_have_work = len(jobs) >= free
+                if not may_have_work:
+                    await anyio.lowlevel.checkpoint()  # let the handlers start first
+                    idle_until = time.monotonic() + await self._idle_seconds()
+                continue
+            self.stats.state = "full" if free <= 0 else "idle"
+            timeout = None if free <= 0 else idle_until - time.monotonic()
+            await self._wakeup.wait(timeout)
+        self.stats.state = "stopped"
+
+    async def _claim(self, free: int) -> list[Job]:
+        jobs: list[Job] = []
+        with anyio.CancelScope(shield=True):
+            jobs = await self.repo.claim(
+                self.profile, self.worker_id, limit=free, lease_seconds=self.lease_seconds
+            )
+        return jobs
+
+    async def _idle_seconds(self) -> float:
+        """Until the earliest pending job is due, capped by the fallback poll interval."""
+        try:
+            due_in = await self.repo.seconds_until_due(self.profile)
+        except DatabaseUnavailable:
+            return min(self.poll_interval, 1.0)
+        if due_in is None:
+            return self.poll_interval
+        if due_in <= 0:
+            return LOCKED_RETRY
+        return min(self.poll_interval, due_in + DUE_SLACK)
+
+    async def _pause(self, seconds: float) -> None:
+        """Back off, but stop at once when asked to."""
+        deadline = time.monotonic() + seconds
+        while not self._stopped and time.monotonic() < deadline:
+            await self._wakeup.wait(deadline - time.monotonic())
+
+    async def _release(self, jobs: list[Job]) -> None:
+        if not jobs:
+            return
+        with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+            try:
+                released = await self.repo.release(self.worker_id, [j.id for j in jobs])
+                self.stats.released += len(released)
+            except DatabaseUnavailable as exc:
+                log.warning("releasing %d jobs claimed during shutdown failed: %s", len(jobs), exc)

@@ -1,0 +1,167 @@
+"""Batch completer (River's pattern): results are collected for a few milliseconds, or until a
+batch is full, and stored with one ``complete_many`` statement and one commit.
+
+A result is never dropped on a database error: the batch stays queued and is retried with
+backoff until the database answers, and shutdown flushes what is left. A result is dropped only
+when the database says this worker no longer holds the job (lease lost, job cancelled). A
+batch that fails for any other reason (a result PostgreSQL refuses, e.g. ``\\u0000`` in jsonb)
+is stored one job at a time, so one bad result cannot block the others; the bad one fails with
+``invalid_output``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from itertools import islice
+from typing import Any
+from uuid import UUID
+
+import anyio
+
+from service.db import DatabaseUnavailable
+from service.handlers.base import InvalidOutput
+from service.jobs import Job, JobError, JobRepository
+from service.worker.backoff import Backoff
+from service.worker.status import WorkerStatus
+from service.worker.wakeup import Wakeup
+
+log = logging.getLogger("ai_service.worker.completer")
+
+Item = tuple[UUID, tuple[Job, Any]]
+
+WINDOW = 0.002  # seconds to collect more results before a flush
+MAX_BATCH = 500  # results per statement
+MAX_PENDING = 10_000  # executors wait (backpressure) when this many results are unstored
+
+
+class Completer:
+    def __init__(
+        self,
+        repo: JobRepository,
+        worker_id: str,
+        status: WorkerStatus,
+        *,
+        window: float = WINDOW,
+        max_batch: int = MAX_BATCH,
+        max_pending: int = MAX_PENDING,
+    ) -> None:
+        self.repo = repo
+        self.worker_id = worker_id
+        self.status = status
+        self.window = window
+        self.max_batch = max_batch
+        self.max_pending = max_pending
+        self._items: dict[UUID, tuple[Job, Any]] = {}
+        self._ready = Wakeup()
+        self._full = Wakeup()
+        self._space = Wakeup()
+        self._lock = anyio.Lock()
+
+    async def submit(self, job: Job, result: Any) -> None:
+        while len(self._items) >= self.max_pending:
+            await self._space.wait()
+        self._items[job.id] = (job, result)
+        self.status.pending_completions = len(self._items)
+        self._ready.set()
+        if len(self._items) >= self.max_batch:
+            self._full.set()
+
+    def pending_ids(self) -> list[UUID]:
+        return list(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    async def run(self) -> None:
+        backoff = Backoff(0.05, 2.0)
+        while True:
+            await self._ready.wait()
+            if len(self._items) < self.max_batch:
+                await self._full.wait(self.window)
+            while self._items:
+                if await self.flush_once():
+                    backoff.reset()
+                else:
+                    await anyio.sleep(backoff.next())
+
+    async def drain(self) -> None:
+        """Store everything queued; retries until done (bound it with a cancel scope)."""
+        backoff = Backoff(0.05, 1.0)
+        while self._items:
+            if not await self.flush_once():
+                await anyio.sleep(backoff.next())
+
+    async def flush_once(self) -> bool:
+        """Store one batch; False when the database was unavailable (nothing was lost)."""
+        async with self._lock:
+            batch = list(islice(self._items.items(), self.max_batch))
+            if not batch:
+                return True
+            try:
+                held = await self.repo.complete_many(
+                    self.worker_id, [(job_id, result) for job_id, (_, result) in batch]
+                )
+            except DatabaseUnavailable as exc:
+                log.warning("storing %d results failed, will retry: %s", len(batch), exc)
+                return False
+            except Exception:
+                log.exception("storing a batch of %d results failed; storing singly", len(batch))
+                return await self._store_singly(batch)
+            self._settle(batch, held)
+            return True
+
+    async def _store_singly(self, batch: Sequence[Item]) -> bool:
+        for item in batch:
+            job_id, (job, result) = item
+            try:
+                held = await self.repo.complete_many(self.worker_id, [(job_id, result)])
+            except DatabaseUnavailable:
+                return False
+            except Exception as exc:
+                if not await self._fail_unstorable(job, exc):
+                    return False
+                self._settle([item], set(), counted=True)
+                continue
+            self._settle([item], held)
+        return True
+
+    async def _fail_unstorable(self, job: Job, exc: Exception) -> bool:
+        log.error("result of job %s cannot be stored: %s", job.id, exc)
+        try:
+            failed = await self.repo.fail(
+                job.id,
+                self.worker_id,
+                error_category=InvalidOutput.category,
+                error_message=f"the result could not be stored: {exc}",
+                retryable=InvalidOutput.retryable,
+            )
+        except DatabaseUnavailable:
+            return False
+        except JobError:
+            return True  # no longer ours
+        stats = self.status.profiles.get(job.model_profile)
+        if stats is not None:
+            if failed.status == "pending":
+                stats.retried += 1
+            else:
+                stats.failed += 1
+        return True
+
+    def _settle(self, batch: Sequence[Item], held: set[UUID], *, counted: bool = False) -> None:
+        for job_id, (job, _) in batch:
+            self._items.pop(job_id, None)
+            stats = self.status.profiles.get(job.model_profile)
+            if counted or stats is None:
+                continue
+            if job_id in held:
+                stats.completed += 1
+            else:
+                stats.discarded += 1
+                log.warning(
+                    "result of job %s discarded: this worker no longer holds it",
+                    job_id,
+                    extra={"job_id": str(job_id)},
+                )
+        self.status.pending_completions = len(self._items)
+        self._space.set()

@@ -1,0 +1,161 @@
+"""Runs one claimed job: find its handler, run it in the job's cancel scope, hand the outcome
+to the completer (success) or record the failure with its category.
+
+Failure mapping: a ``HandlerError`` carries its own category, retryability and Retry-After;
+any other exception is ``internal`` and retryable; a task_type no handler serves fails at once
+with ``unsupported_task`` (not retryable) rather than being left to rot. A result is encoded to
+JSON here, once, so an unserialisable result fails this job instead of a whole batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import msgspec
+from anyio.abc import TaskGroup
+
+from service.db import DatabaseUnavailable
+from service.handlers.base import HandlerError, HandlerRegistry, UnsupportedTask
+from service.jobs import Job, JobError, JobRepository
+from service.worker.backoff import Backoff
+from service.worker.cancellation import Running, RunningJob
+from service.worker.completer import Completer
+from service.worker.status import WorkerStatus
+
+log = logging.getLogger("ai_service.worker.executor")
+
+_encoder = msgspec.json.Encoder()
+
+
+class Executor:
+    def __init__(
+        self,
+        *,
+        registry: HandlerRegistry,
+        repo: JobRepository,
+        worker_id: str,
+        running: Running,
+        completer: Completer,
+        status: WorkerStatus,
+        on_slot_freed: Callable[[str], None],
+    ) -> None:
+        self.registry = registry
+        self.repo = repo
+        self.worker_id = worker_id
+        self.running = running
+        self.completer = completer
+        self.status = status
+        self.on_slot_freed = on_slot_freed
+        self.to_release: list[Job] = []  # stopped by the shutdown grace or a hard exit
+        self._tg: TaskGroup | None = None
+
+    def bind(self, tg: TaskGroup) -> None:
+        self._tg = tg
+
+    def start(self, job: Job) -> None:
+        """Start a claimed job now (the caller has already reserved its capacity)."""
+        assert self._tg is not None, "executor is not bound to a task group"
+        entry = self.running.add(job)
+        self.status.profiles[job.model_profile].in_flight += 1
+        self._tg.start_soon(self._run, entry, name=f"job {job.id}")
+
+    async def _run(self, entry: RunningJob) -> None:
+        try:
+            await self._execute(entry)
+        except anyio.get_cancelled_exc_class():
+            self.to_release.append(entry.job)  # the process is exiting at once
+            raise
+        except Exception:
+            log.exception("executing job %s failed; its lease will expire", entry.job.id)
+        finally:
+            self.running.remove(entry)
+            self.status.profiles[entry.job.model_profile].in_flight -= 1
+            self.on_slot_freed(entry.job.model_profile)
+
+    async def _execute(self, entry: RunningJob) -> None:
+        job = entry.job
+        handler = self.registry.lookup(job.task_type, job.model_profile)
+        if handler is None:
+            served = ", ".join(self.registry.task_types(job.model_profile)) or "none"
+            await self._fail(
+                entry,
+                UnsupportedTask(
+                    f"no handler for task_type {job.task_type!r} on profile "
+                    f"{job.model_profile!r} (served here: {served})"
+                ),
+            )
+            return
+        error: Exception | None = None
+        encoded: Any = None
+        with entry.scope:
+            try:
+                result = await handler(job)
+            except Exception as exc:
+                error = exc
+            else:
+                try:
+                    encoded = msgspec.Raw(_encoder.encode(result))
+                except (TypeError, ValueError, OverflowError) as exc:
+                    error = HandlerError(f"the handler returned a result that is not JSON: {exc}")
+        if entry.reason is not None:
+            self._stopped(entry)
+        elif error is not None:
+            await self._fail(entry, error)
+        else:
+            await self.completer.submit(job, encoded)
+
+    def _stopped(self, entry: RunningJob) -> None:
+        job, stats = entry.job, self.status.profiles[entry.job.model_profile]
+        if entry.reason == "shutdown":
+            self.to_release.append(job)
+        else:
+            stats.discarded += 1
+            log.info("job %s stopped (%s); its result is discarded", job.id, entry.reason)
+
+    async def _fail(self, entry: RunningJob, exc: Exception) -> None:
+        job = entry.job
+        if isinstance(exc, HandlerError):
+            category, retryable, retry_after = exc.category, exc.retryable, exc.retry_after
+            message = str(exc) or type(exc).__name__
+        else:
+            category, retryable, retry_after = "internal", True, None
+            message = f"{type(exc).__name__}: {exc}"
+        log.log(
+            logging.ERROR if category == "internal" else logging.WARNING,
+            "job %s failed (%s): %s",
+            job.id,
+            category,
+            message,
+            exc_info=category == "internal" and not isinstance(exc, HandlerError),
+            extra={"job_id": str(job.id), "error_category": category},
+        )
+        backoff = Backoff(0.05, 2.0)
+        while True:
+            if entry.reason is not None:  # lost meanwhile: nothing to record
+                self._stopped(entry)
+                return
+            try:
+                failed = await self.repo.fail(
+                    job.id,
+                    self.worker_id,
+                    error_category=category,
+                    error_message=message,
+                    retryable=retryable,
+                    retry_after=retry_after,
+                )
+                break
+            except DatabaseUnavailable as dberr:
+                log.warning("recording the failure of job %s failed, will retry: %s", job.id, dberr)
+                await anyio.sleep(backoff.next())
+            except JobError as conflict:
+                self.status.profiles[job.model_profile].discarded += 1
+                log.warning("failure of job %s not recorded: %s", job.id, conflict)
+                return
+        stats = self.status.profiles[job.model_profile]
+        if failed.status == "pending":
+            stats.retried += 1
+        else:
+            stats.failed += 1

@@ -1,0 +1,73 @@
+"""The lease keeper: renews the leases of every job this process holds, every lease/3, in one
+statement. A job the renewal does not return is no longer ours (reaped after an outage,
+retried or cancelled by an operator): its handler is cancelled and its late result dropped.
+
+Jobs whose result waits in the completer are renewed too, so a slow flush (database briefly
+down) does not let their lease expire and the job run twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from uuid import UUID
+
+import anyio
+
+from service.db import DatabaseUnavailable
+from service.jobs import JobRepository
+from service.worker.backoff import Backoff
+from service.worker.cancellation import Running
+
+log = logging.getLogger("ai_service.worker.lease")
+
+
+class LeaseKeeper:
+    def __init__(
+        self,
+        repo: JobRepository,
+        worker_id: str,
+        running: Running,
+        *,
+        lease_seconds: float,
+        also_held: Callable[[], list[UUID]] = list,
+    ) -> None:
+        self.repo = repo
+        self.worker_id = worker_id
+        self.running = running
+        self.lease_seconds = lease_seconds
+        self.interval = lease_seconds / 3
+        self.also_held = also_held
+
+    async def run(self) -> None:
+        backoff = Backoff(0.1, max(self.interval / 2, 0.1))
+        delay = self.interval
+        while True:
+            await anyio.sleep(delay)
+            try:
+                await self.renew()
+            except DatabaseUnavailable as exc:
+                delay = backoff.next()
+                log.warning("lease renewal failed, retrying in %.2fs: %s", delay, exc)
+                continue
+            except Exception:
+                delay = backoff.next()
+                log.exception("lease renewal failed unexpectedly")
+                continue
+            backoff.reset()
+            delay = self.interval
+
+    async def renew(self) -> None:
+        entries = list(self.running)
+        ids = [e.job.id for e in entries]
+        watched = set(ids)
+        ids += [i for i in self.also_held() if i not in watched]
+        if not ids:
+            return
+        held = await self.repo.heartbeat(self.worker_id, ids, lease_seconds=self.lease_seconds)
+        for entry in entries:
+            # Only the run we asked about: a job that failed, went back to pending and was
+            # claimed again by us meanwhile is a new run with a fresh lease.
+            if entry.job.id not in held and self.running.is_current(entry):
+                log.warning("lease of job %s lost; cancelling it", entry.job.id)
+                entry.cancel("lost")

@@ -1,0 +1,110 @@
+"""The process's one LISTEN connection: wake-ups per profile and cancellations of running jobs.
+
+Channels: ``ai_jobs:<profile>`` for each profile served (wakes that profile's claim loop) and
+``ai_jobs_cancelled`` (payload: a job id; cancels it if it runs here). After every connect and
+reconnect all claim loops are told to claim once, because notifications sent while we were not
+listening are gone (NOTIFY is a hint; this catch-up and the fallback poll are the safety net).
+A connection that dies (server restart, ``pg_terminate_backend``, network cut: found by a ping
+after a quiet spell) is reopened with jittered exponential backoff; in-flight jobs carry on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from uuid import UUID
+
+import anyio
+
+from service.db import DatabaseUnavailable
+from service.db.listen import ListenConnection, Notification
+from service.worker.backoff import Backoff
+from service.worker.status import ListenerStatus
+
+log = logging.getLogger("ai_service.worker.listener")
+
+CANCEL_CHANNEL = "ai_jobs_cancelled"
+KEEPALIVE = 10.0  # ping the connection after this many quiet seconds
+PING_TIMEOUT = 5.0
+
+
+def profile_channel(profile: str) -> str:
+    return f"ai_jobs:{profile}"
+
+
+class Listener:
+    def __init__(
+        self,
+        url: str,
+        profiles: Sequence[str],
+        *,
+        status: ListenerStatus,
+        on_wake: Callable[[str], None],
+        on_cancel: Callable[[UUID], None],
+        on_connect: Callable[[], None],
+    ) -> None:
+        self.url = url
+        self._by_channel = {profile_channel(p): p for p in profiles}
+        self.channels = [*self._by_channel, CANCEL_CHANNEL]
+        self.status = status
+        self.on_wake = on_wake
+        self.on_cancel = on_cancel
+        self.on_connect = on_connect
+        status.channels = list(self.channels)
+
+    async def run(self) -> None:
+        backoff = Backoff(0.05, 5.0)
+        while True:
+            try:
+                conn = await ListenConnection.connect(self.url, self.channels)
+            except DatabaseUnavailable as exc:
+                self._down(exc)
+                await anyio.sleep(backoff.next())
+                continue
+            try:
+                if self.status.connected_at is not None:
+                    self.status.reconnects += 1
+                self.status.state = "connected"
+                self.status.connected_at = time.time()
+                self.status.last_error = None
+                log.info("listening on %s", ", ".join(self.channels))
+                backoff.reset()
+                self.on_connect()
+                await self._receive(conn)
+            except (DatabaseUnavailable, TimeoutError) as exc:
+                self._down(exc)
+            except Exception as exc:
+                log.exception("listener failed")
+                self._down(exc)
+            finally:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                    await conn.close()
+            await anyio.sleep(backoff.next())
+
+    def _down(self, exc: BaseException) -> None:
+        if self.status.state != "disconnected":
+            log.warning("listener disconnected: %s", exc or type(exc).__name__)
+        self.status.state = "disconnected"
+        self.status.last_error = str(exc) or type(exc).__name__
+
+    async def _receive(self, conn: ListenConnection) -> None:
+        while True:
+            async for n in conn.notifications(timeout=KEEPALIVE):
+                self._dispatch(n)
+            with anyio.fail_after(PING_TIMEOUT):
+                await conn.ping()
+
+    def _dispatch(self, n: Notification) -> None:
+        self.status.notifications += 1
+        self.status.last_notification_at = time.time()
+        profile = self._by_channel.get(n.channel)
+        if profile is not None:
+            self.on_wake(profile)
+        elif n.channel == CANCEL_CHANNEL:
+            try:
+                job_id = UUID(n.payload)
+            except ValueError:
+                log.warning("ignoring a malformed cancel notification: %r", n.payload[:100])
+                return
+            self.on_cancel(job_id)

@@ -1,0 +1,286 @@
+"""The worker process: wires the listener, one claim loop per profile, the executors, the
+batch completer, the lease keeper, the reaper and the HTTP endpoints into one anyio task tree.
+
+``run_worker_process`` is ``ai-service worker``; ``worker_service`` gives the same worker as a
+``Service`` for ``service.runtime.supervise`` (``ai-service dev`` runs it beside the API).
+The first SIGTERM/SIGINT calls ``Worker.stop``: claiming stops at once, in-flight jobs get
+``WORKER_SHUTDOWN_GRACE`` to finish, the rest are released, queued results are stored, exit 0.
+A second signal cancels the tree; the final writes still run, bounded, on what is left.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+from uuid import UUID
+
+import anyio
+from anyio.abc import TaskGroup
+
+from service.config import ConfigError, Settings
+from service.db import Database, DatabaseUnavailable, open_database
+from service.handlers.base import HandlerRegistry
+from service.jobs import JobRepository
+from service.runtime import Service, supervise
+from service.serve import EmbeddedServer, bound_port
+from service.worker import shutdown
+from service.worker.cancellation import Running
+from service.worker.claimer import ClaimLoop
+from service.worker.completer import Completer
+from service.worker.executor import Executor
+from service.worker.http import make_worker_server
+from service.worker.lease import LeaseKeeper
+from service.worker.listener import Listener
+from service.worker.reaper import Reaper
+from service.worker.registry import build_registry, close_all, resolve_profiles
+from service.worker.status import ProfileStats, WorkerStatus
+
+log = logging.getLogger("ai_service.worker")
+
+
+def process_worker_id(base: str) -> str:
+    """Unique per process: WORKER_ID defaults to the hostname, which processes may share."""
+    return f"{base}/{secrets.token_hex(4)}"
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        database_url: str,
+        profiles: Sequence[str],
+        registry: HandlerRegistry,
+        *,
+        clients: Sequence[Any] = (),
+    ) -> None:
+        self.settings = settings
+        self.database_url = database_url
+        self.profiles = list(dict.fromkeys(profiles))
+        self.registry = registry
+        self.clients = list(clients)
+        self.worker_id = process_worker_id(settings.worker_id)
+        self.status = WorkerStatus(
+            self.worker_id,
+            {p: ProfileStats(capacity=settings.claim_limit(p)) for p in self.profiles},
+        )
+        if not (settings.worker_notify and self.profiles):
+            self.status.listener.state = "disabled"
+        self.running = Running()
+        self.server: EmbeddedServer = make_worker_server(
+            self, settings.worker_http_host, settings.worker_http_port
+        )
+        self._db: Database | None = None
+        self._loops: dict[str, ClaimLoop] = {}
+        self._stop_deadline: float | None = None
+        self._stopped = anyio.Event()
+        self._executor: Executor | None = None
+        self._completer: Completer | None = None
+        self._repo: JobRepository | None = None
+
+    # --- control ----------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Graceful stop: claim nothing more, let in-flight jobs finish within the grace."""
+        if self._stop_deadline is not None:
+            return
+        log.info("worker %s stopping: draining %d jobs", self.worker_id, len(self.running))
+        self._stop_deadline = time.monotonic() + self.settings.worker_shutdown_grace
+        self.status.state = "draining"
+        for loop in self._loops.values():
+            loop.stop()
+        self._stopped.set()
+
+    @property
+    def http_port(self) -> int | None:
+        return bound_port(self.server) if self.server.started else None
+
+    async def readiness(self) -> tuple[bool, dict[str, Any]]:
+        body: dict[str, Any] = {"worker_id": self.worker_id, "state": self.status.state}
+        ready = self.status.state == "running"
+        try:
+            if self._db is None:
+                raise DatabaseUnavailable("not connected yet")
+            await self._db.ping()
+            body["database"] = "ok"
+        except DatabaseUnavailable as exc:
+            body["database"] = str(exc)
+            ready = False
+        body["listener"] = self.status.listener.state
+        if self.status.listener.state == "disconnected":
+            ready = False
+        body["status"] = "ok" if ready else "unavailable"
+        return ready, body
+
+    # --- the task tree ----------------------------------------------------------------------
+    async def run(self) -> None:
+        try:
+            self._db = await open_database(self.database_url, max_size=self.settings.db_pool_size)
+            await self._run(self._db)
+        finally:
+            with anyio.CancelScope(shield=True):
+                with anyio.move_on_after(shutdown.FINAL_WRITES_TIMEOUT):
+                    await self._final_writes()
+                if self._db is not None:
+                    with anyio.move_on_after(5):
+                        await self._db.close()
+                await close_all(self.clients)
+            self.status.state = "stopped"
+            log.info("worker %s stopped", self.worker_id)
+
+    async def _run(self, db: Database) -> None:
+        s = self.settings
+        repo = self._repo = JobRepository(
+            db,
+            default_max_attempts=s.job_max_attempts,
+            backoff_base=s.retry_backoff_base,
+            backoff_max=s.retry_backoff_max,
+        )
+        lease = s.worker_lease_timeout
+        completer = self._completer = Completer(repo, self.worker_id, self.status)
+        executor = self._executor = Executor(
+            registry=self.registry,
+            repo=repo,
+            worker_id=self.worker_id,
+            running=self.running,
+            completer=completer,
+            status=self.status,
+            on_slot_freed=lambda p: self._loops[p].slot_freed(),
+        )
+        for p in self.profiles:
+            self._loops[p] = ClaimLoop(
+                p,
+                repo=repo,
+                worker_id=self.worker_id,
+                executor=executor,
+                stats=self.status.profiles[p],
+                lease_seconds=lease,
+                poll_interval=s.worker_poll_interval,
+            )
+        keeper = LeaseKeeper(
+            repo, self.worker_id, self.running, lease_seconds=lease,
+            also_held=completer.pending_ids,
+        )  # fmt: skip
+        background: list[Callable[[], Any]] = [
+            completer.run,
+            keeper.run,
+            Reaper(repo, lease_seconds=lease).run,
+        ]
+        if s.worker_notify and self.profiles:
+            listener = Listener(
+                self.database_url,
+                self.profiles,
+                status=self.status.listener,
+                on_wake=lambda p: self._loops[p].notify(),
+                on_cancel=self._cancel,
+                on_connect=self._catch_up,
+            )
+            background.append(listener.run)
+        log.info(
+            "worker %s serving %s",
+            self.worker_id,
+            ", ".join(f"{p} (capacity {self.status.profiles[p].capacity})" for p in self.profiles)
+            or "no profiles",
+            extra={"worker_id": self.worker_id},
+        )
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self.server.serve, name="worker http")
+            scopes = [_spawn(tg, fn) for fn in background]
+            if self._stop_deadline is None:
+                self.status.state = "running"
+            async with anyio.create_task_group() as executors:
+                executor.bind(executors)
+                async with anyio.create_task_group() as claimers:
+                    for loop in self._loops.values():
+                        if self._stop_deadline is not None:
+                            loop.stop()
+                        claimers.start_soon(loop.run, name=f"claim {loop.profile}")
+                    await self._stopped.wait()
+                assert self._stop_deadline is not None
+                await shutdown.drain(self.running, self._stop_deadline)
+            with anyio.move_on_after(shutdown.FINAL_WRITES_TIMEOUT):
+                await completer.drain()
+                await shutdown.release(repo, self.worker_id, executor.to_release, self.status)
+                executor.to_release.clear()
+            for scope in scopes:
+                scope.cancel()
+            self.server.should_exit = True
+
+    async def _final_writes(self) -> None:
+        """After a hard exit: store queued results, release what was running. (After a graceful
+        stop there is nothing left to do.)"""
+        if self._completer is not None and len(self._completer):
+            await self._completer.drain()
+        if self._executor is not None and self._repo is not None:
+            left = [*self._executor.to_release, *(e.job for e in self.running)]
+            await shutdown.release(self._repo, self.worker_id, left, self.status)
+
+    def _cancel(self, job_id: UUID) -> None:
+        self.running.cancel(job_id, "cancelled")
+
+    def _catch_up(self) -> None:
+        for loop in self._loops.values():
+            loop.notify()
+
+
+def _spawn(tg: TaskGroup, fn: Callable[[], Any]) -> anyio.CancelScope:
+    """Start ``fn`` in ``tg`` under its own cancel scope (returned, to stop it alone)."""
+    scope = anyio.CancelScope()
+
+    async def runner() -> None:
+        with scope:
+            await fn()
+
+    tg.start_soon(runner, name=getattr(fn, "__qualname__", "background"))
+    return scope
+
+
+def _make_worker(
+    settings: Settings,
+    database_url: str,
+    profiles: Sequence[str],
+    registry: HandlerRegistry | None,
+) -> Worker:
+    clients: list[Any] = []
+    if registry is None:
+        registry, clients = build_registry(settings)
+    chosen = resolve_profiles(profiles, settings, registry)
+    return Worker(settings, database_url, chosen, registry, clients=clients)
+
+
+def worker_service(
+    settings: Settings,
+    database_url: str,
+    profiles: Sequence[str],
+    registry: HandlerRegistry | None = None,
+) -> Service:
+    """The worker as a supervised service (``ai-service dev`` runs it beside the API)."""
+    worker = _make_worker(settings, database_url, profiles, registry)
+    if not worker.profiles:
+        log.warning("the worker serves no profiles: no handler is configured")
+    return Service("worker", worker.run, worker.stop)
+
+
+def run_worker_process(
+    settings: Settings,
+    database_url: str,
+    profiles: Sequence[str],
+    registry: HandlerRegistry | None = None,
+) -> int:
+    """``ai-service worker``: run until SIGTERM/SIGINT; returns the exit code."""
+    try:
+        worker = _make_worker(settings, database_url, profiles, registry)
+    except ConfigError as exc:
+        print(f"ai-service: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if not worker.profiles:
+        print(
+            "ai-service: the worker has no profiles to serve: pass --profile, set "
+            "WORKER_PROFILES, or configure LLM_BASE_URL / VOXTRAL_BASE_URL",
+            file=sys.stderr,
+        )
+        return 2
+    return anyio.run(supervise, [Service("worker", worker.run, worker.stop)])

@@ -1,0 +1,52 @@
+"""Graceful shutdown: stop claiming (the claim loops exit), let in-flight jobs finish within
+``WORKER_SHUTDOWN_GRACE``, cancel what is still running, store queued results, and hand the
+unfinished jobs back to pending without counting the attempt, so nothing stays ``running``
+with a dead owner. After a second signal the same final writes run, bounded, on what is left.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import anyio
+
+from service.db import DatabaseUnavailable
+from service.jobs import Job, JobRepository
+from service.worker.backoff import Backoff
+from service.worker.cancellation import Running
+from service.worker.status import WorkerStatus
+
+log = logging.getLogger("ai_service.worker.shutdown")
+
+FINAL_WRITES_TIMEOUT = 10.0  # most time the last flush + release may take after the grace
+
+
+async def drain(running: Running, deadline: float) -> None:
+    """Wait for running jobs until the monotonic ``deadline``; then cancel the rest."""
+    with anyio.move_on_after(max(0.0, deadline - time.monotonic())):
+        await running.wait_empty()
+    if len(running):
+        log.warning("shutdown grace over: releasing %d unfinished jobs", len(running))
+        running.cancel_all("shutdown")
+
+
+async def release(
+    repo: JobRepository, worker_id: str, jobs: list[Job], status: WorkerStatus
+) -> None:
+    """Hand ``jobs`` back to pending (attempt not counted); retries while the database is down
+    (bound it with a cancel scope)."""
+    if not jobs:
+        return
+    backoff = Backoff(0.05, 1.0)
+    while True:
+        try:
+            released = await repo.release(worker_id, [j.id for j in jobs])
+            break
+        except DatabaseUnavailable as exc:
+            log.warning("releasing %d jobs failed, will retry: %s", len(jobs), exc)
+            await anyio.sleep(backoff.next())
+    for job in jobs:
+        if job.id in released:
+            status.profiles[job.model_profile].released += 1
+    log.info("released %d jobs to pending", len(released))

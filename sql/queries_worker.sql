@@ -1,0 +1,7 @@
+-- Named queries used only by the worker runtime (service/worker via JobRepository).
+
+-- name: next_due_in
+-- Seconds until the earliest pending job of a profile is due, measured on the database's clock
+-- (a worker whose clock is skewed neither spins nor oversleeps); NULL when nothing is pending.
+SELECT extract(epoch FROM min(run_after) - now())::float8 AS seconds
+FROM ai_jobs WHERE status = 'pending' AND model_profile = %(model_profile)s;
