@@ -415,6 +415,31 @@ FIELDS: Final[tuple[Field, ...]] = (
         "json or console",
         "log line format (dev defaults to console)",
     ),
+    # --- Audio download safety (transcription jobs with audio_url) -------------------------
+    Field(
+        "AUDIO_URL_ALLOWED_HOSTS",
+        "audio_url_allowed_hosts",
+        _list,
+        "",
+        "comma-separated host names; a leading dot (.example.com) allows subdomains",
+        "hosts audio_url may name; empty allows any host (addresses are still checked)",
+    ),
+    Field(
+        "AUDIO_URL_ALLOWED_NETWORKS",
+        "audio_url_allowed_networks",
+        _list,
+        "",
+        "comma-separated IP networks like 10.2.3.0/24",
+        "non-public networks audio_url may reach (loopback/private/link-local are refused)",
+    ),
+    Field(
+        "AUDIO_MAX_BYTES",
+        "audio_max_bytes",
+        _int_range(1024, 2048 * _MiB),
+        str(25 * _MiB),
+        "a byte count 1024-2147483648",
+        "largest audio a job may download or carry; vLLM's default upload cap is 25 MiB",
+    ),
 )
 
 FIELD_BY_ENV: Final = {f.env: f for f in FIELDS}
@@ -458,6 +483,9 @@ class Settings:
     worker_notify: bool = True
     log_level: str = "info"
     log_format: str = "json"
+    audio_url_allowed_hosts: tuple[str, ...] = ()
+    audio_url_allowed_networks: tuple[str, ...] = ()
+    audio_max_bytes: int = 25 * _MiB
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

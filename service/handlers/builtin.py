@@ -1,0 +1,71 @@
+"""The built-in handlers a worker serves, built from settings.
+
+The seed rule: the LLM handler serves ``llm_chat``, ``chat_completion`` and ``call_analysis``
+on ``model_profile == LLM_MODEL`` when ``LLM_BASE_URL`` is set; the transcription handler
+serves ``transcribe``/``transcription`` on ``voxtral-small`` when ``VOXTRAL_BASE_URL`` is
+set. Each provider gets one pooled client, sized to the jobs a worker runs at once for that
+profile, which the caller must ``aclose()`` at shutdown.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from service.config import Settings
+from service.handlers.audio import AudioFetcher, AudioPolicy
+from service.handlers.base import HandlerRegistry
+from service.handlers.llm import LLM_TASK_TYPES, LlmHandler
+from service.handlers.transcription import (
+    TRANSCRIPTION_PROFILE,
+    TRANSCRIPTION_TASK_TYPES,
+    TranscriptionHandler,
+)
+from service.providers.client import OpenAIClient
+
+
+class Closeable(Protocol):
+    async def aclose(self) -> None: ...
+
+
+def builtin_registry(
+    settings: Settings, *, max_connections: int = 16
+) -> tuple[HandlerRegistry, list[Closeable]]:
+    """The registry of configured built-in handlers and the clients to close at shutdown.
+
+    Connection pools hold ``max(max_connections, claim limit of the profile)`` connections,
+    so every job in flight has its own keep-alive connection. Raises ``ConfigError`` for an
+    invalid ``AUDIO_URL_ALLOWED_NETWORKS``.
+    """
+    # Validate before opening anything, so a bad setting leaks no client.
+    policy = AudioPolicy.from_settings(settings) if settings.voxtral_base_url else None
+    registry = HandlerRegistry()
+    closeables: list[Closeable] = []
+    if settings.llm_base_url:
+        llm = OpenAIClient(
+            "llm",
+            settings.llm_base_url,
+            api_key=settings.llm_api_key,
+            timeout=settings.llm_timeout,
+            max_connections=max(max_connections, settings.claim_limit(settings.llm_model)),
+        )
+        closeables.append(llm)
+        registry.register(LLM_TASK_TYPES, settings.llm_model, LlmHandler(llm, settings.llm_model))
+    if settings.voxtral_base_url and policy is not None:
+        pool = max(max_connections, settings.claim_limit(TRANSCRIPTION_PROFILE))
+        voxtral = OpenAIClient(
+            "voxtral",
+            settings.voxtral_base_url,
+            api_key=settings.voxtral_key,
+            timeout=settings.transcription_timeout,
+            max_connections=pool,
+        )
+        fetcher = AudioFetcher(policy, timeout=settings.transcription_timeout, max_connections=pool)
+        closeables += [voxtral, fetcher]
+        registry.register(
+            TRANSCRIPTION_TASK_TYPES,
+            TRANSCRIPTION_PROFILE,
+            TranscriptionHandler(
+                voxtral, fetcher, model=settings.voxtral_model, prompt=settings.audio_llm_prompt
+            ),
+        )
+    return registry, closeables

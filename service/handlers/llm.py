@@ -1,0 +1,76 @@
+"""The LLM handler: ``llm_chat``, ``chat_completion`` and ``call_analysis`` on ``LLM_MODEL``.
+
+All three are one chat completion against the configured OpenAI-compatible server; they
+differ only in which extra input keys they tolerate (see ``llm_input``). When the caller asked
+for JSON (``response_format`` json_object/json_schema) the content must parse, otherwise the
+job fails as ``invalid_output`` — a caller that asked for JSON should never have to guess.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from service.handlers.base import InvalidOutput
+from service.handlers.llm_input import parse_chat_input
+from service.jobs.model import Job
+from service.providers.client import OpenAIClient
+
+LLM_TASK_TYPES = ("llm_chat", "chat_completion", "call_analysis")
+
+
+class LlmHandler:
+    """A ``Handler``: ``await handler(job)`` returns the job's result dict."""
+
+    def __init__(self, client: OpenAIClient, model: str) -> None:
+        self.client = client
+        self.model = model
+
+    async def __call__(self, job: Job) -> dict[str, Any]:
+        request = parse_chat_input(job.task_type, job.input)
+        started = time.monotonic()
+        response = await self.client.chat(
+            model=self.model,
+            messages=request.messages,
+            max_tokens=request.max_tokens,
+            temperature=request.temperature,
+            response_format=request.response_format,
+        )
+        duration_ms = round((time.monotonic() - started) * 1000)
+        choice = response.choices[0]
+        content = choice.message.content
+        if content is None:
+            raise InvalidOutput(
+                f"the model returned no content (finish_reason={choice.finish_reason!r})"
+            )
+        if request.wants_json:
+            check_json(content, request.wants_json, choice.finish_reason)
+        usage = response.usage
+        return {
+            "content": content,
+            "model": response.model,
+            "usage": {
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "total_tokens": usage.total_tokens or usage.prompt_tokens + usage.completion_tokens,
+            },
+            "finish_reason": choice.finish_reason,
+            "duration_ms": duration_ms,
+        }
+
+
+def check_json(content: str, kind: str, finish_reason: str | None) -> None:
+    """Raise ``InvalidOutput`` unless ``content`` is one JSON document."""
+    try:
+        json.loads(content)
+    except ValueError as exc:
+        hint = (
+            "; finish_reason=length: max_tokens cut the answer short"
+            if finish_reason == "length"
+            else ""
+        )
+        raise InvalidOutput(
+            f"response_format asked for {kind} but the model's content is not valid JSON "
+            f"({exc}){hint}"
+        ) from None

@@ -1,0 +1,211 @@
+"""An async client for one OpenAI-compatible inference server (vLLM or the simulator).
+
+Why one long-lived ``httpx.AsyncClient`` per provider: keep-alive connections save a TCP (and
+TLS) handshake per job, and the pool limit, sized to the worker's capacity for that provider,
+means a worker never opens more connections than it has jobs in flight. Every call has a
+total deadline (``timeout``) enforced here rather than httpx's per-read timeouts, because a
+non-streaming completion sends nothing until it is done. Failures come out as the handler
+error categories (see ``errors.py``); the API key is sent as a header and never appears in an
+error, a log line or a span.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Self, TypeVar
+
+import anyio
+import httpx
+import msgspec
+from opentelemetry import propagate, trace
+
+from service.config import Secret
+from service.handlers.base import InvalidOutput, JobTimeout
+from service.providers.errors import error_for_exception, error_for_status
+from service.providers.multipart import AudioUpload, MultipartBody
+from service.providers.responses import ChatCompletion, ModelList, Transcription
+from service.providers.urls import api_url, redact_url, root_url, server_root
+
+T = TypeVar("T")
+_tracer = trace.get_tracer("service.providers")
+CONNECT_TIMEOUT_S = 10.0
+PROBE_TIMEOUT_S = 5.0
+
+
+class OpenAIClient:
+    """``chat``, ``transcribe``, ``models`` and ``metrics`` against one base URL."""
+
+    def __init__(
+        self,
+        name: str,
+        base_url: str,
+        *,
+        api_key: Secret | None = None,
+        timeout: float = 300.0,
+        max_connections: int = 16,
+        provider: str = "vllm",
+    ) -> None:
+        self.name = name
+        self.provider = provider
+        self.timeout = timeout
+        self._base = server_root(base_url)
+        self._key = api_key
+        self.url = redact_url(self._base)
+        headers = {"Authorization": f"Bearer {api_key.reveal()}"} if api_key else {}
+        self._http = httpx.AsyncClient(
+            headers=headers,
+            limits=httpx.Limits(
+                max_connections=max_connections,
+                max_keepalive_connections=max_connections,
+                keepalive_expiry=60.0,
+            ),
+            timeout=httpx.Timeout(None, connect=min(CONNECT_TIMEOUT_S, timeout)),
+            follow_redirects=False,
+        )
+        host = httpx.URL(self._base)
+        self._server = {"server.address": host.host, "server.port": host.port or 0}
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # --- calls ---------------------------------------------------------------------------
+    async def chat(
+        self,
+        *,
+        model: str,
+        messages: Sequence[Mapping[str, Any]],
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        response_format: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> ChatCompletion:
+        """``POST /v1/chat/completions`` (non-streaming); optional fields are sent only if set."""
+        body: dict[str, Any] = {"model": model, "messages": list(messages)}
+        if max_tokens is not None:
+            body["max_tokens"] = max_tokens
+        if temperature is not None:
+            body["temperature"] = temperature
+        if response_format is not None:
+            body["response_format"] = dict(response_format)
+        attrs: dict[str, Any] = {"gen_ai.operation.name": "chat", "gen_ai.request.model": model}
+        if max_tokens is not None:
+            attrs["gen_ai.request.max_tokens"] = max_tokens
+        with _tracer.start_as_current_span(
+            f"chat {model}", kind=trace.SpanKind.CLIENT, attributes=self._span_attrs(attrs)
+        ) as span:
+            response = await self._send(
+                "POST",
+                api_url(self._base, "chat/completions"),
+                timeout=timeout,
+                content=msgspec.json.encode(body),
+                headers={"Content-Type": "application/json"},
+            )
+            result = self._decode(response, ChatCompletion, "chat completion")
+            if not result.choices:
+                raise InvalidOutput(f"{self.name} returned a chat completion without choices")
+            span.set_attributes(
+                {
+                    "gen_ai.response.model": result.model,
+                    "gen_ai.response.id": result.id,
+                    "gen_ai.response.finish_reasons": [
+                        c.finish_reason or "" for c in result.choices
+                    ],
+                    "gen_ai.usage.input_tokens": result.usage.prompt_tokens,
+                    "gen_ai.usage.output_tokens": result.usage.completion_tokens,
+                }
+            )
+            return result
+
+    async def transcribe(
+        self,
+        upload: AudioUpload,
+        *,
+        model: str,
+        language: str | None = None,
+        prompt: str | None = None,
+        response_format: str = "json",
+        temperature: float | None = None,
+        timestamp_granularities: Sequence[str] = (),
+        timeout: float | None = None,
+    ) -> Transcription:
+        """``POST /v1/audio/transcriptions`` as multipart, streaming ``upload``.
+
+        Voxtral on vLLM accepts ``json`` and ``text`` only (``verbose_json`` is refused with
+        a 400, which surfaces as ``ProviderRejected``).
+        """
+        fields: list[tuple[str, str]] = [("model", model), ("response_format", response_format)]
+        if language:
+            fields.append(("language", language))
+        if prompt:
+            fields.append(("prompt", prompt))
+        if temperature is not None:
+            fields.append(("temperature", repr(float(temperature))))
+        fields.extend(("timestamp_granularities[]", g) for g in timestamp_granularities)
+        body = MultipartBody(fields, "file", upload)
+        attrs = {"gen_ai.operation.name": "transcribe", "gen_ai.request.model": model}
+        with _tracer.start_as_current_span(
+            f"transcribe {model}", kind=trace.SpanKind.CLIENT, attributes=self._span_attrs(attrs)
+        ) as span:
+            response = await self._send(
+                "POST",
+                api_url(self._base, "audio/transcriptions"),
+                timeout=timeout,
+                content=body,
+                headers=body.headers,
+            )
+            if response_format == "text":
+                return Transcription(text=response.text)
+            result = self._decode(response, Transcription, "transcription")
+            span.set_attribute("gen_ai.response.model", model)
+            return result
+
+    async def models(self, *, timeout: float = PROBE_TIMEOUT_S) -> list[str]:
+        """Model ids served (``GET /v1/models``)."""
+        response = await self._send("GET", api_url(self._base, "models"), timeout=timeout)
+        return [m.id for m in self._decode(response, ModelList, "model list").data]
+
+    async def metrics(self, *, timeout: float = PROBE_TIMEOUT_S) -> str:
+        """The raw Prometheus text of ``GET /metrics`` (vLLM serves it at the root)."""
+        response = await self._send("GET", root_url(self._base, "metrics"), timeout=timeout)
+        return response.text
+
+    # --- plumbing ------------------------------------------------------------------------
+    def _span_attrs(self, extra: Mapping[str, Any]) -> dict[str, Any]:
+        return {"gen_ai.provider.name": self.provider, **self._server, **extra}
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        *,
+        timeout: float | None,
+        headers: Mapping[str, str] | None = None,
+        content: Any = None,
+    ) -> httpx.Response:
+        limit = self.timeout if timeout is None else timeout
+        shown = redact_url(url)
+        carrier = dict(headers or {})
+        propagate.inject(carrier)  # traceparent to vLLM, so its spans join the job's trace
+        try:
+            with anyio.fail_after(limit):
+                response = await self._http.request(method, url, headers=carrier, content=content)
+        except TimeoutError:
+            raise JobTimeout(f"{self.name} at {shown} did not answer within {limit:g}s") from None
+        except httpx.HTTPError as exc:
+            raise error_for_exception(self.name, shown, exc) from exc
+        error = error_for_status(self.name, response, self._key)
+        if error is not None:
+            raise error
+        return response
+
+    def _decode(self, response: httpx.Response, kind: type[T], what: str) -> T:
+        try:
+            return msgspec.json.decode(response.content, type=kind)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise InvalidOutput(f"{self.name} returned an unreadable {what}: {exc}") from None

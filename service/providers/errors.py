@@ -1,0 +1,115 @@
+"""Turn HTTP outcomes of a provider call into the handler error categories.
+
+Why one place: the retry policy of the whole service hangs on this mapping. A busy or
+restarting GPU server (429, 502, 503, 504, refused connection) is worth retrying later, and
+when it says how long to wait (``Retry-After``) we pass that on; any other 4xx means our
+request is wrong and retrying cannot help, so the provider's own message is kept for the
+operator; a timeout is its own category. Messages never contain keys or credentials.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from typing import Any
+
+import httpx
+import msgspec
+
+from service.config import Secret
+from service.handlers.base import (
+    HandlerError,
+    JobTimeout,
+    ProviderRejected,
+    ProviderUnavailable,
+)
+
+RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+MAX_MESSAGE_CHARS = 500
+MAX_RETRY_AFTER_S = 3600.0
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - time.time()
+    if seconds != seconds:  # NaN
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
+
+
+def provider_message(response: httpx.Response) -> str:
+    """The provider's error text: OpenAI/vLLM ``{"error": {"message"}}``, older vLLM
+    ``{"message"}``, FastAPI ``{"detail"}``, or the raw body, shortened."""
+    text = ""
+    try:
+        body: Any = msgspec.json.decode(response.content)
+    except msgspec.DecodeError:
+        body = None
+    if isinstance(body, dict):
+        err = body.get("error")
+        if isinstance(err, dict) and err.get("message"):
+            text = str(err["message"])
+        elif isinstance(err, str):
+            text = err
+        elif body.get("message"):
+            text = str(body["message"])
+        elif body.get("detail"):
+            text = str(body["detail"])
+    if not text:
+        text = response.text.strip() or response.reason_phrase or "no message"
+    text = " ".join(text.split())
+    if len(text) > MAX_MESSAGE_CHARS:
+        text = text[: MAX_MESSAGE_CHARS - 1] + "…"
+    return text
+
+
+def scrub(text: str, secret: Secret | None) -> str:
+    """Remove a key from text a provider sent back (some echo the key they refused)."""
+    if secret:
+        value = secret.reveal()
+        if len(value) >= 4:
+            text = text.replace(value, "**********")
+    return text
+
+
+def error_for_status(
+    name: str, response: httpx.Response, secret: Secret | None = None
+) -> HandlerError | None:
+    """The error a non-2xx response stands for, or ``None`` for success."""
+    status = response.status_code
+    if status < 400:
+        return None
+    message = scrub(provider_message(response), secret)
+    retry_after = parse_retry_after(response.headers.get("retry-after"))
+    what = f"{name} answered HTTP {status}: {message}"
+    if status in RETRYABLE_STATUSES:
+        if status == 408:
+            return JobTimeout(what, retry_after=retry_after)
+        return ProviderUnavailable(what, retry_after=retry_after)
+    if status < 500:
+        return ProviderRejected(what)
+    # Other 5xx (501, 505, ...): the server failed; a later attempt may land elsewhere.
+    return ProviderUnavailable(what, retry_after=retry_after)
+
+
+def error_for_exception(name: str, url: str, exc: httpx.HTTPError) -> HandlerError:
+    """The error an httpx transport failure stands for. ``url`` must be redacted already."""
+    kind = type(exc).__name__
+    if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
+        return ProviderUnavailable(f"{name} at {url} did not accept a connection in time ({kind})")
+    if isinstance(exc, httpx.TimeoutException):
+        return JobTimeout(f"{name} at {url} did not answer in time ({kind})")
+    if isinstance(exc, httpx.TransportError):
+        detail = str(exc) or kind
+        return ProviderUnavailable(f"{name} at {url} is unreachable: {detail}")
+    return ProviderUnavailable(f"{name} at {url} failed: {kind}")

@@ -1,0 +1,41 @@
+"""Endpoint URLs of an OpenAI-compatible server, whatever form the operator typed.
+
+Why: ``LLM_BASE_URL`` is written both as ``http://gpu:8000`` and ``http://gpu:8000/v1`` in the
+wild (the OpenAI SDK wants the latter, vLLM docs show both). We keep the server *root* and add
+``/v1/...`` ourselves, so both spellings reach the same endpoints, and ``/metrics`` and
+``/health`` (which vLLM serves at the root, not under ``/v1``) are reachable too.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit, urlunsplit
+
+
+def server_root(base_url: str) -> str:
+    """``http://h:8000/v1/`` → ``http://h:8000``; a path prefix before ``/v1`` is kept."""
+    url = base_url.strip().rstrip("/")
+    if url.endswith("/v1"):
+        url = url[: -len("/v1")]
+    return url
+
+
+def api_url(base_url: str, path: str) -> str:
+    """The URL of an OpenAI API path such as ``chat/completions`` under ``/v1``."""
+    return f"{server_root(base_url)}/v1/{path.lstrip('/')}"
+
+
+def root_url(base_url: str, path: str) -> str:
+    """The URL of a server path outside ``/v1`` (``metrics``, ``health``)."""
+    return f"{server_root(base_url)}/{path.lstrip('/')}"
+
+
+def redact_url(url: str) -> str:
+    """The URL without user/password, safe for logs, errors and status pages."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host + (f":{parts.port}" if parts.port is not None else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))

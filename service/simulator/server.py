@@ -1,0 +1,113 @@
+"""Running the simulator: in-process for tests (``serve_simulator``) or as a process (CLI).
+
+Why we bind the socket ourselves: with a listening socket in hand before uvicorn starts, the
+URL is known at once (port 0 picks a free port) and connections made before uvicorn's first
+``accept`` wait in the kernel backlog, so tests never poll for readiness.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import uvicorn
+
+from service.serve import EmbeddedServer
+from service.simulator.app import Simulator, create_app
+from service.simulator.config import SimulatorConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunningSimulator:
+    """A simulator serving in this process: its base URL (no ``/v1``) and live state."""
+
+    url: str
+    state: Simulator
+
+    def __str__(self) -> str:
+        return self.url
+
+
+def listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY only on sockets that say they are
+    # TCP, and without it every response waits ~40 ms for a delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    return sock
+
+
+def make_simulator_server(app: Any, config: SimulatorConfig, log_level: str) -> EmbeddedServer:
+    """A uvicorn server that leaves signals to the process's supervisor."""
+    return EmbeddedServer(_config(app, config, log_level))
+
+
+def _config(app: Any, config: SimulatorConfig, log_level: str) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        host=config.host,
+        port=config.port,
+        log_level=log_level,
+        access_log=False,
+        lifespan="on",
+        # Keep connections open longer than clients do, so a pooled connection is never
+        # closed by us while a client is about to reuse it.
+        timeout_keep_alive=75,
+        timeout_graceful_shutdown=5,
+    )
+
+
+def base_url(host: str, port: int) -> str:
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}"
+
+
+@asynccontextmanager
+async def serve_simulator(
+    config: SimulatorConfig | None = None, **changes: Any
+) -> AsyncIterator[RunningSimulator]:
+    """Serve a simulator on ``127.0.0.1`` (port 0 by default) for the duration of the block.
+
+    ``changes`` override fields of ``config``: ``serve_simulator(capacity=2, fail_rate=1)``.
+    """
+    base = config or SimulatorConfig(port=0)
+    cfg = dataclasses.replace(base, **changes) if changes else base
+    app, state = create_app(cfg)
+    sock = listen(cfg.host, cfg.port)
+    port = sock.getsockname()[1]
+    server = make_simulator_server(app, cfg, "warning")
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: server.serve(sockets=[sock]))
+            try:
+                yield RunningSimulator(base_url(cfg.host, port), state)
+            finally:
+                state.stopping.set()
+                server.should_exit = True
+    finally:
+        sock.close()
+
+
+def run_simulator(
+    host: str = "127.0.0.1", port: int = 8000, capacity: int = 8, **options: Any
+) -> None:
+    """Serve until interrupted (the ``ai-service simulate-provider`` command)."""
+    cfg = SimulatorConfig(host=host, port=port, capacity=capacity, **options)
+    app, _ = create_app(cfg)
+    log.warning(
+        "simulated inference server (not a model) on http://%s:%d: capacity %d per model, "
+        "latency %gms + %gms/token, %gms/audio-second, fail rate %g; models %s",
+        host, port, cfg.capacity, cfg.latency_ms, cfg.per_token_ms, cfg.per_audio_second_ms,
+        cfg.fail_rate, ", ".join((*cfg.chat_models, *cfg.audio_models)),
+    )  # fmt: skip
+    uvicorn.Server(_config(app, cfg, "info")).run()

@@ -1,0 +1,253 @@
+"""SSRF and size safety of audio downloads, against real HTTP servers on 127.0.0.1.
+
+The audio server here is real (uvicorn on a real socket); what varies is the fetcher's
+policy: by default loopback is refused, and tests that need to reach the local server opt in
+with ``allowed_networks=127.0.0.1/32`` — exactly what an operator does for internal storage.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import ipaddress
+import wave
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import pytest
+
+from service.config import ConfigError, Settings
+from service.handlers.audio import AudioFetcher, AudioPolicy, decode_base64_audio, parse_networks
+from service.handlers.base import InvalidInput, ProviderUnavailable
+from service.serve import EmbeddedServer, make_server
+from service.simulator.server import listen
+
+pytestmark = pytest.mark.anyio
+
+LOOPBACK_ONLY = (ipaddress.ip_network("127.0.0.1/32"),)
+
+
+def wav(seconds: float, rate: int = 8000) -> bytes:
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(b"\x00\x01" * int(rate * seconds))
+    return buf.getvalue()
+
+
+AUDIO = wav(3.0)
+ROUTES: dict[str, tuple[int, list[tuple[bytes, bytes]], list[bytes]]] = {
+    "/call.wav": (200, [(b"content-type", b"audio/wav")], [AUDIO]),
+    "/big-declared": (200, [(b"content-length", b"5000")], [b"\x00" * 5000]),
+    "/big-chunked": (200, [], [b"\x00" * 600] * 5),  # no Content-Length: counted while streaming
+    "/to-metadata": (302, [(b"location", b"http://169.254.169.254/latest/meta-data/")], [b""]),
+    "/to-private": (302, [(b"location", b"http://10.1.2.3:8080/call.wav")], [b""]),
+    "/to-loopback-2": (307, [(b"location", b"http://127.0.0.2/call.wav")], [b""]),
+    "/to-file": (302, [(b"location", b"file:///etc/passwd")], [b""]),
+    "/to-call": (301, [(b"location", b"/call.wav")], [b""]),
+    "/loop": (302, [(b"location", b"/loop")], [b""]),
+    "/missing": (404, [], [b"not here"]),
+    "/busy": (503, [(b"retry-after", b"9")], [b"busy"]),
+}
+
+
+async def audio_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    status, headers, chunks = ROUTES.get(scope["path"], (404, [], [b""]))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    for i, chunk in enumerate(chunks):
+        await send({"type": "http.response.body", "body": chunk, "more_body": i < len(chunks) - 1})
+
+
+@asynccontextmanager
+async def audio_server() -> AsyncIterator[str]:
+    sock = listen("127.0.0.1", 0)
+    server: EmbeddedServer = make_server(audio_app, "127.0.0.1", 0)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: server.serve(sockets=[sock]))
+        try:
+            yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+        finally:
+            server.should_exit = True
+    sock.close()
+
+
+@asynccontextmanager
+async def fetcher(**policy: Any) -> AsyncIterator[AudioFetcher]:
+    f = AudioFetcher(AudioPolicy(**policy), timeout=60)
+    try:
+        yield f
+    finally:
+        await f.aclose()
+
+
+async def refusal(f: AudioFetcher, url: str) -> str:
+    with pytest.raises(InvalidInput) as err:
+        async with f.fetch(url):
+            pass
+    assert err.value.category == "invalid_input"
+    assert not err.value.retryable
+    return str(err.value)
+
+
+async def test_allowed_download_streams_the_audio() -> None:
+    async with audio_server() as base, fetcher(allowed_networks=LOOPBACK_ONLY) as f:
+        async with f.fetch(f"{base}/call.wav") as audio:
+            assert audio.upload.size == len(AUDIO)
+            assert audio.upload.filename == "call.wav"
+            assert audio.upload.content_type == "audio/wav"
+            assert audio.seconds == pytest.approx(3.0)
+            got = b"".join([c async for c in audio.upload.chunks()])
+            assert got == AUDIO
+            # The source can be replayed (an upload retried on the same file).
+            assert b"".join([c async for c in audio.upload.chunks()]) == AUDIO
+        # A same-host redirect is followed.
+        async with f.fetch(f"{base}/to-call") as audio:
+            assert audio.upload.size == len(AUDIO)
+
+
+async def test_loopback_is_refused_by_default() -> None:
+    async with audio_server() as base, fetcher() as f:
+        msg = await refusal(f, f"{base}/call.wav")
+        assert "127.0.0.1 is a loopback address" in msg
+        assert "AUDIO_URL_ALLOWED_NETWORKS" in msg
+        port = base.rsplit(":", 1)[1]
+        # A name is resolved and the address actually dialled is checked.
+        msg = await refusal(f, f"http://localhost:{port}/call.wav")
+        assert "'localhost', which resolves to" in msg
+        assert "loopback address" in msg
+
+
+@pytest.mark.parametrize(
+    ("url", "kind"),
+    [
+        ("http://10.0.0.5/a.wav", "private"),
+        ("http://172.16.3.4/a.wav", "private"),
+        ("https://192.168.1.10/a.wav", "private"),
+        ("http://169.254.169.254/latest/meta-data/", "link-local (includes cloud metadata)"),
+        ("http://100.64.0.1/a.wav", "non-public"),
+        ("http://0.0.0.0/a.wav", "unspecified"),
+        ("http://[::1]/a.wav", "loopback"),
+        ("http://[fd00::1]/a.wav", "private"),
+        ("http://[fe80::1]/a.wav", "link-local (includes cloud metadata)"),
+        ("http://[::ffff:127.0.0.1]/a.wav", "loopback"),
+        ("http://[64:ff9b::a00:1]/a.wav", "private"),
+        ("http://224.0.0.1/a.wav", "multicast"),
+    ],
+)
+async def test_private_ranges_are_refused(url: str, kind: str) -> None:
+    async with fetcher() as f:
+        assert f" {kind} address; only public addresses may be fetched" in await refusal(f, url)
+
+
+async def test_allowed_networks_are_exact() -> None:
+    async with fetcher(allowed_networks=LOOPBACK_ONLY) as f:
+        assert "127.0.0.2 is a loopback address" in await refusal(f, "http://127.0.0.2/a.wav")
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/to-metadata", "redirect target host 169.254.169.254 is a link-local"),
+        ("/to-private", "redirect target host 10.1.2.3 is a private address"),
+        ("/to-loopback-2", "redirect target host 127.0.0.2 is a loopback address"),
+        ("/to-file", "redirect target must be an http or https URL, not 'file'"),
+        ("/loop", "redirected more than 5 times"),
+    ],
+)
+async def test_redirects_are_rechecked(path: str, expected: str) -> None:
+    async with audio_server() as base, fetcher(allowed_networks=LOOPBACK_ONLY) as f:
+        assert expected in await refusal(f, base + path)
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/big-declared", "audio_url is 5000 bytes, larger than AUDIO_MAX_BYTES=2048"),
+        ("/big-chunked", "audio_url is larger than AUDIO_MAX_BYTES=2048 bytes"),
+    ],
+)
+async def test_oversized_audio_is_refused(path: str, expected: str) -> None:
+    async with (
+        audio_server() as base,
+        fetcher(allowed_networks=LOOPBACK_ONLY, max_bytes=2048) as f,
+    ):
+        assert expected in await refusal(f, base + path)
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("file:///etc/passwd", "must be an http or https URL, not 'file'"),
+        ("ftp://example.com/a.wav", "must be an http or https URL, not 'ftp'"),
+        ("gopher://example.com/", "must be an http or https URL"),
+        ("http://user:pw@example.com/a.wav", "must not contain a user name or password"),
+        ("http:///a.wav", "has no host"),
+        ("not a url", "must be an http or https URL"),
+    ],
+)
+async def test_bad_urls_are_refused(url: str, expected: str) -> None:
+    async with fetcher() as f:
+        assert expected in await refusal(f, url)
+
+
+async def test_host_allow_list() -> None:
+    policy = {"allowed_hosts": ("audio.example.com", ".records.example.org")}
+    async with audio_server() as base, fetcher(**policy, allowed_networks=LOOPBACK_ONLY) as f:
+        msg = await refusal(f, f"{base}/call.wav")
+        assert "host '127.0.0.1' is not in AUDIO_URL_ALLOWED_HOSTS" in msg
+    p = AudioPolicy(allowed_hosts=policy["allowed_hosts"])
+    assert p.host_allowed("audio.example.com")
+    assert p.host_allowed("AUDIO.example.com.")
+    assert p.host_allowed("eu.records.example.org")
+    assert not p.host_allowed("records.example.org.evil.com")
+    assert not p.host_allowed("evilaudio.example.com")
+
+
+async def test_http_errors_of_the_audio_host() -> None:
+    async with audio_server() as base, fetcher(allowed_networks=LOOPBACK_ONLY) as f:
+        assert "audio_url answered HTTP 404" in await refusal(f, f"{base}/missing")
+        with pytest.raises(ProviderUnavailable) as err:
+            async with f.fetch(f"{base}/busy"):
+                pass
+        assert err.value.retry_after == 9.0
+
+
+def test_base64_audio_is_capped_and_validated() -> None:
+    good = base64.b64encode(AUDIO).decode()
+    audio = decode_base64_audio(good, len(AUDIO))
+    assert audio.upload.size == len(AUDIO)
+    assert audio.seconds == pytest.approx(3.0)
+    data_url = decode_base64_audio("data:audio/wav;base64," + good, len(AUDIO))
+    assert data_url.upload.content_type == "audio/wav"
+    for text, expected in [
+        (good, "more than AUDIO_MAX_BYTES=1000"),
+        ("!!not base64!!", "not valid base64"),
+        ("data:audio/wav,abc", "data URL must look like"),
+    ]:
+        with pytest.raises(InvalidInput, match=expected):
+            decode_base64_audio(text, 1000)
+
+
+def test_settings_feed_the_policy() -> None:
+    s = Settings.from_env(
+        {"AUDIO_URL_ALLOWED_HOSTS": "a.example.com, .b.example.com",
+         "AUDIO_URL_ALLOWED_NETWORKS": "10.2.3.0/24, 10.9.9.9", "AUDIO_MAX_BYTES": "4096"}
+    )  # fmt: skip
+    policy = AudioPolicy.from_settings(s)
+    assert policy.allowed_hosts == ("a.example.com", ".b.example.com")
+    assert ipaddress.ip_address("10.2.3.77") in policy.allowed_networks[0]
+    assert policy.max_bytes == 4096
+    assert Settings.from_env({}).audio_max_bytes == 25 * 1024 * 1024
+    with pytest.raises(
+        ConfigError, match=r"AUDIO_URL_ALLOWED_NETWORKS='10\.0\.0\.0/33' is invalid"
+    ):
+        parse_networks(["10.0.0.0/33"])
