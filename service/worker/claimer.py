@@ -95,8 +95,7 @@ class ClaimLoop:
                 if self._stopped:
                     await self._release(jobs)
                     break
-                for job in jobs:
-                    self.executor.start(job)
+                self.executor.start_many(jobs)
                 self.stats.claimed += len(jobs)
                 may_have_work = len(jobs) >= free
                 if not may_have_work:

@@ -9,8 +9,9 @@ JSON here, once, so an unserialisable result fails this job instead of a whole b
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import anyio
@@ -28,6 +29,14 @@ from service.worker.status import WorkerStatus
 log = logging.getLogger("ai_service.worker.executor")
 
 _encoder = msgspec.json.Encoder()
+
+
+def _on_asyncio() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # another anyio backend
+        return False
+    return True
 
 
 class Executor:
@@ -57,10 +66,40 @@ class Executor:
 
     def start(self, job: Job) -> None:
         """Start a claimed job now (the caller has already reserved its capacity)."""
+        self.start_many([job])
+
+    def start_many(self, jobs: Sequence[Job]) -> None:
+        """Start a claimed batch now (the caller has already reserved its capacity).
+
+        One task-group task per batch; inside it each job runs in a plain asyncio task of its
+        own. A task-group spawn costs ~30 µs (a task handle, a cancel scope, an event), an
+        asyncio task ~7 µs: at 10,000+ jobs/s the difference is a third of the worker's CPU.
+        Each job still runs in its own cancel scope (``RunningJob.scope``); if the process
+        exits at once, the batch task cancels its jobs, which are then released.
+        """
+        if not jobs:
+            return
         assert self._tg is not None, "executor is not bound to a task group"
-        entry = self.running.add(job)
-        self.status.profiles[job.model_profile].in_flight += 1
-        self._tg.start_soon(self._run, entry, name=f"job {job.id}")
+        entries = [self.running.add(job) for job in jobs]
+        for job in jobs:
+            self.status.profiles[job.model_profile].in_flight += 1
+        if len(entries) == 1 or not _on_asyncio():
+            for entry in entries:
+                self._tg.start_soon(self._run, entry, name=f"job {entry.job.id}")
+        else:
+            self._tg.start_soon(self._run_batch, entries, name=f"batch of {len(entries)} jobs")
+
+    async def _run_batch(self, entries: list[RunningJob]) -> None:
+        loop = asyncio.get_running_loop()
+        tasks = {loop.create_task(self._run(entry)) for entry in entries}
+        try:
+            await asyncio.wait(tasks)
+        except asyncio.CancelledError:  # the process is exiting at once
+            for task in tasks:
+                task.cancel()
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait(tasks)
+            raise
 
     async def _run(self, entry: RunningJob) -> None:
         try:
