@@ -59,9 +59,10 @@ def _consumer(url: str, expected: int, batch: int, out: Connection) -> None:
                     return
                 now = time.monotonic()
                 first = first or now
-                latencies.extend((now - t0) * 1000 for _, t0 in rows)
+                # t0 < 0: a background job (pickup under load), not measured nor counted
+                latencies.extend((now - t0) * 1000 for _, t0 in rows if t0 >= 0)
                 work.execute(DONE, ([r[0] for r in rows],))
-                done += len(rows)
+                done += sum(1 for _, t0 in rows if t0 >= 0)
 
         drain()  # catch-up, as after any (re)connect
         while done < expected:
@@ -79,16 +80,28 @@ def _start_consumer(url: str, expected: int, batch: int) -> tuple[Any, Connectio
     return proc, parent
 
 
-def pickup(url: str, n: int, spacing_s: float) -> dict[str, float]:
-    """One job at a time, ``spacing_s`` apart, to an idle consumer; ms from INSERT to claim."""
-    proc, pipe = _start_consumer(url, n, 1)
-    with psycopg.connect(url, autocommit=True) as conn:
-        for _ in range(n):
-            time.sleep(spacing_s)
-            conn.execute(
-                b"INSERT INTO floor_jobs (profile, t0) VALUES ('p', %s)", (time.monotonic(),)
-            )
-    latencies, _ = pipe.recv()
+def pickup(
+    url: str, n: int, spacing_s: float, *, batch: int = 1, background_rate: float = 0
+) -> dict[str, float]:
+    """One job at a time, ``spacing_s`` apart, to an idle consumer; ms from INSERT to claim.
+
+    With ``background_rate``, another process inserts that many jobs/s meanwhile (not counted).
+    """
+    from bench.peers import Background
+
+    proc, pipe = _start_consumer(url, n, batch)
+    bg = Background(url, "floor", background_rate) if background_rate else None
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            for _ in range(n):
+                time.sleep(spacing_s)
+                conn.execute(
+                    b"INSERT INTO floor_jobs (profile, t0) VALUES ('p', %s)", (time.monotonic(),)
+                )
+        latencies, _ = pipe.recv()
+    finally:
+        if bg is not None:
+            bg.stop()
     proc.join()
     return summary(latencies)
 

@@ -1,40 +1,45 @@
-"""Pickup latency: from the commit of one job to the start of its handler, in a real
-``ai-service worker`` process that is idle when each job arrives (one job every 50 ms, and
-every 5 ms). Then the same with NOTIFY disabled and a 2 s fallback poll, which is how the seed
-service behaved: the baseline.
+"""Pickup latency: from the commit of one job to the start of its handler, side by side in one
+run on the same PostgreSQL:
 
-t0 is read just before the INSERT is sent (it includes the commit, as ``bench.floor`` does);
-"from ack" is measured from the moment the INSERT returned. The handler records
-``time.monotonic()`` (one clock for all processes on Linux) as its first act and returns it as
-the job's result. Run alone: ``python -m bench.pickup [--quick]``.
+(a) ai-service: a real ``ai-service worker`` process, idle when each job arrives;
+(b) the seed's behaviour, the baseline: the same worker with NOTIFY disabled and
+    ``WORKER_POLL_INTERVAL=2s``;
+(c) PgQueuer (psycopg driver, no-op entrypoint; its own database on the same server);
+(d) the raw floor (``bench.floor``): a bare psycopg LISTEN -> SKIP LOCKED loop.
+
+Each for sequential jobs one every 50 ms and one every 5 ms, and again (50 ms) under a
+background load of 500 jobs/s inserted by another process into the same queue. t0 is read just
+before the INSERT is sent (so it includes the commit); the handler records ``time.monotonic()``
+(one clock for all processes on Linux) as its first act. Run alone:
+``python -m bench.pickup [--quick]``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import signal
-import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-import httpx
 import psycopg
 from psycopg.types.json import Jsonb
 
-from bench.common import RESULTS, bench_database, server_info, summary, table, write_result
-from service.config import FIELDS
+from bench import floor, peers
+from bench.common import bench_database, server_info, summary, table, write_result
+from bench.workers import WorkerProcess
 from service.db.queries import queries
 from service.handlers.base import HandlerRegistry
 from service.jobs import Job, new_id
 
 PROFILE = "bench"
 TASK = "bench_pickup"
-ROOT = Path(__file__).resolve().parent.parent
 WARMUP = 10  # first jobs of each run are not counted (connections, prepared statements)
+LOAD = 500.0  # background jobs/s for the "under load" cases
+CLAIM_LIMIT = "16"
+
+TARGET_P50, TARGET_P99, TARGET_MAX = 1.0, 3.0, 20.0
+TARGET_VS_FLOOR = 2.0
+TARGET_VS_POLL = 500.0
 
 
 # --- the handler, loaded into the worker by AI_SERVICE_EXTRA_HANDLERS=bench.pickup:register --
@@ -46,52 +51,17 @@ def register(registry: HandlerRegistry) -> None:
     registry.register([TASK], PROFILE, _started)
 
 
-# --- the measurement ----------------------------------------------------------------------------
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _start_worker(url: str, *, notify: bool, poll: str) -> tuple[subprocess.Popen[bytes], int]:
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if k not in {f.env for f in FIELDS}}
-    env |= {
-        "DATABASE_URL": url,
-        "MIGRATE_ON_START": "false",
-        "WORKER_HTTP_HOST": "127.0.0.1",
-        "WORKER_HTTP_PORT": str(port),
-        "WORKER_NOTIFY": "true" if notify else "false",
-        "WORKER_POLL_INTERVAL": poll,
-        "LOG_LEVEL": "warning",
-        "AI_SERVICE_EXTRA_HANDLERS": "bench.pickup:register",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service", "worker", "--profile", PROFILE], env=env, cwd=ROOT
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the worker exited with {proc.returncode}")
-        try:
-            status = httpx.get(f"http://127.0.0.1:{port}/worker/status", timeout=2).json()
-            if status["profiles"][PROFILE]["state"] == "idle" and status["listener"]["state"] in (
-                "connected",
-                "disabled",
-            ):
-                return proc, port
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("the worker did not become ready")
-
-
-def _run(url: str, n: int, spacing: float, *, notify: bool, poll: str) -> dict[str, Any]:
-    proc, _ = _start_worker(url, notify=notify, poll=poll)
+# --- ai-service -----------------------------------------------------------------------------
+def ai_service(
+    url: str, n: int, spacing: float, *, notify: bool = True, poll: str = "30s", load: float = 0
+) -> dict[str, Any]:
+    worker = WorkerProcess(
+        url, PROFILE, "bench.pickup:register",
+        WORKER_NOTIFY="true" if notify else "false", WORKER_POLL_INTERVAL=poll,
+        WORKER_CLAIM_LIMIT=CLAIM_LIMIT,
+    )  # fmt: skip
     sent: dict[Any, tuple[float, float]] = {}
+    bg = peers.Background(url, "ai-service", load, task=TASK, profile=PROFILE) if load else None
     try:
         with psycopg.connect(url, autocommit=True) as conn:
             create = queries()["create_job"]
@@ -114,87 +84,106 @@ def _run(url: str, n: int, spacing: float, *, notify: bool, poll: str) -> dict[s
                 t0 = time.monotonic()
                 conn.execute(create, params)
                 sent[job_id] = (t0, time.monotonic())
+            if bg is not None:
+                bg.stop()
             results: list[tuple[Any, Any]] = []
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:
                 results = conn.execute(
-                    "SELECT id, result FROM ai_jobs WHERE task_type = %s AND status = 'completed'"
-                    " AND id = ANY(%s)",
-                    (TASK, list(sent)),
+                    "SELECT id, result FROM ai_jobs WHERE status = 'completed' AND id = ANY(%s)",
+                    (list(sent),),
                 ).fetchall()
                 if len(results) == len(sent):
                     break
                 time.sleep(0.05)
-            conn.execute("DELETE FROM ai_jobs")
+            conn.execute("TRUNCATE ai_jobs")
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
+        if bg is not None:
+            bg.stop()
+        worker.stop()
     order = {job_id: i for i, job_id in enumerate(sent)}
     counted = [(i, r) for i, r in results if order[i] >= WARMUP]
     from_send = [(r["t_start"] - sent[i][0]) * 1000 for i, r in counted]
     from_ack = [(r["t_start"] - sent[i][1]) * 1000 for i, r in counted]
-    return {
-        "from_send": summary(from_send),
-        "from_ack": summary(from_ack),
-        "lost": n + WARMUP - len(results),
-    }
+    return {**summary(from_send), "from_ack": summary(from_ack), "lost": n + WARMUP - len(results)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
+# --- the run --------------------------------------------------------------------------------
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.pickup")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    n = 200 if args.quick else 1000
-    n_poll = 40 if args.quick else 150
-    cases = [
-        ("NOTIFY, one job every 50 ms", n, 0.05, True, "30s"),
-        ("NOTIFY, one job every 5 ms", n, 0.005, True, "30s"),
-        ("seed baseline: poll 2s, every 50 ms", n_poll, 0.05, False, "2s"),
-        ("seed baseline: poll 2s, every 5 ms", n_poll, 0.005, False, "2s"),
-    ]
-    out: dict[str, Any] = {}
-    rows = []
+    n = 100 if args.quick else 1000
+    n_poll = 20 if args.quick else 150
+    n5 = 200 if args.quick else 1000
+    # (case, spacing s, background jobs/s)
+    cases = [("50 ms", 0.05, 0.0), ("5 ms", 0.005, 0.0), ("50 ms + 500 jobs/s", 0.05, LOAD)]
+    out: dict[str, Any] = {"n": n, "n_poll": n_poll, "claim_limit": int(CLAIM_LIMIT)}
+    res: dict[str, dict[str, Any]] = {}
     with bench_database() as url:
-        info = server_info(url)
-        for name, count, spacing, notify, poll in cases:
-            r = _run(url, count, spacing, notify=notify, poll=poll)
-            out[name] = r
-            s, a = r["from_send"], r["from_ack"]
-            rows.append([name, s["n"], s["p50"], s["p99"], s["max"], a["p50"], a["p99"]])
-            print(f"  {name}: p50 {s['p50']:.3f} ms, p99 {s['p99']:.3f} ms", flush=True)
-    print(
-        table(
-            "pickup latency, commit -> handler start (ms)",
-            ["case", "n", "p50", "p99", "max", "p50 from ack", "p99 from ack"],
-            rows,
-        )
-    )
-    floor = _floor()
-    if floor:
-        for key, name in (("pickup_50ms", cases[0][0]), ("pickup_5ms", cases[1][0])):
-            ours, bare = out[name]["from_send"], floor[key]
-            out[name]["vs_floor"] = {q: ours[q] / bare[q] for q in ("p50", "p99")}
+        out["server"] = server_info(url)
+
+        def run(system: str, case: str, fn: Any, *args: Any, **kwargs: Any) -> None:
+            started = time.monotonic()
+            r = fn(*args, **kwargs)
+            res.setdefault(system, {})[case] = r
             print(
-                f"{name}: {ours['p50'] / bare['p50']:.2f}x the raw floor's p50 "
-                f"({bare['p50']:.3f} ms), {ours['p99'] / bare['p99']:.2f}x its p99 "
-                f"({bare['p99']:.3f} ms)"
+                f"  {system}, {case}: p50 {r['p50']:.3f} p99 {r['p99']:.3f} max {r['max']:.3f} ms"
+                f" ({time.monotonic() - started:.0f}s)",
+                flush=True,
             )
-    else:
-        print(
-            "(run `python -m bench.floor` first to compare with the raw LISTEN/SKIP LOCKED floor)"
-        )
-    path = write_result("pickup", {"server": info, "cases": out, "floor": floor})
-    print(f"written to {path}")
 
+        for case, spacing, load in cases:
+            count = n5 if spacing < 0.05 else n
+            run("ai-service", case, ai_service, url, count, spacing, load=load)
+        run("seed poll 2s", "50 ms", ai_service, url, n_poll, 0.05, notify=False, poll="2s")
+        with peers.sibling_database(url, "pgq") as pgq:
+            peers.pgqueuer_install(pgq)
+            out["pgqueuer_version"] = peers.pgqueuer_version()
+            for case, spacing, load in cases:
+                count = n5 if spacing < 0.05 else n
+                run("PgQueuer", case, peers.pgqueuer_pickup, pgq, count, spacing,
+                    background_rate=load)  # fmt: skip
+        with peers.sibling_database(url, "floor") as fl:
+            floor.setup(fl)
+            for case, spacing, load in cases:
+                count = n5 if spacing < 0.05 else n
+                run("raw floor", case, floor.pickup, fl, count, spacing,
+                    batch=10 if load else 1, background_rate=load)  # fmt: skip
 
-def _floor() -> dict[str, Any] | None:
-    """The latest ``bench.floor`` figures from this machine, if that benchmark has run."""
-    path = RESULTS / "floor.json"
-    if not path.exists():
-        return None
-    data: dict[str, Any] = json.loads(path.read_text())
-    return data
+    rows = []
+    ours, bare, poll = res["ai-service"], res["raw floor"], res["seed poll 2s"]["50 ms"]
+    for system, by_case in res.items():
+        for case, r in by_case.items():
+            vs_floor = r["p50"] / bare[case]["p50"] if case in bare else float("nan")
+            vs_poll = poll["mean"] / r["mean"]
+            r["vs_floor_p50"], r["vs_floor_p99"] = vs_floor, r["p99"] / bare[case]["p99"]
+            r["poll_mean_over_this_mean"] = vs_poll
+            rows.append([system, case, r["n"], r["p50"], r["p95"], r["p99"], r["max"],
+                         r["mean"], vs_floor, r["vs_floor_p99"], vs_poll])  # fmt: skip
+    print(table(
+        "pickup latency, commit -> handler start (ms); ratios to the raw floor and the 2 s poll",
+        ["system", "case", "n", "p50", "p95", "p99", "max", "mean", "p50/floor", "p99/floor",
+         "poll mean/mean"],
+        rows,
+    ))  # fmt: skip
+    idle = ours["50 ms"]
+    checks = {
+        "p50 <= 1 ms": idle["p50"] <= TARGET_P50,
+        "p99 <= 3 ms": idle["p99"] <= TARGET_P99,
+        "max <= 20 ms": idle["max"] <= TARGET_MAX,
+        "p50 and p99 <= 2x the raw floor": max(idle["vs_floor_p50"], idle["vs_floor_p99"])
+        <= TARGET_VS_FLOOR,
+        ">= 500x lower than the poll baseline's mean": idle["poll_mean_over_this_mean"]
+        >= TARGET_VS_POLL,
+    }
+    for name, ok in checks.items():
+        print(f"target (idle, 50 ms) {name}: {'PASS' if ok else 'FAIL'}")
+    out |= {"results": res, "targets": checks}
+    path = write_result("pickup_quick" if args.quick else "pickup", out)
+    print(f"wrote {path}")
+    return 0 if all(checks.values()) or args.quick else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
