@@ -106,6 +106,60 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
     return run_dev(settings)
 
 
+def _vllm_pair(text: str) -> tuple[str, str]:
+    name, sep, url = text.partition("=")
+    if not sep or not name.strip() or not url.strip().startswith(("http://", "https://")):
+        raise argparse.ArgumentTypeError(f"expected NAME=http(s)://host:port/metrics, got {text!r}")
+    return name.strip(), url.strip()
+
+
+def cmd_infra_sidecar(args: argparse.Namespace, settings: Settings) -> int:
+    import anyio
+
+    from service.runtime import http_service, supervise
+    from service.serve import make_server
+    from service.sidecar.app import create_sidecar_app
+
+    vllm = dict(args.vllm or [])
+    app = create_sidecar_app(vllm, args.docker_socket)
+    server = make_server(app, args.host, args.port)
+    log.info(
+        "infra sidecar on %s:%d (vLLM metrics: %s; Docker socket %s)",
+        args.host,
+        args.port,
+        ", ".join(f"{n}={u}" for n, u in vllm.items()) or "none",
+        args.docker_socket,
+    )
+    return anyio.run(supervise, [http_service("infra-sidecar", server)])
+
+
+def _add_infra_sidecar(sub: Any) -> None:
+    p = sub.add_parser(
+        "infra-sidecar",
+        help="serve AI-server telemetry (GPUs, containers, vLLM metrics) as JSON",
+        description="Runs on the AI server: GET /infra/status reports GPUs (NVML), inference "
+        "containers (Docker socket, read-only) and each local vLLM's /metrics; GET /healthz. "
+        "The API relays it at GET /api/v1/infra/status (INFRA_STATUS_URL).",
+    )
+    p.add_argument("--host", default="0.0.0.0", help="listen address (default 0.0.0.0)")
+    p.add_argument("--port", type=int, default=9400, help="port (default 9400)")
+    p.add_argument(
+        "--vllm",
+        action="append",
+        type=_vllm_pair,
+        metavar="NAME=URL",
+        help="a local vLLM's Prometheus /metrics URL, e.g. qwen2.5-14b=http://qwen:8000/metrics "
+        "(repeatable)",
+    )
+    p.add_argument(
+        "--docker-socket",
+        default="/var/run/docker.sock",
+        metavar="PATH",
+        help="Docker Engine socket (default /var/run/docker.sock); missing means unavailable",
+    )
+    p.set_defaults(func=cmd_infra_sidecar)
+
+
 def _add_simulator(sub: Any) -> None:
     try:
         from service.simulator import cli as sim_cli
@@ -130,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("dev", help="everything on one machine: embedded PostgreSQL, API, workers")
     p.set_defaults(func=cmd_dev)
     _add_simulator(sub)
+    _add_infra_sidecar(sub)
     return parser
 
 

@@ -331,6 +331,15 @@ FIELDS: Final[tuple[Field, ...]] = (
         "a duration like 10m",
         "timeout of one transcription call",
     ),
+    Field(
+        "INFRA_STATUS_URL",
+        "infra_status_url",
+        _url,
+        None,
+        "an http(s) URL",
+        "the AI server's infra sidecar (http://host:9400 or its /infra/status URL), "
+        "relayed at GET /api/v1/infra/status",
+    ),
     # --- Worker ----------------------------------------------------------------------------
     Field("WORKER_ID", "worker_id", _str, None, "a name", "worker identity; default hostname"),
     Field("WORKER_HTTP_HOST", "worker_http_host", _str, "0.0.0.0", "a host", "worker HTTP addr"),
@@ -471,6 +480,7 @@ class Settings:
     audio_llm_api_key: Secret | None = None
     audio_llm_prompt: str = ""
     transcription_timeout: float = 600.0
+    infra_status_url: str | None = None
     worker_id: str = field(default_factory=socket.gethostname)
     worker_http_host: str = "0.0.0.0"
     worker_http_port: int = 8081

@@ -16,7 +16,7 @@ from litestar import Litestar, Router
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
-from service.api import jobs, stats, workers
+from service.api import jobs, stats, status, workers
 from service.api.auth import bearer_guard
 from service.api.deps import DEPENDENCIES
 from service.api.errors import handle_exception
@@ -26,6 +26,7 @@ from service.config import Settings
 from service.db import open_database
 from service.jobs import JobRepository
 from service.jobs.stats import StatsRepository
+from service.providers.status import ProviderStatusBoard
 
 API_PREFIX = "/api/v1"
 SECURITY_SCHEME = "BearerToken"
@@ -36,7 +37,13 @@ def api_router(settings: Settings, extra_routes: Sequence[Any] = ()) -> Router:
     pass their handlers through ``extra_routes`` so they share the guard and the prefix."""
     return Router(
         path=API_PREFIX,
-        route_handlers=[*jobs.ROUTES, *workers.ROUTES, *stats.ROUTES, *extra_routes],
+        route_handlers=[
+            *jobs.ROUTES,
+            *workers.ROUTES,
+            *stats.ROUTES,
+            *status.ROUTES,
+            *extra_routes,
+        ],
         guards=[bearer_guard(settings.tokens)],
         security=[{SECURITY_SCHEME: []}] if settings.tokens else None,
     )
@@ -62,6 +69,7 @@ def create_app(
             app.state.stats = StatsRepository(db)
             app.state.hub = hub
             app.state.settings = settings
+            app.state.provider_board = ProviderStatusBoard.from_settings(settings)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(hub.run)
                 try:
@@ -69,6 +77,9 @@ def create_app(
                 finally:
                     tg.cancel_scope.cancel()
         finally:
+            board = getattr(app.state, "provider_board", None)
+            if board is not None:
+                await board.aclose()
             await db.close()
 
     openapi = OpenAPIConfig(
@@ -91,5 +102,8 @@ def create_app(
         request_max_body_size=settings.max_request_bytes,
         openapi_config=openapi,
         lifespan=[lifespan],
+        # Logging is set up once per process (service/logs.py); Litestar's default config
+        # would replace the root handler and turn JSON lines into its own plain format.
+        logging_config=None,
         debug=False,
     )

@@ -34,6 +34,8 @@ class HandlerError(Exception):
 
     category: ClassVar[str] = "internal"
     retryable: ClassVar[bool] = True
+    # Retried once only: final when the job's previous attempt failed with the same category.
+    retry_once: ClassVar[bool] = False
 
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
@@ -65,10 +67,12 @@ class InvalidInput(HandlerError):
 
 
 class InvalidOutput(HandlerError):
-    """The model answered, but not in the requested shape (e.g. JSON that does not parse)."""
+    """The model answered, but not in the requested shape (e.g. JSON that does not parse).
+    Retried once (sampling may well answer properly the second time), then final."""
 
     category = "invalid_output"
     retryable = True
+    retry_once = True
 
 
 class UnsupportedTask(HandlerError):

@@ -44,4 +44,4 @@ def create_sidecar_app(vllm_metrics: dict[str, str], docker_socket: str) -> Lite
         result["collected_ms"] = round((time.monotonic() - started) * 1000, 1)
         return result
 
-    return Litestar(route_handlers=[healthz, status])
+    return Litestar(route_handlers=[healthz, status], logging_config=None, openapi_config=None)

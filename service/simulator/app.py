@@ -329,6 +329,7 @@ def build_app(sim: Simulator) -> Litestar:
         # Above vLLM's 25 MiB file check, so a slightly larger file gets vLLM's own 400.
         request_max_body_size=2 * cfg.max_upload_bytes + 1024 * 1024,
         openapi_config=None,
+        logging_config=None,  # keep the process's log format (Litestar's would replace it)
         on_shutdown=[lambda: sim.stopping.set()],
     )
 

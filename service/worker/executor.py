@@ -159,6 +159,10 @@ class Executor:
         if isinstance(exc, HandlerError):
             category, retryable, retry_after = exc.category, exc.retryable, exc.retry_after
             message = str(exc) or type(exc).__name__
+            if retryable and exc.retry_once and job.error_category == category:
+                # the previous attempt failed the same way: retried once already, now final
+                retryable = False
+                message += f" (final: {category} twice in a row)"
         else:
             category, retryable, retry_after = "internal", True, None
             message = f"{type(exc).__name__}: {exc}"

@@ -1,14 +1,20 @@
-"""`ai-service dev` (what `make run` starts): embedded PostgreSQL, health and readiness, data
+"""`ai-service dev` (what `make run` starts): embedded PostgreSQL, health and readiness, a chat
+and a transcription job completed through the worker and the SIMULATED inference endpoint, data
 reused on the next start, and no `postgres` process left behind after SIGTERM or Ctrl-C."""
 
 from __future__ import annotations
 
+import base64
+import io
 import os
 import signal
 import subprocess
 import sys
+import wave
 from pathlib import Path
+from typing import Any
 
+import httpx
 import psutil
 import pytest
 
@@ -46,13 +52,54 @@ def _start(data_dir: Path, port: int) -> subprocess.Popen[str]:
     )
 
 
-def _run_until_ready_then_signal(data_dir: Path, sig: signal.Signals) -> str:
+def _wav_base64(seconds: float = 2.0, rate: int = 8000) -> str:
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(b"\x00\x01" * int(rate * seconds))
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _run_jobs(base: str) -> list[dict[str, Any]]:
+    """A chat job and a transcription job through the dev stack's API → worker → simulator."""
+    jobs = [
+        ("llm_chat", "qwen2.5-14b", {"system": "Be brief.", "user": "Classify this text"}),
+        ("transcription", "voxtral-small", {"audio_base64": _wav_base64(), "diarization": True}),
+    ]
+    done = []
+    with httpx.Client(base_url=base, timeout=60) as client:
+        for task_type, profile, data in jobs:
+            body = {"owner_service": "dev", "task_type": task_type, "model_profile": profile}
+            r = client.post("/api/v1/jobs", json={**body, "input": data})
+            assert r.status_code == 201, r.text
+            job_id = r.json()["id"]
+
+            def finished(job_id: str = job_id) -> dict[str, Any] | None:
+                job: dict[str, Any] = client.get(
+                    f"/api/v1/jobs/{job_id}", params={"wait_seconds": 5}
+                ).json()
+                return job if job["status"] in ("completed", "failed", "cancelled") else None
+
+            done.append(wait_for(finished, what=f"the {task_type} job to finish"))
+    return done
+
+
+def _run_until_ready_then_signal(data_dir: Path, sig: signal.Signals, *, jobs: bool = False) -> str:
     port = free_port()
     proc = _start(data_dir, port)
     try:
         wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/healthz", proc), what="healthz")
         wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/readyz", proc), what="readyz")
         assert _postgres_on(data_dir), "the embedded PostgreSQL should be running"
+        if jobs:
+            chat, transcript = _run_jobs(f"http://127.0.0.1:{port}")
+            assert chat["status"] == "completed", chat
+            assert chat["result"]["content"] and chat["result"]["model"] == "qwen2.5-14b"
+            assert transcript["status"] == "completed", transcript
+            assert transcript["result"]["segments"]
+            assert transcript["result"]["segments"][0]["speaker"] == "SPEAKER_00"
         proc.send_signal(sig)
         out, _ = proc.communicate(timeout=120)
     finally:
@@ -65,8 +112,9 @@ def _run_until_ready_then_signal(data_dir: Path, sig: signal.Signals) -> str:
 
 def test_dev_serves_reuses_data_and_leaves_no_postgres_behind(tmp_path: Path) -> None:
     data_dir = tmp_path / "pgdata"
-    first = _run_until_ready_then_signal(data_dir, signal.SIGTERM)
+    first = _run_until_ready_then_signal(data_dir, signal.SIGTERM, jobs=True)
     assert "initialised and started" in first
+    assert "SIMULATED" in first  # make run says plainly that results are synthetic
     assert "applied migration 0001_jobs" in first
     assert wait_for(lambda: not _postgres_on(data_dir), what="postgres to exit", timeout=30)
 
