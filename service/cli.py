@@ -195,9 +195,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(settings.log_level, fmt)
     previous = signal.signal(signal.SIGTERM, _terminate_as_exit)
     try:
+        _setup_metrics(args.command, settings)
         func: Callable[[argparse.Namespace, Settings], int] = args.func
         return func(args, settings)
     except KeyboardInterrupt:
         return 130
     finally:
+        _shutdown_metrics()
         signal.signal(signal.SIGTERM, previous)
+
+
+def _setup_metrics(command: str, settings: Settings) -> None:
+    """Metrics (OTLP and/or Prometheus /metrics) for the long-running commands."""
+    if command not in ("api", "worker", "dev"):
+        return
+    from service.metrics.export import setup_metrics
+
+    try:
+        setup_metrics(command, settings)
+    except ConfigError as exc:
+        _die(f"configuration error: {exc}")
+
+
+def _shutdown_metrics() -> None:
+    export = sys.modules.get("service.metrics.export")
+    if export is not None:
+        export.shutdown_metrics()  # last export, bounded

@@ -424,6 +424,15 @@ FIELDS: Final[tuple[Field, ...]] = (
         "json or console",
         "log line format (dev defaults to console)",
     ),
+    Field(
+        "METRICS_PORT",
+        "metrics_port",
+        _int_range(0, 65535),
+        None,
+        "a port 0-65535",
+        "set: Prometheus text at /metrics on the API and worker servers, and on this port "
+        "(own listener unless it is theirs; 0: none); unset: metrics go over OTLP only",
+    ),
     # --- Audio download safety (transcription jobs with audio_url) -------------------------
     Field(
         "AUDIO_URL_ALLOWED_HOSTS",
@@ -493,6 +502,7 @@ class Settings:
     worker_notify: bool = True
     log_level: str = "info"
     log_format: str = "json"
+    metrics_port: int | None = None
     audio_url_allowed_hosts: tuple[str, ...] = ()
     audio_url_allowed_networks: tuple[str, ...] = ()
     audio_max_bytes: int = 25 * _MiB

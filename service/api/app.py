@@ -26,6 +26,8 @@ from service.config import Settings
 from service.db import open_database
 from service.jobs import JobRepository
 from service.jobs.stats import StatsRepository
+from service.metrics.export import metrics_enabled, metrics_routes
+from service.metrics.queue import sample_queue
 from service.providers.status import ProviderStatusBoard
 
 API_PREFIX = "/api/v1"
@@ -72,6 +74,8 @@ def create_app(
             app.state.provider_board = ProviderStatusBoard.from_settings(settings)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(hub.run)
+                if metrics_enabled():
+                    tg.start_soon(sample_queue, db)
                 try:
                     yield
                 finally:
@@ -96,7 +100,12 @@ def create_app(
         ),
     )
     return Litestar(
-        route_handlers=[healthz, readyz, api_router(settings, extra_routes)],
+        route_handlers=[
+            healthz,
+            readyz,
+            *metrics_routes(settings),
+            api_router(settings, extra_routes),
+        ],
         dependencies=DEPENDENCIES,
         exception_handlers={Exception: handle_exception},
         request_max_body_size=settings.max_request_bytes,

@@ -13,6 +13,7 @@ from uuid import UUID
 from litestar import Request, Response, get, post
 from litestar.params import Parameter
 
+from service import metrics
 from service.api.deps import unless_gone
 from service.api.errors import ApiError, invalid, responses
 from service.api.hub import FINISHED_CHANNEL, NotifyHub
@@ -46,6 +47,8 @@ _FIELDS = JobFields.__struct_fields__
 )
 async def create_job(data: CreateJob, repo: JobRepository) -> Response[Job]:
     job, created = await repo.create(data)
+    if created:
+        metrics.jobs_created([job])
     return Response(job, status_code=201 if created else 200)
 
 
@@ -69,6 +72,7 @@ async def create_batch(
         )
     news = [_merge(i, data.defaults, item) for i, item in enumerate(data.jobs)]
     results = await repo.create_batch(news)
+    metrics.jobs_created(new for new, (_, c) in zip(news, results, strict=True) if c)
     created = sum(1 for _, c in results if c)
     body = BatchResult(
         items=[BatchItem(id=i, created=c) for i, c in results],

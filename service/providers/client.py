@@ -21,6 +21,7 @@ from opentelemetry import propagate, trace
 
 from service.config import Secret
 from service.handlers.base import InvalidOutput, JobTimeout
+from service.metrics import GenAiCall
 from service.providers.errors import error_for_exception, error_for_status
 from service.providers.multipart import AudioUpload, MultipartBody
 from service.providers.responses import ChatCompletion, ModelList, Transcription
@@ -96,9 +97,12 @@ class OpenAIClient:
         attrs: dict[str, Any] = {"gen_ai.operation.name": "chat", "gen_ai.request.model": model}
         if max_tokens is not None:
             attrs["gen_ai.request.max_tokens"] = max_tokens
-        with _tracer.start_as_current_span(
-            f"chat {model}", kind=trace.SpanKind.CLIENT, attributes=self._span_attrs(attrs)
-        ) as span:
+        with (
+            _tracer.start_as_current_span(
+                f"chat {model}", kind=trace.SpanKind.CLIENT, attributes=self._span_attrs(attrs)
+            ) as span,
+            self._measure("chat", model) as call,
+        ):
             response = await self._send(
                 "POST",
                 api_url(self._base, "chat/completions"),
@@ -120,6 +124,7 @@ class OpenAIClient:
                     "gen_ai.usage.output_tokens": result.usage.completion_tokens,
                 }
             )
+            call.usage(result.model, result.usage.prompt_tokens, result.usage.completion_tokens)
             return result
 
     async def transcribe(
@@ -149,9 +154,14 @@ class OpenAIClient:
         fields.extend(("timestamp_granularities[]", g) for g in timestamp_granularities)
         body = MultipartBody(fields, "file", upload)
         attrs = {"gen_ai.operation.name": "transcribe", "gen_ai.request.model": model}
-        with _tracer.start_as_current_span(
-            f"transcribe {model}", kind=trace.SpanKind.CLIENT, attributes=self._span_attrs(attrs)
-        ) as span:
+        with (
+            _tracer.start_as_current_span(
+                f"transcribe {model}",
+                kind=trace.SpanKind.CLIENT,
+                attributes=self._span_attrs(attrs),
+            ) as span,
+            self._measure("transcribe", model),
+        ):
             response = await self._send(
                 "POST",
                 api_url(self._base, "audio/transcriptions"),
@@ -176,6 +186,10 @@ class OpenAIClient:
         return response.text
 
     # --- plumbing ------------------------------------------------------------------------
+    def _measure(self, operation: str, model: str) -> GenAiCall:
+        """gen_ai.client.operation.duration (and token usage) of one call, failures included."""
+        return GenAiCall(operation, self.provider, model, str(self._server["server.address"]))
+
     def _span_attrs(self, extra: Mapping[str, Any]) -> dict[str, Any]:
         return {"gen_ai.provider.name": self.provider, **self._server, **extra}
 

@@ -18,6 +18,7 @@ import time
 import anyio
 import anyio.lowlevel
 
+from service import metrics
 from service.db import DatabaseUnavailable
 from service.jobs import Job, JobRepository
 from service.worker.backoff import Backoff
@@ -97,6 +98,7 @@ class ClaimLoop:
                     break
                 self.executor.start_many(jobs)
                 self.stats.claimed += len(jobs)
+                metrics.jobs_claimed(jobs)
                 may_have_work = len(jobs) >= free
                 if not may_have_work:
                     await anyio.lowlevel.checkpoint()  # let the handlers start first

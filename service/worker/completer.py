@@ -19,6 +19,7 @@ from uuid import UUID
 
 import anyio
 
+from service import metrics
 from service.db import DatabaseUnavailable
 from service.handlers.base import InvalidOutput
 from service.jobs import Job, JobError, JobRepository
@@ -140,6 +141,7 @@ class Completer:
             return False
         except JobError:
             return True  # no longer ours
+        metrics.job_failed(job, InvalidOutput.category, final=failed.status != "pending")
         stats = self.status.profiles.get(job.model_profile)
         if stats is not None:
             if failed.status == "pending":
@@ -156,6 +158,7 @@ class Completer:
                 continue
             if job_id in held:
                 stats.completed += 1
+                metrics.job_completed(job)
             else:
                 stats.discarded += 1
                 log.warning(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,6 +19,7 @@ import anyio
 import msgspec
 from anyio.abc import TaskGroup
 
+from service import metrics
 from service.db import DatabaseUnavailable
 from service.handlers.base import HandlerError, HandlerRegistry, UnsupportedTask
 from service.jobs import Job, JobError, JobRepository
@@ -129,6 +131,7 @@ class Executor:
             return
         error: Exception | None = None
         encoded: Any = None
+        started = time.perf_counter()
         with entry.scope:
             try:
                 result = await handler(job)
@@ -139,6 +142,8 @@ class Executor:
                     encoded = msgspec.Raw(_encoder.encode(result))
                 except (TypeError, ValueError, OverflowError) as exc:
                     error = HandlerError(f"the handler returned a result that is not JSON: {exc}")
+        outcome = "stopped" if entry.reason else "failed" if error else "completed"
+        metrics.job_ran(job, time.perf_counter() - started, outcome)
         if entry.reason is not None:
             self._stopped(entry)
         elif error is not None:
@@ -198,6 +203,7 @@ class Executor:
                 log.warning("failure of job %s not recorded: %s", job.id, conflict)
                 return
         stats = self.status.profiles[job.model_profile]
+        metrics.job_failed(job, category, final=failed.status != "pending")
         if failed.status == "pending":
             stats.retried += 1
         else:

@@ -5,10 +5,12 @@
   draining), so a worker that cannot hear NOTIFY is visibly degraded.
 - ``GET /worker/status``: worker_id, per-profile capacity and counters, listener state, last
   notification time, uptime, version.
+- ``GET /metrics``: Prometheus text, when METRICS_PORT is set (``extra_routes``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import uvicorn
@@ -24,7 +26,7 @@ class Observable(Protocol):
     async def readiness(self) -> tuple[bool, dict[str, Any]]: ...
 
 
-def create_worker_app(worker: Observable) -> Litestar:
+def create_worker_app(worker: Observable, extra_routes: Sequence[Any] = ()) -> Litestar:
     @get("/healthz", summary="Process health")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -40,15 +42,19 @@ def create_worker_app(worker: Observable) -> Litestar:
 
     # logging_config=None: Litestar's default would reconfigure the root logger (our JSON lines)
     return Litestar(
-        route_handlers=[healthz, readyz, worker_status], logging_config=None, debug=False
+        route_handlers=[healthz, readyz, worker_status, *extra_routes],
+        logging_config=None,
+        debug=False,
     )
 
 
-def make_worker_server(worker: Observable, host: str, port: int) -> EmbeddedServer:
+def make_worker_server(
+    worker: Observable, host: str, port: int, extra_routes: Sequence[Any] = ()
+) -> EmbeddedServer:
     """Served in the worker's own task group (signals stay with the supervisor); no lifespan,
     so a hard exit does not leave a lifespan task to complain about its cancellation."""
     config = uvicorn.Config(
-        create_worker_app(worker),
+        create_worker_app(worker, extra_routes),
         host=host,
         port=port,
         log_level="warning",

@@ -14,6 +14,7 @@ from uuid import UUID
 
 import anyio
 
+from service import metrics
 from service.db import DatabaseUnavailable
 from service.jobs import JobRepository
 from service.worker.backoff import Backoff
@@ -65,9 +66,11 @@ class LeaseKeeper:
         if not ids:
             return
         held = await self.repo.heartbeat(self.worker_id, ids, lease_seconds=self.lease_seconds)
+        metrics.leases_renewed(len(held))
         for entry in entries:
             # Only the run we asked about: a job that failed, went back to pending and was
             # claimed again by us meanwhile is a new run with a fresh lease.
             if entry.job.id not in held and self.running.is_current(entry):
                 log.warning("lease of job %s lost; cancelling it", entry.job.id)
+                metrics.lease_lost(entry.job.model_profile)
                 entry.cancel("lost")

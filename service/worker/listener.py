@@ -17,6 +17,7 @@ from uuid import UUID
 
 import anyio
 
+from service import metrics
 from service.db import DatabaseUnavailable
 from service.db.listen import ListenConnection, Notification
 from service.worker.backoff import Backoff
@@ -65,6 +66,7 @@ class Listener:
             try:
                 if self.status.connected_at is not None:
                     self.status.reconnects += 1
+                    metrics.listener_reconnected()
                 self.status.state = "connected"
                 self.status.connected_at = time.time()
                 self.status.last_error = None

@@ -21,10 +21,12 @@ from uuid import UUID
 import anyio
 from anyio.abc import TaskGroup
 
+from service import metrics
 from service.config import ConfigError, Settings
 from service.db import Database, DatabaseUnavailable, open_database
 from service.handlers.base import HandlerRegistry
 from service.jobs import JobRepository
+from service.metrics.export import metrics_routes
 from service.runtime import Service, supervise
 from service.serve import EmbeddedServer, bound_port
 from service.worker import shutdown
@@ -67,11 +69,12 @@ class Worker:
             self.worker_id,
             {p: ProfileStats(capacity=settings.claim_limit(p)) for p in self.profiles},
         )
+        metrics.watch_worker(self.status)
         if not (settings.worker_notify and self.profiles):
             self.status.listener.state = "disabled"
         self.running = Running()
         self.server: EmbeddedServer = make_worker_server(
-            self, settings.worker_http_host, settings.worker_http_port
+            self, settings.worker_http_host, settings.worker_http_port, metrics_routes(settings)
         )
         self._db: Database | None = None
         self._loops: dict[str, ClaimLoop] = {}

@@ -11,6 +11,7 @@ import random
 
 import anyio
 
+from service import metrics
 from service.db import DatabaseUnavailable
 from service.jobs import JobRepository
 
@@ -43,6 +44,7 @@ class Reaper:
                 return total
             total += len(reaped)
             failed = sum(1 for _, status in reaped if status == "failed")
+            metrics.leases_reaped(len(reaped) - failed, failed)
             if reaped:
                 log.warning(
                     "reaped %d expired leases (%d back to pending, %d failed: lease_expired)",

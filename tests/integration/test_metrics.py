@@ -1,0 +1,125 @@
+"""``/metrics`` with METRICS_PORT set: the API, a worker running the real LLM handler against
+the simulator, and a dedicated listener, all on a real PostgreSQL; the exposition is read with
+prometheus-client's parser. Waits are on outcomes; deadlines only bound a hang.
+
+The MeterProvider is process-wide (OpenTelemetry allows one), so the profiles here are unique
+to this module and every number asserted is this test's own.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import anyio
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from service.config import Settings
+from service.jobs import JobRepository, NewJob
+from service.metrics.export import setup_metrics
+from service.simulator import serve_simulator
+from service.worker.main import Worker
+from service.worker.registry import build_registry
+from tests.helpers import free_port
+from tests.integration.api_server import running_api
+from tests.integration.test_worker_runtime import idle, settings, until
+
+Samples = list[tuple[str, dict[str, str], float]]
+
+PROFILE = f"metrics-{uuid.uuid4().hex[:8]}"  # served: the LLM model of the worker
+WAITING = f"waiting-{uuid.uuid4().hex[:8]}"  # no worker serves it: the queue gauges see it
+FAST = {"latency_ms": 1.0, "per_token_ms": 0.0, "per_audio_second_ms": 0.0}
+
+
+async def scrape(client: httpx.AsyncClient, url: str) -> Samples:
+    r = await client.get(url)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("text/plain")
+    return [
+        (s.name, s.labels, s.value)
+        for family in text_string_to_metric_families(r.text)
+        for s in family.samples
+    ]
+
+
+def value(samples: Samples, name: str, **labels: str) -> float | None:
+    """Sum of the samples of ``name`` whose labels include ``labels`` (None: no sample)."""
+    found = [v for n, lb, v in samples if n == name and labels.items() <= lb.items()]
+    return sum(found) if found else None
+
+
+async def test_metrics_endpoints_serve_the_job_counters(repo: JobRepository, db_url: str) -> None:
+    own_port = free_port()
+    assert setup_metrics("api", Settings(metrics_port=own_port, http_host="127.0.0.1"))
+    for _ in range(3):  # queued before the API starts: its first queue sample sees them
+        await repo.create(NewJob(owner_service="t", task_type="llm_chat", model_profile=WAITING))
+
+    async with serve_simulator(chat_models=(PROFILE,), **FAST) as sim:
+        s = settings(metrics_port=0, llm_base_url=sim.url, llm_model=PROFILE)
+        registry, clients = build_registry(s)
+        worker = Worker(s, db_url, [PROFILE], registry, clients=clients)
+        async with running_api(db_url, s) as api, anyio.create_task_group() as tg:
+            tg.start_soon(worker.run)
+            await until(lambda: idle(worker) and worker.http_port, what="the worker to idle")
+            worker_url = f"http://127.0.0.1:{worker.http_port}/metrics"
+            body: dict[str, Any] = {"owner_service": "telephony", "model_profile": PROFILE}
+            ok = await api.client.post(
+                "/api/v1/jobs", json={**body, "task_type": "llm_chat", "input": {"user": "hi"}}
+            )
+            bad = await api.client.post(
+                "/api/v1/jobs",
+                json={**body, "task_type": "llm_chat", "input": {"messages": "not a list"}},
+            )
+            assert ok.status_code == bad.status_code == 201
+            for r, want in ((ok, "completed"), (bad, "failed")):
+                got = await api.client.get(
+                    f"/api/v1/jobs/{r.json()['id']}", params={"wait_seconds": 30}
+                )
+                assert got.json()["status"] == want, got.json()
+
+            async def counted() -> Samples | None:
+                w = await scrape(api.client, worker_url)
+                done = value(w, "ai_service_jobs_completed_total", model_profile=PROFILE)
+                return w if done == 1 else None
+
+            w = await until(counted, what="the completion to be counted")
+            a = await scrape(api.client, f"{api.url}/metrics")
+            own = await scrape(api.client, f"http://127.0.0.1:{own_port}/metrics")
+            worker.stop()
+
+    job = {"model_profile": PROFILE, "task_type": "llm_chat"}
+    # one registry per process: the worker's, the API's and the dedicated listener agree
+    for samples in (w, a, own):
+        assert value(samples, "ai_service_jobs_created_total", **job) == 2
+        assert value(samples, "ai_service_jobs_completed_total", **job) == 1
+        failed = value(
+            samples,
+            "ai_service_jobs_failed_total",
+            **job,
+            error_category="invalid_input",
+            outcome="final",
+        )
+        assert failed == 1
+    assert value(w, "ai_service_jobs_pickup_latency_seconds_count", **job) == 2
+    assert value(w, "ai_service_jobs_duration_seconds_count", **job, outcome="completed") == 1
+    assert value(w, "ai_service_jobs_duration_seconds_count", **job, outcome="failed") == 1
+    assert value(w, "ai_service_jobs_in_flight", model_profile=PROFILE) == 0
+    assert value(w, "ai_service_worker_capacity", model_profile=PROFILE) == s.claim_limit(PROFILE)
+
+    chat = {"gen_ai_operation_name": "chat", "gen_ai_request_model": PROFILE}
+    assert value(w, "gen_ai_client_operation_duration_seconds_count", **chat) == 1
+    assert value(w, "gen_ai_client_token_usage_count", **chat, gen_ai_token_type="input") == 1
+    out = value(w, "gen_ai_client_token_usage_sum", **chat, gen_ai_token_type="output")
+    assert out is not None and out > 0
+    assert value(w, "gen_ai_client_token_usage_count", gen_ai_response_model=PROFILE) == 2
+
+    assert value(a, "ai_service_queue_pending", model_profile=WAITING) == 3
+    assert value(a, "ai_service_queue_due", model_profile=WAITING) == 3
+    age = value(a, "ai_service_queue_oldest_pending_age_seconds", model_profile=WAITING)
+    assert age is not None and age >= 0
+
+
+async def test_no_metrics_route_without_metrics_port(db_url: str) -> None:
+    async with running_api(db_url, Settings(db_pool_size=4)) as api:
+        assert (await api.client.get("/metrics")).status_code == 404
