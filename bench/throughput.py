@@ -8,7 +8,8 @@ clock). Steady state: a producer keeps a backlog of 1 to 2 batches of 1,000 jobs
 window; the rate is the completions inside the window after a warm-up.
 
 Run alone: ``python -m bench.throughput [--quick]``. ``--profile`` also records a py-spy
-profile of one worker during the 1-process drain (``bench/results/throughput-profile.txt``).
+profile of one worker during an extra 1-process drain (always in the full run); its summary
+(self and inclusive samples per function) is saved in the JSON.
 """
 
 from __future__ import annotations
@@ -17,14 +18,18 @@ import argparse
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections import Counter
+from pathlib import Path
 from typing import Any
 
+import psutil
 import psycopg
 
 from bench import floor, noop, peers
-from bench.common import RESULTS, bench_database, server_info, table, write_result
+from bench.common import bench_database, server_info, table, write_result
 from bench.workers import WorkerProcess
 
 TARGET_ONE = 11_000.0
@@ -37,12 +42,12 @@ SELECT gen_random_uuid(), 'bench', %(task)s, %(profile)s FROM generate_series(1,
 """
 
 
-def _start(url: str, count: int, **env: str) -> list[WorkerProcess]:
+def start_workers(url: str, count: int, **env: str) -> list[WorkerProcess]:
     env = {"WORKER_CLAIM_LIMIT": CLAIM_LIMIT, "DB_POOL_SIZE": "4", **env}
     return [WorkerProcess(url, noop.PROFILE, "bench.noop:register", **env) for _ in range(count)]
 
 
-def _wait_done(conn: psycopg.Connection[Any], timeout: float = 600) -> None:
+def wait_done(conn: psycopg.Connection[Any], timeout: float = 600) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         row = conn.execute(
@@ -55,8 +60,8 @@ def _wait_done(conn: psycopg.Connection[Any], timeout: float = 600) -> None:
     raise SystemExit("the drain did not finish")
 
 
-def drain(url: str, n: int, processes: int, profile_to: str | None = None) -> dict[str, Any]:
-    workers = _start(url, processes)
+def drain(url: str, n: int, processes: int, profile_to: Path | None = None) -> dict[str, Any]:
+    workers = start_workers(url, processes)
     spy: subprocess.Popen[bytes] | None = None
     try:
         with psycopg.connect(url, autocommit=True) as conn:
@@ -65,10 +70,15 @@ def drain(url: str, n: int, processes: int, profile_to: str | None = None) -> di
                 spy = _py_spy(workers[0].pid, profile_to)
             with conn.transaction():
                 conn.execute(INSERT, {"task": noop.TASK, "profile": noop.PROFILE, "n": n})
+                # planner statistics that know the queue (ANALYZE counts this transaction's
+                # rows); the workers are woken by the NOTIFY at commit
+                conn.execute(b"ANALYZE ai_jobs")
             row = conn.execute(b"SELECT clock_timestamp()").fetchone()
             assert row is not None
             committed = row[0]
-            _wait_done(conn)
+            cpu0 = _cpu(workers, conn)
+            wait_done(conn)
+            cpu1 = _cpu(workers, conn)
             row = conn.execute(
                 b"SELECT count(*) FILTER (WHERE status = 'completed'), max(finished_at), "
                 b"max(attempts) FROM ai_jobs"
@@ -81,18 +91,38 @@ def drain(url: str, n: int, processes: int, profile_to: str | None = None) -> di
         for w in workers:
             w.stop()
     elapsed = (last - committed).total_seconds()
+    cpu = {k: cpu1[k] - cpu0[k] for k in cpu0}
     return {
         "jobs": n,
         "completed": completed,
         "max_attempts_seen": attempts,
         "seconds": elapsed,
         "jobs_per_s": completed / elapsed,
+        # CPU seconds spent during the drain: where the 2 cores went
+        "cpu_s": cpu,
+        "cpu_us_per_job": {k: v / max(1, completed) * 1e6 for k, v in cpu.items()},
     }
+
+
+def _cpu(workers: list[WorkerProcess], conn: psycopg.Connection[Any]) -> dict[str, float]:
+    """CPU seconds (user + system) so far of the worker processes and of this PostgreSQL
+    server (the postmaster of our backend and all its children)."""
+
+    def used(p: psutil.Process) -> float:
+        try:
+            t = p.cpu_times()
+            return float(t.user + t.system)
+        except psutil.Error:
+            return 0.0
+
+    postmaster = psutil.Process(psutil.Process(conn.info.backend_pid).ppid())
+    pg = used(postmaster) + sum(used(c) for c in postmaster.children())
+    return {"workers": sum(used(psutil.Process(w.pid)) for w in workers), "postgres": pg}
 
 
 def steady(url: str, seconds: float, processes: int, batch: int = 1000) -> dict[str, Any]:
     """A producer keeps 1-2 batches pending; completions per second inside the window."""
-    workers = _start(url, processes)
+    workers = start_workers(url, processes)
     stop = threading.Event()
     try:
         with psycopg.connect(url, autocommit=True) as conn:
@@ -139,18 +169,57 @@ def steady(url: str, seconds: float, processes: int, batch: int = 1000) -> dict[
     return {"window_s": window, "completed": done, "jobs_per_s": done / window}
 
 
-def _py_spy(pid: int, name: str) -> subprocess.Popen[bytes] | None:
-    exe = shutil.which("py-spy") or str(RESULTS.parent.parent / ".venv" / "bin" / "py-spy")
-    if not shutil.which(exe):
-        print("(py-spy is not installed: no profile)")
+def profile_summary(path: Path, top: int = 25) -> dict[str, Any]:
+    """Self and inclusive sample counts of a py-spy ``raw`` (collapsed stacks) profile, with
+    the event loop's idle wait (``select``) counted apart."""
+    own: Counter[str] = Counter()
+    incl: Counter[str] = Counter()
+    busy = idle = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        frames, n = stack.split(";"), int(count)
+        if frames[-1].startswith("select ("):
+            idle += n
+            continue
+        busy += n
+        own[frames[-1]] += n
+        for frame in set(frames):
+            incl[frame] += n
+    return {
+        "busy_samples": busy,
+        "idle_samples": idle,
+        "self": own.most_common(top),
+        "inclusive": [(f, c) for f, c in incl.most_common(top + 15) if c < busy][:top],
+    }
+
+
+def _py_spy(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
+    exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(exe).exists():
+        print("(py-spy is not installed: no profile; pip install -e '.[bench]')")
         return None
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / name
     return subprocess.Popen(
-        [exe, "record", "--pid", str(pid), "--duration", "4", "--rate", "250",
+        [exe, "record", "--pid", str(pid), "--duration", "5", "--rate", "250",
          "--format", "raw", "--nonblocking", "--output", str(out)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
+
+
+_ROOT_FRAMES = (
+    "runpy", "runners.py", "base_events.py", "_eventloop.py", "cli.py", "events.py",
+    "__main__.py", "worker/main.py:2", "_tasks.py:327", "AsyncIOBackend.run",
+)  # fmt: skip
+
+
+def _print_profile(p: dict[str, Any]) -> None:
+    busy = max(1, p["busy_samples"])
+    print(f"py-spy, 1-process drain: {p['busy_samples']} busy samples, {p['idle_samples']} idle;"
+          " top inclusive (below the event loop):")  # fmt: skip
+    shown = [(f, c) for f, c in p["inclusive"] if not any(r in f for r in _ROOT_FRAMES)]
+    for frame, count in shown[:15]:
+        print(f"  {100 * count / busy:5.1f}%  {frame}")
 
 
 def main() -> int:
@@ -167,8 +236,7 @@ def main() -> int:
         out["server"] = server_info(url)
         if args.only in (None, "ai"):
             for procs in (1, 2):
-                profile = "throughput-profile.raw" if args.profile and procs == 1 else None
-                d = drain(url, n, procs, profile)
+                d = drain(url, n, procs)
                 out[f"ai_drain_{procs}p"] = d
                 rows.append([f"ai-service drain, {procs} process", d["jobs_per_s"]])
                 print(f"  ai-service drain, {procs}p: {d['jobs_per_s']:,.0f} jobs/s", flush=True)
@@ -176,6 +244,15 @@ def main() -> int:
                 out[f"ai_steady_{procs}p"] = s
                 rows.append([f"ai-service steady state, {procs} process", s["jobs_per_s"]])
                 print(f"  ai-service steady, {procs}p: {s['jobs_per_s']:,.0f} jobs/s", flush=True)
+            if args.profile or not args.quick:
+                # an extra 1-process drain under py-spy (not counted: sampling costs CPU)
+                with tempfile.TemporaryDirectory() as tmp:
+                    raw = Path(tmp) / "drain.raw"
+                    d = drain(url, n, 1, raw)
+                    if raw.exists():
+                        out["profile_1p"] = {"jobs_per_s_while_sampled": d["jobs_per_s"],
+                                             **profile_summary(raw)}  # fmt: skip
+                        _print_profile(out["profile_1p"])
         if args.only in (None, "pgqueuer"):
             with peers.sibling_database(url, "pgq") as pgq:
                 peers.pgqueuer_install(pgq)

@@ -1,0 +1,106 @@
+"""Memory: resident set size of a real ``ai-service worker`` process at idle and under the
+throughput run (no-op handler, ``WORKER_CLAIM_LIMIT=1000``, N jobs drained), target idle
+< 120 MiB.
+
+RSS is sampled with psutil every 20 ms; the peak is also read from the kernel (``VmHWM`` in
+``/proc/<pid>/status``), which sees spikes between samples. Run alone:
+``python -m bench.memory [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import psycopg
+
+from bench import noop, throughput
+from bench.common import bench_database, table, write_result
+
+MIB = 1024 * 1024
+TARGET_IDLE_MIB = 120.0
+
+
+def _hwm(pid: int) -> float:
+    """Peak RSS so far, MiB (Linux), or NaN."""
+    path = Path(f"/proc/{pid}/status")
+    if not path.exists():
+        return float("nan")
+    for line in path.read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024 / MIB
+    return float("nan")
+
+
+class Sampler:
+    def __init__(self, pid: int) -> None:
+        self.proc = psutil.Process(pid)
+        self.peak = 0.0
+        self.last = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.last = self.proc.memory_info().rss / MIB
+            except psutil.Error:
+                return
+            self.peak = max(self.peak, self.last)
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.memory")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    n = 20_000 if args.quick else 100_000
+    idle_s = 2.0 if args.quick else 5.0
+    out: dict[str, Any] = {"jobs": n, "claim_limit": int(throughput.CLAIM_LIMIT)}
+    with bench_database() as url:
+        (worker,) = throughput.start_workers(url, 1)
+        try:
+            sampler = Sampler(worker.pid)
+            time.sleep(idle_s)
+            out["idle_rss_mib"] = sampler.last
+            out["idle_peak_rss_mib"] = sampler.peak
+            out["idle_hwm_mib"] = _hwm(worker.pid)
+            with psycopg.connect(url, autocommit=True) as conn:
+                t0 = time.monotonic()
+                conn.execute(throughput.INSERT,
+                             {"task": noop.TASK, "profile": noop.PROFILE, "n": n})  # fmt: skip
+                throughput.wait_done(conn)
+                out["drain_s"] = time.monotonic() - t0
+            time.sleep(0.5)
+            out["load_peak_rss_mib"] = sampler.peak
+            out["load_hwm_mib"] = _hwm(worker.pid)
+            out["after_load_rss_mib"] = sampler.last
+            sampler.stop()
+        finally:
+            worker.stop()
+    rows = [
+        ["idle", out["idle_rss_mib"], out["idle_hwm_mib"]],
+        [f"drain of {n} jobs", out["load_peak_rss_mib"], out["load_hwm_mib"]],
+        ["after the drain", out["after_load_rss_mib"], out["load_hwm_mib"]],
+    ]
+    print(table("worker process RSS, MiB", ["phase", "RSS (sampled peak)", "VmHWM"], rows))
+    ok = out["idle_hwm_mib"] < TARGET_IDLE_MIB
+    print(f"target idle RSS < {TARGET_IDLE_MIB:.0f} MiB: {'PASS' if ok else 'FAIL'}")
+    out |= {"target_idle_mib": TARGET_IDLE_MIB, "pass": ok}
+    path = write_result("memory_quick" if args.quick else "memory", out)
+    print(f"wrote {path}")
+    return 0 if ok or args.quick else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
