@@ -8,7 +8,7 @@ PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test lint types unit bench bench-quick schema-snapshot clean
+.PHONY: run test lint types unit bench bench-deps bench-quick schema-snapshot clean
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "make: Python >= 3.11 is required (python3.11+ on PATH)"; exit 2; }
@@ -35,12 +35,23 @@ types: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest
 
-## bench: every benchmark (prints tables, writes bench/results/*.json)
-bench: $(STAMP)
-	$(BIN)/python -m bench all
+BENCH_STAMP := $(VENV)/.bench-installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-bench-quick: $(STAMP)
-	$(BIN)/python -m bench all --quick
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]' 2>&1 | grep -v '^WARNING: Location' || true
+	@$(BIN)/python -c 'import pgqueuer' || { echo "make: installing the bench extra failed"; exit 1; }
+	@rm -f $(VENV)/.bench-installed-* && touch $@
+
+## bench-deps: the bench extra (PgQueuer, py-spy) on top of the dev install
+bench-deps: $(BENCH_STAMP)
+
+## bench: every benchmark (prints tables, writes bench/results/*.json), then the figures table
+## in docs/benchmarks.md is refreshed from the JSON
+bench: bench-deps
+	$(BIN)/python -m bench all; rc=$$?; $(BIN)/python -m bench.report; exit $$rc
+
+bench-quick: bench-deps
+	$(BIN)/python -m bench all --quick; rc=$$?; $(BIN)/python -m bench.report; exit $$rc
 
 ## schema-snapshot: regenerate sql/schema.snapshot.sql after adding a migration
 schema-snapshot: $(STAMP)

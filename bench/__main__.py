@@ -13,7 +13,16 @@ import sys
 import time
 
 # In the order they should run; a module that is absent is reported, not silently skipped.
-BENCHMARKS = ["pickup", "throughput", "submit", "saturation", "stats_scale", "memory"]
+BENCHMARKS = [
+    "pickup",
+    "throughput",
+    "submit",
+    "saturation",
+    "stats_scale",
+    "memory",
+    "floor",
+    "tracing",
+]
 
 
 def main() -> int:
