@@ -79,7 +79,9 @@ def server_info(url: str) -> dict[str, Any]:
         version = conn.execute("SHOW server_version").fetchone()
         settings = conn.execute(
             "SELECT name, setting FROM pg_settings WHERE name IN ('shared_buffers', "
-            "'synchronous_commit', 'fsync', 'max_connections', 'work_mem')"
+            "'synchronous_commit', 'fsync', 'max_connections', 'work_mem', 'jit', "
+            "'autovacuum', 'autovacuum_naptime', 'autovacuum_vacuum_scale_factor', "
+            "'autovacuum_vacuum_insert_scale_factor', 'autovacuum_analyze_scale_factor')"
         ).fetchall()
     return {"server_version": version[0] if version else "?", "settings": dict(settings)}
 
