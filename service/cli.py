@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+from service import telemetry
 from service.config import ConfigError, Settings
 from service.logs import setup_logging
 
@@ -195,14 +196,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(settings.log_level, fmt)
     previous = signal.signal(signal.SIGTERM, _terminate_as_exit)
     try:
+        _setup_tracing(args.command, settings)
         _setup_metrics(args.command, settings)
         func: Callable[[argparse.Namespace, Settings], int] = args.func
         return func(args, settings)
     except KeyboardInterrupt:
         return 130
     finally:
+        telemetry.shutdown()  # flush queued spans, bounded: a dead collector cannot hold us
         _shutdown_metrics()
         signal.signal(signal.SIGTERM, previous)
+
+
+def _setup_tracing(command: str, settings: Settings) -> None:
+    """Tracing for the long-running commands, before any database connection is opened."""
+    if command not in telemetry.SERVICE_NAMES:
+        return
+    try:
+        telemetry.setup(command, settings)
+    except ConfigError as exc:
+        _die(f"configuration error: {exc}")
 
 
 def _setup_metrics(command: str, settings: Settings) -> None:

@@ -425,6 +425,22 @@ FIELDS: Final[tuple[Field, ...]] = (
         "log line format (dev defaults to console)",
     ),
     Field(
+        "OTEL_CAPTURE_CONTENT",
+        "otel_capture_content",
+        _bool,
+        "false",
+        "true or false",
+        "record prompts and answers on GenAI spans (tracing on only); off keeps them out",
+    ),
+    Field(
+        "OTEL_INSTRUMENT_PSYCOPG",
+        "otel_instrument_psycopg",
+        _bool,
+        "true",
+        "true or false",
+        "database query spans under request and job spans (tracing on only)",
+    ),
+    Field(
         "METRICS_PORT",
         "metrics_port",
         _int_range(0, 65535),
@@ -502,6 +518,8 @@ class Settings:
     worker_notify: bool = True
     log_level: str = "info"
     log_format: str = "json"
+    otel_capture_content: bool = False
+    otel_instrument_psycopg: bool = True
     metrics_port: int | None = None
     audio_url_allowed_hosts: tuple[str, ...] = ()
     audio_url_allowed_networks: tuple[str, ...] = ()

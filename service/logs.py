@@ -1,6 +1,9 @@
 """Log setup: JSON lines in production (one object per line, machine-parsable), a readable
 console format in ``dev``. Secrets never reach a log line because settings hold them as
 ``Secret`` objects whose ``repr`` is masked; payloads are not logged by default.
+
+Every line emitted inside a span carries ``trace_id``/``span_id`` (to jump from a log line to
+its trace in Tempo), and every line emitted while a job runs carries ``job_id``.
 """
 
 from __future__ import annotations
@@ -8,12 +11,41 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import msgspec
+from opentelemetry import trace
 
 _STD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 _encoder = msgspec.json.Encoder()
+_job_id: ContextVar[str | None] = ContextVar("ai_service_job_id", default=None)
+
+
+@contextmanager
+def job_context(job_id: object) -> Iterator[None]:
+    """Tag every log line emitted in this block (this task and those it starts) with the job."""
+    token = _job_id.set(str(job_id))
+    try:
+        yield
+    finally:
+        _job_id.reset(token)
+
+
+class ContextFilter(logging.Filter):
+    """Adds ``trace_id``/``span_id`` of the current span and the current ``job_id``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        ctx = trace.get_current_span().get_span_context()
+        if ctx.is_valid:
+            record.trace_id = format(ctx.trace_id, "032x")
+            record.span_id = format(ctx.span_id, "016x")
+        job_id = _job_id.get()
+        if job_id is not None and not hasattr(record, "job_id"):
+            record.job_id = job_id
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -52,6 +84,7 @@ class ConsoleFormatter(logging.Formatter):
 def setup_logging(level: str = "info", fmt: str = "json") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else ConsoleFormatter())
+    handler.addFilter(ContextFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -61,3 +94,6 @@ def setup_logging(level: str = "info", fmt: str = "json") -> None:
         lg.handlers[:] = []
         lg.propagate = True
     logging.getLogger("uvicorn.access").setLevel("WARNING")
+    # httpx logs every request at INFO with its full URL, which may carry credentials
+    # (userinfo, signed query strings of audio URLs).
+    logging.getLogger("httpx").setLevel("WARNING")

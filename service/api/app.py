@@ -22,6 +22,7 @@ from service.api.deps import DEPENDENCIES
 from service.api.errors import handle_exception
 from service.api.health import healthz, readyz
 from service.api.hub import NotifyHub
+from service.api.otel import server_span_plugins
 from service.config import Settings
 from service.db import open_database
 from service.jobs import JobRepository
@@ -114,5 +115,6 @@ def create_app(
         # Logging is set up once per process (service/logs.py); Litestar's default config
         # would replace the root handler and turn JSON lines into its own plain format.
         logging_config=None,
+        plugins=server_span_plugins(),
         debug=False,
     )

@@ -13,7 +13,7 @@ from uuid import UUID
 from litestar import Request, Response, get, post
 from litestar.params import Parameter
 
-from service import metrics
+from service import metrics, tracing
 from service.api.deps import unless_gone
 from service.api.errors import ApiError, invalid, responses
 from service.api.hub import FINISHED_CHANNEL, NotifyHub
@@ -46,7 +46,9 @@ _FIELDS = JobFields.__struct_fields__
     tags=["jobs"],
 )
 async def create_job(data: CreateJob, repo: JobRepository) -> Response[Job]:
-    job, created = await repo.create(data)
+    with tracing.send(data.model_profile) as sent:
+        job, created = await repo.create(data, trace_context=sent.trace_context)
+        sent.created(job.id, created)
     if created:
         metrics.jobs_created([job])
     return Response(job, status_code=201 if created else 200)
@@ -71,7 +73,9 @@ async def create_batch(
             code="batch_too_large",
         )
     news = [_merge(i, data.defaults, item) for i, item in enumerate(data.jobs)]
-    results = await repo.create_batch(news)
+    with tracing.send_batch(news) as sent:
+        results = await repo.create_batch(news, trace_contexts=sent.trace_contexts)
+        sent.created(results)
     metrics.jobs_created(new for new, (_, c) in zip(news, results, strict=True) if c)
     created = sum(1 for _, c in results if c)
     body = BatchResult(

@@ -11,7 +11,8 @@ error, a log line or a span.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, Self, TypeVar
 
 import anyio
@@ -19,6 +20,7 @@ import httpx
 import msgspec
 from opentelemetry import propagate, trace
 
+from service import telemetry, tracing
 from service.config import Secret
 from service.handlers.base import InvalidOutput, JobTimeout
 from service.metrics import GenAiCall
@@ -97,12 +99,9 @@ class OpenAIClient:
         attrs: dict[str, Any] = {"gen_ai.operation.name": "chat", "gen_ai.request.model": model}
         if max_tokens is not None:
             attrs["gen_ai.request.max_tokens"] = max_tokens
-        with (
-            _tracer.start_as_current_span(
-                f"chat {model}", kind=trace.SpanKind.CLIENT, attributes=self._span_attrs(attrs)
-            ) as span,
-            self._measure("chat", model) as call,
-        ):
+        with self._span(f"chat {model}", attrs) as span, self._measure("chat", model) as call:
+            if telemetry.capture_content() and span.is_recording():
+                span.set_attribute("gen_ai.input.messages", _json(list(messages)))
             response = await self._send(
                 "POST",
                 api_url(self._base, "chat/completions"),
@@ -125,6 +124,10 @@ class OpenAIClient:
                 }
             )
             call.usage(result.model, result.usage.prompt_tokens, result.usage.completion_tokens)
+            if telemetry.capture_content() and span.is_recording():
+                out = [{"role": c.message.role, "content": c.message.content}
+                       for c in result.choices]  # fmt: skip
+                span.set_attribute("gen_ai.output.messages", _json(out))
             return result
 
     async def transcribe(
@@ -154,14 +157,7 @@ class OpenAIClient:
         fields.extend(("timestamp_granularities[]", g) for g in timestamp_granularities)
         body = MultipartBody(fields, "file", upload)
         attrs = {"gen_ai.operation.name": "transcribe", "gen_ai.request.model": model}
-        with (
-            _tracer.start_as_current_span(
-                f"transcribe {model}",
-                kind=trace.SpanKind.CLIENT,
-                attributes=self._span_attrs(attrs),
-            ) as span,
-            self._measure("transcribe", model),
-        ):
+        with self._span(f"transcribe {model}", attrs) as span, self._measure("transcribe", model):
             response = await self._send(
                 "POST",
                 api_url(self._base, "audio/transcriptions"),
@@ -169,10 +165,13 @@ class OpenAIClient:
                 content=body,
                 headers=body.headers,
             )
-            if response_format == "text":
-                return Transcription(text=response.text)
-            result = self._decode(response, Transcription, "transcription")
             span.set_attribute("gen_ai.response.model", model)
+            if response_format == "text":
+                result = Transcription(text=response.text)
+            else:
+                result = self._decode(response, Transcription, "transcription")
+            if telemetry.capture_content() and span.is_recording():
+                span.set_attribute("gen_ai.output.messages", _json([{"content": result.text}]))
             return result
 
     async def models(self, *, timeout: float = PROBE_TIMEOUT_S) -> list[str]:
@@ -192,6 +191,22 @@ class OpenAIClient:
 
     def _span_attrs(self, extra: Mapping[str, Any]) -> dict[str, Any]:
         return {"gen_ai.provider.name": self.provider, **self._server, **extra}
+
+    @contextmanager
+    def _span(self, name: str, attrs: Mapping[str, Any]) -> Iterator[trace.Span]:
+        """The GenAI CLIENT span; a failure sets ``error.type`` (the error category) and the
+        status, never the exception message (a provider's refusal may quote the prompt)."""
+        with (
+            _tracer.start_as_current_span(
+                name,
+                kind=trace.SpanKind.CLIENT,
+                attributes=self._span_attrs(attrs),
+                record_exception=False,
+                set_status_on_exception=False,
+            ) as span,
+            tracing.guarded(span),
+        ):
+            yield span
 
     async def _send(
         self,
@@ -223,3 +238,7 @@ class OpenAIClient:
             return msgspec.json.decode(response.content, type=kind)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise InvalidOutput(f"{self.name} returned an unreadable {what}: {exc}") from None
+
+
+def _json(value: Any) -> str:
+    return msgspec.json.encode(value).decode()

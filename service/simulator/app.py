@@ -8,6 +8,7 @@ batch slot back at once, as vLLM aborts such requests.
 
 from __future__ import annotations
 
+import collections
 import hmac
 import itertools
 import math
@@ -64,8 +65,15 @@ class Simulator:
         }
         self.failures = FailurePlan(config)
         self._ids = itertools.count(1)
+        # The W3C traceparent of the latest inference requests, as vLLM would see them: lets a
+        # test check that a job's trace reached the GPU server.
+        self.traceparents: collections.deque[str] = collections.deque(maxlen=256)
         # Set at shutdown so hanging requests end instead of holding the server open.
         self.stopping = anyio.Event()
+
+    def saw(self, request: Request[Any, Any, Any]) -> None:
+        if traceparent := request.headers.get("traceparent"):
+            self.traceparents.append(traceparent)
 
     def next_id(self, prefix: str) -> str:
         return f"{prefix}-sim-{next(self._ids)}"
@@ -186,6 +194,7 @@ def build_app(sim: Simulator) -> Litestar:
 
     @post("/v1/chat/completions", status_code=200)
     async def chat(request: Request[Any, Any, Any]) -> Response[Any]:
+        sim.saw(request)
         try:
             body = msgspec.json.decode(await request.body())
         except msgspec.DecodeError as exc:
@@ -263,6 +272,7 @@ def build_app(sim: Simulator) -> Litestar:
 
     @post("/v1/audio/transcriptions", status_code=200)
     async def transcriptions(request: Request[Any, Any, Any]) -> Response[Any]:
+        sim.saw(request)
         form = await request.form()
         upload = form.get("file")
         if not isinstance(upload, UploadFile):

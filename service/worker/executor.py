@@ -18,11 +18,13 @@ from typing import Any
 import anyio
 import msgspec
 from anyio.abc import TaskGroup
+from opentelemetry.trace import Span
 
-from service import metrics
+from service import metrics, tracing
 from service.db import DatabaseUnavailable
 from service.handlers.base import HandlerError, HandlerRegistry, UnsupportedTask
 from service.jobs import Job, JobError, JobRepository
+from service.logs import job_context
 from service.worker.backoff import Backoff
 from service.worker.cancellation import Running, RunningJob
 from service.worker.completer import Completer
@@ -105,7 +107,8 @@ class Executor:
 
     async def _run(self, entry: RunningJob) -> None:
         try:
-            await self._execute(entry)
+            with job_context(entry.job.id), tracing.process(entry.job) as span:
+                await self._execute(entry, span)
         except anyio.get_cancelled_exc_class():
             self.to_release.append(entry.job)  # the process is exiting at once
             raise
@@ -116,18 +119,17 @@ class Executor:
             self.status.profiles[entry.job.model_profile].in_flight -= 1
             self.on_slot_freed(entry.job.model_profile)
 
-    async def _execute(self, entry: RunningJob) -> None:
+    async def _execute(self, entry: RunningJob, span: Span) -> None:
         job = entry.job
         handler = self.registry.lookup(job.task_type, job.model_profile)
         if handler is None:
             served = ", ".join(self.registry.task_types(job.model_profile)) or "none"
-            await self._fail(
-                entry,
-                UnsupportedTask(
-                    f"no handler for task_type {job.task_type!r} on profile "
-                    f"{job.model_profile!r} (served here: {served})"
-                ),
+            unsupported = UnsupportedTask(
+                f"no handler for task_type {job.task_type!r} on profile "
+                f"{job.model_profile!r} (served here: {served})"
             )
+            tracing.record_error(span, unsupported)
+            await self._fail(entry, unsupported)
             return
         error: Exception | None = None
         encoded: Any = None
@@ -145,8 +147,10 @@ class Executor:
         outcome = "stopped" if entry.reason else "failed" if error else "completed"
         metrics.job_ran(job, time.perf_counter() - started, outcome)
         if entry.reason is not None:
+            span.set_attribute("ai_service.job.stopped", entry.reason)
             self._stopped(entry)
         elif error is not None:
+            tracing.record_error(span, error)
             await self._fail(entry, error)
         else:
             await self.completer.submit(job, encoded)

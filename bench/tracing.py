@@ -1,0 +1,226 @@
+"""What tracing costs: end-to-end jobs/s with tracing on (exporting over OTLP/gRPC to a real
+receiver) versus ``OTEL_SDK_DISABLED=true``, in the same run, on the same database.
+
+End to end means: the jobs are submitted through ``ai-service api`` (POST /api/v1/jobs/batch,
+so the ``send``/``create`` spans are paid), claimed by one ``ai-service worker`` process and
+run by the real LLM handler against the simulator with zero latency (so the provider call's
+span and ``traceparent`` are paid too). The rate is N jobs over the time from the first
+submission to the last ``finished_at``. The modes alternate over several rounds and the best
+round of each is compared (the least disturbed by the machine's other work). Target: <= 10%.
+
+Run alone: ``python -m bench.tracing [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+
+from bench.common import bench_database, server_info, table, write_result
+from service.config import FIELDS
+from tests.otlp_receiver import OtlpReceiver
+
+TARGET_COST = 0.10
+PROFILE = "qwen2.5-14b"
+BATCH = 500
+# Jobs in flight: beyond a few dozen, httpcore's pool (it polls every pooled socket for each
+# request it assigns) becomes the bottleneck and would hide what tracing costs.
+CLAIM_LIMIT = "16"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} not up within {timeout}s")
+
+
+def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "service", *args],
+            env=env,
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def one_round(url: str, sim_url: str, otel: dict[str, str], n: int, tmp: Path) -> float:
+    """Jobs/s for ``n`` jobs through a fresh API + worker pair configured with ``otel``."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(b"TRUNCATE ai_jobs")
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {f.env for f in FIELDS} and not k.startswith("OTEL_")
+    }
+    env = {
+        **clean,
+        "DATABASE_URL": url,
+        "MIGRATE_ON_START": "false",
+        "LLM_BASE_URL": sim_url,
+        "LLM_MODEL": PROFILE,
+        "WORKER_CLAIM_LIMIT": CLAIM_LIMIT,
+        "LOG_LEVEL": "warning",
+        "WORKER_POLL_INTERVAL": "1h",
+        **otel,
+    }
+    api_port, worker_port = _free_port(), _free_port()
+    api = _spawn(
+        ["api"], {**env, "HTTP_HOST": "127.0.0.1", "HTTP_PORT": str(api_port)}, tmp / "api.log"
+    )
+    worker = _spawn(
+        ["worker"],
+        {**env, "WORKER_HTTP_HOST": "127.0.0.1", "WORKER_HTTP_PORT": str(worker_port)},
+        tmp / "worker.log",
+    )
+    try:
+        _wait_http(f"http://127.0.0.1:{api_port}/healthz", api)
+        _wait_http(f"http://127.0.0.1:{worker_port}/readyz", worker)
+        item = {
+            "owner_service": "bench",
+            "task_type": "llm_chat",
+            "model_profile": PROFILE,
+            "input": {"user": "hello"},
+        }
+        with (
+            httpx.Client(base_url=f"http://127.0.0.1:{api_port}", timeout=120) as client,
+            psycopg.connect(url, autocommit=True) as conn,
+        ):
+            now = conn.execute(b"SELECT extract(epoch FROM clock_timestamp())").fetchone()
+            assert now is not None
+            started = float(now[0])  # the database's clock, like finished_at
+            for i in range(0, n, BATCH):
+                r = client.post("/api/v1/jobs/batch", json={"jobs": [item] * min(BATCH, n - i)})
+                r.raise_for_status()
+        with psycopg.connect(url, autocommit=True) as conn:
+            deadline = time.monotonic() + 600
+            while True:
+                row = conn.execute(
+                    b"SELECT count(*) FILTER (WHERE status = 'completed'), "
+                    b"extract(epoch FROM max(finished_at)) FROM ai_jobs"
+                ).fetchone()
+                assert row is not None
+                if row[0] >= n:
+                    return n / (float(row[1]) - started)
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"only {row[0]} of {n} jobs completed")
+                time.sleep(0.05)
+    finally:
+        _stop(worker)
+        _stop(api)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    n, rounds = (2_000, 3) if args.quick else (10_000, 3)
+    receiver = OtlpReceiver().start()
+    modes = {
+        "OTEL_SDK_DISABLED=true": {"OTEL_SDK_DISABLED": "true"},
+        # The traces-only variable: metrics (which OTEL_EXPORTER_OTLP_ENDPOINT would also turn
+        # on) stay off in both modes, so the difference is tracing alone.
+        "tracing on (OTLP/gRPC)": {
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": receiver.endpoint,
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+        },
+    }
+    rates: dict[str, list[float]] = {m: [] for m in modes}
+    sim_port = _free_port()
+    with tempfile.TemporaryDirectory(prefix="aisvc-bench-tracing-") as tmpdir:
+        tmp = Path(tmpdir)
+        sim = _spawn(
+            [
+                "simulate-provider",
+                "--port",
+                str(sim_port),
+                "--capacity",
+                "1000",
+                "--latency-ms",
+                "0",
+                "--per-token-ms",
+                "0",
+            ],
+            dict(os.environ),
+            tmp / "sim.log",
+        )
+        try:
+            _wait_http(f"http://127.0.0.1:{sim_port}/health", sim)
+            with bench_database() as url:
+                info = server_info(url)
+                for _ in range(rounds):
+                    for mode, otel in modes.items():
+                        rates[mode].append(
+                            one_round(url, f"http://127.0.0.1:{sim_port}", otel, n, tmp)
+                        )
+                        print(f"  {mode}: {rates[mode][-1]:,.0f} jobs/s", flush=True)
+        finally:
+            _stop(sim)
+    spans = len(receiver.spans())
+    receiver.stop()
+    off, on = (max(rates[m]) for m in modes)
+    cost = 1 - on / off
+    rows: list[list[Any]] = [[m, max(r), min(r), len(r)] for m, r in rates.items()]
+    print(
+        table(
+            f"end-to-end throughput, {n} jobs per round (jobs/s)",
+            ["mode", "best", "worst", "rounds"],
+            rows,
+        )
+    )
+    verdict = "ok" if cost <= TARGET_COST else "OVER TARGET"
+    print(
+        f"tracing cost: {cost:.1%} of throughput (target <= {TARGET_COST:.0%}): {verdict}; "
+        f"{spans:,} spans received"
+    )
+    write_result(
+        "tracing",
+        {
+            "jobs_per_round": n,
+            "rates": rates,
+            "cost": cost,
+            "target_cost": TARGET_COST,
+            "spans_received": spans,
+            "server": info,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""OpenTelemetry tracing set up from the standard ``OTEL_*`` variables, once per process.
+
+Why nothing is installed without an endpoint: the OTel API then stays a no-op (spans are
+non-recording, nothing is injected into ``trace_context``), so a service without a collector
+pays nothing for the instrumentation in its code. With an endpoint, spans go through a
+``BatchSpanProcessor``: ending a span only appends to an in-memory queue, and export happens
+on the processor's thread, so a slow or dead collector drops spans rather than slowing jobs.
+
+The exporter reads ``OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT``/``HEADERS``/``TIMEOUT`` itself; the
+``TracerProvider`` reads ``OTEL_TRACES_SAMPLER[_ARG]``; ``Resource`` reads
+``OTEL_SERVICE_NAME``/``OTEL_RESOURCE_ATTRIBUTES``. Our two switches (``OTEL_CAPTURE_CONTENT``,
+``OTEL_INSTRUMENT_PSYCOPG``) are ordinary settings in ``service/config.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+
+from service.config import ConfigError, Settings
+
+log = logging.getLogger("ai_service.telemetry")
+
+SERVICE_NAMES = {"api": "ai-service-api", "worker": "ai-service-worker", "dev": "ai-service-dev"}
+PROTOCOLS = ("grpc", "http/protobuf")
+SHUTDOWN_TIMEOUT_S = 5.0
+
+_provider: TracerProvider | None = None
+_capture_content = False
+
+
+def enabled() -> bool:
+    """Whether this process exports spans (call sites skip building attributes otherwise)."""
+    return _provider is not None
+
+
+def capture_content() -> bool:
+    """``OTEL_CAPTURE_CONTENT=true``: prompts and answers may be recorded on GenAI spans."""
+    return _capture_content
+
+
+def _true(env: Mapping[str, str], name: str) -> bool:
+    return env.get(name, "").strip().lower() == "true"
+
+
+def traces_endpoint(env: Mapping[str, str]) -> str | None:
+    for name in ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"):
+        if value := env.get(name, "").strip():
+            return value
+    return None
+
+
+def _protocol(env: Mapping[str, str]) -> str:
+    for name in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+        if value := env.get(name, "").strip().lower():
+            if value not in PROTOCOLS:
+                raise ConfigError(f"{name}={value!r} is invalid: expected grpc or http/protobuf")
+            return value
+    return "grpc"
+
+
+def _exporter(protocol: str) -> SpanExporter:
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        return OTLPSpanExporter()
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+        OTLPSpanExporter as HttpExporter,
+    )
+
+    return HttpExporter()
+
+
+def build_provider(role: str, env: Mapping[str, str] | None = None) -> TracerProvider | None:
+    """The provider ``setup`` would install, or ``None`` when tracing is off (no endpoint, or
+    ``OTEL_SDK_DISABLED=true``). Raises ``ConfigError`` for an unknown protocol."""
+    env = os.environ if env is None else env
+    if _true(env, "OTEL_SDK_DISABLED") or traces_endpoint(env) is None:
+        return None
+    exporter = _exporter(_protocol(env))
+    named = env.get("OTEL_SERVICE_NAME", "").strip() or "service.name=" in env.get(
+        "OTEL_RESOURCE_ATTRIBUTES", ""
+    )
+    resource = Resource.create({} if named else {"service.name": SERVICE_NAMES[role]})
+    # shutdown_on_exit=False: our shutdown() is bounded; the SDK's atexit hook may wait 30 s
+    # on a dead collector.
+    provider = TracerProvider(resource=resource, shutdown_on_exit=False)
+    try:
+        processor = BatchSpanProcessor(exporter)
+    except ValueError as exc:  # OTEL_BSP_* values that contradict each other
+        raise ConfigError(f"OTEL_BSP_* is invalid: {exc}") from None
+    provider.add_span_processor(processor)
+    return provider
+
+
+def setup(role: str, settings: Settings) -> bool:
+    """Install tracing for this process (``role`` is api, worker or dev); returns whether it
+    is on. Call before any database connection is opened, so psycopg is instrumented."""
+    global _provider, _capture_content
+    if _provider is not None:
+        return True
+    provider = build_provider(role)
+    if provider is None:
+        return False
+    trace.set_tracer_provider(provider)
+    _provider = provider
+    _capture_content = settings.otel_capture_content
+    if settings.otel_instrument_psycopg:
+        from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
+
+        PsycopgInstrumentor().instrument(tracer_provider=ChildSpansOnly(provider))
+    log.info(
+        "tracing on: exporting to %s as %s",
+        traces_endpoint(os.environ),
+        provider.resource.attributes.get("service.name"),
+    )
+    return True
+
+
+def shutdown(timeout: float = SHUTDOWN_TIMEOUT_S) -> None:
+    """Flush queued spans and stop the exporter, waiting at most ``timeout`` seconds: a dead
+    collector must not hold up a pod's exit (the spans are then lost, which is acceptable)."""
+    global _provider
+    provider, _provider = _provider, None
+    if provider is None:
+        return
+    thread = threading.Thread(target=provider.shutdown, name="otel-shutdown", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        log.warning("tracing: spans not flushed within %gs; dropping them", timeout)
+
+
+class ChildSpansOnly(trace.TracerProvider):
+    """A provider whose tracers start spans only inside an existing span.
+
+    Why: psycopg instrumentation would otherwise turn every background query (lease renewal,
+    reaper, LISTEN, batch completion) into a one-span trace — noise in Tempo and cost on the
+    hot path. Queries run for a request or a job still appear under its span.
+    """
+
+    def __init__(self, inner: trace.TracerProvider) -> None:
+        self._inner = inner
+
+    def get_tracer(self, *args: Any, **kwargs: Any) -> trace.Tracer:
+        return _ChildOnlyTracer(self._inner.get_tracer(*args, **kwargs))
+
+
+def _has_parent(context: otel_context.Context | None) -> bool:
+    return trace.get_current_span(context).get_span_context().is_valid
+
+
+class _ChildOnlyTracer(trace.Tracer):
+    def __init__(self, inner: trace.Tracer) -> None:
+        self._inner = inner
+
+    def start_span(self, name: str, context: Any = None, *args: Any, **kwargs: Any) -> trace.Span:
+        if not _has_parent(context):
+            return trace.INVALID_SPAN
+        return self._inner.start_span(name, context, *args, **kwargs)
+
+    @contextmanager
+    def start_as_current_span(  # type: ignore[override]
+        self, name: str, context: Any = None, *args: Any, **kwargs: Any
+    ) -> Iterator[trace.Span]:
+        if not _has_parent(context):
+            yield trace.INVALID_SPAN
+            return
+        with self._inner.start_as_current_span(name, context, *args, **kwargs) as span:
+            yield span

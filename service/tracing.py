@@ -1,0 +1,231 @@
+"""The job's spans (DESIGN.md § Tracing): ``send`` on submission, ``receive`` per claim round,
+``process`` per job, following the OpenTelemetry messaging conventions.
+
+Why the W3C context travels in the job row (``trace_context``): the queue is PostgreSQL, so the
+context cannot ride a message header; storing it lets the worker's ``process`` span continue the
+submitter's trace (as its parent, and as a link, per the conventions for consumers).
+Nothing here records job input or results. With tracing off every helper is a cheap no-op.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.trace import Link, SpanKind, StatusCode
+
+from service import telemetry
+
+if TYPE_CHECKING:
+    from service.jobs.model import Job, NewJob
+
+SYSTEM = "ai-service"
+tracer = trace.get_tracer("service.jobs")
+
+
+def destination(profile: str) -> str:
+    """The NOTIFY channel of a profile, which is what a message destination is here."""
+    return f"ai_jobs:{profile}"
+
+
+def _messaging(operation: str, profile: str) -> dict[str, Any]:
+    return {
+        "messaging.system": SYSTEM,
+        "messaging.operation.type": operation,
+        "messaging.operation.name": operation,
+        "messaging.destination.name": destination(profile),
+    }
+
+
+def error_type(exc: BaseException) -> str:
+    """Low-cardinality ``error.type``: the handler error category, else the class name."""
+    category = getattr(exc, "category", None)
+    return category if isinstance(category, str) else type(exc).__qualname__
+
+
+def record_error(span: trace.Span, exc: BaseException, kind: str | None = None) -> None:
+    """Mark ``span`` failed with the exception's type only: messages may quote inputs."""
+    if not span.is_recording():
+        return
+    etype = kind or error_type(exc)
+    span.set_attribute("error.type", etype)
+    span.set_status(StatusCode.ERROR, etype)
+    cls = type(exc)
+    span.add_event("exception", {"exception.type": f"{cls.__module__}.{cls.__qualname__}"})
+
+
+@contextmanager
+def guarded(span: trace.Span) -> Iterator[trace.Span]:
+    """Record an exception leaving the block on ``span`` (see ``record_error``), re-raise."""
+    try:
+        yield span
+    except Exception as exc:
+        record_error(span, exc)
+        raise
+
+
+def _inject() -> dict[str, str] | None:
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier or None
+
+
+# --- submission -------------------------------------------------------------------------------
+@contextmanager
+def send(profile: str) -> Iterator[Send]:
+    """The ``send <profile>`` PRODUCER span around creating one job."""
+    if not telemetry.enabled():
+        yield Send(None)
+        return
+    with (
+        tracer.start_as_current_span(
+            f"send {profile}",
+            kind=SpanKind.PRODUCER,
+            attributes=_messaging("send", profile),
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span,
+        guarded(span),
+    ):
+        yield Send(span, _inject())
+
+
+@dataclass
+class Send:
+    span: trace.Span | None
+    trace_context: dict[str, str] | None = None
+
+    def created(self, job_id: UUID, created: bool) -> None:
+        if self.span is not None:
+            self.span.set_attribute("messaging.message.id", str(job_id))
+            self.span.set_attribute("ai_service.job.created", created)
+
+
+@contextmanager
+def send_batch(jobs: Sequence[NewJob]) -> Iterator[Batch]:
+    """One ``send`` PRODUCER span for the whole batch; its context is stored with every job.
+
+    Why not a ``create`` span per job (which the conventions allow): a 10,000-job batch would
+    make 10,000 spans, overflow the span queue (2,048 by default) and drop spans at random.
+    Without ``create`` spans the ``send`` span is the creation context, hence PRODUCER.
+    """
+    if not telemetry.enabled():
+        yield Batch()
+        return
+    profiles = sorted({j.model_profile for j in jobs})
+    attrs: dict[str, Any] = {
+        "messaging.system": SYSTEM,
+        "messaging.operation.type": "send",
+        "messaging.operation.name": "send",
+        "messaging.batch.message_count": len(jobs),
+    }
+    if len(profiles) == 1:
+        attrs["messaging.destination.name"] = destination(profiles[0])
+    with (
+        tracer.start_as_current_span(
+            f"send {profiles[0]}" if len(profiles) == 1 else "send",
+            kind=SpanKind.PRODUCER,
+            attributes=attrs,
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span,
+        guarded(span),
+    ):
+        yield Batch(span, [_inject()] * len(jobs))
+
+
+@dataclass
+class Batch:
+    span: trace.Span | None = None
+    contexts: list[dict[str, str] | None] = field(default_factory=list)
+
+    @property
+    def trace_contexts(self) -> list[dict[str, str] | None] | None:
+        return self.contexts or None
+
+    def created(self, results: Sequence[tuple[UUID, bool]]) -> None:
+        if self.span is not None:
+            self.span.set_attribute("ai_service.jobs.created", sum(1 for _, c in results if c))
+
+
+# --- the worker -------------------------------------------------------------------------------
+@contextmanager
+def receive(profile: str) -> Iterator[Receive]:
+    """The ``receive <profile>`` span of one claim round, recorded once the round is over and
+    only if it claimed something or failed: an empty round (an idle poll, a wake-up another
+    worker won) would be a one-span trace of noise. Its queries are therefore not traced."""
+    if not telemetry.enabled():
+        yield Receive()
+        return
+    started = time.time_ns()
+    got = Receive()
+    try:
+        yield got
+    except Exception as exc:
+        span = _receive_span(profile, started)
+        record_error(span, exc)
+        span.end()
+        raise
+    if got.count:
+        span = _receive_span(profile, started)
+        span.set_attribute("messaging.batch.message_count", got.count)
+        span.end()
+
+
+def _receive_span(profile: str, started: int) -> trace.Span:
+    return tracer.start_span(
+        f"receive {profile}",
+        context=otel_context.Context(),  # a root: a claim round serves many traces
+        kind=SpanKind.CLIENT,
+        attributes=_messaging("receive", profile),
+        start_time=started,
+    )
+
+
+@dataclass
+class Receive:
+    count: int = 0
+
+    def got(self, jobs: Sequence[Job]) -> None:
+        self.count = len(jobs)
+
+
+@contextmanager
+def process(job: Job) -> Iterator[trace.Span]:
+    """The ``process <profile>`` CONSUMER span of one attempt: parent and link are the
+    context stored at submission; the provider's CLIENT span becomes its child."""
+    if not telemetry.enabled():
+        yield trace.INVALID_SPAN
+        return
+    parent = propagate.extract(job.trace_context) if job.trace_context else None
+    stored = trace.get_current_span(parent).get_span_context() if parent else None
+    valid = stored is not None and stored.is_valid
+    attrs = _messaging("process", job.model_profile)
+    attrs |= {
+        "messaging.message.id": str(job.id),
+        "ai_service.job.task_type": job.task_type,
+        "ai_service.job.owner_service": job.owner_service,
+        "ai_service.job.attempt": job.attempts,
+    }
+    if job.started_at is not None:
+        wait = (job.started_at - job.run_after).total_seconds() * 1000
+        attrs["ai_service.job.queue_wait_ms"] = max(0.0, round(wait, 3))
+    with (
+        tracer.start_as_current_span(
+            f"process {job.model_profile}",
+            context=parent if valid else None,
+            kind=SpanKind.CONSUMER,
+            attributes=attrs,
+            links=[Link(stored)] if valid and stored is not None else None,
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span,
+        guarded(span),
+    ):
+        yield span

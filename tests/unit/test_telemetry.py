@@ -1,0 +1,140 @@
+"""Tracing setup from OTEL_* variables, the child-spans-only wrapper for database spans, and
+the log filter that puts trace and job ids on log lines."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from service import telemetry
+from service.config import ConfigError
+from service.logs import ContextFilter, JsonFormatter, job_context
+
+
+@pytest.fixture(autouse=True)
+def _no_otel_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("OTEL_"):
+            monkeypatch.delenv(name)
+
+
+def _exporter(provider: TracerProvider) -> object:
+    [processor] = provider._active_span_processor._span_processors
+    return processor.span_exporter  # type: ignore[attr-defined]
+
+
+def test_no_endpoint_installs_nothing() -> None:
+    assert telemetry.build_provider("api", {}) is None
+    assert telemetry.build_provider("api", {"OTEL_SERVICE_NAME": "x"}) is None
+    assert not telemetry.enabled()
+
+
+def test_sdk_disabled_wins_over_an_endpoint() -> None:
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317", "OTEL_SDK_DISABLED": "TRUE"}
+    assert telemetry.build_provider("worker", env) is None
+
+
+def test_endpoint_gives_a_batching_grpc_exporter_named_by_role() -> None:
+    provider = telemetry.build_provider("worker", {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317"})
+    assert provider is not None
+    assert provider.resource.attributes["service.name"] == "ai-service-worker"
+    assert isinstance(_exporter(provider), GrpcExporter)
+    provider.shutdown()
+
+
+def test_traces_endpoint_and_http_protocol(monkeypatch: pytest.MonkeyPatch) -> None:
+    env = {
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://c:4318/v1/traces",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+    }
+    provider = telemetry.build_provider("api", env)
+    assert provider is not None
+    assert isinstance(_exporter(provider), HttpExporter)
+    assert provider.resource.attributes["service.name"] == "ai-service-api"
+    provider.shutdown()
+
+
+def test_service_name_and_resource_attributes_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "my-api")
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=prod")
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317", "OTEL_SERVICE_NAME": "my-api"}
+    provider = telemetry.build_provider("api", env)
+    assert provider is not None
+    assert provider.resource.attributes["service.name"] == "my-api"
+    assert provider.resource.attributes["deployment.environment"] == "prod"
+    provider.shutdown()
+
+
+def test_sampler_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
+    provider = telemetry.build_provider("api", {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317"})
+    assert provider is not None
+    with provider.get_tracer("t").start_as_current_span("x") as span:
+        assert not span.is_recording()
+    provider.shutdown()
+
+
+def test_unknown_protocol_is_a_config_error() -> None:
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "udp"}
+    with pytest.raises(ConfigError, match="OTEL_EXPORTER_OTLP_PROTOCOL"):
+        telemetry.build_provider("api", env)
+
+
+def test_child_spans_only_drops_root_spans_and_keeps_children() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    db = telemetry.ChildSpansOnly(provider).get_tracer("db")
+    with db.start_as_current_span("orphan query") as orphan:
+        assert not orphan.is_recording()
+    db.start_span("orphan 2").end()
+    with provider.get_tracer("app").start_as_current_span("job"):
+        with db.start_as_current_span("query"):
+            pass
+        db.start_span("query 2").end()
+    names = sorted(s.name for s in exporter.get_finished_spans())
+    assert names == ["job", "query", "query 2"]
+
+
+def test_log_lines_carry_trace_span_and_job_ids() -> None:
+    provider = TracerProvider()
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "hello", None, None)
+    flt = ContextFilter()
+    with provider.get_tracer("t").start_as_current_span("s") as span, job_context("job-1"):
+        assert flt.filter(record)
+    line = json.loads(JsonFormatter().format(record))
+    ctx = span.get_span_context()
+    assert line["trace_id"] == format(ctx.trace_id, "032x")
+    assert line["span_id"] == format(ctx.span_id, "016x")
+    assert line["job_id"] == "job-1"
+
+    outside = logging.LogRecord("x", logging.INFO, __file__, 1, "bye", None, None)
+    assert flt.filter(outside)
+    assert {"trace_id", "span_id", "job_id"}.isdisjoint(json.loads(JsonFormatter().format(outside)))
+
+
+def test_httpx_info_lines_are_silenced() -> None:
+    from service.logs import setup_logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        setup_logging("debug", "json")
+        assert not logging.getLogger("httpx").isEnabledFor(logging.INFO)
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+def test_no_provider_means_a_no_op_api() -> None:
+    # Nothing in the test process installs a provider: spans are non-recording.
+    assert not isinstance(trace.get_tracer_provider(), TracerProvider)
