@@ -131,8 +131,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    n = 100 if args.quick else 1000
-    jobs = 20_000 if args.quick else 50_000
+    n = 50 if args.quick else 1000
+    jobs = 10_000 if args.quick else 50_000
     with bench_database(migrated=False) as url:
         setup(url)
         p50ms = pickup(url, n, 0.05)

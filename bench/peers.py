@@ -61,7 +61,9 @@ def pgqueuer_install(url: str) -> None:
 
 
 # --- pickup -------------------------------------------------------------------------------------
-def _pickup_consumer(url: str, expected: int, out: Connection) -> None:
+def _pickup_consumer(url: str, pipe: Connection) -> None:
+    """Serves rounds: ("round", n) -> "go"; after n measured jobs sends their latencies;
+    ("stop",) ends it."""
     from pgqueuer.db import PsycopgDriver
     from pgqueuer.models import Job
     from pgqueuer.qm import QueueManager
@@ -69,57 +71,82 @@ def _pickup_consumer(url: str, expected: int, out: Connection) -> None:
 
     async def run() -> None:
         latencies: list[float] = []
+        expected = 0
         conn = await psycopg.AsyncConnection.connect(url, autocommit=True)
         async with conn:
             qm = QueueManager(Queries(PsycopgDriver(conn)))
 
             @qm.entrypoint(ENTRYPOINT)
             async def noop(job: Job) -> None:
+                nonlocal latencies
                 now = time.monotonic()
                 if job.payload and job.payload != BACKGROUND:
                     latencies.append((now - struct.unpack("d", job.payload)[0]) * 1000)
-                    if len(latencies) >= expected:
+                    if len(latencies) == expected:
+                        pipe.send(latencies)
+                        latencies = []
+
+            async def control() -> None:
+                nonlocal expected
+                await asyncio.sleep(0.5)  # installed its LISTEN and the first dequeue
+                loop = asyncio.get_running_loop()
+                pipe.send("ready")
+                while True:
+                    msg = await loop.run_in_executor(None, pipe.recv)
+                    if msg[0] == "stop":
                         qm.shutdown.set()
+                        return
+                    expected = msg[1]
+                    pipe.send("go")
 
-            async def ready() -> None:
-                await asyncio.sleep(1.0)  # installed its LISTEN and the first dequeue
-                out.send("ready")
-
-            task = asyncio.create_task(ready())
+            task = asyncio.create_task(control())
             await qm.run(dequeue_timeout=timedelta(seconds=30), batch_size=10)
             await task
-        out.send(latencies)
 
     asyncio.run(run())
 
 
-def pgqueuer_pickup(
-    url: str, n: int, spacing_s: float, *, warmup: int = 10, background_rate: float = 0
-) -> dict[str, Any]:
-    """Sequential jobs ``spacing_s`` apart to an idle PgQueuer consumer; ms enqueue → handler."""
-    from pgqueuer.db import SyncPsycopgDriver
-    from pgqueuer.queries import SyncQueries
+class PgQueuerConsumer:
+    """One idle PgQueuer consumer process (``QueueManager``, psycopg driver, batch size 10)
+    that serves several pickup rounds."""
 
-    from bench.common import summary
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._pipe, child = mp.Pipe()
+        self._proc = mp.get_context("spawn").Process(target=_pickup_consumer, args=(url, child))
+        self._proc.start()
+        assert self._pipe.recv() == "ready"
 
-    parent, child = mp.Pipe()
-    ctx = mp.get_context("spawn")
-    proc = ctx.Process(target=_pickup_consumer, args=(url, n + warmup, child))
-    proc.start()
-    assert parent.recv() == "ready"
-    bg = Background(url, "pgqueuer", background_rate) if background_rate else None
-    try:
-        with psycopg.connect(url, autocommit=True) as conn:
-            q = SyncQueries(SyncPsycopgDriver(conn))
-            for _ in range(n + warmup):
-                time.sleep(spacing_s)
-                q.enqueue(ENTRYPOINT, struct.pack("d", time.monotonic()), 0)
-        latencies = parent.recv()
-    finally:
-        if bg is not None:
-            bg.stop()
-    proc.join(30)
-    return summary(latencies[warmup:])
+    def pickup(
+        self, n: int, spacing_s: float, *, warmup: int = 10, background_rate: float = 0
+    ) -> dict[str, Any]:
+        """Sequential jobs ``spacing_s`` apart; ms from just before the enqueue to the handler."""
+        from pgqueuer.db import SyncPsycopgDriver
+        from pgqueuer.queries import SyncQueries
+
+        from bench.common import summary
+
+        self._pipe.send(("round", n + warmup))
+        assert self._pipe.recv() == "go"
+        bg = Background(self.url, "pgqueuer", background_rate) if background_rate else None
+        try:
+            with psycopg.connect(self.url, autocommit=True) as conn:
+                q = SyncQueries(SyncPsycopgDriver(conn))
+                for _ in range(n + warmup):
+                    time.sleep(spacing_s)
+                    q.enqueue(ENTRYPOINT, struct.pack("d", time.monotonic()), 0)
+            latencies = self._pipe.recv()
+        finally:
+            if bg is not None:
+                bg.stop()
+        return summary(latencies[warmup:])
+
+    def stop(self) -> None:
+        self._pipe.send(("stop",))
+        self._proc.join(3)
+        if self._proc.is_alive():
+            self._proc.terminate()
+            self._proc.join(5)
 
 
 # --- drain --------------------------------------------------------------------------------------

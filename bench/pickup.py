@@ -52,14 +52,23 @@ def register(registry: HandlerRegistry) -> None:
 
 
 # --- ai-service -----------------------------------------------------------------------------
-def ai_service(
-    url: str, n: int, spacing: float, *, notify: bool = True, poll: str = "30s", load: float = 0
-) -> dict[str, Any]:
-    worker = WorkerProcess(
+def start_worker(url: str, *, notify: bool = True, poll: str = "30s") -> WorkerProcess:
+    return WorkerProcess(
         url, PROFILE, "bench.pickup:register",
         WORKER_NOTIFY="true" if notify else "false", WORKER_POLL_INTERVAL=poll,
         WORKER_CLAIM_LIMIT=CLAIM_LIMIT,
     )  # fmt: skip
+
+
+def ai_service(
+    url: str, n: int, spacing: float, *, worker: WorkerProcess | None = None,
+    notify: bool = True, poll: str = "30s", load: float = 0,
+) -> dict[str, Any]:  # fmt: skip
+    """Sequential jobs to an idle worker (``worker``, or one started for this run and stopped
+    after it)."""
+    own = worker is None
+    if worker is None:
+        worker = start_worker(url, notify=notify, poll=poll)
     sent: dict[Any, tuple[float, float]] = {}
     bg = peers.Background(url, "ai-service", load, task=TASK, profile=PROFILE) if load else None
     try:
@@ -96,11 +105,15 @@ def ai_service(
                 if len(results) == len(sent):
                     break
                 time.sleep(0.05)
+            busy = b"SELECT EXISTS (SELECT 1 FROM ai_jobs WHERE status IN ('pending', 'running'))"
+            while conn.execute(busy).fetchone() == (True,) and time.monotonic() < deadline:
+                time.sleep(0.02)  # background jobs still in flight
             conn.execute("TRUNCATE ai_jobs")
     finally:
         if bg is not None:
             bg.stop()
-        worker.stop()
+        if own:
+            worker.stop()
     order = {job_id: i for i, job_id in enumerate(sent)}
     counted = [(i, r) for i, r in results if order[i] >= WARMUP]
     from_send = [(r["t_start"] - sent[i][0]) * 1000 for i, r in counted]
@@ -113,9 +126,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.pickup")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    n = 100 if args.quick else 1000
-    n_poll = 20 if args.quick else 150
-    n5 = 200 if args.quick else 1000
+    n = 40 if args.quick else 1000
+    n_poll = 10 if args.quick else 150
+    n5 = 100 if args.quick else 1000
     # (case, spacing s, background jobs/s)
     cases = [("50 ms", 0.05, 0.0), ("5 ms", 0.005, 0.0), ("50 ms + 500 jobs/s", 0.05, LOAD)]
     out: dict[str, Any] = {"n": n, "n_poll": n_poll, "claim_limit": int(CLAIM_LIMIT)}
@@ -133,17 +146,26 @@ def main() -> int:
                 flush=True,
             )
 
-        for case, spacing, load in cases:
-            count = n5 if spacing < 0.05 else n
-            run("ai-service", case, ai_service, url, count, spacing, load=load)
+        worker = start_worker(url)  # one process for the three cases, idle between jobs
+        try:
+            for case, spacing, load in cases:
+                count = n5 if spacing < 0.05 else n
+                run("ai-service", case, ai_service, url, count, spacing, worker=worker,
+                    load=load)  # fmt: skip
+        finally:
+            worker.stop()
         run("seed poll 2s", "50 ms", ai_service, url, n_poll, 0.05, notify=False, poll="2s")
         with peers.sibling_database(url, "pgq") as pgq:
             peers.pgqueuer_install(pgq)
             out["pgqueuer_version"] = peers.pgqueuer_version()
-            for case, spacing, load in cases:
-                count = n5 if spacing < 0.05 else n
-                run("PgQueuer", case, peers.pgqueuer_pickup, pgq, count, spacing,
-                    background_rate=load)  # fmt: skip
+            consumer = peers.PgQueuerConsumer(pgq)
+            try:
+                for case, spacing, load in cases:
+                    count = n5 if spacing < 0.05 else n
+                    run("PgQueuer", case, consumer.pickup, count, spacing,
+                        background_rate=load)  # fmt: skip
+            finally:
+                consumer.stop()
         with peers.sibling_database(url, "floor") as fl:
             floor.setup(fl)
             for case, spacing, load in cases:

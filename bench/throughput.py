@@ -60,36 +60,33 @@ def wait_done(conn: psycopg.Connection[Any], timeout: float = 600) -> None:
     raise SystemExit("the drain did not finish")
 
 
-def drain(url: str, n: int, processes: int, profile_to: Path | None = None) -> dict[str, Any]:
-    workers = start_workers(url, processes)
+def drain(
+    url: str, n: int, workers: list[WorkerProcess], profile_to: Path | None = None
+) -> dict[str, Any]:
     spy: subprocess.Popen[bytes] | None = None
-    try:
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(b"TRUNCATE ai_jobs")
-            if profile_to:
-                spy = _py_spy(workers[0].pid, profile_to)
-            with conn.transaction():
-                conn.execute(INSERT, {"task": noop.TASK, "profile": noop.PROFILE, "n": n})
-                # planner statistics that know the queue (ANALYZE counts this transaction's
-                # rows); the workers are woken by the NOTIFY at commit
-                conn.execute(b"ANALYZE ai_jobs")
-            row = conn.execute(b"SELECT clock_timestamp()").fetchone()
-            assert row is not None
-            committed = row[0]
-            cpu0 = _cpu(workers, conn)
-            wait_done(conn)
-            cpu1 = _cpu(workers, conn)
-            row = conn.execute(
-                b"SELECT count(*) FILTER (WHERE status = 'completed'), max(finished_at), "
-                b"max(attempts) FROM ai_jobs"
-            ).fetchone()
-            assert row is not None
-            completed, last, attempts = row
-        if spy is not None:
-            spy.wait(60)
-    finally:
-        for w in workers:
-            w.stop()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(b"TRUNCATE ai_jobs")
+        if profile_to:
+            spy = _py_spy(workers[0].pid, profile_to)
+        with conn.transaction():
+            conn.execute(INSERT, {"task": noop.TASK, "profile": noop.PROFILE, "n": n})
+            # planner statistics that know the queue (ANALYZE counts this transaction's
+            # rows); the workers are woken by the NOTIFY at commit
+            conn.execute(b"ANALYZE ai_jobs")
+        row = conn.execute(b"SELECT clock_timestamp()").fetchone()
+        assert row is not None
+        committed = row[0]
+        cpu0 = _cpu(workers, conn)
+        wait_done(conn)
+        cpu1 = _cpu(workers, conn)
+        row = conn.execute(
+            b"SELECT count(*) FILTER (WHERE status = 'completed'), max(finished_at), "
+            b"max(attempts) FROM ai_jobs"
+        ).fetchone()
+        assert row is not None
+        completed, last, attempts = row
+    if spy is not None:
+        spy.wait(60)
     elapsed = (last - committed).total_seconds()
     cpu = {k: cpu1[k] - cpu0[k] for k in cpu0}
     return {
@@ -120,9 +117,8 @@ def _cpu(workers: list[WorkerProcess], conn: psycopg.Connection[Any]) -> dict[st
     return {"workers": sum(used(psutil.Process(w.pid)) for w in workers), "postgres": pg}
 
 
-def steady(url: str, seconds: float, processes: int, batch: int = 1000) -> dict[str, Any]:
+def steady(url: str, seconds: float, batch: int = 1000) -> dict[str, Any]:
     """A producer keeps 1-2 batches pending; completions per second inside the window."""
-    workers = start_workers(url, processes)
     stop = threading.Event()
     try:
         with psycopg.connect(url, autocommit=True) as conn:
@@ -155,6 +151,7 @@ def steady(url: str, seconds: float, processes: int, batch: int = 1000) -> dict[
             t_end = row[0]
             stop.set()
             producer.join()
+            wait_done(conn)  # leave an empty queue to whatever runs next
             row = conn.execute(
                 b"SELECT count(*) FROM ai_jobs WHERE finished_at >= %s AND finished_at < %s",
                 (t_start, t_end),
@@ -163,8 +160,6 @@ def steady(url: str, seconds: float, processes: int, batch: int = 1000) -> dict[
             done = row[0]
     finally:
         stop.set()
-        for w in workers:
-            w.stop()
     window = (t_end - t_start).total_seconds()
     return {"window_s": window, "completed": done, "jobs_per_s": done / window}
 
@@ -228,31 +223,38 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true", help="py-spy the 1-process drain")
     parser.add_argument("--only", choices=["ai", "pgqueuer", "floor"], default=None)
     args = parser.parse_args()
-    n = 20_000 if args.quick else 100_000
-    window = 3.0 if args.quick else 10.0
+    n = 10_000 if args.quick else 100_000
+    window = 2.0 if args.quick else 10.0
     out: dict[str, Any] = {"jobs": n}
     rows: list[list[Any]] = []
     with bench_database() as url:
         out["server"] = server_info(url)
         if args.only in (None, "ai"):
             for procs in (1, 2):
-                d = drain(url, n, procs)
-                out[f"ai_drain_{procs}p"] = d
-                rows.append([f"ai-service drain, {procs} process", d["jobs_per_s"]])
-                print(f"  ai-service drain, {procs}p: {d['jobs_per_s']:,.0f} jobs/s", flush=True)
-                s = steady(url, window, procs)
-                out[f"ai_steady_{procs}p"] = s
-                rows.append([f"ai-service steady state, {procs} process", s["jobs_per_s"]])
-                print(f"  ai-service steady, {procs}p: {s['jobs_per_s']:,.0f} jobs/s", flush=True)
-            if args.profile or not args.quick:
-                # an extra 1-process drain under py-spy (not counted: sampling costs CPU)
-                with tempfile.TemporaryDirectory() as tmp:
-                    raw = Path(tmp) / "drain.raw"
-                    d = drain(url, n, 1, raw)
-                    if raw.exists():
-                        out["profile_1p"] = {"jobs_per_s_while_sampled": d["jobs_per_s"],
-                                             **profile_summary(raw)}  # fmt: skip
-                        _print_profile(out["profile_1p"])
+                workers = start_workers(url, procs)
+                try:
+                    d = drain(url, n, workers)
+                    out[f"ai_drain_{procs}p"] = d
+                    rows.append([f"ai-service drain, {procs} process", d["jobs_per_s"]])
+                    print(f"  ai-service drain, {procs}p: {d['jobs_per_s']:,.0f} jobs/s",
+                          flush=True)  # fmt: skip
+                    s = steady(url, window)
+                    out[f"ai_steady_{procs}p"] = s
+                    rows.append([f"ai-service steady state, {procs} process", s["jobs_per_s"]])
+                    print(f"  ai-service steady, {procs}p: {s['jobs_per_s']:,.0f} jobs/s",
+                          flush=True)  # fmt: skip
+                    if procs == 1 and (args.profile or not args.quick):
+                        # one more drain under py-spy (not counted: sampling costs CPU)
+                        with tempfile.TemporaryDirectory() as tmp:
+                            raw = Path(tmp) / "drain.raw"
+                            d = drain(url, n, workers, raw)
+                            if raw.exists():
+                                out["profile_1p"] = {"jobs_per_s_while_sampled": d["jobs_per_s"],
+                                                     **profile_summary(raw)}  # fmt: skip
+                                _print_profile(out["profile_1p"])
+                finally:
+                    for w in workers:
+                        w.stop()
         if args.only in (None, "pgqueuer"):
             with peers.sibling_database(url, "pgq") as pgq:
                 peers.pgqueuer_install(pgq)
