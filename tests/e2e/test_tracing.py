@@ -227,6 +227,9 @@ async def test_one_trace_from_submission_to_the_gpu_call(
     db_spans = [s for s in spans if s.scope.startswith("opentelemetry.instrumentation.psycopg")]
     assert db_spans and all(s.parent_id for s in db_spans)
 
+    # Probes are not traced.
+    assert not [s for s in spans if "healthz" in s.name or "readyz" in s.name]
+
     # Nothing secret or private crossed the wire.
     raw = receiver.raw()
     for secret in (TOKEN, LLM_KEY, PROMPT, "violet okapi", job["result"]["content"][:40]):
@@ -234,6 +237,24 @@ async def test_one_trace_from_submission_to_the_gpu_call(
     # ...nor reached a log line; and the job's log lines carry its trace.
     for p in (api, worker):
         assert TOKEN not in p.log() and LLM_KEY not in p.log() and PROMPT not in p.log()
+
+
+async def test_capture_content_records_prompt_and_answer_only_when_asked(
+    db_url: str, tmp_path: Path, receiver: OtlpReceiver
+) -> None:
+    otel = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": receiver.endpoint, "OTEL_CAPTURE_CONTENT": "true"}
+    async with stack(db_url, tmp_path, otel) as (_, client, api, worker):
+        body = {"owner_service": "t", "task_type": "llm_chat", "model_profile": PROFILE,
+                "input": {"user": PROMPT}}  # fmt: skip
+        job = await finished(client, (await client.post("/api/v1/jobs", json=body)).json()["id"])
+        assert job["status"] == "completed"
+        assert await anyio.to_thread.run_sync(worker.stop) == 0
+        assert await anyio.to_thread.run_sync(api.stop) == 0
+    spans = await anyio.to_thread.run_sync(lambda: receiver.wait_for(lambda s: by_name(s, "chat")))
+    [chat] = by_name(spans, "chat")
+    assert PROMPT in chat.attrs["gen_ai.input.messages"]
+    assert job["result"]["content"] in chat.attrs["gen_ai.output.messages"]
+    assert TOKEN.encode() not in receiver.raw() and LLM_KEY.encode() not in receiver.raw()
 
 
 async def test_a_failed_provider_call_marks_the_spans_without_leaking(
