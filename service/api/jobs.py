@@ -11,7 +11,8 @@ from typing import Annotated, Any
 from uuid import UUID
 
 from litestar import Request, Response, get, post
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from service import metrics, tracing
 from service.api.deps import unless_gone
@@ -45,7 +46,9 @@ _FIELDS = JobFields.__struct_fields__
     responses=responses(409, 413, 422),
     tags=["jobs"],
 )
-async def create_job(data: CreateJob, repo: JobRepository) -> Response[Job]:
+async def create_job(
+    data: JSONBody[CreateJob], repo: NamedDependency[JobRepository]
+) -> Response[Job]:
     with tracing.send(data.model_profile) as sent:
         job, created = await repo.create(data, trace_context=sent.trace_context)
         sent.created(job.id, created)
@@ -64,7 +67,9 @@ async def create_job(data: CreateJob, repo: JobRepository) -> Response[Job]:
     tags=["jobs"],
 )
 async def create_batch(
-    data: CreateBatch, repo: JobRepository, settings: Settings
+    data: JSONBody[CreateBatch],
+    repo: NamedDependency[JobRepository],
+    settings: NamedDependency[Settings],
 ) -> Response[BatchResult]:
     if len(data.jobs) > settings.max_batch_size:
         raise invalid(
@@ -111,18 +116,20 @@ def _merge(index: int, defaults: JobFields, item: JobFields) -> NewJob:
     tags=["jobs"],
 )
 async def list_jobs(
-    repo: JobRepository,
-    status: list[Status] | None = None,
-    owner_service: str | None = None,
-    owner_ref: str | None = None,
-    task_type: list[str] | None = None,
-    model_profile: list[str] | None = None,
-    error_category: list[str] | None = None,
-    created_after: datetime | None = None,
-    created_before: datetime | None = None,
-    ids: Annotated[list[UUID] | None, Parameter(query="id", description="job ids")] = None,
-    limit: Annotated[int, Parameter(ge=1, le=500)] = 100,
-    cursor: Annotated[UUID | None, Parameter(description="next_cursor of the last page")] = None,
+    repo: NamedDependency[JobRepository],
+    status: FromQuery[list[Status] | None] = None,
+    owner_service: FromQuery[str | None] = None,
+    owner_ref: FromQuery[str | None] = None,
+    task_type: FromQuery[list[str] | None] = None,
+    model_profile: FromQuery[list[str] | None] = None,
+    error_category: FromQuery[list[str] | None] = None,
+    created_after: FromQuery[datetime | None] = None,
+    created_before: FromQuery[datetime | None] = None,
+    ids: Annotated[list[UUID] | None, QueryParameter(name="id", description="job ids")] = None,
+    limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
+    cursor: Annotated[
+        UUID | None, QueryParameter(description="next_cursor of the last page")
+    ] = None,
 ) -> JobPage:
     flt = JobFilter(
         ids=ids,
@@ -148,11 +155,11 @@ async def list_jobs(
     tags=["jobs"],
 )
 async def get_job(
-    job_id: UUID,
+    job_id: FromPath[UUID],
     request: Request[Any, Any, Any],
-    repo: JobRepository,
-    hub: NotifyHub,
-    wait_seconds: Annotated[WaitSeconds, Parameter(ge=0, le=60)] = 0,
+    repo: NamedDependency[JobRepository],
+    hub: NamedDependency[NotifyHub],
+    wait_seconds: Annotated[WaitSeconds, QueryParameter(ge=0, le=60)] = 0,
 ) -> Job:
     last: Job | None = None
 
@@ -187,7 +194,7 @@ def _selection(data: FilterBody) -> JobFilter:
     responses=responses(422),
     tags=["jobs"],
 )
-async def retry_jobs(data: FilterBody, repo: JobRepository) -> CountIds:
+async def retry_jobs(data: JSONBody[FilterBody], repo: NamedDependency[JobRepository]) -> CountIds:
     ids = await repo.retry_where(_selection(data))
     return CountIds(count=len(ids), ids=ids)
 
@@ -199,7 +206,7 @@ async def retry_jobs(data: FilterBody, repo: JobRepository) -> CountIds:
     responses=responses(422),
     tags=["jobs"],
 )
-async def cancel_jobs(data: FilterBody, repo: JobRepository) -> CountIds:
+async def cancel_jobs(data: JSONBody[FilterBody], repo: NamedDependency[JobRepository]) -> CountIds:
     ids = await repo.cancel_where(_selection(data))
     return CountIds(count=len(ids), ids=ids)
 
@@ -212,7 +219,7 @@ async def cancel_jobs(data: FilterBody, repo: JobRepository) -> CountIds:
     responses=responses(404, 409),
     tags=["jobs"],
 )
-async def retry_job(job_id: UUID, repo: JobRepository) -> Job:
+async def retry_job(job_id: FromPath[UUID], repo: NamedDependency[JobRepository]) -> Job:
     return await repo.retry(job_id)
 
 
@@ -223,7 +230,7 @@ async def retry_job(job_id: UUID, repo: JobRepository) -> Job:
     responses=responses(404, 409),
     tags=["jobs"],
 )
-async def cancel_job(job_id: UUID, repo: JobRepository) -> Job:
+async def cancel_job(job_id: FromPath[UUID], repo: NamedDependency[JobRepository]) -> Job:
     if not await repo.cancel_where(JobFilter(ids=[job_id])):
         job = await repo.get(job_id)  # 404 when it does not exist
         accepted = "|".join(sorted(ACCEPTS["cancel"]))

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from litestar import get
+from litestar.di import NamedDependency
 
 from service.api.errors import responses
 from service.api.schemas import (
@@ -39,7 +40,7 @@ def _float(v: Any) -> float | None:
     responses=responses(),
     tags=["stats"],
 )
-async def get_stats(stats: StatsRepository) -> Stats:
+async def get_stats(stats: NamedDependency[StatsRepository]) -> Stats:
     snap = await stats.snapshot()
     counts = [CountRow(**r) for r in snap["stats_by_kind"]]
     totals: dict[str, int] = dict.fromkeys(STATUSES, 0)

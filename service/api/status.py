@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 from litestar import get
 from litestar.datastructures import State
+from litestar.di import NamedDependency
 
 from service.api.errors import responses
 from service.config import Settings
@@ -95,7 +96,7 @@ async def providers_status(state: State) -> ProvidersStatus:
     responses=responses(),
     tags=["status"],
 )
-async def infra_status(settings: Settings) -> InfraStatus:
+async def infra_status(settings: NamedDependency[Settings]) -> InfraStatus:
     data = await fetch_infra_status(settings.infra_status_url)
     try:
         return msgspec.convert(data, InfraStatus, strict=False)

@@ -9,6 +9,8 @@ from typing import Any
 from uuid import UUID
 
 from litestar import Request, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody
 
 from service.api.deps import unless_gone
 from service.api.errors import responses
@@ -36,11 +38,11 @@ from service.jobs.states import allowed
     tags=["workers"],
 )
 async def claim_jobs(
-    data: ClaimRequest,
+    data: JSONBody[ClaimRequest],
     request: Request[Any, Any, Any],
-    repo: JobRepository,
-    hub: NotifyHub,
-    settings: Settings,
+    repo: NamedDependency[JobRepository],
+    hub: NamedDependency[NotifyHub],
+    settings: NamedDependency[Settings],
 ) -> ClaimResult:
     lease = data.lease_seconds or settings.worker_lease_timeout
     profiles = data.profiles()
@@ -71,7 +73,10 @@ async def claim_jobs(
     tags=["workers"],
 )
 async def heartbeat_job(
-    job_id: UUID, data: HeartbeatRequest, repo: JobRepository, settings: Settings
+    job_id: FromPath[UUID],
+    data: JSONBody[HeartbeatRequest],
+    repo: NamedDependency[JobRepository],
+    settings: NamedDependency[Settings],
 ) -> Job:
     lease = data.lease_seconds or settings.worker_lease_timeout
     held = await repo.heartbeat(data.worker_id, [job_id], lease_seconds=lease)
@@ -92,7 +97,9 @@ async def heartbeat_job(
     responses=responses(404, 409, 413, 422),
     tags=["workers"],
 )
-async def complete_job(job_id: UUID, data: CompleteRequest, repo: JobRepository) -> Job:
+async def complete_job(
+    job_id: FromPath[UUID], data: JSONBody[CompleteRequest], repo: NamedDependency[JobRepository]
+) -> Job:
     return await repo.complete(job_id, data.worker_id, data.result)
 
 
@@ -105,7 +112,9 @@ async def complete_job(job_id: UUID, data: CompleteRequest, repo: JobRepository)
     responses=responses(404, 409, 422),
     tags=["workers"],
 )
-async def fail_job(job_id: UUID, data: FailRequest, repo: JobRepository) -> Job:
+async def fail_job(
+    job_id: FromPath[UUID], data: JSONBody[FailRequest], repo: NamedDependency[JobRepository]
+) -> Job:
     return await repo.fail(
         job_id,
         data.worker_id,
