@@ -384,3 +384,21 @@ def test_cnpg_cluster_feeds_database_url() -> None:
             assert database_url_source(objs, c) == want, obj["metadata"]["name"]
     auth = find(objs, "TriggerAuthentication", "ai-service-postgres")
     assert (auth["spec"]["secretTargetRef"][0]["name"], "uri") == want
+
+
+# Settings deliberately absent from the ConfigMap, and why.
+NOT_IN_CONFIGMAP = {
+    "EMBEDDED_PG_DATA": "ai-service dev only; the cluster uses DATABASE_URL",
+    "WORKER_ID": "set per pod from its name",
+    "WORKER_PROFILES": "each worker Deployment passes --profile",
+    "WORKER_CLAIM_LIMITS": "one Deployment per profile: WORKER_CLAIM_LIMIT",
+    "WORKER_NOTIFY": "benchmarks only",
+    "METRICS_PORT": "metrics go over OTLP in the cluster",
+}
+
+
+def test_configmap_holds_every_setting(objs: list[Obj]) -> None:
+    data = configmap_data(objs, "ai-service-config")
+    wanted = {f.env for f in FIELDS if not f.secret} - set(NOT_IN_CONFIGMAP)
+    assert not wanted - set(data), f"settings missing from the ConfigMap: {wanted - set(data)}"
+    assert set(NOT_IN_CONFIGMAP) <= {f.env for f in FIELDS}
