@@ -64,7 +64,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.memory")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    n = 10_000 if args.quick else 100_000
+    n = 10_000 if args.quick else 50_000
     idle_s = 1.0 if args.quick else 5.0
     out: dict[str, Any] = {"jobs": n, "claim_limit": int(throughput.CLAIM_LIMIT)}
     with bench_database() as url:
