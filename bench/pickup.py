@@ -127,7 +127,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     n = 25 if args.quick else 1000
-    n_poll = 8 if args.quick else 150
+    n_poll = 5 if args.quick else 150
     n5 = 60 if args.quick else 1000
     # (case, spacing s, background jobs/s)
     cases = [("50 ms", 0.05, 0.0), ("5 ms", 0.005, 0.0), ("50 ms + 500 jobs/s", 0.05, LOAD)]

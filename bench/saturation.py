@@ -203,7 +203,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    seconds = 10 if args.quick else 40  # of saturated work per case
+    seconds = 5 if args.quick else 40  # of saturated work per case
     chat = {"system": "Be brief.", "user": "Classify this call.", "max_tokens": 16}
     audio = {"audio_base64": _wav_base64(), "language": "en"}
     cases = [
