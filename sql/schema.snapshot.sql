@@ -49,6 +49,8 @@ CREATE UNIQUE INDEX ai_service_migrations_pkey ON public.ai_service_migrations U
 CREATE TRIGGER ai_jobs_notify_finished AFTER UPDATE OF status ON public.ai_jobs FOR EACH ROW WHEN (((new.status = ANY (ARRAY['completed'::text, 'failed'::text, 'cancelled'::text])) AND (old.status <> new.status))) EXECUTE FUNCTION ai_jobs_notify_finished()
 CREATE TRIGGER ai_jobs_notify_inserted AFTER INSERT ON public.ai_jobs REFERENCING NEW TABLE AS inserted FOR EACH STATEMENT EXECUTE FUNCTION ai_jobs_notify_inserted()
 CREATE TRIGGER ai_jobs_notify_requeued AFTER UPDATE OF status ON public.ai_jobs FOR EACH ROW WHEN (((new.status = 'pending'::text) AND (old.status <> 'pending'::text))) EXECUTE FUNCTION ai_jobs_notify_requeued()
+-- storage parameters
+ai_jobs autovacuum_analyze_scale_factor=0.02, autovacuum_vacuum_scale_factor=0.05, autovacuum_vacuum_insert_scale_factor=0.05
 -- functions
 CREATE OR REPLACE FUNCTION public.ai_jobs_notify_finished()
  RETURNS trigger

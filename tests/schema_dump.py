@@ -22,6 +22,10 @@ _SECTIONS: dict[str, bytes] = {
         SELECT pg_get_triggerdef(t.oid) FROM pg_trigger t
         JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE n.nspname = 'public' AND NOT t.tgisinternal ORDER BY t.tgname""",
+    "storage parameters": b"""
+        SELECT c.relname || ' ' || array_to_string(c.reloptions, ', ') FROM pg_class c
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = 'public' AND c.reloptions IS NOT NULL ORDER BY c.relname""",
     "functions": b"""
         SELECT pg_get_functiondef(p.oid) FROM pg_proc p
         JOIN pg_namespace n ON n.oid = p.pronamespace
