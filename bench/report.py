@@ -155,7 +155,27 @@ def memory() -> list[Row]:
     ]  # fmt: skip
 
 
-SECTIONS: list[Callable[[], list[Row]]] = [pickup, throughput, submit, saturation, scale, memory]
+def tracing() -> list[Row]:
+    d, run = load("tracing")
+    if d is None:
+        return [["Tracing cost", "—", "—", "—", "—", run]]
+    off, on = (max(v) for v in d["rates"].values())
+    return [
+        ["Tracing on (OTLP) vs OTEL_SDK_DISABLED, end-to-end jobs/s", "≤ 10% cost",
+         f"{d['cost']:.1%} ({on:,.0f} vs {off:,.0f} jobs/s)",
+         f"CPU per job +{d['cpu_cost']:.1%}", verdict(d["cost"] <= d["target_cost"]), run],
+    ]  # fmt: skip
+
+
+SECTIONS: list[Callable[[], list[Row]]] = [
+    pickup,
+    throughput,
+    submit,
+    saturation,
+    scale,
+    memory,
+    tracing,
+]
 
 
 def render() -> str:
