@@ -210,6 +210,8 @@ def main() -> None:
         ("chat C=16 L=200ms", "llm_chat", LLM, 16, 200.0, chat),
         ("transcription C=8 L=1s", "transcribe", VOXTRAL, 8, 1000.0, audio),
     ]
+    if not args.quick:  # a GPU server sized like a real vLLM (--max-num-seqs 64): pool scaling
+        cases.append(("chat C=64 L=200ms", "llm_chat", LLM, 64, 200.0, chat))
     out: dict[str, Any] = {}
     rows = []
     with bench_database() as url:

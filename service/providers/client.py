@@ -26,6 +26,7 @@ from service.handlers.base import InvalidOutput, JobTimeout
 from service.metrics import GenAiCall
 from service.providers.errors import error_for_exception, error_for_status
 from service.providers.multipart import AudioUpload, MultipartBody
+from service.providers.pool import ShardedClient
 from service.providers.responses import ChatCompletion, ModelList, Transcription
 from service.providers.urls import api_url, redact_url, root_url, server_root
 
@@ -55,15 +56,10 @@ class OpenAIClient:
         self._key = api_key
         self.url = redact_url(self._base)
         headers = {"Authorization": f"Bearer {api_key.reveal()}"} if api_key else {}
-        self._http = httpx.AsyncClient(
+        self._http = ShardedClient(
+            max_connections=max_connections,
             headers=headers,
-            limits=httpx.Limits(
-                max_connections=max_connections,
-                max_keepalive_connections=max_connections,
-                keepalive_expiry=60.0,
-            ),
             timeout=httpx.Timeout(None, connect=min(CONNECT_TIMEOUT_S, timeout)),
-            follow_redirects=False,
         )
         host = httpx.URL(self._base)
         self._server = {"server.address": host.host, "server.port": host.port or 0}
