@@ -232,7 +232,10 @@ def main() -> None:
             rows,
         )
     )
-    path = write_result("saturation", {"server": info, "target": TARGET, "cases": out})
+    path = write_result(
+        "saturation_quick" if args.quick else "saturation",
+        {"server": info, "target": TARGET, "cases": out},
+    )
     print(f"written to {path}")
     if not all(r["pass"] for r in out.values()):
         sys.exit(1)

@@ -225,7 +225,7 @@ def main() -> None:
         f"CPU per job +{cpu_on / cpu_off - 1:.1%}; {spans:,} spans received"
     )
     write_result(
-        "tracing",
+        "tracing_quick" if args.quick else "tracing",
         {
             "jobs_per_round": n,
             "claim_limit": int(CLAIM_LIMIT),
