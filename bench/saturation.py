@@ -15,15 +15,12 @@ sent as ``audio_base64``) at C=8, L=1 s. Run alone: ``python -m bench.saturation
 from __future__ import annotations
 
 import argparse
-import base64
-import io
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-import wave
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,6 +32,7 @@ from psycopg.types.json import Jsonb
 
 from bench.common import bench_database, server_info, summary, table, write_result
 from service.config import FIELDS
+from tests.helpers import wav_base64
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = 0.95
@@ -143,16 +141,6 @@ def worker(db_url: str, sim_url: str, profile: str, claim_limit: int) -> Iterato
         _stop(proc)
 
 
-def _wav_base64(seconds: float = 0.5, rate: int = 16000) -> str:
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(b"\x00\x01" * int(rate * seconds))
-    return base64.b64encode(buf.getvalue()).decode()
-
-
 def _drain(conn: psycopg.Connection[Any], tag: str, task: str, profile: str, n: int,
            data: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
     conn.execute(INSERT, {"tag": tag, "task": task, "profile": profile, "n": n,
@@ -205,7 +193,7 @@ def main() -> None:
     args = parser.parse_args()
     seconds = 5 if args.quick else 40  # of saturated work per case
     chat = {"system": "Be brief.", "user": "Classify this call.", "max_tokens": 16}
-    audio = {"audio_base64": _wav_base64(), "language": "en"}
+    audio = {"audio_base64": wav_base64(0.5, 16000), "language": "en"}
     cases = [
         ("chat C=16 L=200ms", "llm_chat", LLM, 16, 200.0, chat),
         ("transcription C=8 L=1s", "transcribe", VOXTRAL, 8, 1000.0, audio),

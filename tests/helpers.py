@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+import wave
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import anyio
 import httpx
+
+from service.serve import EmbeddedServer, make_server
+from service.simulator.server import listen
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -44,3 +52,32 @@ def http_ok(url: str, proc: subprocess.Popen[str] | None = None) -> bool:
         return httpx.get(url, timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def wav_bytes(seconds: float, rate: int = 8000) -> bytes:
+    """A real mono 16-bit WAV file of ``seconds`` (what the transcription tests upload)."""
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(b"\x00\x01" * int(rate * seconds))
+    return buf.getvalue()
+
+
+def wav_base64(seconds: float, rate: int = 8000) -> str:
+    return base64.b64encode(wav_bytes(seconds, rate)).decode()
+
+
+@asynccontextmanager
+async def serve_asgi(app: Any) -> AsyncIterator[str]:
+    """Serve an ASGI app on 127.0.0.1 (a free port) in this event loop; yields its base URL."""
+    sock = listen("127.0.0.1", 0)
+    server: EmbeddedServer = make_server(app, "127.0.0.1", 0)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: server.serve(sockets=[sock]))
+        try:
+            yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+        finally:
+            server.should_exit = True
+    sock.close()

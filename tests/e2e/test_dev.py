@@ -4,13 +4,10 @@ reused on the next start, and no `postgres` process left behind after SIGTERM or
 
 from __future__ import annotations
 
-import base64
-import io
 import os
 import signal
 import subprocess
 import sys
-import wave
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +16,7 @@ import psutil
 import pytest
 
 from service.config import FIELDS
-from tests.helpers import free_port, http_ok, wait_for
+from tests.helpers import free_port, http_ok, wait_for, wav_base64
 
 pytestmark = pytest.mark.slow
 
@@ -52,21 +49,11 @@ def _start(data_dir: Path, port: int) -> subprocess.Popen[str]:
     )
 
 
-def _wav_base64(seconds: float = 2.0, rate: int = 8000) -> str:
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(b"\x00\x01" * int(rate * seconds))
-    return base64.b64encode(buf.getvalue()).decode()
-
-
 def _run_jobs(base: str) -> list[dict[str, Any]]:
     """A chat job and a transcription job through the dev stack's API → worker → simulator."""
     jobs = [
         ("llm_chat", "qwen2.5-14b", {"system": "Be brief.", "user": "Classify this text"}),
-        ("transcription", "voxtral-small", {"audio_base64": _wav_base64(), "diarization": True}),
+        ("transcription", "voxtral-small", {"audio_base64": wav_base64(2.0), "diarization": True}),
     ]
     done = []
     with httpx.Client(base_url=base, timeout=60) as client:

@@ -8,38 +8,24 @@ with ``allowed_networks=127.0.0.1/32`` — exactly what an operator does for int
 from __future__ import annotations
 
 import base64
-import io
 import ipaddress
-import wave
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
-import anyio
 import pytest
 
 from service.config import ConfigError, Settings
 from service.handlers.audio import AudioFetcher, AudioPolicy, decode_base64_audio, parse_networks
 from service.handlers.base import InvalidInput, ProviderUnavailable
-from service.serve import EmbeddedServer, make_server
-from service.simulator.server import listen
+from tests.helpers import serve_asgi, wav_bytes
 
 pytestmark = pytest.mark.anyio
 
 LOOPBACK_ONLY = (ipaddress.ip_network("127.0.0.1/32"),)
 
 
-def wav(seconds: float, rate: int = 8000) -> bytes:
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(b"\x00\x01" * int(rate * seconds))
-    return buf.getvalue()
-
-
-AUDIO = wav(3.0)
+AUDIO = wav_bytes(3.0)
 ROUTES: dict[str, tuple[int, list[tuple[bytes, bytes]], list[bytes]]] = {
     "/call.wav": (200, [(b"content-type", b"audio/wav")], [AUDIO]),
     "/big-declared": (200, [(b"content-length", b"5000")], [b"\x00" * 5000]),
@@ -67,17 +53,8 @@ async def audio_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await send({"type": "http.response.body", "body": chunk, "more_body": i < len(chunks) - 1})
 
 
-@asynccontextmanager
-async def audio_server() -> AsyncIterator[str]:
-    sock = listen("127.0.0.1", 0)
-    server: EmbeddedServer = make_server(audio_app, "127.0.0.1", 0)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(lambda: server.serve(sockets=[sock]))
-        try:
-            yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-        finally:
-            server.should_exit = True
-    sock.close()
+def audio_server() -> AbstractAsyncContextManager[str]:
+    return serve_asgi(audio_app)
 
 
 @asynccontextmanager

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import io
 import re
 import socket
-import wave
 from collections.abc import Callable
 
 import anyio
@@ -18,6 +16,7 @@ from service.providers.client import OpenAIClient
 from service.providers.multipart import AudioUpload
 from service.simulator import serve_simulator
 from service.simulator.gpu import Gpu
+from tests.helpers import wav_bytes
 
 pytestmark = pytest.mark.anyio
 
@@ -25,16 +24,6 @@ CHAT = "qwen2.5-14b"
 VOXTRAL = "mistralai/Voxtral-Small-24B-2507"
 FAST = {"latency_ms": 1.0, "per_token_ms": 0.0, "per_audio_second_ms": 0.0}
 HI = [{"role": "user", "content": "Hi"}]
-
-
-def wav(seconds: float, rate: int = 8000) -> bytes:
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(b"\x00\x01" * int(rate * seconds))
-    return buf.getvalue()
 
 
 async def until(gpu: Gpu, check: Callable[[Gpu], bool], timeout: float = 30.0) -> None:
@@ -76,7 +65,7 @@ async def test_json_response_format_and_schema() -> None:
 
 
 async def test_transcribe_streams_multipart_and_reads_voxtral_shape() -> None:
-    audio = wav(12.2)
+    audio = wav_bytes(12.2)
     async with serve_simulator(**FAST) as sim, OpenAIClient("voxtral", sim.url + "/v1") as client:
         out = await client.transcribe(
             AudioUpload.from_bytes(audio, 'call "1".wav', "audio/wav"),
@@ -101,11 +90,13 @@ async def test_voxtral_refuses_verbose_json_and_large_files() -> None:
     ):
         with pytest.raises(ProviderRejected) as err:
             await client.transcribe(
-                AudioUpload.from_bytes(wav(0.1)), model=VOXTRAL, response_format="verbose_json"
+                AudioUpload.from_bytes(wav_bytes(0.1)),
+                model=VOXTRAL,
+                response_format="verbose_json",
             )
         assert f"Currently do not support verbose_json for {VOXTRAL}" in str(err.value)
         with pytest.raises(ProviderRejected, match="Maximum file size exceeded"):
-            await client.transcribe(AudioUpload.from_bytes(wav(2.0)), model=VOXTRAL)
+            await client.transcribe(AudioUpload.from_bytes(wav_bytes(2.0)), model=VOXTRAL)
 
 
 async def test_429_is_retryable_and_carries_retry_after() -> None:

@@ -3,8 +3,6 @@ the simulator, a real infra sidecar app and small real HTTP servers (nothing is 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -13,31 +11,15 @@ import pytest
 
 from service.config import Settings
 from service.providers.status import ProviderConfig, ProviderStatusBoard, infra_url
-from service.serve import EmbeddedServer, make_server
 from service.sidecar.app import create_sidecar_app
 from service.simulator import serve_simulator
-from service.simulator.server import listen
-from tests.helpers import free_port
+from tests.helpers import free_port, serve_asgi
 from tests.integration.api_server import running_api
 
 pytestmark = pytest.mark.anyio
 
 FAST = {"latency_ms": 1.0, "per_token_ms": 0.0, "per_audio_second_ms": 0.0}
 KEY = "sk-status-secret-key"
-
-
-@asynccontextmanager
-async def serve_asgi(app: Any) -> AsyncIterator[str]:
-    """Serve an ASGI app on 127.0.0.1 (a free port) in this event loop."""
-    sock = listen("127.0.0.1", 0)
-    server: EmbeddedServer = make_server(app, "127.0.0.1", 0)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(lambda: server.serve(sockets=[sock]))
-        try:
-            yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-        finally:
-            server.should_exit = True
-    sock.close()
 
 
 class ModelsServer:
