@@ -22,6 +22,7 @@ BENCHMARKS = [
     "memory",
     "floor",
     "tracing",
+    "startup",
 ]
 
 
