@@ -161,7 +161,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    n, rounds = (1_000, 2) if args.quick else (10_000, 3)
+    n, rounds = (1_000, 1) if args.quick else (10_000, 3)
     receiver = OtlpReceiver().start()
     modes = {
         "OTEL_SDK_DISABLED=true": {"OTEL_SDK_DISABLED": "true"},
