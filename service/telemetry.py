@@ -17,8 +17,10 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -60,13 +62,43 @@ def traces_endpoint(env: Mapping[str, str]) -> str | None:
     return None
 
 
-def _protocol(env: Mapping[str, str]) -> str:
-    for name in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+def otlp_protocol(env: Mapping[str, str], signal: str = "TRACES") -> str:
+    """``OTEL_EXPORTER_OTLP_<signal>_PROTOCOL``, else ``OTEL_EXPORTER_OTLP_PROTOCOL``, else grpc;
+    anything else stops start-up (traces and metrics read it the same way)."""
+    for name in (f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
         if value := env.get(name, "").strip().lower():
             if value not in PROTOCOLS:
                 raise ConfigError(f"{name}={value!r} is invalid: expected grpc or http/protobuf")
             return value
     return "grpc"
+
+
+# One per process: traces and metrics carry the same service.instance.id, so a trace's
+# process can be found among the metric series (the Collector turns it into `instance`).
+_INSTANCE_ID = str(uuid.uuid4())
+
+
+def _version() -> str:
+    try:
+        return version("ai-service")
+    except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "0+unknown"
+
+
+def resource(role: str, env: Mapping[str, str] | None = None) -> Resource:
+    """The process's identity for every signal: ``OTEL_SERVICE_NAME`` / ``OTEL_RESOURCE_ATTRIBUTES``
+    when given (the SDK reads them), else ``ai-service-<role>``; plus version and instance id."""
+    env = os.environ if env is None else env
+    named = env.get("OTEL_SERVICE_NAME", "").strip() or "service.name=" in env.get(
+        "OTEL_RESOURCE_ATTRIBUTES", ""
+    )
+    attrs = {"service.version": _version()}
+    if not named:
+        attrs["service.name"] = SERVICE_NAMES.get(role, f"ai-service-{role}")
+    created = Resource.create(attrs)
+    if "service.instance.id" in created.attributes:
+        return created
+    return created.merge(Resource({"service.instance.id": _INSTANCE_ID}))
 
 
 def _exporter(protocol: str) -> SpanExporter:
@@ -87,14 +119,10 @@ def build_provider(role: str, env: Mapping[str, str] | None = None) -> TracerPro
     env = os.environ if env is None else env
     if _true(env, "OTEL_SDK_DISABLED") or traces_endpoint(env) is None:
         return None
-    exporter = _exporter(_protocol(env))
-    named = env.get("OTEL_SERVICE_NAME", "").strip() or "service.name=" in env.get(
-        "OTEL_RESOURCE_ATTRIBUTES", ""
-    )
-    resource = Resource.create({} if named else {"service.name": SERVICE_NAMES[role]})
+    exporter = _exporter(otlp_protocol(env))
     # shutdown_on_exit=False: our shutdown() is bounded; the SDK's atexit hook may wait 30 s
     # on a dead collector.
-    provider = TracerProvider(resource=resource, shutdown_on_exit=False)
+    provider = TracerProvider(resource=resource(role, env), shutdown_on_exit=False)
     try:
         processor = BatchSpanProcessor(exporter)
     except ValueError as exc:  # OTEL_BSP_* values that contradict each other

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import logging
 import os
-import uuid
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from litestar import Response, get
 from opentelemetry import metrics as otel
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest, start_http_server
 
+from service import telemetry
 from service.config import ConfigError, Settings
 
 log = logging.getLogger("ai_service.metrics")
@@ -49,9 +48,8 @@ def _otlp_reader() -> Any:
         return None
     from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
-    protocol = _env("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL") or _env("OTEL_EXPORTER_OTLP_PROTOCOL")
     exporter: Any
-    if protocol.lower().startswith("http"):
+    if telemetry.otlp_protocol(os.environ, "METRICS") == "http/protobuf":
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 
         exporter = OTLPMetricExporter()
@@ -62,28 +60,6 @@ def _otlp_reader() -> Any:
 
         exporter = GrpcExporter()
     return PeriodicExportingMetricReader(exporter)
-
-
-def _version() -> str:
-    try:
-        return version("ai-service")
-    except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
-        return "0+unknown"
-
-
-def _resource(role: str) -> Any:
-    from opentelemetry.sdk.resources import Resource
-
-    # service.instance.id keeps processes with one service.name apart once the Collector
-    # turns them into Prometheus series (its `instance` label).
-    named = _env("OTEL_SERVICE_NAME") or "service.name=" in _env("OTEL_RESOURCE_ATTRIBUTES")
-    attrs = {"service.version": _version()}
-    if not named:
-        attrs["service.name"] = f"ai-service-{role}"
-    resource = Resource.create(attrs)
-    if "service.instance.id" not in resource.attributes:
-        resource = resource.merge(Resource({"service.instance.id": str(uuid.uuid4())}))
-    return resource
 
 
 def _server_ports(role: str, settings: Settings) -> list[tuple[int, str]]:
@@ -111,7 +87,7 @@ def setup_metrics(role: str, settings: Settings) -> bool:
             return False
         # shutdown_on_exit=False: shutdown_metrics() is bounded, the SDK's atexit hook is not.
         _provider = MeterProvider(
-            metric_readers=readers, resource=_resource(role), shutdown_on_exit=False
+            metric_readers=readers, resource=telemetry.resource(role), shutdown_on_exit=False
         )
         otel.set_meter_provider(_provider)
     _listen(role, settings)

@@ -138,3 +138,11 @@ def test_httpx_info_lines_are_silenced() -> None:
 def test_no_provider_means_a_no_op_api() -> None:
     # Nothing in the test process installs a provider: spans are non-recording.
     assert not isinstance(trace.get_tracer_provider(), TracerProvider)
+
+
+def test_traces_and_metrics_share_one_resource_per_process() -> None:
+    traced = telemetry.resource("worker", {})
+    assert traced.attributes["service.name"] == "ai-service-worker"
+    assert "service.version" in traced.attributes
+    named = telemetry.resource("worker", {"OTEL_SERVICE_NAME": "x"})
+    assert named.attributes["service.instance.id"] == traced.attributes["service.instance.id"]
