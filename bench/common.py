@@ -11,13 +11,16 @@ import contextlib
 import json
 import os
 import platform
+import signal
 import statistics
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 
 from service.db.embedded import EmbeddedPostgres
@@ -113,3 +116,32 @@ def bench_database(*, migrated: bool = True) -> Iterator[str]:
             server.close()
         if tmp is not None:
             tmp.cleanup()
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], ok: Any = None, timeout: float = 60) -> Any:
+    """Poll ``url`` until it answers 200 (and ``ok(json)`` holds, when given); fail at once if
+    ``proc`` — the process that should serve it — exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
+        try:
+            r = httpx.get(url, timeout=2)
+            if r.status_code == 200 and (ok is None or ok(r.json())):
+                return r
+        except (httpx.HTTPError, ValueError):
+            pass
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"{url} did not come up within {timeout:g}s")
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    """SIGTERM (a graceful drain, as Kubernetes would), then SIGKILL after ``timeout``."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,13 +24,20 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psycopg
 from psycopg.types.json import Jsonb
 
-from bench.common import bench_database, server_info, summary, table, write_result
+from bench.common import (
+    bench_database,
+    server_info,
+    stop_process,
+    summary,
+    table,
+    wait_http,
+    write_result,
+)
 from service.config import FIELDS
-from tests.helpers import wav_base64
+from tests.helpers import free_port, wav_base64
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = 0.95
@@ -58,45 +63,13 @@ FROM ai_jobs WHERE owner_ref = %(tag)s
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in {f.env for f in FIELDS}}
 
 
-def _wait_http(url: str, proc: subprocess.Popen[bytes], ok: Any = None, timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{proc.args!r} exited with {proc.returncode}")
-        try:
-            r = httpx.get(url, timeout=2)
-            if r.status_code == 200 and (ok is None or ok(r.json())):
-                return r
-        except (httpx.HTTPError, ValueError):
-            pass
-        time.sleep(0.05)
-    proc.kill()
-    raise SystemExit(f"{url} did not come up")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 @contextmanager
 def simulator(capacity: int, latency_ms: float) -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "service", "simulate-provider", "--host", "127.0.0.1",
          "--port", str(port), "--capacity", str(capacity), "--latency-ms", str(latency_ms),
@@ -106,15 +79,15 @@ def simulator(capacity: int, latency_ms: float) -> Iterator[str]:
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_http(f"{url}/health", proc)
+        wait_http(f"{url}/health", proc)
         yield url
     finally:
-        _stop(proc)
+        stop_process(proc)
 
 
 @contextmanager
 def worker(db_url: str, sim_url: str, profile: str, claim_limit: int) -> Iterator[None]:
-    port = _free_port()
+    port = free_port()
     env = _clean_env() | {
         "DATABASE_URL": db_url,
         "MIGRATE_ON_START": "false",
@@ -129,7 +102,7 @@ def worker(db_url: str, sim_url: str, profile: str, claim_limit: int) -> Iterato
         [sys.executable, "-m", "service", "worker", "--profile", profile], env=env, cwd=ROOT
     )
     try:
-        _wait_http(
+        wait_http(
             f"http://127.0.0.1:{port}/worker/status",
             proc,
             ok=lambda s: (
@@ -138,7 +111,7 @@ def worker(db_url: str, sim_url: str, profile: str, claim_limit: int) -> Iterato
         )
         yield
     finally:
-        _stop(proc)
+        stop_process(proc)
 
 
 def _drain(conn: psycopg.Connection[Any], tag: str, task: str, profile: str, n: int,

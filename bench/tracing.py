@@ -27,8 +27,9 @@ import httpx
 import psutil
 import psycopg
 
-from bench.common import bench_database, server_info, table, write_result
+from bench.common import bench_database, server_info, stop_process, table, wait_http, write_result
 from service.config import FIELDS
+from tests.helpers import free_port
 from tests.otlp_receiver import OtlpReceiver
 
 TARGET_COST = 0.10
@@ -40,28 +41,6 @@ CLAIM_LIMIT = "16"
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"{url} not up within {timeout}s")
-
-
 def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen(
@@ -71,15 +50,6 @@ def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def _cpu(*procs: subprocess.Popen[bytes]) -> float:
@@ -110,7 +80,7 @@ def one_round(
         "WORKER_POLL_INTERVAL": "1h",
         **otel,
     }
-    api_port, worker_port = _free_port(), _free_port()
+    api_port, worker_port = free_port(), free_port()
     api = _spawn(
         ["api"], {**env, "HTTP_HOST": "127.0.0.1", "HTTP_PORT": str(api_port)}, tmp / "api.log"
     )
@@ -120,8 +90,8 @@ def one_round(
         tmp / "worker.log",
     )
     try:
-        _wait_http(f"http://127.0.0.1:{api_port}/healthz", api)
-        _wait_http(f"http://127.0.0.1:{worker_port}/readyz", worker)
+        wait_http(f"http://127.0.0.1:{api_port}/healthz", api)
+        wait_http(f"http://127.0.0.1:{worker_port}/readyz", worker)
         cpu0 = _cpu(api, worker)
         item = {
             "owner_service": "bench",
@@ -153,8 +123,8 @@ def one_round(
                     raise RuntimeError(f"only {row[0]} of {n} jobs completed")
                 time.sleep(0.05)
     finally:
-        _stop(worker)
-        _stop(api)
+        stop_process(worker)
+        stop_process(api)
 
 
 def main() -> None:
@@ -174,7 +144,7 @@ def main() -> None:
     }
     rates: dict[str, list[float]] = {m: [] for m in modes}
     cpu: dict[str, list[float]] = {m: [] for m in modes}
-    sim_port = _free_port()
+    sim_port = free_port()
     with tempfile.TemporaryDirectory(prefix="aisvc-bench-tracing-") as tmpdir:
         tmp = Path(tmpdir)
         sim = _spawn(
@@ -193,7 +163,7 @@ def main() -> None:
             tmp / "sim.log",
         )
         try:
-            _wait_http(f"http://127.0.0.1:{sim_port}/health", sim)
+            wait_http(f"http://127.0.0.1:{sim_port}/health", sim)
             with bench_database() as url:
                 info = server_info(url)
                 for _ in range(rounds):
@@ -203,7 +173,7 @@ def main() -> None:
                         cpu[mode].append(ms)
                         print(f"  {mode}: {rate:,.0f} jobs/s, {ms:.2f} CPU ms/job", flush=True)
         finally:
-            _stop(sim)
+            stop_process(sim)
     spans = len(receiver.spans())
     receiver.stop()
     off, on = (max(rates[m]) for m in modes)
