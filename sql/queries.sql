@@ -56,25 +56,15 @@ ORDER BY id DESC
 LIMIT %(limit)s;
 
 -- name: claim_jobs
--- Batch claim for one profile: due pending jobs by priority, plus running jobs whose lease
--- expired (their owner is presumed dead) while they still have attempts left.
-WITH due AS (
+-- Batch claim for one profile: due pending jobs by priority, SKIP LOCKED. Expired leases are
+-- not taken here: the reaper returns them to pending (which NOTIFYs), so this statement, on
+-- the path of every pickup, stays one index probe of the pending partial index.
+WITH picked AS (
     SELECT id FROM ai_jobs
     WHERE status = 'pending' AND model_profile = %(model_profile)s AND run_after <= now()
     ORDER BY priority DESC, run_after, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
-), expired AS (
-    -- Read only when `due` cannot fill the limit; an index probe that stops at once when
-    -- no lease has expired.
-    SELECT id FROM ai_jobs
-    WHERE status = 'running' AND lease_expires_at < now()
-      AND model_profile = %(model_profile)s AND attempts < max_attempts
-    ORDER BY lease_expires_at
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-), picked AS (
-    SELECT id FROM due UNION ALL SELECT id FROM expired LIMIT %(limit)s
 )
 UPDATE ai_jobs AS j
 SET status = 'running',

@@ -19,7 +19,7 @@ TRANSITIONS: Final[tuple[tuple[Status, Status, str], ...]] = (
     ("running", "completed", "complete"),
     ("running", "pending", "fail (retryable, attempts left) / lease expired / release"),
     ("running", "failed", "fail (final or no attempts left) / lease expired, no attempts left"),
-    ("running", "running", "heartbeat / expired lease reclaimed"),
+    ("running", "running", "heartbeat"),
     ("failed", "pending", "retry"),
     ("running", "pending", "retry"),
     ("pending", "cancelled", "cancel"),

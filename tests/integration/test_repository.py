@@ -145,6 +145,9 @@ async def test_lease_expiry_reclaims_and_refuses_stale_owner(
     job, _ = await repo.create(nj())
     [held] = await repo.claim("qwen2.5-14b", "old", limit=1, lease_seconds=60)
     expire_leases(db_url)
+    # an expired lease is the reaper's to return; the claim takes pending jobs only
+    assert await repo.claim("qwen2.5-14b", "new", limit=1, lease_seconds=60) == []
+    assert dict(await repo.reap()) == {job.id: "pending"}
     [again] = await repo.claim("qwen2.5-14b", "new", limit=1, lease_seconds=60)
     assert again.id == job.id and again.attempts == 2 and again.worker_id == "new"
     with pytest.raises(StateConflict) as err:
