@@ -102,15 +102,9 @@ def resource(role: str, env: Mapping[str, str] | None = None) -> Resource:
 
 
 def _exporter(protocol: str) -> SpanExporter:
-    if protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from service import otlp  # imports gRPC: only when tracing is on
 
-        return OTLPSpanExporter()
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
-        OTLPSpanExporter as HttpExporter,
-    )
-
-    return HttpExporter()
+    return otlp.GrpcSpanExporter() if protocol == "grpc" else otlp.HttpSpanExporter()
 
 
 def build_provider(role: str, env: Mapping[str, str] | None = None) -> TracerProvider | None:
