@@ -181,7 +181,7 @@ SET status = CASE WHEN j.attempts >= j.max_attempts THEN 'failed' ELSE 'pending'
     updated_at = now()
 FROM expired
 WHERE j.id = expired.id
-RETURNING j.id, j.status;
+RETURNING j.id, j.status, j.model_profile, j.task_type;
 
 -- name: next_run_after
 -- When the earliest pending job of a profile becomes due (the idle worker sleeps until then).

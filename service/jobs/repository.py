@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 import msgspec
@@ -26,6 +26,16 @@ REAPER_LOCK_KEY = 0x61695F72656170  # "ai_reap"
 def new_id() -> UUID:
     """UUIDv7: time-ordered, so ids double as the keyset for listing newest first."""
     return uuid_compat.uuid7()
+
+
+class Reaped(NamedTuple):
+    """A job the reaper took back: ``status`` is pending (requeued) or failed (no attempts
+    left); profile and task type label the failed-attempt metric."""
+
+    id: UUID
+    status: str
+    model_profile: str
+    task_type: str
 
 
 def _jobs(rows: list[Row]) -> list[Job]:
@@ -285,7 +295,7 @@ class JobRepository:
         rows = await self.db.fetch("release_jobs", {"worker_id": worker_id, "ids": list(ids)})
         return {r["id"] for r in rows}
 
-    async def reap(self, *, limit: int = 1000) -> list[tuple[UUID, str]] | None:
+    async def reap(self, *, limit: int = 1000) -> list[Reaped] | None:
         """Return expired leases to pending (or failed when out of attempts).
 
         Returns None when another process holds the reaper lock (one reaper at a time).
@@ -295,7 +305,7 @@ class JobRepository:
             if not lock or not lock["locked"]:
                 return None
             rows = await tx.fetch("reap_expired", {"limit": limit})
-        return [(r["id"], r["status"]) for r in rows]
+        return [Reaped(r["id"], r["status"], r["model_profile"], r["task_type"]) for r in rows]
 
     # --- operator actions ---------------------------------------------------------------
     async def retry(self, job_id: UUID) -> Job:

@@ -43,8 +43,10 @@ class Reaper:
             if reaped is None:
                 return total
             total += len(reaped)
-            failed = sum(1 for _, status in reaped if status == "failed")
+            failed = sum(1 for r in reaped if r.status == "failed")
             metrics.leases_reaped(len(reaped) - failed, failed)
+            for r in reaped:  # a lease that expired is a failed attempt, like any other
+                metrics.job_failed(r, "lease_expired", final=r.status == "failed")
             if reaped:
                 log.warning(
                     "reaped %d expired leases (%d back to pending, %d failed: lease_expired)",

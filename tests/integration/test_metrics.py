@@ -13,6 +13,7 @@ from typing import Any
 
 import anyio
 import httpx
+import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.config import Settings
@@ -20,6 +21,7 @@ from service.jobs import JobRepository, NewJob
 from service.metrics.export import setup_metrics
 from service.simulator import serve_simulator
 from service.worker.main import Worker
+from service.worker.reaper import Reaper
 from service.worker.registry import build_registry
 from tests.helpers import free_port
 from tests.integration.api_server import running_api
@@ -29,6 +31,7 @@ Samples = list[tuple[str, dict[str, str], float]]
 
 PROFILE = f"metrics-{uuid.uuid4().hex[:8]}"  # served: the LLM model of the worker
 WAITING = f"waiting-{uuid.uuid4().hex[:8]}"  # no worker serves it: the queue gauges see it
+DEAD = f"dead-{uuid.uuid4().hex[:8]}"  # claimed by a worker that died: the reaper takes them
 FAST = {"latency_ms": 1.0, "per_token_ms": 0.0, "per_audio_second_ms": 0.0}
 
 
@@ -84,6 +87,21 @@ async def test_metrics_endpoints_serve_the_job_counters(repo: JobRepository, db_
                 return w if done == 1 else None
 
             w = await until(counted, what="the completion to be counted")
+            # two jobs whose worker died: one with an attempt left, one without
+            for attempts in (2, 1):
+                await repo.create(
+                    NewJob(owner_service="t", task_type="llm_chat", model_profile=DEAD,
+                           max_attempts=attempts)
+                )  # fmt: skip
+            assert len(await repo.claim(DEAD, "dead-worker", limit=2, lease_seconds=60)) == 2
+            async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+                await conn.execute(
+                    "UPDATE ai_jobs SET lease_expires_at = now() - interval '1 second' "
+                    "WHERE model_profile = %s",
+                    (DEAD,),
+                )
+            assert await Reaper(repo, lease_seconds=60).reap_once() == 2
+            reaped = await scrape(api.client, worker_url)
             a = await scrape(api.client, f"{api.url}/metrics")
             own = await scrape(api.client, f"http://127.0.0.1:{own_port}/metrics")
             worker.stop()
@@ -101,6 +119,10 @@ async def test_metrics_endpoints_serve_the_job_counters(repo: JobRepository, db_
             outcome="final",
         )
         assert failed == 1
+    # a lease that expired is a failed attempt: requeued (retry) or out of attempts (final)
+    lost = {"model_profile": DEAD, "error_category": "lease_expired"}
+    assert value(reaped, "ai_service_jobs_failed_total", **lost, outcome="retry") == 1
+    assert value(reaped, "ai_service_jobs_failed_total", **lost, outcome="final") == 1
     assert value(w, "ai_service_jobs_pickup_latency_seconds_count", **job) == 2
     assert value(w, "ai_service_jobs_duration_seconds_count", **job, outcome="completed") == 1
     assert value(w, "ai_service_jobs_duration_seconds_count", **job, outcome="failed") == 1

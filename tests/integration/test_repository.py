@@ -147,7 +147,7 @@ async def test_lease_expiry_reclaims_and_refuses_stale_owner(
     expire_leases(db_url)
     # an expired lease is the reaper's to return; the claim takes pending jobs only
     assert await repo.claim("qwen2.5-14b", "new", limit=1, lease_seconds=60) == []
-    assert dict(await repo.reap()) == {job.id: "pending"}
+    assert [(r.id, r.status) for r in await repo.reap() or []] == [(job.id, "pending")]
     [again] = await repo.claim("qwen2.5-14b", "new", limit=1, lease_seconds=60)
     assert again.id == job.id and again.attempts == 2 and again.worker_id == "new"
     with pytest.raises(StateConflict) as err:
@@ -229,8 +229,8 @@ async def test_reaper_returns_expired_to_pending_or_failed(
     await repo.claim("qwen2.5-14b", "dead", limit=2, lease_seconds=60)
     assert await repo.reap() == []
     expire_leases(db_url)
-    reaped = dict(await repo.reap() or [])
-    assert reaped == {one.id: "failed", two.id: "pending"}
+    reaped = {r.id: (r.status, r.model_profile) for r in await repo.reap() or []}
+    assert reaped == {one.id: ("failed", "qwen2.5-14b"), two.id: ("pending", "qwen2.5-14b")}
     gone = await repo.get(one.id)
     assert gone.error_category == "lease_expired" and "dead" in (gone.error_message or "")
 
