@@ -90,8 +90,9 @@ def server_info(url: str) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def bench_database(*, migrated: bool = True) -> Iterator[str]:
-    """A fresh database: on BENCH_DATABASE_URL's server, else on a private embedded server."""
+def bench_database(*, migrated: bool = True, commit_timestamps: bool = False) -> Iterator[str]:
+    """A fresh database: on BENCH_DATABASE_URL's server, else on a private embedded server
+    (with ``track_commit_timestamp`` on when ``commit_timestamps``: see ``commit_times``)."""
     external = os.environ.get("BENCH_DATABASE_URL")
     server: EmbeddedPostgres | None = None
     tmp = None
@@ -99,7 +100,8 @@ def bench_database(*, migrated: bool = True) -> Iterator[str]:
         admin = external
     else:
         tmp = tempfile.TemporaryDirectory(prefix="aisvc-bench-")
-        server = EmbeddedPostgres(Path(tmp.name) / "data")
+        settings = {"track_commit_timestamp": "on"} if commit_timestamps else {}
+        server = EmbeddedPostgres(Path(tmp.name) / "data", settings=settings)
         admin = server.start()
     name = f"bench_{os.getpid()}_{int(time.time())}"
     with psycopg.connect(admin, autocommit=True) as conn:
@@ -116,6 +118,26 @@ def bench_database(*, migrated: bool = True) -> Iterator[str]:
             server.close()
         if tmp is not None:
             tmp.cleanup()
+
+
+# A statement's transaction id, as text; with ``track_commit_timestamp`` on, ``commit_times``
+# turns it into the wall-clock time of the commit (CLOCK_REALTIME, like ``time.time()``).
+XID = b"pg_current_xact_id()::text"
+
+
+def commit_times(url: str, xids: Sequence[str]) -> list[float] | None:
+    """Commit times (``time.time()`` seconds) of ``xids``; None when the server does not keep
+    them (``track_commit_timestamp`` off, e.g. on a BENCH_DATABASE_URL server)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        if conn.execute(b"SHOW track_commit_timestamp").fetchone() != ("on",):
+            return None
+        rows = conn.execute(
+            b"SELECT extract(epoch FROM pg_xact_commit_timestamp("
+            b"  (x::numeric %% 4294967296)::text::xid)) FROM unnest(%s::text[]) WITH ORDINALITY"
+            b" AS u(x, i) ORDER BY i",
+            (list(xids),),
+        ).fetchall()
+    return [float(r[0]) for r in rows]
 
 
 def wait_http(url: str, proc: subprocess.Popen[bytes], ok: Any = None, timeout: float = 60) -> Any:

@@ -15,7 +15,7 @@ from typing import Any
 
 import psycopg
 
-from bench.common import bench_database, summary, table, write_result
+from bench.common import XID, bench_database, commit_times, summary, table, write_result
 
 SCHEMA = b"""
 CREATE TABLE floor_jobs (
@@ -42,6 +42,7 @@ DONE = b"UPDATE floor_jobs SET status = 'done' WHERE id = ANY(%s)"
 
 def _consumer(url: str, expected: int, batch: int, out: Connection) -> None:
     latencies: list[float] = []
+    claimed: dict[int, float] = {}  # job id -> wall clock at the claim (against commit times)
     done = 0
     with (
         psycopg.connect(url, autocommit=True) as listen,
@@ -57,10 +58,11 @@ def _consumer(url: str, expected: int, batch: int, out: Connection) -> None:
                 rows = work.execute(CLAIM, (batch,)).fetchall()
                 if not rows:
                     return
-                now = time.monotonic()
+                now, wall = time.monotonic(), time.time()
                 first = first or now
                 # t0 < 0: a background job (pickup under load), not measured nor counted
                 latencies.extend((now - t0) * 1000 for _, t0 in rows if t0 >= 0)
+                claimed.update((i, wall) for i, t0 in rows if t0 > 0)
                 work.execute(DONE, ([r[0] for r in rows],))
                 done += sum(1 for _, t0 in rows if t0 >= 0)
 
@@ -69,7 +71,7 @@ def _consumer(url: str, expected: int, batch: int, out: Connection) -> None:
             for _ in listen.notifies(timeout=1.0, stop_after=1):
                 break
             drain()
-        out.send((latencies, (time.monotonic() - (first or time.monotonic()))))
+        out.send((latencies, (time.monotonic() - (first or time.monotonic())), claimed))
 
 
 def _start_consumer(url: str, expected: int, batch: int) -> tuple[Any, Connection]:
@@ -82,8 +84,10 @@ def _start_consumer(url: str, expected: int, batch: int) -> tuple[Any, Connectio
 
 def pickup(
     url: str, n: int, spacing_s: float, *, batch: int = 1, background_rate: float = 0
-) -> dict[str, float]:
-    """One job at a time, ``spacing_s`` apart, to an idle consumer; ms from INSERT to claim.
+) -> dict[str, Any]:
+    """One job at a time, ``spacing_s`` apart, to an idle consumer; ms from just before the
+    INSERT is sent to the claim, and (``from_commit``, when the server keeps commit timestamps)
+    from the INSERT's commit to the claim.
 
     With ``background_rate``, another process inserts that many jobs/s meanwhile (not counted).
     """
@@ -91,19 +95,30 @@ def pickup(
 
     proc, pipe = _start_consumer(url, n, batch)
     bg = Background(url, "floor", background_rate) if background_rate else None
+    xids: dict[int, str] = {}
     try:
         with psycopg.connect(url, autocommit=True) as conn:
             for _ in range(n):
                 time.sleep(spacing_s)
-                conn.execute(
-                    b"INSERT INTO floor_jobs (profile, t0) VALUES ('p', %s)", (time.monotonic(),)
-                )
-        latencies, _ = pipe.recv()
+                row = conn.execute(
+                    b"INSERT INTO floor_jobs (profile, t0) VALUES ('p', %s) RETURNING id, " + XID,
+                    (time.monotonic(),),
+                ).fetchone()
+                assert row is not None
+                xids[row[0]] = row[1]
+        latencies, _, claimed = pipe.recv()
     finally:
         if bg is not None:
             bg.stop()
     proc.join()
-    return summary(latencies)
+    ids = [i for i in xids if i in claimed]
+    committed = commit_times(url, [xids[i] for i in ids])
+    from_commit = (
+        summary([(claimed[i] - c) * 1000 for i, c in zip(ids, committed, strict=True)])
+        if committed is not None
+        else None
+    )
+    return {**summary(latencies), "from_commit": from_commit}
 
 
 def drain(url: str, n: int, batch: int = 100) -> float:
@@ -116,7 +131,7 @@ def drain(url: str, n: int, batch: int = 100) -> float:
         )
         conn.execute(b"ANALYZE floor_jobs")
     proc, pipe = _start_consumer(url, n, batch)
-    _, elapsed = pipe.recv()
+    _, elapsed, _ = pipe.recv()
     proc.join()
     return n / elapsed if elapsed else float("nan")
 
@@ -135,16 +150,16 @@ def main() -> None:
     # figures they compare with); this standalone run is the reference, kept short
     n = 50 if args.quick else 500
     jobs = 10_000 if args.quick else 50_000
-    with bench_database(migrated=False) as url:
+    with bench_database(migrated=False, commit_timestamps=True) as url:
         setup(url)
         p50ms = pickup(url, n, 0.05)
         p5ms = pickup(url, n, 0.005)
         rate = drain(url, jobs)
     rows = [
-        ["pickup, 50 ms spacing", p50ms["p50"], p50ms["p99"], p50ms["max"]],
-        ["pickup, 5 ms spacing", p5ms["p50"], p5ms["p99"], p5ms["max"]],
+        [case, (r["from_commit"] or {}).get("p50", "-"), r["p50"], r["p99"], r["max"]]
+        for case, r in (("pickup, 50 ms spacing", p50ms), ("pickup, 5 ms spacing", p5ms))
     ]
-    print(table("raw floor (ms)", ["case", "p50", "p99", "max"], rows))
+    print(table("raw floor (ms)", ["case", "commit p50", "send p50", "send p99", "send max"], rows))
     print(f"raw floor drain: {rate:,.0f} jobs/s ({jobs} jobs)")
     write_result("floor", {"pickup_50ms": p50ms, "pickup_5ms": p5ms, "drain_jobs_per_s": rate})
 

@@ -8,10 +8,15 @@ run on the same PostgreSQL:
 (d) the raw floor (``bench.floor``): a bare psycopg LISTEN -> SKIP LOCKED loop.
 
 Each for sequential jobs one every 50 ms and one every 5 ms, and again (50 ms) under a
-background load of 500 jobs/s inserted by another process into the same queue. t0 is read just
-before the INSERT is sent (so it includes the commit); the handler records ``time.monotonic()``
-(one clock for all processes on Linux) as its first act. Run alone:
-``python -m bench.pickup [--quick]``.
+background load of 500 jobs/s inserted by another process into the same queue.
+
+Three clocks start, for the same jobs: **from commit** (the issue's definition, and what the
+targets are judged on): the server's commit timestamp of the INSERT's transaction
+(``track_commit_timestamp``, wall clock) to the handler's ``time.time()``; **from send** (an
+upper bound, comparable with PgQueuer, whose producer we do not wrap): ``time.monotonic()`` just
+before the INSERT is sent, so it also holds the INSERT's own execution; **from ack** (a lower
+bound): when the producer has the commit's acknowledgement. The handler reads both clocks as
+its first act. Run alone: ``python -m bench.pickup [--quick]``.
 """
 
 from __future__ import annotations
@@ -25,7 +30,15 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from bench import floor, peers
-from bench.common import bench_database, server_info, summary, table, write_result
+from bench.common import (
+    XID,
+    bench_database,
+    commit_times,
+    server_info,
+    summary,
+    table,
+    write_result,
+)
 from bench.workers import WorkerProcess
 from service.db.queries import queries
 from service.handlers.base import HandlerRegistry
@@ -44,7 +57,8 @@ TARGET_VS_POLL = 500.0
 
 # --- the handler, loaded into the worker by AI_SERVICE_EXTRA_HANDLERS=bench.pickup:register --
 async def _started(job: Job) -> dict[str, float]:
-    return {"t_start": time.monotonic()}
+    # monotonic: against the producer's send/ack; wall clock: against the commit timestamp
+    return {"t_start": time.monotonic(), "wall_start": time.time()}
 
 
 def register(registry: HandlerRegistry) -> None:
@@ -70,10 +84,12 @@ def ai_service(
     if worker is None:
         worker = start_worker(url, notify=notify, poll=poll)
     sent: dict[Any, tuple[float, float]] = {}
+    xids: dict[Any, str] = {}
     bg = peers.Background(url, "ai-service", load, task=TASK, profile=PROFILE) if load else None
     try:
         with psycopg.connect(url, autocommit=True) as conn:
-            create = queries()["create_job"]
+            # the service's own INSERT; the wrapper only adds the transaction id to the result
+            create = b"WITH c AS (%s) SELECT %s" % (queries()["create_job"].rstrip(b";\n "), XID)
             for _ in range(n + WARMUP):
                 time.sleep(spacing)
                 job_id = new_id()
@@ -91,8 +107,10 @@ def ai_service(
                     "trace_context": None,
                 }
                 t0 = time.monotonic()
-                conn.execute(create, params)
+                row = conn.execute(create, params).fetchone()
                 sent[job_id] = (t0, time.monotonic())
+                assert row is not None
+                xids[job_id] = row[0]
             if bg is not None:
                 bg.stop()
             results: list[tuple[Any, Any]] = []
@@ -118,7 +136,17 @@ def ai_service(
     counted = [(i, r) for i, r in results if order[i] >= WARMUP]
     from_send = [(r["t_start"] - sent[i][0]) * 1000 for i, r in counted]
     from_ack = [(r["t_start"] - sent[i][1]) * 1000 for i, r in counted]
-    return {**summary(from_send), "from_ack": summary(from_ack), "lost": n + WARMUP - len(results)}
+    committed = commit_times(url, [xids[i] for i, _ in counted])
+    from_commit = None
+    if committed is not None:
+        pairs = zip(counted, committed, strict=True)
+        from_commit = summary([(r["wall_start"] - c) * 1000 for (_, r), c in pairs])
+    return {
+        **summary(from_send),
+        "from_ack": summary(from_ack),
+        "from_commit": from_commit,
+        "lost": n + WARMUP - len(results),
+    }
 
 
 # --- the run --------------------------------------------------------------------------------
@@ -133,7 +161,7 @@ def main() -> int:
     cases = [("50 ms", 0.05, 0.0), ("5 ms", 0.005, 0.0), ("50 ms + 500 jobs/s", 0.05, LOAD)]
     out: dict[str, Any] = {"n": n, "n_poll": n_poll, "claim_limit": int(CLAIM_LIMIT)}
     res: dict[str, dict[str, Any]] = {}
-    with bench_database() as url:
+    with bench_database(commit_timestamps=True) as url:
         out["server"] = server_info(url)
 
         def run(system: str, case: str, fn: Any, *args: Any, **kwargs: Any) -> None:
@@ -175,25 +203,39 @@ def main() -> int:
 
     rows = []
     ours, bare, poll = res["ai-service"], res["raw floor"], res["seed poll 2s"]["50 ms"]
+
+    # Judged from the commit when the server kept commit timestamps (the issue's definition),
+    # else from the send; a ratio puts both sides on the same clock (PgQueuer: from the send).
+    def same_clock(r: dict[str, Any], ref: dict[str, Any]) -> tuple[dict[str, Any], ...]:
+        if r.get("from_commit") and ref.get("from_commit"):
+            return r["from_commit"], ref["from_commit"]
+        return r, ref
+
     for system, by_case in res.items():
         for case, r in by_case.items():
-            vs_floor = r["p50"] / bare[case]["p50"] if case in bare else float("nan")
-            vs_poll = poll["mean"] / r["mean"]
-            r["vs_floor_p50"], r["vs_floor_p99"] = vs_floor, r["p99"] / bare[case]["p99"]
-            r["poll_mean_over_this_mean"] = vs_poll
-            rows.append([system, case, r["n"], r["p50"], r["p95"], r["p99"], r["max"],
-                         r["mean"], vs_floor, r["vs_floor_p99"], vs_poll])  # fmt: skip
+            if case in bare:
+                j, f = same_clock(r, bare[case])
+                r["vs_floor_p50"], r["vs_floor_p99"] = j["p50"] / f["p50"], j["p99"] / f["p99"]
+            j, p = same_clock(r, poll)
+            r["poll_mean_over_this_mean"] = p["mean"] / j["mean"]
+            c = r.get("from_commit") or {}
+            rows.append([system, case, r["n"], c.get("p50", "-"), c.get("p99", "-"),
+                         c.get("max", "-"), r["p50"], r["p99"], r["max"], r["vs_floor_p50"],
+                         r["vs_floor_p99"], r["poll_mean_over_this_mean"]])  # fmt: skip
     print(table(
-        "pickup latency, commit -> handler start (ms); ratios to the raw floor and the 2 s poll",
-        ["system", "case", "n", "p50", "p95", "p99", "max", "mean", "p50/floor", "p99/floor",
-         "poll mean/mean"],
+        "pickup latency -> handler start (ms), from the commit and from the INSERT's send; "
+        "ratios (from the commit where known) to the raw floor and the 2 s poll",
+        ["system", "case", "n", "commit p50", "commit p99", "commit max", "send p50",
+         "send p99", "send max", "p50/floor", "p99/floor", "poll mean/mean"],
         rows,
     ))  # fmt: skip
     idle = ours["50 ms"]
+    judged = idle["from_commit"] or idle
+    out["judged_from"] = "commit" if idle["from_commit"] else "send"
     checks = {
-        "p50 <= 1 ms": idle["p50"] <= TARGET_P50,
-        "p99 <= 3 ms": idle["p99"] <= TARGET_P99,
-        "max <= 20 ms": idle["max"] <= TARGET_MAX,
+        "p50 <= 1 ms": judged["p50"] <= TARGET_P50,
+        "p99 <= 3 ms": judged["p99"] <= TARGET_P99,
+        "max <= 20 ms": judged["max"] <= TARGET_MAX,
         "p50 and p99 <= 2x the raw floor": max(idle["vs_floor_p50"], idle["vs_floor_p99"])
         <= TARGET_VS_FLOOR,
         ">= 500x lower than the poll baseline's mean": idle["poll_mean_over_this_mean"]

@@ -50,13 +50,19 @@ def pickup() -> list[Row]:
     res = d["results"]
     ours, floor = res["ai-service"]["50 ms"], res["raw floor"]["50 ms"]
     poll, pgq = res["seed poll 2s"]["50 ms"], res.get("PgQueuer", {}).get("50 ms")
-    peers = f"floor {ms(floor['p50'])} / {ms(floor['p99'])}"
+    # from the commit (the definition) when the run kept commit timestamps
+    oc, fc = ours.get("from_commit") or ours, floor.get("from_commit") or floor
+    when = "from commit" if ours.get("from_commit") else "from INSERT sent"
+    peers = f"floor {ms(fc['p50'])} / {ms(fc['p99'])}"
+    send_peers = f"floor {ms(floor['p50'])} / {ms(floor['p99'])}"
     if pgq:
-        peers += f"; PgQueuer {ms(pgq['p50'])} / {ms(pgq['p99'])}"
+        send_peers += f"; PgQueuer {ms(pgq['p50'])} / {ms(pgq['p99'])}"
     rows = [
-        ["Pickup p50 / p99 / max, idle, 50 ms spacing", "≤ 1 / 3 / 20 ms",
-         f"{ms(ours['p50'])} / {ms(ours['p99'])} / {ms(ours['max'])}", peers,
-         verdict(ours["p50"] <= 1 and ours["p99"] <= 3 and ours["max"] <= 20), run],
+        [f"Pickup p50 / p99 / max, idle, 50 ms spacing, {when}", "≤ 1 / 3 / 20 ms",
+         f"{ms(oc['p50'])} / {ms(oc['p99'])} / {ms(oc['max'])}", peers,
+         verdict(oc["p50"] <= 1 and oc["p99"] <= 3 and oc["max"] <= 20), run],
+        ["Pickup p50 / p99, idle, 50 ms, from just before the INSERT is sent", "(reported)",
+         f"{ms(ours['p50'])} / {ms(ours['p99'])}", send_peers, "—", run],
         ["Pickup vs raw floor (p50, p99)", "≤ 2x",
          f"{ours['vs_floor_p50']:.2f}x / {ours['vs_floor_p99']:.2f}x", peers,
          verdict(max(ours["vs_floor_p50"], ours["vs_floor_p99"]) <= 2), run],
@@ -67,9 +73,15 @@ def pickup() -> list[Row]:
     for case in ("5 ms", "50 ms + 500 jobs/s"):
         r, f = res["ai-service"].get(case), res["raw floor"].get(case)
         if r and f:
-            rows.append([f"Pickup p50 / p99, {case}", "(reported)",
-                         f"{ms(r['p50'])} / {ms(r['p99'])}",
-                         f"floor {ms(f['p50'])} / {ms(f['p99'])}", "—", run])  # fmt: skip
+            rc, fcc = r.get("from_commit") or r, f.get("from_commit") or f
+            judged = case == "5 ms"  # the targets hold for both spacings
+            rows.append([f"Pickup p50 / p99, idle, {case} spacing, {when}"
+                         if judged else f"Pickup p50 / p99, {case}, {when}",
+                         "≤ 1 / 3 ms" if judged else "(reported)",
+                         f"{ms(rc['p50'])} / {ms(rc['p99'])}",
+                         f"floor {ms(fcc['p50'])} / {ms(fcc['p99'])}",
+                         verdict(rc["p50"] <= 1 and rc["p99"] <= 3) if judged else "—",
+                         run])  # fmt: skip
     return rows
 
 
