@@ -241,8 +241,12 @@ def main() -> int:
         ">= 500x lower than the poll baseline's mean": idle["poll_mean_over_this_mean"]
         >= TARGET_VS_POLL,
     }
+    five = ours["5 ms"]["from_commit"] or ours["5 ms"]
+    checks["5 ms spacing: p50 <= 1 ms and p99 <= 3 ms"] = (
+        five["p50"] <= TARGET_P50 and five["p99"] <= TARGET_P99
+    )
     for name, ok in checks.items():
-        print(f"target (idle, 50 ms) {name}: {'PASS' if ok else 'FAIL'}")
+        print(f"target (idle, 50 ms unless said) {name}: {'PASS' if ok else 'FAIL'}")
     out |= {"results": res, "targets": checks}
     path = write_result("pickup_quick" if args.quick else "pickup", out)
     print(f"wrote {path}")
