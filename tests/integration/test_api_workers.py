@@ -42,6 +42,12 @@ async def claim(api: Api, worker: str = "w1", **kw: Any) -> list[dict[str, Any]]
     return jobs
 
 
+async def long_poll(api: Api, job_id: str, into: dict[str, Any]) -> None:
+    """GET the job with ``wait_seconds=60``; its answer goes into ``into``."""
+    r = await api.client.get(f"/api/v1/jobs/{job_id}", params={"wait_seconds": 60})
+    into.update(r.json())
+
+
 async def test_claim_complete_lifecycle(api: Api) -> None:
     low = await create(api, priority=0)
     high = await create(api, priority=10)
@@ -132,13 +138,9 @@ async def test_get_with_wait_returns_when_another_request_completes_the_job(api:
     [claimed] = await claim(api)
     result: dict[str, Any] = {}
 
-    async def waiting_get() -> None:
-        r = await api.client.get(f"/api/v1/jobs/{job['id']}", params={"wait_seconds": 60})
-        result.update(r.json())
-
     with anyio.fail_after(GENEROUS):
         async with anyio.create_task_group() as tg:
-            tg.start_soon(waiting_get)
+            tg.start_soon(long_poll, api, job["id"], result)
             await api.hub.until_waiting(FINISHED_CHANNEL, job["id"])
             assert result == {}
             r = await api.client.post(
@@ -213,13 +215,9 @@ async def test_waiters_survive_a_lost_listen_connection(api: Api, db_url: str) -
     await claim(api)
     result: dict[str, Any] = {}
 
-    async def waiting_get() -> None:
-        r = await api.client.get(f"/api/v1/jobs/{job['id']}", params={"wait_seconds": 60})
-        result.update(r.json())
-
     with anyio.fail_after(GENEROUS):
         async with anyio.create_task_group() as tg:
-            tg.start_soon(waiting_get)
+            tg.start_soon(long_poll, api, job["id"], result)
             await api.hub.until_waiting(FINISHED_CHANNEL, job["id"])
             connects = api.hub.connects
             with psycopg.connect(db_url, autocommit=True) as conn:
