@@ -19,16 +19,18 @@ import os
 import threading
 import uuid
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
+from service import spans
 from service.config import ConfigError, Settings
 
 log = logging.getLogger("ai_service.telemetry")
@@ -135,6 +137,7 @@ def setup(role: str, settings: Settings) -> bool:
     if provider is None:
         return False
     trace.set_tracer_provider(provider)
+    spans.install(provider)
     _provider = provider
     _capture_content = settings.otel_capture_content
     if settings.otel_instrument_psycopg:
@@ -149,6 +152,14 @@ def setup(role: str, settings: Settings) -> bool:
     return True
 
 
+def untraced() -> AbstractContextManager[object]:
+    """Around the worker's own bookkeeping queries (claims, batched completions), which serve
+    many jobs and never run inside a span: ``ChildSpansOnly`` would drop their spans anyway,
+    but the psycopg instrumentation parses every statement before asking; suppressed, it
+    steps aside at once. A no-op while tracing is off."""
+    return nullcontext() if _provider is None else suppress_instrumentation()
+
+
 def shutdown(timeout: float = SHUTDOWN_TIMEOUT_S) -> None:
     """Flush queued spans and stop the exporter, waiting at most ``timeout`` seconds: a dead
     collector must not hold up a pod's exit (the spans are then lost, which is acceptable)."""
@@ -156,6 +167,7 @@ def shutdown(timeout: float = SHUTDOWN_TIMEOUT_S) -> None:
     provider, _provider = _provider, None
     if provider is None:
         return
+    spans.install(None)
     thread = threading.Thread(target=provider.shutdown, name="otel-shutdown", daemon=True)
     thread.start()
     thread.join(timeout)

@@ -11,22 +11,24 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from opentelemetry.trace import Link, SpanKind, StatusCode
+from opentelemetry.trace import Link, SpanContext, SpanKind, StatusCode
 
-from service import telemetry
+from service import spans, telemetry
 
 if TYPE_CHECKING:
     from service.jobs.model import Job, NewJob
 
 SYSTEM = "ai-service"
 tracer = trace.get_tracer("service.jobs")
+worker_tracer = spans.LeanTracer("service.jobs")  # per-job spans: see service/spans.py
 
 
 def destination(profile: str) -> str:
@@ -34,13 +36,19 @@ def destination(profile: str) -> str:
     return f"ai_jobs:{profile}"
 
 
-def _messaging(operation: str, profile: str) -> dict[str, Any]:
+@lru_cache(maxsize=256)
+def _messaging_of(operation: str, profile: str) -> dict[str, Any]:
     return {
         "messaging.system": SYSTEM,
         "messaging.operation.type": operation,
         "messaging.operation.name": operation,
         "messaging.destination.name": destination(profile),
     }
+
+
+def _messaging(operation: str, profile: str) -> dict[str, Any]:
+    """The messaging attributes of a span (a fresh dict: spans add to it)."""
+    return dict(_messaging_of(operation, profile))
 
 
 def error_type(exc: BaseException) -> str:
@@ -58,6 +66,28 @@ def record_error(span: trace.Span, exc: BaseException, kind: str | None = None) 
     span.set_status(StatusCode.ERROR, etype)
     cls = type(exc)
     span.add_event("exception", {"exception.type": f"{cls.__module__}.{cls.__qualname__}"})
+
+
+class current(AbstractContextManager[trace.Span]):
+    """``span`` as the current span for the block (log lines, the ``traceparent`` sent to the
+    inference server and database spans see it); an exception leaving the block is recorded
+    (see ``record_error``); the span ends with the block. A class rather than a generator:
+    it runs twice per job."""
+
+    __slots__ = ("_span", "_token")
+
+    def __init__(self, span: trace.Span) -> None:
+        self._span = span
+
+    def __enter__(self) -> trace.Span:
+        self._token = otel_context.attach(trace.set_span_in_context(self._span))
+        return self._span
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        if isinstance(exc, Exception):
+            record_error(self._span, exc)
+        otel_context.detach(self._token)
+        self._span.end()
 
 
 @contextmanager
@@ -179,11 +209,11 @@ def receive(profile: str) -> Iterator[Receive]:
 
 
 def _receive_span(profile: str, started: int) -> trace.Span:
-    return tracer.start_span(
+    return worker_tracer.start_span(
         f"receive {profile}",
+        SpanKind.CLIENT,
+        _messaging("receive", profile),
         context=otel_context.Context(),  # a root: a claim round serves many traces
-        kind=SpanKind.CLIENT,
-        attributes=_messaging("receive", profile),
         start_time=started,
     )
 
@@ -196,16 +226,15 @@ class Receive:
         self.count = len(jobs)
 
 
-@contextmanager
-def process(job: Job) -> Iterator[trace.Span]:
+UNTRACED: AbstractContextManager[trace.Span] = nullcontext(trace.INVALID_SPAN)
+
+
+def process(job: Job) -> AbstractContextManager[trace.Span]:
     """The ``process <profile>`` CONSUMER span of one attempt: parent and link are the
     context stored at submission; the provider's CLIENT span becomes its child."""
     if not telemetry.enabled():
-        yield trace.INVALID_SPAN
-        return
-    parent = propagate.extract(job.trace_context) if job.trace_context else None
-    stored = trace.get_current_span(parent).get_span_context() if parent else None
-    valid = stored is not None and stored.is_valid
+        return UNTRACED
+    parent, stored = _stored(job.trace_context)
     attrs = _messaging("process", job.model_profile)
     attrs |= {
         "messaging.message.id": str(job.id),
@@ -216,16 +245,34 @@ def process(job: Job) -> Iterator[trace.Span]:
     if job.started_at is not None:
         wait = (job.started_at - job.run_after).total_seconds() * 1000
         attrs["ai_service.job.queue_wait_ms"] = max(0.0, round(wait, 3))
-    with (
-        tracer.start_as_current_span(
-            f"process {job.model_profile}",
-            context=parent if valid else None,
-            kind=SpanKind.CONSUMER,
-            attributes=attrs,
-            links=[Link(stored)] if valid and stored is not None else None,
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span,
-        guarded(span),
-    ):
-        yield span
+    span = worker_tracer.start_span(
+        f"process {job.model_profile}",
+        SpanKind.CONSUMER,
+        attrs,
+        context=parent,
+        links=(Link(stored),) if stored is not None else (),
+    )
+    return current(span)
+
+
+# The last stored context read: the jobs of one batch share it and are claimed together.
+_last_stored: tuple[dict[str, str], otel_context.Context | None, SpanContext | None] | None = None
+
+
+def _stored(
+    carrier: dict[str, str] | None,
+) -> tuple[otel_context.Context | None, SpanContext | None]:
+    """The submitter's context from a job's ``trace_context`` (``None``s if absent or invalid),
+    through the configured propagators."""
+    global _last_stored
+    if not carrier:
+        return None, None
+    last = _last_stored
+    if last is not None and last[0] == carrier:
+        return last[1], last[2]
+    parent: otel_context.Context | None = propagate.extract(carrier)
+    stored: SpanContext | None = trace.get_current_span(parent).get_span_context()
+    if stored is None or not stored.is_valid:
+        parent = stored = None
+    _last_stored = (dict(carrier), parent, stored)
+    return parent, stored

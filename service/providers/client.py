@@ -11,8 +11,8 @@ error, a log line or a span.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, Self, TypeVar
 
 import anyio
@@ -20,7 +20,7 @@ import httpx
 import msgspec
 from opentelemetry import propagate, trace
 
-from service import telemetry, tracing
+from service import spans, telemetry, tracing
 from service.config import Secret
 from service.handlers.base import InvalidOutput, JobTimeout
 from service.metrics import GenAiCall
@@ -31,7 +31,7 @@ from service.providers.responses import ChatCompletion, ModelList, Transcription
 from service.providers.urls import api_url, redact_url, root_url, server_root
 
 T = TypeVar("T")
-_tracer = trace.get_tracer("service.providers")
+_tracer = spans.LeanTracer("service.providers")  # one span per job: see service/spans.py
 CONNECT_TIMEOUT_S = 10.0
 PROBE_TIMEOUT_S = 5.0
 
@@ -188,21 +188,14 @@ class OpenAIClient:
     def _span_attrs(self, extra: Mapping[str, Any]) -> dict[str, Any]:
         return {"gen_ai.provider.name": self.provider, **self._server, **extra}
 
-    @contextmanager
-    def _span(self, name: str, attrs: Mapping[str, Any]) -> Iterator[trace.Span]:
+    def _span(self, name: str, attrs: Mapping[str, Any]) -> AbstractContextManager[trace.Span]:
         """The GenAI CLIENT span; a failure sets ``error.type`` (the error category) and the
         status, never the exception message (a provider's refusal may quote the prompt)."""
-        with (
-            _tracer.start_as_current_span(
-                name,
-                kind=trace.SpanKind.CLIENT,
-                attributes=self._span_attrs(attrs),
-                record_exception=False,
-                set_status_on_exception=False,
-            ) as span,
-            tracing.guarded(span),
-        ):
-            yield span
+        if not telemetry.enabled():
+            return tracing.UNTRACED
+        return tracing.current(
+            _tracer.start_span(name, trace.SpanKind.CLIENT, self._span_attrs(attrs))
+        )
 
     async def _send(
         self,
