@@ -34,6 +34,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanKind
 
 log = logging.getLogger("ai_service.otlp")
 
@@ -93,11 +94,12 @@ def _kv(key: str, v: Any) -> bytes:
     return _field(b"\x0a", key.encode()) + _field(b"\x12", _value(v))
 
 
-# Encoded KeyValues of scalar attributes: most (messaging.system=ai-service, the model, the
-# task type) repeat on every span. Keyed with the value's type, since 1 == 1.0 == True.
-_KV_CACHE: dict[tuple[str, type, Any], bytes] = {}
+# Encoded, tagged KeyValues of scalar attributes: most (messaging.system=ai-service, the
+# model, the task type) repeat on every span. Keyed with the value's type, since
+# 1 == 1.0 == True, and with the field tag (span, event, link and resource attributes differ).
+_KV_CACHE: dict[tuple[bytes, str, type, Any], bytes] = {}
 _KV_CACHE_MAX = 4096
-_SCALARS = (str, bool, int, float)
+_SCALARS = frozenset((str, bool, int, float))
 
 
 def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
@@ -108,21 +110,23 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
     for k, v in attributes.items():
         t = type(v)
         if t in _SCALARS:
-            ck = (k, t, v)
+            ck = (tag, k, t, v)
             kv = cache.get(ck)
             if kv is None:
                 if len(cache) >= _KV_CACHE_MAX:
                     cache.clear()  # unique values (ids) filled it; the common ones return
-                kv = cache[ck] = _kv(k, v)
+                kv = cache[ck] = _field(tag, _kv(k, v))
+            parts.append(kv)
         else:
-            kv = _kv(k, v)
-        parts.append(_field(tag, kv))
+            parts.append(_field(tag, _kv(k, v)))
     return b"".join(parts)
 
 
-def _flags(parent: Any) -> bytes:
-    flags = _HAS_IS_REMOTE | (_IS_REMOTE if parent is not None and parent.is_remote else 0)
-    return b"\x85\x01" + _pack_i(flags)  # field 16, fixed32
+# Span.flags (field 16, fixed32): the parent is known to be remote or not.
+_FLAGS_LOCAL = b"\x85\x01" + _pack_i(_HAS_IS_REMOTE)
+_FLAGS_REMOTE = b"\x85\x01" + _pack_i(_HAS_IS_REMOTE | _IS_REMOTE)
+_KINDS = {kind: b"\x30" + bytes((kind.value + 1,)) for kind in SpanKind}
+_STATUS_UNSET = b"\x7a\x00"
 
 
 def _count(tag: bytes, n: int) -> bytes:
@@ -132,6 +136,7 @@ def _count(tag: bytes, n: int) -> bytes:
 def _span(span: ReadableSpan) -> bytes:
     ctx = span.context
     assert ctx is not None
+    parent = span.parent
     parts = [
         b"\x0a\x10" + ctx.trace_id.to_bytes(16, "big"),
         b"\x12\x08" + ctx.span_id.to_bytes(8, "big"),
@@ -140,15 +145,14 @@ def _span(span: ReadableSpan) -> bytes:
         parts.append(
             _field(b"\x1a", ",".join(f"{k}={v}" for k, v in ctx.trace_state.items()).encode())
         )
-    parent = span.parent
     if parent is not None:
         parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
     parts.append(_field(b"\x2a", span.name.encode()))
-    parts.append(b"\x30" + bytes((span.kind.value + 1,)))
-    if span.start_time:
-        parts.append(b"\x39" + _pack_q(span.start_time))
-    if span.end_time:
-        parts.append(b"\x41" + _pack_q(span.end_time))
+    parts.append(_KINDS[span.kind])
+    if start := span.start_time:
+        parts.append(b"\x39" + _pack_q(start))
+    if end := span.end_time:
+        parts.append(b"\x41" + _pack_q(end))
     parts.append(_attributes(b"\x4a", span.attributes))
     parts.append(_count(b"\x50", span.dropped_attributes))
     for event in span.events:
@@ -166,11 +170,14 @@ def _span(span: ReadableSpan) -> bytes:
         parts.append(_field(b"\x6a", body))
     parts.append(_count(b"\x70", span.dropped_links))
     status = span.status
-    body = _field(b"\x12", status.description.encode()) if status.description else b""
     code = status.status_code.value
-    body += b"\x18" + bytes((code,)) if code else b""
-    parts.append(_field(b"\x7a", body))
-    parts.append(_flags(parent))
+    if code or status.description:
+        body = _field(b"\x12", status.description.encode()) if status.description else b""
+        body += b"\x18" + bytes((code,)) if code else b""
+        parts.append(_field(b"\x7a", body))
+    else:
+        parts.append(_STATUS_UNSET)
+    parts.append(_FLAGS_REMOTE if parent is not None and parent.is_remote else _FLAGS_LOCAL)
     return b"".join(parts)
 
 
@@ -186,17 +193,37 @@ def _scope(scope: InstrumentationScope | None) -> bytes:
     return body + _attributes(b"\x1a", scope.attributes)
 
 
+def _canonical(obj: Any, by_id: dict[int, Any], distinct: list[Any]) -> Any:
+    """The first object equal to ``obj`` seen in this batch, found by identity when possible:
+    ``Resource.__hash__`` serialises its attributes to JSON on every call, and a process has
+    one resource and a few scopes shared by all its spans."""
+    found = by_id.get(id(obj), by_id)
+    if found is by_id:
+        found = by_id[id(obj)] = next((d for d in distinct if d == obj), obj)
+        if found is obj:
+            distinct.append(obj)
+    return found
+
+
 def _encode(spans: Sequence[ReadableSpan]) -> bytes:
-    grouped: dict[Resource, dict[InstrumentationScope | None, list[bytes]]] = {}
+    resources: dict[int, Any] = {}
+    scopes: dict[int, Any] = {}
+    distinct: tuple[list[Any], list[Any]] = ([], [])
+    grouped: dict[int, tuple[Resource, dict[int, tuple[Any, list[bytes]]]]] = {}
     for span in spans:
-        by_scope = grouped.setdefault(span.resource, {})
-        by_scope.setdefault(span.instrumentation_scope or None, []).append(
-            _field(b"\x12", _span(span))
-        )
+        resource = _canonical(span.resource, resources, distinct[0])
+        scope = _canonical(span.instrumentation_scope or None, scopes, distinct[1])
+        group = grouped.get(id(resource))
+        if group is None:
+            group = grouped[id(resource)] = (resource, {})
+        entry = group[1].get(id(scope))
+        if entry is None:
+            entry = group[1][id(scope)] = (scope, [])
+        entry[1].append(_field(b"\x12", _span(span)))
     out = []
-    for resource, by_scope in grouped.items():
+    for resource, by_scope in grouped.values():
         body = [_field(b"\x0a", _resource(resource))]
-        for scope, encoded in by_scope.items():
+        for scope, encoded in by_scope.values():
             scope_spans = _field(b"\x0a", _scope(scope)) + b"".join(encoded)
             if scope is not None and scope.schema_url:
                 scope_spans += _field(b"\x1a", scope.schema_url.encode())

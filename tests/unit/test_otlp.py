@@ -74,7 +74,10 @@ def _spans() -> list[ReadableSpan]:
         lim.add_event("two")
     internal = other.get_tracer("limited").start_span("internal", context=None)
     internal.end()
-    return spans + list(exporter2.get_finished_spans())
+    # Equal resources and scopes in distinct objects group together, as in the SDK.
+    twin, exporter3 = _provider(Resource({"service.name": "t", "n": 1, "f": 0.5}))
+    twin.get_tracer("plain").start_span("twin").end()
+    return spans + list(exporter2.get_finished_spans()) + list(exporter3.get_finished_spans())
 
 
 def _same(data: bytes, spans: list[ReadableSpan]) -> None:
