@@ -97,8 +97,12 @@ def _kv(key: str, v: Any) -> bytes:
 # Encoded, tagged KeyValues of scalar attributes: most (messaging.system=ai-service, the
 # model, the task type) repeat on every span. Keyed with the value's type, since
 # 1 == 1.0 == True, and with the field tag (span, event, link and resource attributes differ).
+# A key seen with many different values (a job id, a response id, a duration) is not cached:
+# its entries would only push the common ones out.
 _KV_CACHE: dict[tuple[bytes, str, type, Any], bytes] = {}
 _KV_CACHE_MAX = 4096
+_VALUES_PER_KEY = 64
+_KEY_VALUES: dict[tuple[bytes, str], int] = {}
 _SCALARS = frozenset((str, bool, int, float))
 
 
@@ -106,19 +110,24 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
     if not attributes:
         return b""
     parts = []
-    cache = _KV_CACHE
+    cache, seen = _KV_CACHE, _KEY_VALUES
     for k, v in attributes.items():
         t = type(v)
-        if t in _SCALARS:
-            ck = (tag, k, t, v)
-            kv = cache.get(ck)
-            if kv is None:
-                if len(cache) >= _KV_CACHE_MAX:
-                    cache.clear()  # unique values (ids) filled it; the common ones return
-                kv = cache[ck] = _field(tag, _kv(k, v))
-            parts.append(kv)
-        else:
+        if t not in _SCALARS:
             parts.append(_field(tag, _kv(k, v)))
+            continue
+        ck = (tag, k, t, v)
+        kv = cache.get(ck)
+        if kv is None:
+            kv = _field(tag, _kv(k, v))
+            n = seen.get((tag, k), 0)
+            if n < _VALUES_PER_KEY:
+                if len(cache) >= _KV_CACHE_MAX:
+                    cache.clear()
+                    seen.clear()
+                cache[ck] = kv
+                seen[tag, k] = n + 1
+        parts.append(kv)
     return b"".join(parts)
 
 

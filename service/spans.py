@@ -32,6 +32,15 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode,
 from opentelemetry.util.types import Attributes, AttributeValue
 
 _UNSET = Status(StatusCode.UNSET)
+_SAMPLE, _DROP = Decision.RECORD_AND_SAMPLE, Decision.DROP
+# TraceFlags by (sampled, random trace id): built once, not per span.
+_FLAGS = {
+    (sampled, random_id): TraceFlags(
+        (TraceFlags.SAMPLED if sampled else 0) | (TraceFlags.RANDOM_TRACE_ID if random_id else 0)
+    )
+    for sampled in (False, True)
+    for random_id in (False, True)
+}
 
 
 class _Pipeline:
@@ -100,8 +109,11 @@ class LeanSpan(trace.Span, ReadableSpan):
             self._attributes[key] = tuple(value) if isinstance(value, list) else value
 
     def set_attributes(self, attributes: Mapping[str, AttributeValue]) -> None:
-        for key, value in attributes.items():
-            self.set_attribute(key, value)
+        if self._end_time is None:
+            mine = self._attributes
+            for key, value in attributes.items():
+                if value is not None:
+                    mine[key] = tuple(value) if isinstance(value, list) else value
 
     def add_event(
         self, name: str, attributes: Attributes = None, timestamp: int | None = None
@@ -139,6 +151,28 @@ class LeanSpan(trace.Span, ReadableSpan):
         event.update(attributes or {})
         self.add_event("exception", event, timestamp)
 
+    # ReadableSpan's accessors, for what the exporter reads per span: nothing is ever dropped
+    # (no limits), and the tuples are already immutable (no copies).
+    @property
+    def events(self) -> Sequence[Event]:
+        return self._events
+
+    @property
+    def links(self) -> Sequence[Link]:
+        return self._links
+
+    @property
+    def dropped_attributes(self) -> int:
+        return 0
+
+    @property
+    def dropped_events(self) -> int:
+        return 0
+
+    @property
+    def dropped_links(self) -> int:
+        return 0
+
     def end(self, end_time: int | None = None) -> None:
         if self._end_time is None:
             self._end_time = time.time_ns() if end_time is None else end_time
@@ -157,11 +191,12 @@ class LeanTracer:
         kind: SpanKind,
         attributes: dict[str, Any],
         context: otel_context.Context | None = None,
-        links: Sequence[Link] = (),
+        links: tuple[Link, ...] = (),
         start_time: int | None = None,
     ) -> trace.Span:
         """Like the SDK's ``Tracer.start_span``: parent from ``context`` (else the current
-        one), the provider's sampling decision, a fresh span id."""
+        one), the provider's sampling decision, a fresh span id. ``links`` must be valid
+        (this tracer's callers link to contexts they have checked)."""
         pipeline = _pipeline
         if pipeline is None:
             return trace.INVALID_SPAN
@@ -174,7 +209,7 @@ class LeanTracer:
             random_id = pipeline.ids.is_trace_id_random()
         if pipeline.parent_based_on:
             keep = parent is None or parent.trace_flags.sampled
-            decision = Decision.RECORD_AND_SAMPLE if keep else Decision.DROP
+            decision = _SAMPLE if keep else _DROP
             state = None if parent is None else parent.trace_state
         else:
             result = pipeline.sampler.should_sample(
@@ -182,15 +217,10 @@ class LeanTracer:
             )
             decision, state = result.decision, result.trace_state
             attributes = dict(result.attributes)  # what the span starts with, as in the SDK
-        flags = TraceFlags.SAMPLED if decision is Decision.RECORD_AND_SAMPLE else 0
-        if random_id:
-            flags |= TraceFlags.RANDOM_TRACE_ID
-        span_context = SpanContext(
-            trace_id, pipeline.ids.generate_span_id(), False, TraceFlags(flags), state
-        )
-        if decision is Decision.DROP:
+        flags = _FLAGS[decision is _SAMPLE, bool(random_id)]
+        span_context = SpanContext(trace_id, pipeline.ids.generate_span_id(), False, flags, state)
+        if decision is _DROP:
             return trace.NonRecordingSpan(span_context)
-        valid = tuple(link for link in links if link.context.is_valid)
         return LeanSpan(
-            pipeline, self._scope, name, span_context, parent, kind, attributes, valid, start_time
+            pipeline, self._scope, name, span_context, parent, kind, attributes, links, start_time
         )

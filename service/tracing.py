@@ -19,7 +19,7 @@ from uuid import UUID
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from opentelemetry.trace import Link, SpanContext, SpanKind, StatusCode
+from opentelemetry.trace import Link, SpanKind, StatusCode
 
 from service import spans, telemetry
 
@@ -234,9 +234,9 @@ def process(job: Job) -> AbstractContextManager[trace.Span]:
     context stored at submission; the provider's CLIENT span becomes its child."""
     if not telemetry.enabled():
         return UNTRACED
-    parent, stored = _stored(job.trace_context)
-    attrs = _messaging("process", job.model_profile)
-    attrs |= {
+    parent, links = _stored(job.trace_context)
+    attrs = {
+        **_messaging_of("process", job.model_profile),
         "messaging.message.id": str(job.id),
         "ai_service.job.task_type": job.task_type,
         "ai_service.job.owner_service": job.owner_service,
@@ -246,33 +246,31 @@ def process(job: Job) -> AbstractContextManager[trace.Span]:
         wait = (job.started_at - job.run_after).total_seconds() * 1000
         attrs["ai_service.job.queue_wait_ms"] = max(0.0, round(wait, 3))
     span = worker_tracer.start_span(
-        f"process {job.model_profile}",
-        SpanKind.CONSUMER,
-        attrs,
-        context=parent,
-        links=(Link(stored),) if stored is not None else (),
+        f"process {job.model_profile}", SpanKind.CONSUMER, attrs, context=parent, links=links
     )
     return current(span)
 
 
+_NO_LINKS: tuple[Link, ...] = ()
 # The last stored context read: the jobs of one batch share it and are claimed together.
-_last_stored: tuple[dict[str, str], otel_context.Context | None, SpanContext | None] | None = None
+_last_stored: tuple[dict[str, str], otel_context.Context | None, tuple[Link, ...]] | None = None
 
 
 def _stored(
     carrier: dict[str, str] | None,
-) -> tuple[otel_context.Context | None, SpanContext | None]:
-    """The submitter's context from a job's ``trace_context`` (``None``s if absent or invalid),
-    through the configured propagators."""
+) -> tuple[otel_context.Context | None, tuple[Link, ...]]:
+    """The submitter's context from a job's ``trace_context`` (through the configured
+    propagators) and the link to it; ``None`` and no link if it is absent or invalid."""
     global _last_stored
     if not carrier:
-        return None, None
+        return None, _NO_LINKS
     last = _last_stored
     if last is not None and last[0] == carrier:
         return last[1], last[2]
     parent: otel_context.Context | None = propagate.extract(carrier)
-    stored: SpanContext | None = trace.get_current_span(parent).get_span_context()
-    if stored is None or not stored.is_valid:
-        parent = stored = None
-    _last_stored = (dict(carrier), parent, stored)
-    return parent, stored
+    stored = trace.get_current_span(parent).get_span_context()
+    links = (Link(stored),) if stored.is_valid else _NO_LINKS
+    if not links:
+        parent = None
+    _last_stored = (dict(carrier), parent, links)
+    return parent, links
