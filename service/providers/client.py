@@ -18,7 +18,7 @@ from typing import Any, Self, TypeVar
 import anyio
 import httpx
 import msgspec
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 
 from service import spans, telemetry, tracing
 from service.config import Secret
@@ -209,7 +209,7 @@ class OpenAIClient:
         limit = self.timeout if timeout is None else timeout
         shown = redact_url(url)
         carrier = dict(headers or {})
-        propagate.inject(carrier)  # traceparent to vLLM, so its spans join the job's trace
+        tracing.inject(carrier)  # traceparent to vLLM, so its spans join the job's trace
         try:
             with anyio.fail_after(limit):
                 response = await self._http.request(method, url, headers=carrier, content=content)

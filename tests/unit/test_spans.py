@@ -10,8 +10,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from opentelemetry import propagate, trace
+from opentelemetry import baggage, propagate, trace
+from opentelemetry import context as otel_context
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -219,3 +222,54 @@ def test_each_process_span_continues_its_own_jobs_context(
         else:
             assert span.parent is not None and span.parent.is_remote
             assert span.context.trace_id == trace_id == span.links[0].context.trace_id
+
+
+class _Custom(TextMapPropagator):
+    """A propagator of another format: ``tracing.inject`` must leave the writing to it."""
+
+    def extract(self, carrier: Any, context: Any = None, getter: Any = None) -> Any:
+        return context
+
+    def inject(self, carrier: Any, context: Any = None, setter: Any = None) -> None:
+        carrier["x-custom"] = format(trace.get_current_span(context).get_span_context().span_id)
+
+    @property
+    def fields(self) -> set[str]:
+        return {"x-custom"}
+
+
+@pytest.mark.parametrize(
+    "remote",
+    [REMOTE, UNSAMPLED, {"traceparent": REMOTE["traceparent"]}],
+    ids=["tracestate", "unsampled", "plain"],
+)
+def test_inject_writes_what_the_configured_propagators_write(remote: dict[str, str]) -> None:
+    def both() -> tuple[dict[str, str], dict[str, str]]:
+        ours: dict[str, str] = {}
+        theirs: dict[str, str] = {}
+        tracing.inject(ours)
+        propagate.inject(theirs)
+        return ours, theirs
+
+    ours, theirs = both()
+    assert ours == theirs == {}  # no current span
+    remote_span = trace.NonRecordingSpan(
+        trace.get_current_span(propagate.extract(remote)).get_span_context()
+    )
+    with trace.use_span(remote_span):
+        ours, theirs = both()
+        assert ours == theirs and ours["traceparent"] == remote["traceparent"]
+        token = otel_context.attach(baggage.set_baggage("tenant", "t1"))
+        try:
+            ours, theirs = both()
+            assert ours == theirs and theirs["baggage"] == "tenant=t1"
+        finally:
+            otel_context.detach(token)
+    saved = propagate.get_global_textmap()
+    propagate.set_global_textmap(CompositePropagator([_Custom()]))
+    try:
+        with trace.use_span(remote_span):
+            ours, theirs = both()
+        assert ours == theirs and set(ours) == {"x-custom"}
+    finally:
+        propagate.set_global_textmap(saved)
