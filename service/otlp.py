@@ -94,9 +94,10 @@ def _kv(key: str, v: Any) -> bytes:
     return _field(b"\x0a", key.encode()) + _field(b"\x12", _value(v))
 
 
-# Encoded, tagged KeyValues of scalar attributes: most (messaging.system=ai-service, the
-# model, the task type) repeat on every span. Keyed with the value's type, since
-# 1 == 1.0 == True, and with the field tag (span, event, link and resource attributes differ).
+# Encoded, tagged KeyValues of scalar attributes and tuples of strings: most
+# (messaging.system=ai-service, the model, the task type, the finish reasons) repeat on every
+# span. Keyed with the value's type, since 1 == 1.0 == True, and with the field tag (span,
+# event, link and resource attributes differ).
 # A key seen with many different values (a job id, a response id, a duration) is not cached:
 # its entries would only push the common ones out.
 _KV_CACHE: dict[tuple[bytes, str, type, Any], bytes] = {}
@@ -113,8 +114,8 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
     cache, seen = _KV_CACHE, _KEY_VALUES
     for k, v in attributes.items():
         t = type(v)
-        if t not in _SCALARS:
-            parts.append(_field(tag, _kv(k, v)))
+        if t not in _SCALARS and not (t is tuple and all(type(x) is str for x in v)):
+            parts.append(_field(tag, _kv(k, v)))  # (strings only: in a tuple, 1 == 1.0)
             continue
         ck = (tag, k, t, v)
         kv = cache.get(ck)

@@ -237,12 +237,15 @@ def receive(profile: str) -> Iterator[Receive]:
         span.end()
 
 
+_ROOT = otel_context.Context()
+
+
 def _receive_span(profile: str, started: int) -> trace.Span:
     return worker_tracer.start_span(
         f"receive {profile}",
         SpanKind.CLIENT,
         _messaging("receive", profile),
-        context=otel_context.Context(),  # a root: a claim round serves many traces
+        context=_ROOT,  # a root: a claim round serves many traces
         start_time=started,
     )
 
