@@ -91,16 +91,6 @@ class current(AbstractContextManager[trace.Span]):
         self._span.end()
 
 
-@contextmanager
-def guarded(span: trace.Span) -> Iterator[trace.Span]:
-    """Record an exception leaving the block on ``span`` (see ``record_error``), re-raise."""
-    try:
-        yield span
-    except Exception as exc:
-        record_error(span, exc)
-        raise
-
-
 _W3C_FIELDS = frozenset(("traceparent", "tracestate", "baggage"))
 _w3c_only: tuple[object, bool] = (None, False)
 
@@ -142,16 +132,10 @@ def send(profile: str) -> Iterator[Send]:
     if not telemetry.enabled():
         yield Send(None)
         return
-    with (
-        tracer.start_as_current_span(
-            f"send {profile}",
-            kind=SpanKind.PRODUCER,
-            attributes=_messaging("send", profile),
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span,
-        guarded(span),
-    ):
+    span = tracer.start_span(
+        f"send {profile}", kind=SpanKind.PRODUCER, attributes=_messaging("send", profile)
+    )
+    with current(span):
         yield Send(span, _inject())
 
 
@@ -186,16 +170,9 @@ def send_batch(jobs: Sequence[NewJob]) -> Iterator[Batch]:
     }
     if len(profiles) == 1:
         attrs["messaging.destination.name"] = destination(profiles[0])
-    with (
-        tracer.start_as_current_span(
-            f"send {profiles[0]}" if len(profiles) == 1 else "send",
-            kind=SpanKind.PRODUCER,
-            attributes=attrs,
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span,
-        guarded(span),
-    ):
+    name = f"send {profiles[0]}" if len(profiles) == 1 else "send"
+    span = tracer.start_span(name, kind=SpanKind.PRODUCER, attributes=attrs)
+    with current(span):
         yield Batch(span, [_inject()] * len(jobs))
 
 
