@@ -205,6 +205,7 @@ class Worker:
                     await self._stopped.wait()
                 assert self._stop_deadline is not None
                 await shutdown.drain(self.running, self._stop_deadline)
+                executor.close()
             with anyio.move_on_after(shutdown.FINAL_WRITES_TIMEOUT):
                 await completer.drain()
                 await shutdown.release(repo, self.worker_id, executor.to_release, self.status)

@@ -341,16 +341,18 @@ async def test_stop_lets_jobs_finish_then_releases_the_rest(
 ) -> None:
     probe = Probe()
     worker = Worker(settings(worker_shutdown_grace=2.0), db_url, [PROFILE], registry_for(probe))
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(worker.run)
-        await until(lambda: idle(worker), what="idle")
-        finishing, _ = await repo.create(nj(input={"gate": "finish"}))
-        stuck, _ = await repo.create(nj(input={"block": True}))
-        await probe.started[finishing.id].wait()
-        await probe.started[stuck.id].wait()
-        worker.stop()
-        late, _ = await repo.create(nj())  # must not be claimed any more
-        probe.gates["finish"].set()
+    # A bound on the whole run: a stop that never returns fails here, not at the suite's timeout.
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(worker.run)
+            await until(lambda: idle(worker), what="idle")
+            finishing, _ = await repo.create(nj(input={"gate": "finish"}))
+            stuck, _ = await repo.create(nj(input={"block": True}))
+            await probe.started[finishing.id].wait()
+            await probe.started[stuck.id].wait()
+            worker.stop()
+            late, _ = await repo.create(nj())  # must not be claimed any more
+            probe.gates["finish"].set()
     # run() has returned
     done, released, untouched = await get_all(repo, [finishing.id, stuck.id, late.id])
     assert (done.status, done.result) == ("completed", {"echo": {"gate": "finish"}, "attempt": 1})

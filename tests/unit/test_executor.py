@@ -1,0 +1,125 @@
+"""The executor's ownership of job tasks: jobs run as plain asyncio tasks under one supervisor
+task (see ``Executor.start_many``), and the task group must still end only when they are done,
+or cancel them, hand them back, and refuse new ones when the process exits at once.
+
+No database: the handler and the completer here only record what reaches them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import anyio
+import pytest
+
+from service.handlers.base import HandlerRegistry
+from service.jobs import Job
+from service.worker.cancellation import Running
+from service.worker.executor import Executor
+from service.worker.status import ProfileStats, WorkerStatus
+
+pytestmark = pytest.mark.anyio
+PROFILE = "q"
+
+
+def _job() -> Job:
+    now = datetime.now(UTC)
+    return Job(
+        id=uuid.uuid4(), owner_service="t", owner_ref=None, task_type="llm_chat",
+        model_profile=PROFILE, status="running", priority=0, attempts=1, max_attempts=3,
+        input={}, result=None, error_category=None, error_message=None, worker_id="w",
+        lease_expires_at=now, run_after=now, idempotency_key=None, trace_context=None,
+        created_at=now, started_at=now, finished_at=None, updated_at=now,
+    )  # fmt: skip
+
+
+class _Gated:
+    """A handler that waits for ``release``; records starts and cancellations."""
+
+    def __init__(self) -> None:
+        self.started: list[uuid.UUID] = []
+        self.cancelled: list[uuid.UUID] = []
+        self.all_started = anyio.Event()
+        self.release = anyio.Event()
+        self.expected = 0
+
+    async def __call__(self, job: Job) -> Any:
+        self.started.append(job.id)
+        if len(self.started) >= self.expected:
+            self.all_started.set()
+        try:
+            await self.release.wait()
+        except anyio.get_cancelled_exc_class():
+            self.cancelled.append(job.id)
+            raise
+        for _ in range(10):  # finishing takes a while after the release
+            await anyio.lowlevel.checkpoint()
+        return {"ok": True}
+
+
+class _Completer:
+    def __init__(self) -> None:
+        self.stored: list[uuid.UUID] = []
+
+    async def submit(self, job: Job, encoded: Any) -> None:
+        self.stored.append(job.id)
+
+
+def _executor(handler: _Gated, completer: _Completer) -> Executor:
+    registry = HandlerRegistry()
+    registry.register(["llm_chat"], PROFILE, handler)
+    return Executor(
+        registry=registry,
+        repo=cast(Any, None),  # only failures reach the repository; none happen here
+        worker_id="w",
+        running=Running(),
+        completer=cast(Any, completer),
+        status=WorkerStatus("w", {PROFILE: ProfileStats(capacity=8)}),
+        on_slot_freed=lambda profile: None,
+    )
+
+
+async def test_the_task_group_ends_only_after_close_and_the_last_job() -> None:
+    handler, completer = _Gated(), _Completer()
+    executor = _executor(handler, completer)
+    jobs = [_job(), _job(), _job()]
+    handler.expected = len(jobs)
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            executor.bind(tg)
+            executor.start_many(jobs[:1])
+            executor.start_many(jobs[1:])
+            await handler.all_started.wait()
+            handler.release.set()
+            executor.close()
+    # the task group has ended: every job had finished by then
+    assert sorted(completer.stored) == sorted(j.id for j in jobs)
+    assert not handler.cancelled and not executor.to_release
+    assert len(executor.running) == 0
+    assert executor.status.profiles[PROFILE].in_flight == 0
+
+
+async def test_an_exit_at_once_cancels_running_jobs_and_hands_them_back() -> None:
+    handler, completer = _Gated(), _Completer()
+    executor = _executor(handler, completer)
+    jobs = [_job(), _job()]
+    handler.expected = len(jobs)
+    late = _job()
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            executor.bind(tg)
+            executor.start_many(jobs)
+            await handler.all_started.wait()
+            tg.cancel_scope.cancel()
+            with anyio.CancelScope(shield=True, deadline=anyio.current_time() + 30):
+                while len(handler.cancelled) < len(jobs):
+                    await anyio.lowlevel.checkpoint()
+                # A claim that was already under way when the exit began: not started.
+                executor.start_many([late])
+    assert sorted(handler.cancelled) == sorted(j.id for j in jobs)
+    assert not completer.stored
+    assert sorted(j.id for j in executor.to_release) == sorted(j.id for j in [*jobs, late])
+    assert late.id not in handler.started
+    assert len(executor.running) == 0
