@@ -192,7 +192,8 @@ def main() -> None:
     verdict = "ok" if cost <= TARGET_COST else "OVER TARGET"
     print(
         f"tracing cost: {cost:.1%} of throughput (target <= {TARGET_COST:.0%}): {verdict}; "
-        f"CPU per job +{cpu_on / cpu_off - 1:.1%}; {spans:,} spans received"
+        f"CPU per job +{cpu_on / cpu_off - 1:.1%} (+{(cpu_on - cpu_off) * 1000:.0f} µs); "
+        f"{spans:,} spans received"
     )
     write_result(
         "tracing_quick" if args.quick else "tracing",
