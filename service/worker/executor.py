@@ -99,8 +99,8 @@ class Executor:
         tg, tasks = self._tg, self._tasks
         if tg is None:
             raise RuntimeError("the executor is not bound to a task group")
-        if self._closing.is_set():  # claimed as the process exits at once: hand them back
-            self.to_release.extend(jobs)
+        if self._closing.is_set():  # a claim that ended as the process exits at once
+            self.to_release.extend(jobs)  # (after close() no claim loop runs): hand them back
             return
         entries = [self.running.add(job) for job in jobs]
         for job in jobs:
