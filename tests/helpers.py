@@ -7,20 +7,38 @@ import io
 import socket
 import subprocess
 import time
+import uuid
 import wave
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
 import httpx
 
+from service.jobs import Job
 from service.serve import EmbeddedServer, make_server
 from service.simulator.server import listen
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
+
+
+def running_job(**fields: Any) -> Job:
+    """A job as a worker holds it once claimed (attempt 1, running), without a database;
+    ``fields`` override any column."""
+    now = datetime.now(UTC)
+    row: dict[str, Any] = {
+        "id": uuid.uuid4(), "owner_service": "t", "owner_ref": None, "task_type": "llm_chat",
+        "model_profile": "q", "status": "running", "priority": 0, "attempts": 1,
+        "max_attempts": 3, "input": {}, "result": None, "error_category": None,
+        "error_message": None, "worker_id": "w", "lease_expires_at": now, "run_after": now,
+        "idempotency_key": None, "trace_context": None, "created_at": now, "started_at": now,
+        "finished_at": None, "updated_at": now,
+    }  # fmt: skip
+    return Job(**(row | fields))
 
 
 def free_port() -> int:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import base64
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -16,6 +14,7 @@ from service.handlers.base import Handler, HandlerRegistry, InvalidOutput, Provi
 from service.handlers.builtin import builtin_registry
 from service.jobs.model import Job
 from service.simulator import serve_simulator
+from tests.helpers import running_job
 from tests.integration.test_audio_safety import AUDIO, audio_server
 
 pytestmark = pytest.mark.anyio
@@ -24,13 +23,9 @@ FAST = {"latency_ms": 1.0, "per_token_ms": 0.0, "per_audio_second_ms": 0.0}
 
 
 def job(task_type: str, profile: str, data: dict[str, Any]) -> Job:
-    now = datetime.now(UTC)
-    return Job(
-        id=uuid.uuid4(), owner_service="tests", owner_ref=None, task_type=task_type,
-        model_profile=profile, status="running", priority=0, attempts=1, max_attempts=3,
-        input=data, result=None, error_category=None, error_message=None, worker_id="w",
-        lease_expires_at=None, run_after=now, idempotency_key=None, trace_context=None,
-        created_at=now, started_at=now, finished_at=None, updated_at=now,
+    return running_job(
+        owner_service="tests", task_type=task_type, model_profile=profile, input=data,
+        lease_expires_at=None,
     )  # fmt: skip
 
 

@@ -8,7 +8,6 @@ No database: the handler and the completer here only record what reaches them.
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
 from typing import Any, cast
 
 import anyio
@@ -19,20 +18,14 @@ from service.jobs import Job
 from service.worker.cancellation import Running
 from service.worker.executor import Executor
 from service.worker.status import ProfileStats, WorkerStatus
+from tests.helpers import running_job
 
 pytestmark = pytest.mark.anyio
 PROFILE = "q"
 
 
 def _job() -> Job:
-    now = datetime.now(UTC)
-    return Job(
-        id=uuid.uuid4(), owner_service="t", owner_ref=None, task_type="llm_chat",
-        model_profile=PROFILE, status="running", priority=0, attempts=1, max_attempts=3,
-        input={}, result=None, error_category=None, error_message=None, worker_id="w",
-        lease_expires_at=now, run_after=now, idempotency_key=None, trace_context=None,
-        created_at=now, started_at=now, finished_at=None, updated_at=now,
-    )  # fmt: skip
+    return running_job(model_profile=PROFILE)
 
 
 class _Gated:

@@ -4,9 +4,7 @@ provider's sampler, and are no-ops without a provider."""
 from __future__ import annotations
 
 import itertools
-import uuid
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -25,6 +23,7 @@ from opentelemetry.trace import Link, SpanKind, StatusCode
 
 from service import spans, telemetry, tracing
 from service.jobs.model import Job
+from tests.helpers import running_job
 
 REMOTE = {
     "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
@@ -191,14 +190,7 @@ def test_without_a_provider_lean_spans_are_no_ops() -> None:
 
 
 def _job(trace_context: dict[str, str] | None) -> Job:
-    now = datetime.now(UTC)
-    return Job(
-        id=uuid.uuid4(), owner_service="t", owner_ref=None, task_type="llm_chat",
-        model_profile="q", status="running", priority=0, attempts=1, max_attempts=3, input={},
-        result=None, error_category=None, error_message=None, worker_id="w",
-        lease_expires_at=now, run_after=now, idempotency_key=None, trace_context=trace_context,
-        created_at=now, started_at=now, finished_at=None, updated_at=now,
-    )  # fmt: skip
+    return running_job(trace_context=trace_context)
 
 
 def test_each_process_span_continues_its_own_jobs_context(
