@@ -30,7 +30,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check service tests bench
 
 types: $(STAMP)
-	$(BIN)/mypy --strict service
+	$(BIN)/mypy --strict service bench
 
 unit: $(STAMP)
 	$(BIN)/pytest

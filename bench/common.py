@@ -71,7 +71,10 @@ def machine() -> dict[str, Any]:
 def write_result(name: str, data: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    payload = {"benchmark": name, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    payload: dict[str, Any] = {
+        "benchmark": name,
+        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     payload |= {"machine": machine(), **data}
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     return path

@@ -167,7 +167,7 @@ def main() -> None:
     seconds = 5 if args.quick else 40  # of saturated work per case
     chat = {"system": "Be brief.", "user": "Classify this call.", "max_tokens": 16}
     audio = {"audio_base64": wav_base64(0.5, 16000), "language": "en"}
-    cases = [
+    cases: list[tuple[str, str, str, int, float, dict[str, Any]]] = [
         ("chat C=16 L=200ms", "llm_chat", LLM, 16, 200.0, chat),
         ("transcription C=8 L=1s", "transcribe", VOXTRAL, 8, 1000.0, audio),
     ]

@@ -75,7 +75,8 @@ class OtlpReceiver:
         self._open = threading.Event()
         self._open.set()
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_Servicer(self), self._server)
+        add_servicer = trace_service_pb2_grpc.add_TraceServiceServicer_to_server
+        add_servicer(_Servicer(self), self._server)  # type: ignore[no-untyped-call]
         self.port = self._server.add_insecure_port("127.0.0.1:0")
 
     @property

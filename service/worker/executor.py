@@ -79,10 +79,6 @@ class Executor:
         """No more jobs will start: the task group may end once the running ones are done."""
         self._closing.set()
 
-    def start(self, job: Job) -> None:
-        """Start a claimed job now (the caller has already reserved its capacity)."""
-        self.start_many([job])
-
     def start_many(self, jobs: Sequence[Job]) -> None:
         """Start a claimed batch now (the caller has already reserved its capacity).
 
