@@ -441,6 +441,15 @@ FIELDS: Final[tuple[Field, ...]] = (
         "database query spans under request and job spans (tracing on only)",
     ),
     Field(
+        "OTEL_CREATE_SPANS_MAX_BATCH",
+        "otel_create_spans_max_batch",
+        _int_range(0, 100_000),
+        "256",
+        "an integer 0-100000",
+        "a batch of up to this many jobs gets a create span per job (its own trace context); "
+        "a larger one shares its send span's; 0: never (tracing on only)",
+    ),
+    Field(
         "METRICS_PORT",
         "metrics_port",
         _int_range(0, 65535),
@@ -520,6 +529,7 @@ class Settings:
     log_format: str = "json"
     otel_capture_content: bool = False
     otel_instrument_psycopg: bool = True
+    otel_create_spans_max_batch: int = 256
     metrics_port: int | None = None
     audio_url_allowed_hosts: tuple[str, ...] = ()
     audio_url_allowed_networks: tuple[str, ...] = ()

@@ -78,7 +78,7 @@ async def create_batch(
             code="batch_too_large",
         )
     news = [_merge(i, data.defaults, item) for i, item in enumerate(data.jobs)]
-    with tracing.send_batch(news) as sent:
+    with tracing.send_batch(news, settings.otel_create_spans_max_batch) as sent:
         results = await repo.create_batch(news, trace_contexts=sent.trace_contexts)
         sent.created(results)
     metrics.jobs_created(new for new, (_, c) in zip(news, results, strict=True) if c)

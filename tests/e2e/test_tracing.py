@@ -239,6 +239,39 @@ async def test_one_trace_from_submission_to_the_gpu_call(
         assert TOKEN not in p.log() and LLM_KEY not in p.log() and PROMPT not in p.log()
 
 
+async def test_each_job_of_a_batch_continues_its_own_create_span(
+    db_url: str, tmp_path: Path, receiver: OtlpReceiver
+) -> None:
+    otel = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": receiver.endpoint}
+    async with stack(db_url, tmp_path, otel) as (_, client, api, worker):
+        item = {"owner_service": "t", "task_type": "llm_chat", "model_profile": PROFILE,
+                "input": {"user": "hi"}}  # fmt: skip
+        r = await client.post("/api/v1/jobs/batch", json={"jobs": [item, item]})
+        assert r.status_code == 201, r.text
+        ids = [i["id"] for i in r.json()["items"]]
+        for job_id in ids:
+            assert (await finished(client, job_id))["status"] == "completed"
+        assert await anyio.to_thread.run_sync(worker.stop) == 0, worker.log()
+        assert await anyio.to_thread.run_sync(api.stop) == 0, api.log()
+
+    def complete(spans: list[ReceivedSpan]) -> bool:
+        return len(by_name(spans, "process")) == 2 and len(by_name(spans, "create")) == 2
+
+    spans = await anyio.to_thread.run_sync(lambda: receiver.wait_for(complete))
+    [send] = by_name(spans, f"send {PROFILE}")
+    assert send.span.kind == 3  # CLIENT: the create spans are the creation contexts
+    assert send.attrs["messaging.batch.message_count"] == 2
+    creates = {s.attrs["messaging.message.id"]: s for s in by_name(spans, f"create {PROFILE}")}
+    processes = {s.attrs["messaging.message.id"]: s for s in by_name(spans, f"process {PROFILE}")}
+    assert sorted(creates) == sorted(processes) == sorted(ids)
+    for job_id in ids:
+        create, process = creates[job_id], processes[job_id]
+        assert create.span.kind == 4 and create.parent_id == send.span_id
+        assert process.trace_id == send.trace_id
+        assert process.parent_id == create.span_id  # its own context, not the batch's
+        assert [link.span_id.hex() for link in process.span.links] == [create.span_id]
+
+
 async def test_capture_content_records_prompt_and_answer_only_when_asked(
     db_url: str, tmp_path: Path, receiver: OtlpReceiver
 ) -> None:
