@@ -19,13 +19,12 @@ import os
 import threading
 import uuid
 from collections.abc import Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
@@ -150,14 +149,6 @@ def setup(role: str, settings: Settings) -> bool:
         provider.resource.attributes.get("service.name"),
     )
     return True
-
-
-def untraced() -> AbstractContextManager[object]:
-    """Around the worker's own bookkeeping queries (claims, batched completions), which serve
-    many jobs and never run inside a span: ``ChildSpansOnly`` would drop their spans anyway,
-    but the psycopg instrumentation parses every statement before asking; suppressed, it
-    steps aside at once. A no-op while tracing is off."""
-    return nullcontext() if _provider is None else suppress_instrumentation()
 
 
 def shutdown(timeout: float = SHUTDOWN_TIMEOUT_S) -> None:

@@ -68,30 +68,43 @@ async def _translate_errors() -> AsyncIterator[None]:
 
 
 class Session:
-    """Runs named queries on one connection (inside a transaction when opened by one)."""
+    """Runs named queries on one connection (inside a transaction when opened by one).
+
+    ``traced=False`` runs a statement on a plain cursor, past the connection's cursor factory:
+    the psycopg instrumentation replaces that factory with one that wraps every statement
+    (a proxy object, a coroutine, a check of the OpenTelemetry context). The worker's own
+    bookkeeping (claims, batched completions) runs on every job, never inside a span, and
+    would only ever be dropped by ``ChildSpansOnly``; measured end to end that wrapping cost
+    ~20 µs of worker CPU per job with tracing on. With tracing off the two paths are the same.
+    """
 
     def __init__(self, conn: psycopg.AsyncConnection[Row]) -> None:
         self._conn = conn
 
+    def _cursor(self, traced: bool) -> psycopg.AsyncCursor[Row]:
+        if traced:
+            return self._conn.cursor()
+        return psycopg.AsyncCursor(self._conn, row_factory=self._conn.row_factory)
+
     async def fetch(
-        self, name: str, params: Params = None, *, prepare: bool | None = None
+        self, name: str, params: Params = None, *, prepare: Prepare = None, traced: bool = True
     ) -> list[Row]:
         async with _translate_errors():
-            cur = await self._conn.execute(queries()[name], params, prepare=prepare)
+            cur = await self._cursor(traced).execute(queries()[name], params, prepare=prepare)
             return await cur.fetchall() if cur.description else []
 
     async def fetchrow(
-        self, name: str, params: Params = None, *, prepare: bool | None = None
+        self, name: str, params: Params = None, *, prepare: Prepare = None, traced: bool = True
     ) -> Row | None:
         async with _translate_errors():
-            cur = await self._conn.execute(queries()[name], params, prepare=prepare)
+            cur = await self._cursor(traced).execute(queries()[name], params, prepare=prepare)
             return await cur.fetchone() if cur.description else None
 
     async def execute(
-        self, name: str, params: Params = None, *, prepare: bool | None = None
+        self, name: str, params: Params = None, *, prepare: Prepare = None, traced: bool = True
     ) -> int:
         async with _translate_errors():
-            cur = await self._conn.execute(queries()[name], params, prepare=prepare)
+            cur = await self._cursor(traced).execute(queries()[name], params, prepare=prepare)
             return cur.rowcount
 
 
@@ -103,22 +116,22 @@ class Database:
         self.url = url
 
     async def fetch(
-        self, name: str, params: Params = None, *, prepare: bool | None = None
+        self, name: str, params: Params = None, *, prepare: Prepare = None, traced: bool = True
     ) -> list[Row]:
         async with self.session() as s:
-            return await s.fetch(name, params, prepare=prepare)
+            return await s.fetch(name, params, prepare=prepare, traced=traced)
 
     async def fetchrow(
-        self, name: str, params: Params = None, *, prepare: bool | None = None
+        self, name: str, params: Params = None, *, prepare: Prepare = None, traced: bool = True
     ) -> Row | None:
         async with self.session() as s:
-            return await s.fetchrow(name, params, prepare=prepare)
+            return await s.fetchrow(name, params, prepare=prepare, traced=traced)
 
     async def execute(
-        self, name: str, params: Params = None, *, prepare: bool | None = None
+        self, name: str, params: Params = None, *, prepare: Prepare = None, traced: bool = True
     ) -> int:
         async with self.session() as s:
-            return await s.execute(name, params, prepare=prepare)
+            return await s.execute(name, params, prepare=prepare, traced=traced)
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[Session]:

@@ -214,6 +214,7 @@ class JobRepository:
                 "limit": limit,
                 "lease_seconds": lease_seconds,
             },
+            traced=False,  # serves many jobs, never inside a span: see ``Session``
         )
         # UPDATE ... RETURNING does not keep the CTE's order; callers start jobs in this order.
         return sorted(_jobs(rows), key=lambda j: (-j.priority, j.run_after, j.id))
@@ -257,6 +258,7 @@ class JobRepository:
                 "ids": [i for i, _ in items],
                 "results": [jsonb(r) for _, r in items],
             },
+            traced=False,  # serves many jobs, never inside a span: see ``Session``
         )
         return {r["id"] for r in rows}
 

@@ -18,7 +18,7 @@ import time
 import anyio
 import anyio.lowlevel
 
-from service import metrics, telemetry, tracing
+from service import metrics, tracing
 from service.db import DatabaseUnavailable
 from service.jobs import Job, JobRepository
 from service.worker.backoff import Backoff
@@ -111,11 +111,7 @@ class ClaimLoop:
 
     async def _claim(self, free: int) -> list[Job]:
         jobs: list[Job] = []
-        with (
-            anyio.CancelScope(shield=True),
-            tracing.receive(self.profile) as received,
-            telemetry.untraced(),
-        ):
+        with anyio.CancelScope(shield=True), tracing.receive(self.profile) as received:
             jobs = await self.repo.claim(
                 self.profile, self.worker_id, limit=free, lease_seconds=self.lease_seconds
             )

@@ -19,7 +19,7 @@ from uuid import UUID
 
 import anyio
 
-from service import metrics, telemetry
+from service import metrics
 from service.db import DatabaseUnavailable
 from service.handlers.base import InvalidOutput
 from service.jobs import Job, JobError, JobRepository
@@ -100,10 +100,9 @@ class Completer:
             if not batch:
                 return True
             try:
-                with telemetry.untraced():
-                    held = await self.repo.complete_many(
-                        self.worker_id, [(job_id, result) for job_id, (_, result) in batch]
-                    )
+                held = await self.repo.complete_many(
+                    self.worker_id, [(job_id, result) for job_id, (_, result) in batch]
+                )
             except DatabaseUnavailable as exc:
                 log.warning("storing %d results failed, will retry: %s", len(batch), exc)
                 return False

@@ -11,7 +11,6 @@ import pytest
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
-from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -147,14 +146,3 @@ def test_traces_and_metrics_share_one_resource_per_process() -> None:
     assert "service.version" in traced.attributes
     named = telemetry.resource("worker", {"OTEL_SERVICE_NAME": "x"})
     assert named.attributes["service.instance.id"] == traced.attributes["service.instance.id"]
-
-
-def test_untraced_steps_instrumentation_aside_only_while_tracing_is_on(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    with telemetry.untraced():  # tracing off: nothing to suppress, nothing changes
-        assert is_instrumentation_enabled()
-    monkeypatch.setattr(telemetry, "_provider", TracerProvider())
-    with telemetry.untraced():
-        assert not is_instrumentation_enabled()  # the psycopg instrumentation checks this first
-    assert is_instrumentation_enabled()
