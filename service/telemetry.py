@@ -126,6 +126,26 @@ def build_provider(role: str, env: Mapping[str, str] | None = None) -> TracerPro
     return provider
 
 
+DEFAULT_SPAN_QUEUE = 2048  # OTEL_BSP_MAX_QUEUE_SIZE's default in the SDK
+
+
+def create_spans_warning(create_max: int, env: Mapping[str, str]) -> str | None:
+    """Why ``OTEL_CREATE_SPANS_MAX_BATCH`` is too large for the span queue, if it is: a batch
+    of that many jobs ends that many ``create`` spans at once, and spans past the queue's size
+    are dropped (the jobs' ``process`` spans would then point at parents never exported)."""
+    try:
+        queue = int(env.get("OTEL_BSP_MAX_QUEUE_SIZE", "") or DEFAULT_SPAN_QUEUE)
+    except ValueError:  # the SDK falls back to its default too
+        queue = DEFAULT_SPAN_QUEUE
+    if create_max < queue // 2:
+        return None
+    return (
+        f"OTEL_CREATE_SPANS_MAX_BATCH={create_max} is not below half the span queue "
+        f"(OTEL_BSP_MAX_QUEUE_SIZE={queue}): a batch that large can drop spans; lower it "
+        "or raise the queue"
+    )
+
+
 def setup(role: str, settings: Settings) -> bool:
     """Install tracing for this process (``role`` is api, worker or dev); returns whether it
     is on. Call before any database connection is opened, so psycopg is instrumented."""
@@ -139,6 +159,9 @@ def setup(role: str, settings: Settings) -> bool:
     spans.install(provider)
     _provider = provider
     _capture_content = settings.otel_capture_content
+    warning = create_spans_warning(settings.otel_create_spans_max_batch, os.environ)
+    if warning and role != "worker":  # (only the API creates jobs)
+        log.warning("%s", warning)
     if settings.otel_instrument_psycopg:
         from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
 

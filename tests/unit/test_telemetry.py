@@ -146,3 +146,12 @@ def test_traces_and_metrics_share_one_resource_per_process() -> None:
     assert "service.version" in traced.attributes
     named = telemetry.resource("worker", {"OTEL_SERVICE_NAME": "x"})
     assert named.attributes["service.instance.id"] == traced.attributes["service.instance.id"]
+
+
+def test_a_create_span_limit_the_span_queue_cannot_hold_is_flagged() -> None:
+    assert telemetry.create_spans_warning(256, {}) is None  # the defaults: 256 vs 2,048
+    assert telemetry.create_spans_warning(0, {"OTEL_BSP_MAX_QUEUE_SIZE": "64"}) is None
+    warning = telemetry.create_spans_warning(1024, {})
+    assert warning is not None and "OTEL_BSP_MAX_QUEUE_SIZE=2048" in warning
+    assert telemetry.create_spans_warning(256, {"OTEL_BSP_MAX_QUEUE_SIZE": "512"}) is not None
+    assert telemetry.create_spans_warning(256, {"OTEL_BSP_MAX_QUEUE_SIZE": "bad"}) is None
