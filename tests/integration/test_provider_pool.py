@@ -2,7 +2,8 @@
 
 A real HTTP server (anyio TCP, HTTP/1.1 keep-alive) holds every request until ``LIMIT`` are in
 flight at once: if the shards together could not open ``LIMIT`` connections the test would time
-out; if they opened more, the peak would say so.
+out; if they opened more, the peak would say so. Twice as many requests as connections are
+sent, so half of them queue behind busy connections and then reuse them.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ import httpx
 import pytest
 from anyio.abc import SocketStream
 
-from service.providers.pool import SHARD_SIZE, ShardedClient
+from service.providers.pool import ShardedClient
 
 pytestmark = pytest.mark.anyio
 
-LIMIT = 2 * SHARD_SIZE + 3  # three shards, the last one smaller
+LIMIT = 5
 RESPONSE = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-type: text/plain\r\n\r\nok"
 
 
@@ -56,7 +57,7 @@ async def test_shards_open_the_requested_connections_and_no_more() -> None:
     listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
     port = listener.extra(anyio.abc.SocketAttribute.local_port)
     client = ShardedClient(max_connections=LIMIT, timeout=httpx.Timeout(60))
-    assert client.shards == 3
+    assert client.shards == LIMIT
     statuses: list[int] = []
 
     async def call(_: Any = None) -> None:
@@ -74,3 +75,22 @@ async def test_shards_open_the_requested_connections_and_no_more() -> None:
     assert statuses == [200] * (2 * LIMIT)
     assert server.peak == LIMIT
     assert server.connections == LIMIT  # the second wave reused the kept-alive connections
+
+
+async def test_a_request_reuses_the_connection_freed_last() -> None:
+    """Sequential requests stay on one kept-alive connection (the most recently freed), not
+    a new one per shard."""
+    server = HoldingServer()
+    server.all_in.set()  # answer at once
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    client = ShardedClient(max_connections=LIMIT, timeout=httpx.Timeout(60))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, server.handle)
+        with anyio.fail_after(60):
+            for _ in range(3 * LIMIT):
+                response = await client.request("GET", f"http://127.0.0.1:{port}/")
+                assert response.status_code == 200
+        await client.aclose()
+        tg.cancel_scope.cancel()
+    assert server.connections == 1
