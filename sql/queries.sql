@@ -5,13 +5,13 @@
 -- name: _job_filter
 -- The filter shared by list, retry-by-filter and cancel-by-filter. A NULL parameter means
 -- "no filter"; the planner folds those away because these queries run with custom plans.
-    (%(ids)s::uuid[] IS NULL OR id = ANY(%(ids)s::uuid[]))
-AND (%(status)s::text[] IS NULL OR status = ANY(%(status)s::text[]))
+    (%(ids)b::uuid[] IS NULL OR id = ANY(%(ids)b::uuid[]))
+AND (%(status)b::text[] IS NULL OR status = ANY(%(status)b::text[]))
 AND (%(owner_service)s::text IS NULL OR owner_service = %(owner_service)s::text)
 AND (%(owner_ref)s::text IS NULL OR owner_ref = %(owner_ref)s::text)
-AND (%(task_type)s::text[] IS NULL OR task_type = ANY(%(task_type)s::text[]))
-AND (%(model_profile)s::text[] IS NULL OR model_profile = ANY(%(model_profile)s::text[]))
-AND (%(error_category)s::text[] IS NULL OR error_category = ANY(%(error_category)s::text[]))
+AND (%(task_type)b::text[] IS NULL OR task_type = ANY(%(task_type)b::text[]))
+AND (%(model_profile)b::text[] IS NULL OR model_profile = ANY(%(model_profile)b::text[]))
+AND (%(error_category)b::text[] IS NULL OR error_category = ANY(%(error_category)b::text[]))
 AND (%(created_after)s::timestamptz IS NULL OR created_at >= %(created_after)s::timestamptz)
 AND (%(created_before)s::timestamptz IS NULL OR created_at < %(created_before)s::timestamptz)
 
@@ -31,10 +31,10 @@ INSERT INTO ai_jobs (id, owner_service, owner_ref, task_type, model_profile, pri
                      max_attempts, input, run_after, idempotency_key, trace_context)
 SELECT u.id, u.owner_service, u.owner_ref, u.task_type, u.model_profile, u.priority,
        u.max_attempts, u.input, coalesce(u.run_after, now()), u.idempotency_key, u.trace_context
-FROM unnest(%(ids)s::uuid[], %(owner_services)s::text[], %(owner_refs)s::text[],
-            %(task_types)s::text[], %(model_profiles)s::text[], %(priorities)s::int[],
-            %(max_attempts)s::int[], %(inputs)s::jsonb[], %(run_afters)s::timestamptz[],
-            %(idempotency_keys)s::text[], %(trace_contexts)s::jsonb[])
+FROM unnest(%(ids)b::uuid[], %(owner_services)b::text[], %(owner_refs)b::text[],
+            %(task_types)b::text[], %(model_profiles)b::text[], %(priorities)b::int[],
+            %(max_attempts)b::int[], %(inputs)b::jsonb[], %(run_afters)b::timestamptz[],
+            %(idempotency_keys)b::text[], %(trace_contexts)b::jsonb[])
      AS u(id, owner_service, owner_ref, task_type, model_profile, priority, max_attempts,
           input, run_after, idempotency_key, trace_context)
 ON CONFLICT (owner_service, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
@@ -45,7 +45,7 @@ SELECT * FROM ai_jobs WHERE id = %(id)s;
 
 -- name: get_jobs_by_idempotency_keys
 SELECT * FROM ai_jobs
-WHERE owner_service = %(owner_service)s AND idempotency_key = ANY(%(keys)s::text[]);
+WHERE owner_service = %(owner_service)s AND idempotency_key = ANY(%(keys)b::text[]);
 
 -- name: list_jobs
 -- Keyset pagination, newest first: ids are UUIDv7, so id order is creation order.
@@ -81,7 +81,7 @@ RETURNING j.*;
 -- Extend the leases of the jobs this worker still holds; the ids not returned were lost.
 UPDATE ai_jobs
 SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s), updated_at = now()
-WHERE id = ANY(%(ids)s::uuid[]) AND status = 'running' AND worker_id = %(worker_id)s
+WHERE id = ANY(%(ids)b::uuid[]) AND status = 'running' AND worker_id = %(worker_id)s
 RETURNING id, lease_expires_at;
 
 -- name: complete_job
@@ -96,7 +96,7 @@ RETURNING *;
 UPDATE ai_jobs AS j
 SET status = 'completed', result = u.result, finished_at = now(), updated_at = now(),
     lease_expires_at = NULL, error_category = NULL, error_message = NULL
-FROM unnest(%(ids)s::uuid[], %(results)s::jsonb[]) AS u(id, result)
+FROM unnest(%(ids)b::uuid[], %(results)b::jsonb[]) AS u(id, result)
 WHERE j.id = u.id AND j.status = 'running' AND j.worker_id = %(worker_id)s
 RETURNING j.id;
 
@@ -127,7 +127,7 @@ RETURNING *;
 UPDATE ai_jobs
 SET status = 'pending', attempts = greatest(attempts - 1, 0), worker_id = NULL,
     lease_expires_at = NULL, started_at = NULL, run_after = now(), updated_at = now()
-WHERE id = ANY(%(ids)s::uuid[]) AND status = 'running' AND worker_id = %(worker_id)s
+WHERE id = ANY(%(ids)b::uuid[]) AND status = 'running' AND worker_id = %(worker_id)s
 RETURNING id;
 
 -- name: retry_job

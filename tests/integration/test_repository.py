@@ -82,6 +82,52 @@ async def test_batch_one_statement_with_idempotent_repeats(repo: JobRepository) 
     assert jobs == []  # nothing of the refused batch was written
 
 
+# Values that text-format array literals must quote and escape (quotes, backslashes, braces,
+# commas, NULL-looking strings, non-ASCII): the batch statements send their arrays in binary.
+AWKWARD: list[Any] = [
+    {"user": 'say "hi", {then} \\ leave', "NULL": None, "n": [1, 2.5, True]},
+    "NULL",
+    ["a,b", "{c}", 'd"e'],
+    "",
+    {"ключ": "значение ✓", "emoji": "\U0001f680"},
+    12345678901234,
+]
+
+
+async def test_batch_arrays_keep_awkward_values_exactly(repo: JobRepository) -> None:
+    batch = [
+        nj(
+            input={"v": v},
+            owner_ref='ref "{x}", \\ NULL' if i % 2 else None,
+            idempotency_key=f"k,{{{i}}}" if i % 3 else None,
+            priority=[-100, 0, 100][i % 3],
+            run_after=dt.datetime(2020, 1, 1, tzinfo=dt.UTC) if i % 2 else None,
+        )
+        for i, v in enumerate(AWKWARD)
+    ]
+    contexts = [{"traceparent": f"00-{i:032x}-{i:016x}-01"} if i % 2 else None
+                for i in range(len(AWKWARD))]  # fmt: skip
+    out = await repo.create_batch(batch, trace_contexts=contexts)
+    ids = [job_id for job_id, _ in out]
+    for job_id, new, context in zip(ids, batch, contexts, strict=True):
+        job = await repo.get(job_id)
+        assert (job.input, job.owner_ref, job.idempotency_key, job.priority, job.trace_context) == (
+            new.input,
+            new.owner_ref,
+            new.idempotency_key,
+            new.priority,
+            context,
+        )
+    found, _ = await repo.list_jobs(JobFilter(ids=ids[:2], owner_ref=batch[1].owner_ref))
+    assert [j.id for j in found] == [ids[1]]
+    claimed = await repo.claim("qwen2.5-14b", "w", limit=len(AWKWARD), lease_seconds=60)
+    assert {j.id for j in claimed} == set(ids)
+    stored = await repo.complete_many("w", [(j.id, j.input["v"]) for j in claimed])
+    assert stored == set(ids)
+    for job in claimed:
+        assert (await repo.get(job.id)).result == job.input["v"]
+
+
 async def test_list_filters_and_keyset_pagination(repo: JobRepository) -> None:
     await repo.create_batch(
         [nj(owner_ref=f"r{i}", task_type="transcribe" if i % 3 == 0 else "llm_chat")
