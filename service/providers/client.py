@@ -63,6 +63,7 @@ class OpenAIClient:
         )
         host = httpx.URL(self._base)
         self._server = {"server.address": host.host, "server.port": host.port or 0}
+        self._endpoints: dict[str, tuple[httpx.URL, str]] = {}
 
     async def __aenter__(self) -> Self:
         return self
@@ -207,12 +208,14 @@ class OpenAIClient:
         content: Any = None,
     ) -> httpx.Response:
         limit = self.timeout if timeout is None else timeout
-        shown = redact_url(url)
+        parsed, shown = self._endpoint(url)
         carrier = dict(headers or {})
         tracing.inject(carrier)  # traceparent to vLLM, so its spans join the job's trace
         try:
             with anyio.fail_after(limit):
-                response = await self._http.request(method, url, headers=carrier, content=content)
+                response = await self._http.request(
+                    method, parsed, headers=carrier, content=content
+                )
         except TimeoutError:
             raise JobTimeout(f"{self.name} at {shown} did not answer within {limit:g}s") from None
         except httpx.HTTPError as exc:
@@ -221,6 +224,14 @@ class OpenAIClient:
         if error is not None:
             raise error
         return response
+
+    def _endpoint(self, url: str) -> tuple[httpx.URL, str]:
+        """``url`` parsed, and redacted for errors, once per endpoint: httpx parses a URL
+        given as a string on every request (~8 µs, a few percent of a chat call's CPU)."""
+        found = self._endpoints.get(url)
+        if found is None:
+            found = self._endpoints[url] = (httpx.URL(url), redact_url(url))
+        return found
 
     def _decode(self, response: httpx.Response, kind: type[T], what: str) -> T:
         try:

@@ -59,7 +59,7 @@ class ShardedClient:
     def shards(self) -> int:
         return len(self._clients)
 
-    async def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+    async def request(self, method: str, url: httpx.URL | str, **kwargs: Any) -> httpx.Response:
         if self._free:
             i = self._free.pop()
         else:  # every connection busy: queue behind the fewest
