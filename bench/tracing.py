@@ -187,20 +187,34 @@ def main() -> None:
     off, on = (max(rates[m]) for m in modes)
     cost = 1 - on / off
     cpu_off, cpu_on = (statistics.median(cpu[m]) for m in modes)
+    # Judged on the best rounds; the medians are printed beside them (a lucky or unlucky
+    # round of one mode moves the best-of ratio by several points on this shared machine).
+    median_off, median_on = (statistics.median(rates[m]) for m in modes)
+    median_cost = 1 - median_on / median_off
     rows: list[list[Any]] = [
-        [m, max(rates[m]), min(rates[m]), statistics.median(cpu[m]), len(rates[m])] for m in modes
-    ]
+        [m, max(rates[m]), statistics.median(rates[m]), min(rates[m]),
+         statistics.median(cpu[m]), len(rates[m])]
+        for m in modes
+    ]  # fmt: skip
     print(
         table(
             f"end-to-end throughput, {n} jobs per round in batches of {args.batch}, "
             "API + worker + simulator (no latency)",
-            ["mode", "best jobs/s", "worst jobs/s", "CPU ms/job (api+worker)", "rounds"],
+            [
+                "mode",
+                "best jobs/s",
+                "median jobs/s",
+                "worst jobs/s",
+                "CPU ms/job (api+worker)",
+                "rounds",
+            ],
             rows,
         )
     )
     verdict = "ok" if cost <= TARGET_COST else "OVER TARGET"
     print(
-        f"tracing cost: {cost:.1%} of throughput (target <= {TARGET_COST:.0%}): {verdict}; "
+        f"tracing cost: {cost:.1%} of throughput, best rounds (target <= {TARGET_COST:.0%}): "
+        f"{verdict}; {median_cost:.1%} between the medians; "
         f"CPU per job +{cpu_on / cpu_off - 1:.1%} (+{(cpu_on - cpu_off) * 1000:.0f} µs); "
         f"{spans:,} spans received"
     )
@@ -214,6 +228,7 @@ def main() -> None:
             "rates": rates,
             "cpu_ms_per_job": cpu,
             "cost": cost,
+            "cost_median": median_cost,
             "cpu_cost": cpu_on / cpu_off - 1,
             "target_cost": TARGET_COST,
             "spans_received": spans,
