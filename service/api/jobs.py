@@ -6,7 +6,6 @@ Handlers are thin: they translate the wire shapes of ``service.api.schemas`` int
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -31,6 +30,7 @@ from service.api.schemas import (
 )
 from service.config import Settings
 from service.jobs import Job, JobFilter, JobRepository, NewJob, StateConflict, Status
+from service.jobs.model import Instant
 from service.jobs.states import ACCEPTS, TERMINAL
 
 _REQUIRED = ("owner_service", "task_type", "model_profile")
@@ -123,8 +123,8 @@ async def list_jobs(
     task_type: FromQuery[list[str] | None] = None,
     model_profile: FromQuery[list[str] | None] = None,
     error_category: FromQuery[list[str] | None] = None,
-    created_after: FromQuery[datetime | None] = None,
-    created_before: FromQuery[datetime | None] = None,
+    created_after: FromQuery[Instant | None] = None,
+    created_before: FromQuery[Instant | None] = None,
     ids: Annotated[list[UUID] | None, QueryParameter(name="id", description="job ids")] = None,
     limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
     cursor: Annotated[
@@ -142,6 +142,9 @@ async def list_jobs(
         created_after=created_after,
         created_before=created_before,
     )
+    for name, value in (("created_after", created_after), ("created_before", created_before)):
+        if value is not None and value.tzinfo is None:  # (query values skip msgspec's tz check)
+            raise invalid(name, "expected `datetime` with a timezone component")
     items, next_cursor = await repo.list_jobs(flt, limit=limit, cursor=cursor)
     return JobPage(items=items, next_cursor=str(next_cursor) if next_cursor else None)
 

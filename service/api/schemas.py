@@ -17,6 +17,7 @@ import msgspec
 from service.jobs.model import (
     Attempts,
     IdemKey,
+    Instant,
     Job,
     JobFilter,
     Name,
@@ -60,7 +61,7 @@ class JobFields(_Body):
     input: dict[str, Any] | None = None
     priority: Priority | None = None
     max_attempts: Attempts | None = None
-    run_after: datetime | None = None
+    run_after: Instant | None = None
     idempotency_key: IdemKey | None = None
 
 
@@ -98,8 +99,8 @@ class FilterBody(_Body):
     task_type: FilterList | None = None
     model_profile: FilterList | None = None
     error_category: FilterList | None = None
-    created_after: datetime | None = None
-    created_before: datetime | None = None
+    created_after: Instant | None = None
+    created_before: Instant | None = None
     all: bool = False
 
     def to_filter(self) -> JobFilter:

@@ -24,6 +24,16 @@ Ref = Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
 Priority = Annotated[int, msgspec.Meta(ge=-1000, le=1000)]
 Attempts = Annotated[int, msgspec.Meta(ge=1, le=100)]
 IdemKey = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+# An instant as RFC 3339 requires it, with an offset ("Z", "+03:00"): a time without one would
+# be read in whatever zone the database session has, and a batch mixing both could not be sent.
+Instant = Annotated[
+    datetime,
+    msgspec.Meta(
+        tz=True,
+        description="RFC 3339 date-time with an offset (Z or ±hh:mm)",
+        examples=["2026-12-01T10:00:00Z"],
+    ),
+]
 
 
 class Job(msgspec.Struct, kw_only=True):
@@ -67,7 +77,7 @@ class NewJob(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     input: dict[str, Any] = msgspec.field(default_factory=dict)
     priority: Priority = 0
     max_attempts: Attempts | None = None
-    run_after: datetime | None = None
+    run_after: Instant | None = None
     idempotency_key: IdemKey | None = None
 
 
@@ -81,8 +91,8 @@ class JobFilter(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     task_type: list[str] | None = None
     model_profile: list[str] | None = None
     error_category: list[str] | None = None
-    created_after: datetime | None = None
-    created_before: datetime | None = None
+    created_after: Instant | None = None
+    created_before: Instant | None = None
 
     def is_empty(self) -> bool:
         return all(getattr(self, f) is None for f in self.__struct_fields__)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -63,6 +64,7 @@ BAD_BODIES: list[tuple[dict[str, Any], str]] = [
     ({"owner_service": "t", "task_type": "x"}, "model_profile"),
     (job_body(max_attempts=0), "max_attempts"),
     (job_body(run_after="yesterday"), "run_after"),
+    (job_body(run_after="2030-01-01T12:00:00"), "run_after"),  # no offset: which zone?
 ]
 
 
@@ -112,6 +114,7 @@ async def test_bad_query_values_are_422(api: Api) -> None:
         ("cursor=xyz", "cursor"),
         ("id=xyz", "id"),
         ("created_after=notadate", "created_after"),
+        ("created_before=2030-01-01T12:00:00", "created_before"),
     ]:
         r = await api.client.get(f"/api/v1/jobs?{query}")
         assert r.status_code == 422, query
@@ -257,3 +260,30 @@ async def test_values_postgres_cannot_store_are_422_not_500(api: Api) -> None:
     assert r.status_code == 422 and r.json()["error"] == "invalid_value"
     r = await api.client.get("/api/v1/jobs", params={"owner_ref": "a\u0000b"})
     assert r.status_code == 422 and r.json()["error"] == "invalid_value"
+
+
+async def test_times_need_an_offset_everywhere_and_keep_it(api: Api) -> None:
+    """A time without an offset is refused in a batch item, in batch defaults and in a filter
+    body; times with different offsets in one batch are stored as the instants they name."""
+    naive = "2030-01-01T12:00:00"
+    for body, field in [
+        ({"jobs": [job_body(), job_body(run_after=naive)]}, "jobs[1].run_after"),
+        ({"defaults": {"run_after": naive}, "jobs": [job_body()]}, "defaults.run_after"),
+    ]:
+        r = await api.client.post("/api/v1/jobs/batch", json=body)
+        assert r.status_code == 422, body
+        assert_error(r.json(), "validation_error", field)
+    r = await api.client.post("/api/v1/jobs/cancel", json={"created_after": naive})
+    assert r.status_code == 422
+    assert_error(r.json(), "validation_error", "created_after")
+    times = ["2030-01-01T12:00:00+03:00", "2030-01-01T12:00:00Z", "2030-01-01T09:00:00Z"]
+    r = await api.client.post(
+        "/api/v1/jobs/batch", json={"jobs": [job_body(run_after=t) for t in times]}
+    )
+    assert r.status_code == 201, r.text
+    stored = []
+    for item in r.json()["items"]:
+        job = (await api.client.get(f"/api/v1/jobs/{item['id']}")).json()
+        stored.append(dt.datetime.fromisoformat(job["run_after"]))
+    expected = [dt.datetime.fromisoformat(t) for t in times]
+    assert stored == expected  # equal as instants: 12:00+03:00 is 09:00Z
