@@ -77,6 +77,16 @@ def _clean(values: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
 
+def _instant(name: str, value: datetime | None) -> str | None:
+    """``value`` as RFC 3339; a naive datetime is refused here, before the server's 422
+    (which zone it meant is unknowable)."""
+    if value is None:
+        return None
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{name} must be timezone-aware (e.g. datetime.now(timezone.utc))")
+    return value.isoformat()
+
+
 def _decode(call: _Call[T], response: httpx.Response) -> T:
     if response.status_code >= 400:
         try:
@@ -113,8 +123,8 @@ def _filter(
             "task_type": seq(task_type),
             "model_profile": seq(model_profile),
             "error_category": seq(error_category),
-            "created_after": created_after.isoformat() if created_after else None,
-            "created_before": created_before.isoformat() if created_before else None,
+            "created_after": _instant("created_after", created_after),
+            "created_before": _instant("created_before", created_before),
         }
     )
 
@@ -144,7 +154,7 @@ class _Calls:
                 "owner_ref": owner_ref,
                 "priority": priority,
                 "max_attempts": max_attempts,
-                "run_after": run_after.isoformat() if run_after else None,
+                "run_after": _instant("run_after", run_after),
                 "idempotency_key": idempotency_key,
             }
         )
