@@ -200,6 +200,9 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
         )
     if isinstance(exc, SerializationException | UnicodeDecodeError):
         return error_response(400, "invalid_json", "the request body is not valid JSON")
+    if isinstance(exc, RecursionError) and "deserializing" in str(exc):
+        # msgspec's decoder stops at the interpreter's recursion limit (~950 levels here).
+        return error_response(400, "invalid_json", "the request body is nested too deeply")
     if isinstance(exc, RequestEntityTooLarge):
         return error_response(413, "request_too_large", "the request body is too large")
     if isinstance(exc, NotFoundException):

@@ -287,3 +287,19 @@ async def test_times_need_an_offset_everywhere_and_keep_it(api: Api) -> None:
         stored.append(dt.datetime.fromisoformat(job["run_after"]))
     expected = [dt.datetime.fromisoformat(t) for t in times]
     assert stored == expected  # equal as instants: 12:00+03:00 is 09:00Z
+
+
+async def test_input_nested_too_deep_is_a_clear_4xx(api: Api) -> None:
+    """JSON nested deeper than the decoder allows is bad input (400), not a server error."""
+    deep = "[" * 2000 + "]" * 2000
+    body = (
+        '{"owner_service": "t", "task_type": "llm_chat", "model_profile": "qwen2.5-14b", '
+        f'"input": {{"x": {deep}}}}}'
+    )
+    for path in ("/api/v1/jobs", "/api/v1/jobs/batch"):
+        content = body if path.endswith("jobs") else f'{{"jobs": [{body}]}}'
+        r = await api.client.post(
+            path, content=content.encode(), headers={"content-type": "application/json"}
+        )
+        assert r.status_code == 400, (path, r.status_code, r.text[:200])
+        assert_error(r.json(), "invalid_json")
