@@ -260,6 +260,10 @@ async def test_values_postgres_cannot_store_are_422_not_500(api: Api) -> None:
     assert r.status_code == 422 and r.json()["error"] == "invalid_value"
     r = await api.client.get("/api/v1/jobs", params={"owner_ref": "a\u0000b"})
     assert r.status_code == 422 and r.json()["error"] == "invalid_value"
+    # The same values inside a batch's (binary) arrays.
+    for bad in (job_body(input={"user": "a\u0000b"}), job_body(owner_ref="a\u0000b")):
+        r = await api.client.post("/api/v1/jobs/batch", json={"jobs": [job_body(), bad]})
+        assert r.status_code == 422 and r.json()["error"] == "invalid_value", r.text
 
 
 async def test_times_need_an_offset_everywhere_and_keep_it(api: Api) -> None:
