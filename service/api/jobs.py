@@ -30,7 +30,7 @@ from service.api.schemas import (
 )
 from service.config import Settings
 from service.jobs import Job, JobFilter, JobRepository, NewJob, StateConflict, Status
-from service.jobs.model import Instant
+from service.jobs.model import Instant, submission_problem
 from service.jobs.states import ACCEPTS, TERMINAL
 
 _REQUIRED = ("owner_service", "task_type", "model_profile")
@@ -49,6 +49,8 @@ _FIELDS = JobFields.__struct_fields__
 async def create_job(
     data: JSONBody[CreateJob], repo: NamedDependency[JobRepository]
 ) -> Response[Job]:
+    if problem := submission_problem(data):
+        raise invalid(*problem)
     with tracing.send(data.model_profile) as sent:
         job, created = await repo.create(data, trace_context=sent.trace_context)
         sent.created(job.id, created)
@@ -104,7 +106,10 @@ def _merge(index: int, defaults: JobFields, item: JobFields) -> NewJob:
             raise invalid(
                 f"jobs[{index}].{f}", "required field is missing (in the item and in defaults)"
             )
-    return NewJob(**merged)
+    new = NewJob(**merged)
+    if problem := submission_problem(new):
+        raise invalid(f"jobs[{index}].{problem[0]}", problem[1])
+    return new
 
 
 @get(

@@ -6,7 +6,7 @@ in the error), serialises responses and converts database rows, at C speed on th
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
@@ -79,6 +79,44 @@ class NewJob(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_attempts: Attempts | None = None
     run_after: Instant | None = None
     idempotency_key: IdemKey | None = None
+
+
+# Far deeper than any chat, transcription or JSON-schema input; far shallower than the ~950
+# levels where the JSON encoder and decoders (API, psycopg, worker) hit the recursion limit,
+# which depends on each one's stack: an input one of them accepts, another must not refuse.
+MAX_INPUT_DEPTH = 64
+
+
+def submission_problem(new: NewJob) -> tuple[str, str] | None:
+    """The first thing wrong with ``new`` that its declaration cannot say, as (field, message).
+
+    Both would otherwise be written and then fail every read of the row: a ``run_after``
+    outside years 1 to 9999 in UTC (``0001-01-01T00:00:00+14:00`` is 1 BC) cannot be loaded
+    back into a ``datetime``, and an input nested too deep cannot be decoded again, so the
+    job would break the claim batch and every listing it appears in.
+    """
+    if new.run_after is not None:
+        try:
+            new.run_after.astimezone(UTC)
+        except OverflowError:
+            return "run_after", "must be between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z"
+    if _deeper_than(new.input, MAX_INPUT_DEPTH):
+        return "input", f"nested deeper than {MAX_INPUT_DEPTH} levels"
+    return None
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether objects/arrays in ``value`` nest more than ``limit`` levels (iterative)."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if type(node) is dict else node
+        for child in children:
+            if type(child) is dict or type(child) is list:
+                if depth >= limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
 
 
 class JobFilter(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

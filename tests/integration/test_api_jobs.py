@@ -10,6 +10,7 @@ import psycopg
 import pytest
 
 from service.config import Settings
+from service.jobs.model import MAX_INPUT_DEPTH
 from tests.integration.api_server import Api, job_body, running_api
 
 MISSING = "0190a1b2-0000-7000-8000-000000000000"
@@ -307,3 +308,37 @@ async def test_input_nested_too_deep_is_a_clear_4xx(api: Api) -> None:
         )
         assert r.status_code == 400, (path, r.status_code, r.text[:200])
         assert_error(r.json(), "invalid_json")
+
+
+async def test_values_no_reader_could_load_back_are_refused_and_nothing_written(
+    api: Api,
+) -> None:
+    """A run_after outside years 1-9999 in UTC, or an input nested deeper than
+    MAX_INPUT_DEPTH, would be written and then break every read of the row (the worker's
+    claim batch, listings): 422 naming the field, and no row."""
+    deep = {"x": {}}
+    node = deep["x"]
+    for _ in range(MAX_INPUT_DEPTH - 2):  # input itself is level 1: this is the deepest allowed
+        node["x"] = {}
+        node = node["x"]
+    too_deep = {"wrap": deep}
+    bad = [
+        (job_body(owner_ref="bad", run_after="0001-01-01T00:00:00+14:00"), "run_after"),
+        (job_body(owner_ref="bad", run_after="9999-12-31T23:59:59-14:00"), "run_after"),
+        (job_body(owner_ref="bad", input=too_deep), "input"),
+    ]
+    for body, field in bad:
+        r = await api.client.post("/api/v1/jobs", json=body)
+        assert r.status_code == 422, r.text
+        assert_error(r.json(), "validation_error", field)
+        r = await api.client.post("/api/v1/jobs/batch", json={"jobs": [job_body(), body]})
+        assert r.status_code == 422, r.text
+        assert_error(r.json(), "validation_error", f"jobs[1].{field}")
+    r = await api.client.post("/api/v1/jobs/batch", json={"defaults": bad[0][0], "jobs": [{}]})
+    assert_error(r.json(), "validation_error", "jobs[0].run_after")
+    assert (await api.client.get("/api/v1/jobs")).json()["items"] == []
+    ok = job_body(input=deep, run_after="0001-01-01T00:00:00Z")
+    r = await api.client.post("/api/v1/jobs", json=ok)
+    assert r.status_code == 201, r.text
+    listed = (await api.client.get("/api/v1/jobs")).json()["items"]
+    assert [j["input"] for j in listed] == [deep]
