@@ -191,6 +191,10 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
             exc.detail or "a valid bearer token is required",
             headers={"WWW-Authenticate": WWW_AUTHENTICATE},
         )
+    if isinstance(exc, ValidationException) and _is_missing_body(exc):
+        return error_response(
+            400, "invalid_json", "the request body is empty; a JSON object is expected"
+        )
     if isinstance(exc, ValidationException):
         fields = _validation_fields(exc)
         if fields and all(f.message.startswith("json is malformed") for f in fields):
@@ -223,6 +227,16 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
         "unhandled error on %s %s", request.method, request.url.path, exc_info=exc
     )  # never the headers: they may hold a token
     return error_response(500, "internal_error", "an internal error occurred; it was logged")
+
+
+def _is_missing_body(exc: ValidationException) -> bool:
+    """An empty body: Litestar reports the body parameter (``data``) itself as missing, with
+    the bare ``KeyError`` text ``'data'`` as the message."""
+    items = exc.extra if isinstance(exc.extra, list) else []
+    return bool(items) and all(
+        isinstance(i, dict) and i.get("key") == "data" and i.get("message") == "'data'"
+        for i in items
+    )
 
 
 def _is_body_decode(detail: str | None) -> bool:

@@ -78,6 +78,11 @@ async def test_create_validation_names_the_field(api: Api) -> None:
 
 
 async def test_malformed_json_wrong_method_and_too_large(api: Api) -> None:
+    for path in ("/api/v1/jobs", "/api/v1/jobs/batch"):
+        r = await api.client.post(path, content=b"", headers={"content-type": "application/json"})
+        assert r.status_code == 400
+        assert_error(r.json(), "invalid_json")
+        assert "empty" in r.json()["detail"]
     r = await api.client.post(
         "/api/v1/jobs", content=b"{nope", headers={"content-type": "application/json"}
     )
