@@ -13,7 +13,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 
 from service.api.deps import unless_gone
-from service.api.errors import responses
+from service.api.errors import invalid, responses
 from service.api.hub import NotifyHub, profile_channel
 from service.api.schemas import (
     ClaimRequest,
@@ -24,6 +24,7 @@ from service.api.schemas import (
 )
 from service.config import Settings
 from service.jobs import Job, JobRepository, StateConflict
+from service.jobs.model import MAX_JSON_DEPTH, too_deep
 from service.jobs.states import allowed
 
 
@@ -100,6 +101,8 @@ async def heartbeat_job(
 async def complete_job(
     job_id: FromPath[UUID], data: JSONBody[CompleteRequest], repo: NamedDependency[JobRepository]
 ) -> Job:
+    if too_deep(data.result):  # (it would be stored, then break every read of the job)
+        raise invalid("result", f"nested deeper than {MAX_JSON_DEPTH} levels")
     return await repo.complete(job_id, data.worker_id, data.result)
 
 

@@ -64,7 +64,7 @@ def check_json(content: str, kind: str, finish_reason: str | None) -> None:
     """Raise ``InvalidOutput`` unless ``content`` is one JSON document."""
     try:
         json.loads(content)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # (nested deeper than the parser goes)
         hint = (
             "; finish_reason=length: max_tokens cut the answer short"
             if finish_reason == "length"

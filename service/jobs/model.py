@@ -81,10 +81,11 @@ class NewJob(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     idempotency_key: IdemKey | None = None
 
 
-# Far deeper than any chat, transcription or JSON-schema input; far shallower than the ~950
+# Job inputs and results. Far deeper than any chat, transcription or JSON-schema input; far
+# shallower than the ~950
 # levels where the JSON encoder and decoders (API, psycopg, worker) hit the recursion limit,
 # which depends on each one's stack: an input one of them accepts, another must not refuse.
-MAX_INPUT_DEPTH = 64
+MAX_JSON_DEPTH = 64
 
 
 def submission_problem(new: NewJob) -> tuple[str, str] | None:
@@ -100,13 +101,15 @@ def submission_problem(new: NewJob) -> tuple[str, str] | None:
             new.run_after.astimezone(UTC)
         except OverflowError:
             return "run_after", "must be between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z"
-    if _deeper_than(new.input, MAX_INPUT_DEPTH):
-        return "input", f"nested deeper than {MAX_INPUT_DEPTH} levels"
+    if too_deep(new.input):
+        return "input", f"nested deeper than {MAX_JSON_DEPTH} levels"
     return None
 
 
-def _deeper_than(value: Any, limit: int) -> bool:
+def too_deep(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
     """Whether objects/arrays in ``value`` nest more than ``limit`` levels (iterative)."""
+    if type(value) is not dict and type(value) is not list:
+        return False
     stack = [(value, 1)]
     while stack:
         node, depth = stack.pop()

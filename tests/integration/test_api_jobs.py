@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from service.config import Settings
-from service.jobs.model import MAX_INPUT_DEPTH
+from service.jobs.model import MAX_JSON_DEPTH
 from tests.integration.api_server import Api, job_body, running_api
 
 MISSING = "0190a1b2-0000-7000-8000-000000000000"
@@ -319,11 +319,11 @@ async def test_values_no_reader_could_load_back_are_refused_and_nothing_written(
     api: Api,
 ) -> None:
     """A run_after outside years 1-9999 in UTC, or an input nested deeper than
-    MAX_INPUT_DEPTH, would be written and then break every read of the row (the worker's
+    MAX_JSON_DEPTH, would be written and then break every read of the row (the worker's
     claim batch, listings): 422 naming the field, and no row."""
     deep = {"x": {}}
     node = deep["x"]
-    for _ in range(MAX_INPUT_DEPTH - 2):  # input itself is level 1: this is the deepest allowed
+    for _ in range(MAX_JSON_DEPTH - 2):  # input itself is level 1: this is the deepest allowed
         node["x"] = {}
         node = node["x"]
     too_deep = {"wrap": deep}

@@ -16,6 +16,7 @@ import psycopg
 import pytest
 
 from service.api.hub import FINISHED_CHANNEL, profile_channel
+from service.jobs.model import MAX_JSON_DEPTH
 from tests.integration.api_server import Api, job_body, running_api
 
 GENEROUS = 30  # seconds; a deadline against hangs, far below the 60 s wait_seconds used
@@ -270,3 +271,19 @@ async def test_client_hanging_up_stops_a_waiting_claim(api: Api) -> None:
     # the job was not leased to the caller that went away
     r = await api.client.get("/api/v1/jobs", params={"model_profile": "hangup"})
     assert [j["status"] for j in r.json()["items"]] == ["pending"]
+
+
+async def test_a_result_nested_too_deep_is_refused_and_the_job_stays_running(api: Api) -> None:
+    job = await create(api)
+    [claimed] = await claim(api)
+    deepest: Any = "leaf"
+    for _ in range(MAX_JSON_DEPTH):
+        deepest = [deepest]
+    url = f"/api/v1/jobs/{claimed['id']}/complete"
+    r = await api.client.post(url, json={"worker_id": "w1", "result": [deepest]})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"] == "validation_error"
+    assert [f["field"] for f in r.json()["fields"]] == ["result"]
+    assert (await api.client.get(f"/api/v1/jobs/{job['id']}")).json()["status"] == "running"
+    r = await api.client.post(url, json={"worker_id": "w1", "result": deepest})
+    assert r.status_code == 200 and r.json()["result"] == deepest

@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from service.handlers.base import InvalidInput
+from service.handlers.base import InvalidInput, InvalidOutput
+from service.handlers.llm import check_json
 from service.handlers.llm_input import parse_chat_input
 from service.handlers.transcription import parse_transcription_input
 
@@ -147,3 +148,10 @@ def test_transcription_input() -> None:
     ]:
         with pytest.raises(InvalidInput, match=expected):
             parse_transcription_input(data)
+
+
+def test_json_nested_deeper_than_the_parser_goes_is_invalid_output() -> None:
+    """Not an internal error (which would be retried as if the next answer could differ)."""
+    with pytest.raises(InvalidOutput, match="not valid JSON"):
+        check_json("[" * 100_000 + "]" * 100_000, "json_object", "stop")
+    check_json('{"ok": [1, 2]}', "json_object", "stop")
