@@ -1,6 +1,8 @@
 -- Named queries, loaded once by service/db/queries.py. A block starts with `-- name: NAME`.
 -- Fragments whose name starts with `_` are spliced into other queries where `{{ _name }}`
--- appears; this is done once at load time, never with values. Parameters are %(name)s.
+-- appears; this is done once at load time, never with values. Parameters are %(name)s;
+-- arrays are %(name)b, bound in binary: as text, psycopg quotes and backslash-escapes every
+-- element of an array literal (a regex substitution per jsonb input, 3.5-7 µs each).
 
 -- name: _job_filter
 -- The filter shared by list, retry-by-filter and cancel-by-filter. A NULL parameter means

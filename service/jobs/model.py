@@ -81,10 +81,10 @@ class NewJob(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     idempotency_key: IdemKey | None = None
 
 
-# Job inputs and results. Far deeper than any chat, transcription or JSON-schema input; far
-# shallower than the ~950
-# levels where the JSON encoder and decoders (API, psycopg, worker) hit the recursion limit,
-# which depends on each one's stack: an input one of them accepts, another must not refuse.
+# For job inputs and results. Far deeper than any chat, transcription or JSON-schema input;
+# far shallower than the ~950 levels where the JSON encoder and decoders (API, psycopg, worker)
+# hit the recursion limit, which depends on each one's stack: a value one of them accepts,
+# another must not refuse.
 MAX_JSON_DEPTH = 64
 
 
