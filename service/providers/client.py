@@ -28,7 +28,7 @@ from service.providers.errors import error_for_exception, error_for_status
 from service.providers.multipart import AudioUpload, MultipartBody
 from service.providers.pool import ShardedClient
 from service.providers.responses import ChatCompletion, ModelList, Transcription
-from service.providers.urls import api_url, redact_url, root_url, server_root
+from service.providers.urls import api_url, env_proxies, redact_url, root_url, server_root
 
 T = TypeVar("T")
 _tracer = spans.LeanTracer("service.providers")  # one span per job: see service/spans.py
@@ -56,12 +56,15 @@ class OpenAIClient:
         self._key = api_key
         self.url = redact_url(self._base)
         headers = {"Authorization": f"Bearer {api_key.reveal()}"} if api_key else {}
+        host = httpx.URL(self._base)
         self._http = ShardedClient(
             max_connections=max_connections,
             headers=headers,
             timeout=httpx.Timeout(None, connect=min(CONNECT_TIMEOUT_S, timeout)),
+            # httpx's client layers only where they do something: a proxy from the
+            # environment, or user:password in the URL (sent as basic auth).
+            direct=not (host.username or host.password or env_proxies()),
         )
-        host = httpx.URL(self._base)
         self._server = {"server.address": host.host, "server.port": host.port or 0}
         self._endpoints: dict[str, tuple[httpx.URL, str]] = {}
 

@@ -14,6 +14,14 @@ A request takes the most recently freed connection (its socket is the least like
 been closed by the server's keep-alive timeout); only when every connection is busy does it
 queue, in the shard with the fewest requests. All shards share one TLS context: httpx builds
 one per client otherwise (16 ms and 0.85 MiB each, loading the CA bundle).
+
+``direct`` (the usual case) sends through each shard's ``httpx.AsyncHTTPTransport`` (httpx's
+public transport API) instead of an ``AsyncClient``: the client's layers — cookie jar, auth
+and redirect flows, URL merging, event hooks — cost ~100 µs of CPU per request (~400 → ~300 µs
+in a loop of 4,000 calls to the simulator, 16 in flight) and do nothing for an inference
+server: no cookies are kept between jobs, redirects are not followed either way, and
+responses come uncompressed. What would need those layers — a proxy from the environment,
+credentials in the URL — makes the caller pass ``direct=False`` (see ``client.py``).
 """
 
 from __future__ import annotations
@@ -23,10 +31,11 @@ from typing import Any
 
 import httpx
 
+USER_AGENT = f"python-httpx/{httpx.__version__}"  # what httpx's client would send
+
 
 class ShardedClient:
-    """``request`` and ``aclose`` of ``httpx.AsyncClient`` over ``max_connections`` clients of
-    one connection each."""
+    """``request`` and ``aclose`` over ``max_connections`` shards of one connection each."""
 
     def __init__(
         self,
@@ -35,43 +44,88 @@ class ShardedClient:
         headers: Mapping[str, str] | None = None,
         timeout: httpx.Timeout,
         keepalive_expiry: float = 60.0,
+        direct: bool = True,
     ) -> None:
         # httpx's default verification (the CA bundle, or SSL_CERT_FILE / SSL_CERT_DIR), once.
         tls = httpx.create_ssl_context()
         one = httpx.Limits(
             max_connections=1, max_keepalive_connections=1, keepalive_expiry=keepalive_expiry
         )
-        self._clients = [
-            httpx.AsyncClient(
-                headers=dict(headers or {}),
-                limits=one,
-                timeout=timeout,
-                follow_redirects=False,
-                verify=tls,
-            )
-            for _ in range(max(1, max_connections))
-        ]
-        self._in_flight = [0] * len(self._clients)
+        n = max(1, max_connections)
+        self._transports: list[httpx.AsyncHTTPTransport] = []
+        self._clients: list[httpx.AsyncClient] = []
+        if direct:
+            self._transports = [httpx.AsyncHTTPTransport(verify=tls, limits=one) for _ in range(n)]
+        else:
+            self._clients = [
+                httpx.AsyncClient(
+                    headers=dict(headers or {}),
+                    limits=one,
+                    timeout=timeout,
+                    follow_redirects=False,
+                    verify=tls,
+                )
+                for _ in range(n)
+            ]
+        base = {"accept": "*/*", "user-agent": USER_AGENT}
+        self._headers = base | {k.lower(): v for k, v in (headers or {}).items()}
+        self._extensions = {"timeout": timeout.as_dict()}
+        self._in_flight = [0] * n
         # Free shards, the most recently freed last (popped first).
-        self._free = list(reversed(range(len(self._clients))))
+        self._free = list(reversed(range(n)))
 
     @property
     def shards(self) -> int:
-        return len(self._clients)
+        return len(self._in_flight)
 
-    async def request(self, method: str, url: httpx.URL | str, **kwargs: Any) -> httpx.Response:
+    async def request(
+        self,
+        method: str,
+        url: httpx.URL | str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        content: Any = None,
+    ) -> httpx.Response:
+        """The response, read in full (as ``AsyncClient.request`` returns it)."""
         if self._free:
             i = self._free.pop()
         else:  # every connection busy: queue behind the fewest
-            i = min(range(len(self._clients)), key=self._in_flight.__getitem__)
+            i = min(range(len(self._in_flight)), key=self._in_flight.__getitem__)
         self._in_flight[i] += 1
         try:
-            return await self._clients[i].request(method, url, **kwargs)
+            if not self._transports:
+                return await self._clients[i].request(method, url, headers=headers, content=content)
+            return await self._send(self._transports[i], method, url, headers, content)
         finally:
             self._in_flight[i] -= 1
             if not self._in_flight[i]:
                 self._free.append(i)
 
+    async def _send(
+        self,
+        transport: httpx.AsyncHTTPTransport,
+        method: str,
+        url: httpx.URL | str,
+        headers: Mapping[str, str] | None,
+        content: Any,
+    ) -> httpx.Response:
+        merged = self._headers
+        if headers:
+            merged = merged | {k.lower(): v for k, v in headers.items()}
+        request = httpx.Request(
+            method, url, headers=merged, content=content, extensions=self._extensions
+        )
+        response = await transport.handle_async_request(request)
+        response.request = request
+        try:
+            await response.aread()  # (closes the stream once read)
+        except BaseException:
+            await response.aclose()
+            raise
+        return response
+
     async def aclose(self) -> None:
+        for transport in self._transports:
+            await transport.aclose()
         for client in self._clients:
             await client.aclose()

@@ -9,6 +9,7 @@ wild (the OpenAI SDK wants the latter, vLLM docs show both). We keep the server 
 from __future__ import annotations
 
 from urllib.parse import urlsplit, urlunsplit
+from urllib.request import getproxies
 
 
 def server_root(base_url: str) -> str:
@@ -39,3 +40,9 @@ def redact_url(url: str) -> str:
         host = f"[{host}]"
     netloc = host + (f":{parts.port}" if parts.port is not None else "")
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def env_proxies() -> bool:
+    """Whether ``HTTP_PROXY``, ``HTTPS_PROXY`` or ``ALL_PROXY`` (any case) is set: httpx's
+    client would then route requests through a proxy (``NO_PROXY`` is left to httpx)."""
+    return bool({"http", "https", "all"} & getproxies().keys())
