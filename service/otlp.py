@@ -31,10 +31,12 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode
+
+from service.spans import LeanSpan
 
 log = logging.getLogger("ai_service.otlp")
 
@@ -137,50 +139,99 @@ _FLAGS_LOCAL = b"\x85\x01" + _pack_i(_HAS_IS_REMOTE)
 _FLAGS_REMOTE = b"\x85\x01" + _pack_i(_HAS_IS_REMOTE | _IS_REMOTE)
 _KINDS = {kind: b"\x30" + bytes((kind.value + 1,)) for kind in SpanKind}
 _STATUS_UNSET = b"\x7a\x00"
+_CODES = {code: code.value for code in StatusCode}  # (an enum's .value is a descriptor call)
 
 
 def _count(tag: bytes, n: int) -> bytes:
     return tag + _varint(n) if n else b""
 
 
+_M64 = (1 << 64) - 1
+_pack_ids = struct.Struct(">HQQHQ").pack  # tag, trace id (two halves), tag, span id
+_pack_parent = struct.Struct(">HQ").pack
+_pack_times = struct.Struct("<BQBQ").pack  # start and end, both fixed64
+_LINK_FLAGS = {
+    remote: b"\x35" + _pack_i(_HAS_IS_REMOTE | (_IS_REMOTE if remote else 0))
+    for remote in (False, True)
+}
+# Encoded name fields: span names are low-cardinality by convention ("process <profile>").
+_NAMES: dict[str, bytes] = {}
+_NAMES_MAX = 1024
+
+
+def _name(name: str) -> bytes:
+    found = _NAMES.get(name)
+    if found is None:
+        found = _field(b"\x2a", name.encode())
+        if len(_NAMES) >= _NAMES_MAX:
+            _NAMES.clear()
+        _NAMES[name] = found
+    return found
+
+
 def _span(span: ReadableSpan) -> bytes:
-    ctx = span.context
+    if type(span) is LeanSpan:  # its fields as they are: no property calls, no copies
+        return _span_fields(
+            span._context, span._parent, span._name, span._kind, span._start_time,
+            span._end_time, span._attributes, 0, span._events, 0, span._links, 0, span._status,
+        )  # fmt: skip
+    return _span_fields(
+        span.context, span.parent, span.name, span.kind, span.start_time, span.end_time,
+        span.attributes, span.dropped_attributes, span.events, span.dropped_events, span.links,
+        span.dropped_links, span.status,
+    )  # fmt: skip
+
+
+def _span_fields(
+    ctx: SpanContext | None,
+    parent: SpanContext | None,
+    name: str,
+    kind: SpanKind,
+    start: int | None,
+    end: int | None,
+    attributes: Mapping[str, Any] | None,
+    dropped_attributes: int,
+    events: Sequence[Event],
+    dropped_events: int,
+    links: Sequence[Link],
+    dropped_links: int,
+    status: Status,
+) -> bytes:
     assert ctx is not None
-    parent = span.parent
-    parts = [
-        b"\x0a\x10" + ctx.trace_id.to_bytes(16, "big"),
-        b"\x12\x08" + ctx.span_id.to_bytes(8, "big"),
-    ]
+    trace_id = ctx.trace_id
+    parts = [_pack_ids(0x0A10, trace_id >> 64, trace_id & _M64, 0x1208, ctx.span_id)]
     if ctx.trace_state:
         parts.append(
             _field(b"\x1a", ",".join(f"{k}={v}" for k, v in ctx.trace_state.items()).encode())
         )
     if parent is not None:
-        parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
-    parts.append(_field(b"\x2a", span.name.encode()))
-    parts.append(_KINDS[span.kind])
-    if start := span.start_time:
-        parts.append(b"\x39" + _pack_q(start))
-    if end := span.end_time:
-        parts.append(b"\x41" + _pack_q(end))
-    parts.append(_attributes(b"\x4a", span.attributes))
-    parts.append(_count(b"\x50", span.dropped_attributes))
-    for event in span.events:
+        parts.append(_pack_parent(0x2208, parent.span_id))
+    parts.append(_name(name))
+    parts.append(_KINDS[kind])
+    if start and end:
+        parts.append(_pack_times(0x39, start, 0x41, end))
+    else:
+        if start:
+            parts.append(b"\x39" + _pack_q(start))
+        if end:
+            parts.append(b"\x41" + _pack_q(end))
+    parts.append(_attributes(b"\x4a", attributes))
+    parts.append(_count(b"\x50", dropped_attributes))
+    for event in events:
         body = b"\x09" + _pack_q(event.timestamp) if event.timestamp else b""
         body += _field(b"\x12", event.name.encode()) if event.name else b""
         body += _attributes(b"\x1a", event.attributes) + _count(b"\x20", event.dropped_attributes)
         parts.append(_field(b"\x5a", body))
-    parts.append(_count(b"\x60", span.dropped_events))
-    for link in span.links:
+    parts.append(_count(b"\x60", dropped_events))
+    for link in links:
         lc = link.context
-        body = b"\x0a\x10" + lc.trace_id.to_bytes(16, "big")
-        body += b"\x12\x08" + lc.span_id.to_bytes(8, "big")
-        body += _attributes(b"\x22", link.attributes) + _count(b"\x28", link.dropped_attributes)
-        body += b"\x35" + _pack_i(_HAS_IS_REMOTE | (_IS_REMOTE if lc.is_remote else 0))
+        body = _pack_ids(0x0A10, lc.trace_id >> 64, lc.trace_id & _M64, 0x1208, lc.span_id)
+        if link.attributes:
+            body += _attributes(b"\x22", link.attributes)
+        body += _count(b"\x28", link.dropped_attributes) + _LINK_FLAGS[lc.is_remote]
         parts.append(_field(b"\x6a", body))
-    parts.append(_count(b"\x70", span.dropped_links))
-    status = span.status
-    code = status.status_code.value
+    parts.append(_count(b"\x70", dropped_links))
+    code = _CODES[status.status_code]
     if code or status.description:
         body = _field(b"\x12", status.description.encode()) if status.description else b""
         body += b"\x18" + bytes((code,)) if code else b""
@@ -220,9 +271,17 @@ def _encode(spans: Sequence[ReadableSpan]) -> bytes:
     scopes: dict[int, Any] = {}
     distinct: tuple[list[Any], list[Any]] = ([], [])
     grouped: dict[int, tuple[Resource, dict[int, tuple[Any, list[bytes]]]]] = {}
+    # The list of each (resource, scope) pair met, by identity: a process's spans share a
+    # resource and a few scopes, so this lookup is all most spans need.
+    seen: dict[tuple[int, int], list[bytes]] = {}
     for span in spans:
-        resource = _canonical(span.resource, resources, distinct[0])
-        scope = _canonical(span.instrumentation_scope or None, scopes, distinct[1])
+        raw_resource, raw_scope = span.resource, span.instrumentation_scope
+        known = seen.get((id(raw_resource), id(raw_scope)))
+        if known is not None:
+            known.append(_field(b"\x12", _span(span)))
+            continue
+        resource = _canonical(raw_resource, resources, distinct[0])
+        scope = _canonical(raw_scope or None, scopes, distinct[1])
         group = grouped.get(id(resource))
         if group is None:
             group = grouped[id(resource)] = (resource, {})
@@ -230,6 +289,7 @@ def _encode(spans: Sequence[ReadableSpan]) -> bytes:
         if entry is None:
             entry = group[1][id(scope)] = (scope, [])
         entry[1].append(_field(b"\x12", _span(span)))
+        seen[id(raw_resource), id(raw_scope)] = entry[1]
     out = []
     for resource, by_scope in grouped.values():
         body = [_field(b"\x0a", _resource(resource))]
@@ -248,7 +308,10 @@ def encode(spans: Sequence[ReadableSpan]) -> bytes:
     """The serialised ``ExportTraceServiceRequest`` for ``spans``."""
     try:
         return _encode(spans)
-    except (_Unencodable, UnicodeEncodeError, AttributeError, TypeError, ValueError) as exc:
+    except (
+        _Unencodable, UnicodeEncodeError, AttributeError, TypeError, ValueError, OverflowError,
+        struct.error,
+    ) as exc:  # fmt: skip
         log.debug("fast OTLP encoding failed (%r); using the SDK's encoder", exc)
         data: bytes = encode_spans(spans).SerializePartialToString()
         return data

@@ -13,6 +13,7 @@ from opentelemetry import context as otel_context
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import TextMapPropagator
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -21,7 +22,7 @@ from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, DEFAULT_ON, ParentBased, Sampler
 from opentelemetry.trace import Link, SpanKind, StatusCode
 
-from service import spans, telemetry, tracing
+from service import otlp, spans, telemetry, tracing
 from service.jobs.model import Job
 from tests.helpers import running_job
 
@@ -134,6 +135,10 @@ def test_lean_spans_export_what_the_sdks_spans_export(sampler: Sampler) -> None:
     ours, theirs = lean_exporter.get_finished_spans(), sdk_exporter.get_finished_spans()
     assert [s.name for s in ours] == ["receive q", "chat m", "process q2"]
     assert _exported(ours) == _exported(theirs)
+    # The direct encoder reads lean spans' fields without the ReadableSpan accessors: it
+    # must write what the SDK's encoder makes of them, alone and mixed with the SDK's spans.
+    for batch in (ours, (*ours, *theirs), (theirs[0], ours[0], theirs[1], ours[1])):
+        assert ExportTraceServiceRequest.FromString(otlp._encode(batch)) == _exported(batch)
     chat, process = ours[1], ours[2]
     assert chat.parent is not None and chat.parent.span_id == process.context.span_id
     assert process.context.trace_id == 0x0AF7651916CD43DD8448EB211C80319C
