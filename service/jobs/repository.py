@@ -7,6 +7,7 @@ write are one statement; the method then reads the row once to say *why* it was 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -15,10 +16,13 @@ from uuid import UUID
 import msgspec
 import uuid_utils.compat as uuid_compat
 
+from service import metrics
 from service.db import Database, Row, jsonb
 from service.jobs import states
 from service.jobs.errors import IdempotencyConflict, JobNotFound, StateConflict
 from service.jobs.model import Job, JobFilter, NewJob
+
+log = logging.getLogger("ai_service.jobs")
 
 REAPER_LOCK_KEY = 0x61695F72656170  # "ai_reap"
 
@@ -40,6 +44,23 @@ class Reaped(NamedTuple):
 
 def _jobs(rows: list[Row]) -> list[Job]:
     return [Job.from_row(r) for r in rows]
+
+
+def _claimed_job(row: Row) -> tuple[Job | None, str]:
+    """A claimed row as a ``Job``, or ``None`` and why it cannot be read. A ``trace_context``
+    that is not an object of strings is only tracing metadata: the job runs untraced."""
+    try:
+        return Job.from_row(row), ""
+    except msgspec.ValidationError as exc:
+        problem = str(exc)
+    if row.get("trace_context") is None:
+        return None, problem
+    try:
+        job = Job.from_row({**row, "trace_context": None})
+    except msgspec.ValidationError as exc:
+        return None, str(exc)
+    log.warning("job %s has an unreadable trace_context (%s); it runs untraced", row["id"], problem)
+    return job, ""
 
 
 class JobRepository:
@@ -216,8 +237,36 @@ class JobRepository:
             },
             traced=False,  # serves many jobs, never inside a span: see ``Session``
         )
+        jobs: list[Job] = []
+        for row in rows:
+            job, problem = _claimed_job(row)
+            if job is None:
+                await self._fail_unreadable(row, worker_id, problem)
+            else:
+                jobs.append(job)
         # UPDATE ... RETURNING does not keep the CTE's order; callers start jobs in this order.
-        return sorted(_jobs(rows), key=lambda j: (-j.priority, j.run_after, j.id))
+        return sorted(jobs, key=lambda j: (-j.priority, j.run_after, j.id))
+
+    async def _fail_unreadable(self, row: Row, worker_id: str, problem: str) -> None:
+        """Fail a claimed job whose stored values cannot be read, at once and for good: left
+        running, it would hold its whole claim batch until the lease expired, again on every
+        retry. Only a write that bypassed the API (which validates them) can store such a row."""
+        await self.db.fetchrow(  # (the row it returns is not read: it is the unreadable one)
+            "fail_job",
+            {
+                "id": row["id"],
+                "worker_id": worker_id,
+                "error_category": "invalid_input",
+                "error_message": f"the stored job cannot be read: {problem}"[:4000],
+                "retryable": False,
+                "retry_after": None,
+                "backoff_base": self.backoff_base,
+                "backoff_max": self.backoff_max,
+            },
+        )
+        log.error("job %s failed at claim: its stored row cannot be read (%s)", row["id"], problem)
+        failed = Reaped(row["id"], "failed", row["model_profile"], row["task_type"])
+        metrics.job_failed(failed, "invalid_input", final=True)
 
     async def heartbeat(
         self, worker_id: str, ids: Sequence[UUID], *, lease_seconds: float

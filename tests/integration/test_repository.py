@@ -162,6 +162,38 @@ async def test_claim_orders_by_priority_and_respects_run_after(repo: JobReposito
     assert await repo.next_run_after("qwen2.5-14b") == later
 
 
+async def test_an_unreadable_row_is_failed_at_claim_and_spares_its_batch(
+    repo: JobRepository, db_url: str
+) -> None:
+    """Rows written around the API (plain SQL) may hold what the API would have refused: the
+    claim fails such a job for good instead of raising and stranding the jobs claimed with it
+    until their leases expire."""
+    good, _ = await repo.create(nj(owner_ref="good"))
+    bad, _ = await repo.create(nj(owner_ref="bad"))
+    odd_trace, _ = await repo.create(nj(owner_ref="odd-trace"))
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("UPDATE ai_jobs SET input = '[1, 2]' WHERE id = %s", (bad.id,))
+        conn.execute(
+            "UPDATE ai_jobs SET trace_context = '{\"traceparent\": 5}' WHERE id = %s",
+            (odd_trace.id,),
+        )
+    claimed = await repo.claim("qwen2.5-14b", "w1", limit=10, lease_seconds=60)
+    assert sorted(j.owner_ref or "" for j in claimed) == ["good", "odd-trace"]
+    assert next(j for j in claimed if j.id == odd_trace.id).trace_context is None  # untraced
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT status, error_category, error_message, attempts, finished_at IS NOT NULL "
+            "FROM ai_jobs WHERE id = %s",
+            (bad.id,),
+        ).fetchone()
+    assert row is not None
+    status, category, message, attempts, finished = row
+    assert (status, category, attempts, finished) == ("failed", "invalid_input", 1, True)
+    assert message.startswith("the stored job cannot be read: ") and "$.input" in message
+    assert await repo.claim("qwen2.5-14b", "w1", limit=10, lease_seconds=60) == []
+    assert good.id in {j.id for j in claimed}
+
+
 async def test_concurrent_claimers_claim_every_job_exactly_once(
     repo: JobRepository, db: Database
 ) -> None:
