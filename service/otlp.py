@@ -276,20 +276,19 @@ def _encode(spans: Sequence[ReadableSpan]) -> bytes:
     seen: dict[tuple[int, int], list[bytes]] = {}
     for span in spans:
         raw_resource, raw_scope = span.resource, span.instrumentation_scope
-        known = seen.get((id(raw_resource), id(raw_scope)))
-        if known is not None:
-            known.append(_field(b"\x12", _span(span)))
-            continue
-        resource = _canonical(raw_resource, resources, distinct[0])
-        scope = _canonical(raw_scope or None, scopes, distinct[1])
-        group = grouped.get(id(resource))
-        if group is None:
-            group = grouped[id(resource)] = (resource, {})
-        entry = group[1].get(id(scope))
-        if entry is None:
-            entry = group[1][id(scope)] = (scope, [])
-        entry[1].append(_field(b"\x12", _span(span)))
-        seen[id(raw_resource), id(raw_scope)] = entry[1]
+        key = (id(raw_resource), id(raw_scope))
+        encoded = seen.get(key)
+        if encoded is None:
+            resource = _canonical(raw_resource, resources, distinct[0])
+            scope = _canonical(raw_scope or None, scopes, distinct[1])
+            group = grouped.get(id(resource))
+            if group is None:
+                group = grouped[id(resource)] = (resource, {})
+            entry = group[1].get(id(scope))
+            if entry is None:
+                entry = group[1][id(scope)] = (scope, [])
+            encoded = seen[key] = entry[1]
+        encoded.append(_field(b"\x12", _span(span)))
     out = []
     for resource, by_scope in grouped.values():
         body = [_field(b"\x0a", _resource(resource))]

@@ -136,6 +136,9 @@ async def list_jobs(
         UUID | None, QueryParameter(description="next_cursor of the last page")
     ] = None,
 ) -> JobPage:
+    for name, value in (("created_after", created_after), ("created_before", created_before)):
+        if value is not None and value.tzinfo is None:  # (query values skip msgspec's tz check)
+            raise invalid(name, "expected `datetime` with a timezone component")
     flt = JobFilter(
         ids=ids,
         status=status,
@@ -147,9 +150,6 @@ async def list_jobs(
         created_after=created_after,
         created_before=created_before,
     )
-    for name, value in (("created_after", created_after), ("created_before", created_before)):
-        if value is not None and value.tzinfo is None:  # (query values skip msgspec's tz check)
-            raise invalid(name, "expected `datetime` with a timezone component")
     items, next_cursor = await repo.list_jobs(flt, limit=limit, cursor=cursor)
     return JobPage(items=items, next_cursor=str(next_cursor) if next_cursor else None)
 

@@ -251,19 +251,9 @@ class JobRepository:
         """Fail a claimed job whose stored values cannot be read, at once and for good: left
         running, it would hold its whole claim batch until the lease expired, again on every
         retry. Only a write that bypassed the API (which validates them) can store such a row."""
-        await self.db.fetchrow(  # (the row it returns is not read: it is the unreadable one)
-            "fail_job",
-            {
-                "id": row["id"],
-                "worker_id": worker_id,
-                "error_category": "invalid_input",
-                "error_message": f"the stored job cannot be read: {problem}"[:4000],
-                "retryable": False,
-                "retry_after": None,
-                "backoff_base": self.backoff_base,
-                "backoff_max": self.backoff_max,
-            },
-        )
+        message = f"the stored job cannot be read: {problem}"
+        # (the row it returns is not read: it is the unreadable one)
+        await self._fail_row(row["id"], worker_id, "invalid_input", message, False, None)
         log.error("job %s failed at claim: its stored row cannot be read (%s)", row["id"], problem)
         failed = Reaped(row["id"], "failed", row["model_profile"], row["task_type"])
         metrics.job_failed(failed, "invalid_input", final=True)
@@ -322,7 +312,24 @@ class JobRepository:
         retry_after: float | None = None,
     ) -> Job:
         """Record a failure; retryable ones with attempts left return to pending after backoff."""
-        row = await self.db.fetchrow(
+        row = await self._fail_row(
+            job_id, worker_id, error_category, error_message, retryable, retry_after
+        )
+        if row is None:
+            raise await self._refusal(job_id, "fail", worker_id)
+        return Job.from_row(row)
+
+    async def _fail_row(
+        self,
+        job_id: UUID,
+        worker_id: str,
+        error_category: str,
+        error_message: str,
+        retryable: bool,
+        retry_after: float | None,
+    ) -> Row | None:
+        """The ``fail_job`` statement; the row as stored after it, or ``None`` if refused."""
+        return await self.db.fetchrow(
             "fail_job",
             {
                 "id": job_id,
@@ -335,9 +342,6 @@ class JobRepository:
                 "backoff_max": self.backoff_max,
             },
         )
-        if row is None:
-            raise await self._refusal(job_id, "fail", worker_id)
-        return Job.from_row(row)
 
     async def release(self, worker_id: str, ids: Sequence[UUID]) -> set[UUID]:
         """Hand unfinished jobs back to pending without counting the attempt (shutdown)."""
