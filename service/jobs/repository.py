@@ -7,6 +7,7 @@ write are one statement; the method then reads the row once to say *why* it was 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from datetime import datetime
@@ -252,8 +253,12 @@ class JobRepository:
         running, it would hold its whole claim batch until the lease expired, again on every
         retry. Only a write that bypassed the API (which validates them) can store such a row."""
         message = f"the stored job cannot be read: {problem}"
-        # (the row it returns is not read: it is the unreadable one)
-        await self._fail_row(row["id"], worker_id, "invalid_input", message, False, None)
+        # Stored by then: only reading back the row (the unreadable one) raises.
+        with contextlib.suppress(msgspec.ValidationError):
+            await self.fail(
+                row["id"], worker_id, error_category="invalid_input", error_message=message,
+                retryable=False,
+            )  # fmt: skip
         log.error("job %s failed at claim: its stored row cannot be read (%s)", row["id"], problem)
         failed = Reaped(row["id"], "failed", row["model_profile"], row["task_type"])
         metrics.job_failed(failed, "invalid_input", final=True)
@@ -312,24 +317,7 @@ class JobRepository:
         retry_after: float | None = None,
     ) -> Job:
         """Record a failure; retryable ones with attempts left return to pending after backoff."""
-        row = await self._fail_row(
-            job_id, worker_id, error_category, error_message, retryable, retry_after
-        )
-        if row is None:
-            raise await self._refusal(job_id, "fail", worker_id)
-        return Job.from_row(row)
-
-    async def _fail_row(
-        self,
-        job_id: UUID,
-        worker_id: str,
-        error_category: str,
-        error_message: str,
-        retryable: bool,
-        retry_after: float | None,
-    ) -> Row | None:
-        """The ``fail_job`` statement; the row as stored after it, or ``None`` if refused."""
-        return await self.db.fetchrow(
+        row = await self.db.fetchrow(
             "fail_job",
             {
                 "id": job_id,
@@ -342,6 +330,9 @@ class JobRepository:
                 "backoff_max": self.backoff_max,
             },
         )
+        if row is None:
+            raise await self._refusal(job_id, "fail", worker_id)
+        return Job.from_row(row)
 
     async def release(self, worker_id: str, ids: Sequence[UUID]) -> set[UUID]:
         """Hand unfinished jobs back to pending without counting the attempt (shutdown)."""
