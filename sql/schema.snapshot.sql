@@ -34,6 +34,7 @@ ai_jobs ai_jobs_pkey PRIMARY KEY (id)
 ai_jobs ai_jobs_running_has_owner CHECK (((status <> 'running'::text) OR ((worker_id IS NOT NULL) AND (lease_expires_at IS NOT NULL))))
 ai_jobs ai_jobs_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'running'::text, 'completed'::text, 'failed'::text, 'cancelled'::text])))
 ai_jobs ai_jobs_task_type_check CHECK ((task_type <> ''::text))
+ai_jobs ai_jobs_times_readable CHECK ((ai_jobs_time_readable(run_after) AND ai_jobs_time_readable(created_at) AND ai_jobs_time_readable(updated_at) AND ai_jobs_time_readable(started_at) AND ai_jobs_time_readable(finished_at) AND ai_jobs_time_readable(lease_expires_at)))
 ai_service_migrations ai_service_migrations_pkey PRIMARY KEY (version)
 -- indexes
 CREATE INDEX ai_jobs_claim_idx ON public.ai_jobs USING btree (model_profile, priority DESC, run_after, id) WHERE (status = 'pending'::text)
@@ -49,6 +50,7 @@ CREATE UNIQUE INDEX ai_service_migrations_pkey ON public.ai_service_migrations U
 CREATE TRIGGER ai_jobs_notify_finished AFTER UPDATE OF status ON public.ai_jobs FOR EACH ROW WHEN (((new.status = ANY (ARRAY['completed'::text, 'failed'::text, 'cancelled'::text])) AND (old.status <> new.status))) EXECUTE FUNCTION ai_jobs_notify_finished()
 CREATE TRIGGER ai_jobs_notify_inserted AFTER INSERT ON public.ai_jobs REFERENCING NEW TABLE AS inserted FOR EACH STATEMENT EXECUTE FUNCTION ai_jobs_notify_inserted()
 CREATE TRIGGER ai_jobs_notify_requeued AFTER UPDATE OF status ON public.ai_jobs FOR EACH ROW WHEN (((new.status = 'pending'::text) AND (old.status <> 'pending'::text))) EXECUTE FUNCTION ai_jobs_notify_requeued()
+CREATE TRIGGER ai_jobs_refuse_unreadable_json BEFORE INSERT OR UPDATE OF input, trace_context ON public.ai_jobs FOR EACH ROW WHEN (((jsonb_typeof(new.input) <> 'object'::text) OR (jsonb_typeof(new.trace_context) <> 'object'::text) OR jsonb_path_exists(new.trace_context, 'strict $.*?(@.type() != "string")'::jsonpath, '{}'::jsonb, true))) EXECUTE FUNCTION ai_jobs_refuse_unreadable_json()
 -- storage parameters
 ai_jobs autovacuum_analyze_scale_factor=0.02, autovacuum_vacuum_scale_factor=0.05, autovacuum_vacuum_insert_scale_factor=0.05
 -- functions
@@ -86,3 +88,21 @@ BEGIN
     RETURN NULL;
 END;
 $function$
+CREATE OR REPLACE FUNCTION public.ai_jobs_refuse_unreadable_json()
+ RETURNS trigger
+ LANGUAGE plpgsql
+AS $function$
+BEGIN
+    IF jsonb_typeof(NEW.input) <> 'object' THEN
+        RAISE EXCEPTION 'ai_jobs.input must be a JSON object, not %', jsonb_typeof(NEW.input)
+            USING ERRCODE = 'check_violation', COLUMN = 'input', TABLE = 'ai_jobs';
+    END IF;
+    RAISE EXCEPTION 'ai_jobs.trace_context must be a JSON object of strings'
+        USING ERRCODE = 'check_violation', COLUMN = 'trace_context', TABLE = 'ai_jobs';
+END
+$function$
+CREATE OR REPLACE FUNCTION public.ai_jobs_time_readable(t timestamp with time zone)
+ RETURNS boolean
+ LANGUAGE sql
+ IMMUTABLE PARALLEL SAFE
+AS $function$ SELECT t BETWEEN '0001-01-02 00:00:00+00' AND '9999-12-30 23:59:59.999999+00' $function$

@@ -88,19 +88,29 @@ class NewJob(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 MAX_JSON_DEPTH = 64
 
 
+# The times a row may hold (migration 0004 refuses others): a day inside what a ``datetime``
+# holds, because the database renders a time in its session's TimeZone, where
+# 9999-12-31T23:00:00Z is already year 10000 east of UTC and 0001-01-01T05:00:00Z is 1 BC
+# west of it.
+EARLIEST = datetime(1, 1, 2, tzinfo=UTC)
+LATEST = datetime(9999, 12, 30, 23, 59, 59, 999999, tzinfo=UTC)
+
+
 def submission_problem(new: NewJob) -> tuple[str, str] | None:
     """The first thing wrong with ``new`` that its declaration cannot say, as (field, message).
 
-    Both would otherwise be written and then fail every read of the row: a ``run_after``
-    outside years 1 to 9999 in UTC (``0001-01-01T00:00:00+14:00`` is 1 BC) cannot be loaded
-    back into a ``datetime``, and an input nested too deep cannot be decoded again, so the
-    job would break the claim batch and every listing it appears in.
+    Neither may be stored: a ``run_after`` outside ``EARLIEST``..``LATEST`` cannot be loaded
+    back into a ``datetime`` under every server TimeZone (the database refuses it since
+    migration 0004), and an input nested too deep cannot be decoded again; either would break
+    the claim batch and every listing the job appears in.
     """
     if new.run_after is not None:
         try:
-            new.run_after.astimezone(UTC)
+            in_range = EARLIEST <= new.run_after.astimezone(UTC) <= LATEST
         except OverflowError:
-            return "run_after", "must be between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z"
+            in_range = False
+        if not in_range:
+            return "run_after", "must be between 0001-01-02T00:00:00Z and 9999-12-30T23:59:59Z"
     if too_deep(new.input):
         return "input", f"nested deeper than {MAX_JSON_DEPTH} levels"
     return None

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg.rows import dict_row
 
 from service.db.migrate import MigrationError, load_migrations, migrate, pending_migrations
+from service.jobs.model import EARLIEST, LATEST, Job
 from tests.helpers import ROOT
 from tests.schema_dump import dump_schema
 
@@ -85,3 +87,47 @@ def test_cli_migrate_check_exit_codes(empty_db_url: str) -> None:
     assert applied.returncode == 0, applied.stderr
     clean = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
     assert clean.returncode == 0, clean.stderr
+
+
+def test_0004_repairs_rows_no_reader_could_load_and_then_refuses_them(
+    empty_db_url: str, tmp_path: Path
+) -> None:
+    """Rows written around the API before 0004 (an operator's UPDATE) that broke every claim
+    and listing they met are repaired as the migration documents, and the service reads them."""
+    for m in load_migrations()[:3]:
+        (tmp_path / f"{m.version:04d}_{m.name}.sql").write_text(m.sql)
+    migrate(empty_db_url, tmp_path)
+    rows = {
+        "due": ("pending", "run_after = '-infinity'"),
+        "never": ("pending", "run_after = 'infinity'"),
+        "array": ("pending", "input = '[1, 2]'"),
+        "scalar-done": ("completed", "input = '\"x\"', finished_at = 'infinity'"),
+        "odd-trace": ("pending", "trace_context = '{\"traceparent\": 5}'"),
+        "nested-trace": ("pending", "trace_context = '{\"traceparent\": [\"x\"]}'"),
+        "fine": ("pending", "trace_context = '{\"traceparent\": \"t\"}'"),
+    }
+    with psycopg.connect(empty_db_url, autocommit=True) as conn:
+        for ref, (status, assignment) in rows.items():
+            conn.execute(
+                "INSERT INTO ai_jobs (id, owner_service, task_type, model_profile, owner_ref,"
+                " status) VALUES (gen_random_uuid(), 'ops', 'llm_chat', 'p', %s, %s)",
+                (ref, status),
+            )
+            conn.execute(f"UPDATE ai_jobs SET {assignment} WHERE owner_ref = %s", (ref,))
+        with pytest.raises(psycopg.DataError):  # what a claim of these rows met
+            conn.execute("SELECT run_after FROM ai_jobs").fetchall()
+    migrate(empty_db_url)
+    with psycopg.connect(empty_db_url, autocommit=True, row_factory=dict_row) as conn:
+        got = {r["owner_ref"]: r for r in conn.execute("SELECT * FROM ai_jobs").fetchall()}
+    jobs = {ref: Job.from_row(row) for ref, row in got.items()}  # every row reads back
+    assert jobs["due"].run_after == EARLIEST and jobs["due"].status == "pending"
+    assert jobs["never"].run_after == LATEST and jobs["never"].status == "pending"
+    assert jobs["array"].input == {"value": [1, 2]}
+    assert (jobs["array"].status, jobs["array"].error_category) == ("failed", "invalid_input")
+    assert jobs["scalar-done"].input == {"value": "x"}
+    assert jobs["scalar-done"].status == "completed"
+    assert jobs["scalar-done"].finished_at == LATEST
+    assert jobs["odd-trace"].trace_context is None
+    assert jobs["nested-trace"].trace_context is None
+    assert jobs["fine"].trace_context == {"traceparent": "t"}
+    assert jobs["fine"].status == "pending" and jobs["fine"].input == {}

@@ -10,6 +10,7 @@ import psycopg
 import pytest
 
 from service.db import Database
+from service.jobs.model import EARLIEST
 from service.jobs import (
     IdempotencyConflict,
     JobFilter,
@@ -165,13 +166,14 @@ async def test_claim_orders_by_priority_and_respects_run_after(repo: JobReposito
 async def test_an_unreadable_row_is_failed_at_claim_and_spares_its_batch(
     repo: JobRepository, db_url: str
 ) -> None:
-    """Rows written around the API (plain SQL) may hold what the API would have refused: the
-    claim fails such a job for good instead of raising and stranding the jobs claimed with it
-    until their leases expire."""
+    """The database refuses such rows (next test), but a restore or a replica applying rows
+    skips triggers: a row the worker cannot read is failed for good at claim instead of
+    raising and stranding the jobs claimed with it until their leases expire."""
     good, _ = await repo.create(nj(owner_ref="good"))
     bad, _ = await repo.create(nj(owner_ref="bad"))
     odd_trace, _ = await repo.create(nj(owner_ref="odd-trace"))
     with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE ai_jobs DISABLE TRIGGER ai_jobs_refuse_unreadable_json")
         conn.execute("UPDATE ai_jobs SET input = '[1, 2]' WHERE id = %s", (bad.id,))
         conn.execute(
             "UPDATE ai_jobs SET trace_context = '{\"traceparent\": 5}' WHERE id = %s",
@@ -192,6 +194,41 @@ async def test_an_unreadable_row_is_failed_at_claim_and_spares_its_batch(
     assert message.startswith("the stored job cannot be read: ") and "$.input" in message
     assert await repo.claim("qwen2.5-14b", "w1", limit=10, lease_seconds=60) == []
     assert good.id in {j.id for j in claimed}
+
+
+# What one UPDATE written around the API could store before migration 0004 (a loop: the
+# parametrized coroutine tests do not collect here).
+UNREADABLE = [
+    "run_after = '-infinity'",
+    "run_after = 'infinity'",
+    "run_after = '0001-01-01 12:00:00+00'",
+    "finished_at = '9999-12-31 00:00:00+00'",
+    "lease_expires_at = 'infinity'",
+    "input = '[1, 2]'",
+    "input = '\"x\"'",
+    "trace_context = '[\"x\"]'",
+    "trace_context = '{\"traceparent\": 5}'",
+    "trace_context = '{\"traceparent\": [\"x\"]}'",
+]
+
+
+async def test_the_database_refuses_what_no_reader_could_load(
+    repo: JobRepository, db_url: str
+) -> None:
+    """Before migration 0004 one such UPDATE made every claim that met the row fail after
+    marking its whole batch running (and broke listings); now the write itself is refused."""
+    job, _ = await repo.create(nj())
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        for assignment in UNREADABLE:
+            with pytest.raises(psycopg.errors.CheckViolation):
+                conn.execute(f"UPDATE ai_jobs SET {assignment} WHERE id = %s", (job.id,))
+        conn.execute(
+            "UPDATE ai_jobs SET trace_context = '{\"traceparent\": \"t\"}', "
+            "run_after = '0001-01-02 00:00:00+00' WHERE id = %s",
+            (job.id,),
+        )  # the edges of what is allowed
+    [claimed] = await repo.claim("qwen2.5-14b", "w1", limit=10, lease_seconds=60)
+    assert claimed.trace_context == {"traceparent": "t"} and claimed.run_after == EARLIEST
 
 
 async def test_concurrent_claimers_claim_every_job_exactly_once(

@@ -1,0 +1,99 @@
+-- 0004: the database refuses rows the service cannot read back.
+--
+-- Why: the API validates what it writes, but a row written around it (an operator's UPDATE,
+-- a script, a restore) could hold what no reader can load. Measured before this migration: a
+-- pending job whose run_after an UPDATE set to '-infinity' made every claim that picked it
+-- fail while loading the rows, after the UPDATE had marked the whole batch running; the other
+-- jobs of the batch then waited for their leases to expire and lost an attempt, again on
+-- every retry. Listings that met the row failed too.
+--
+-- What is refused from now on:
+--   * a time outside 0001-01-02 .. 9999-12-30 UTC in any timestamp column (±infinity,
+--     or an edge instant that a server TimeZone renders as year 0 or 10000, neither of which
+--     a Python datetime holds; the API refuses the same run_after values);
+--   * an input that is not a JSON object, a trace_context that is not an object of strings.
+--     Checked by a trigger that fires only on INSERT and on an UPDATE that sets those
+--     columns: a CHECK constraint would detoast a large input on every status change.
+--
+-- Existing rows are repaired first, so the constraint can be validated: times are clamped
+-- into the range (a '-infinity' run_after still means "due now", 'infinity' still "never");
+-- a non-object input is kept whole under {"value": ...} and, if its job had not finished,
+-- the job fails as invalid_input; a malformed trace_context is dropped (the job runs
+-- untraced). One pass over ai_jobs per repair under this migration's transaction.
+
+-- A string body, not RETURN: a parsed body would be dumped (and compared with the schema
+-- snapshot) in the dumping session's TimeZone.
+CREATE FUNCTION ai_jobs_time_readable(t timestamptz) RETURNS boolean
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$ SELECT t BETWEEN '0001-01-02 00:00:00+00' AND '9999-12-30 23:59:59.999999+00' $$;
+
+CREATE FUNCTION pg_temp.clamped(t timestamptz) RETURNS timestamptz
+    LANGUAGE sql IMMUTABLE
+    RETURN CASE
+        WHEN t < '0001-01-02 00:00:00+00' THEN '0001-01-02 00:00:00+00'::timestamptz
+        WHEN t > '9999-12-30 23:59:59.999999+00' THEN '9999-12-30 23:59:59.999999+00'::timestamptz
+        ELSE t
+    END;
+
+UPDATE ai_jobs SET
+    run_after = pg_temp.clamped(run_after),
+    created_at = pg_temp.clamped(created_at),
+    updated_at = pg_temp.clamped(updated_at),
+    started_at = pg_temp.clamped(started_at),
+    finished_at = pg_temp.clamped(finished_at),
+    lease_expires_at = pg_temp.clamped(lease_expires_at)
+WHERE NOT (
+    ai_jobs_time_readable(run_after) AND ai_jobs_time_readable(created_at)
+    AND ai_jobs_time_readable(updated_at) AND ai_jobs_time_readable(started_at)
+    AND ai_jobs_time_readable(finished_at) AND ai_jobs_time_readable(lease_expires_at)
+);
+
+UPDATE ai_jobs SET
+    status = 'failed',
+    error_category = 'invalid_input',
+    error_message = 'input was not a JSON object (written around the API); '
+                    'it is kept under input.value',
+    lease_expires_at = NULL,
+    finished_at = now(),
+    updated_at = now()
+WHERE jsonb_typeof(input) <> 'object' AND status IN ('pending', 'running');
+
+UPDATE ai_jobs SET input = jsonb_build_object('value', input)
+WHERE jsonb_typeof(input) <> 'object';
+
+UPDATE ai_jobs SET trace_context = NULL
+WHERE trace_context IS NOT NULL AND (
+    jsonb_typeof(trace_context) <> 'object'
+    OR jsonb_path_exists(trace_context, 'strict $.* ? (@.type() != "string")', '{}', true)
+);
+
+ALTER TABLE ai_jobs ADD CONSTRAINT ai_jobs_times_readable CHECK (
+    ai_jobs_time_readable(run_after) AND ai_jobs_time_readable(created_at)
+    AND ai_jobs_time_readable(updated_at) AND ai_jobs_time_readable(started_at)
+    AND ai_jobs_time_readable(finished_at) AND ai_jobs_time_readable(lease_expires_at)
+);
+
+CREATE FUNCTION ai_jobs_refuse_unreadable_json() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+BEGIN
+    IF jsonb_typeof(NEW.input) <> 'object' THEN
+        RAISE EXCEPTION 'ai_jobs.input must be a JSON object, not %', jsonb_typeof(NEW.input)
+            USING ERRCODE = 'check_violation', COLUMN = 'input', TABLE = 'ai_jobs';
+    END IF;
+    RAISE EXCEPTION 'ai_jobs.trace_context must be a JSON object of strings'
+        USING ERRCODE = 'check_violation', COLUMN = 'trace_context', TABLE = 'ai_jobs';
+END
+$$;
+
+-- The WHEN clause runs without entering PL/pgSQL: a valid row costs two jsonb_typeof calls
+-- and, for a trace_context, one small jsonpath (strict: lax mode would unwrap ["x"] to a
+-- string; silent: strict mode raises on what is not an object, which the first test catches).
+CREATE TRIGGER ai_jobs_refuse_unreadable_json
+    BEFORE INSERT OR UPDATE OF input, trace_context ON ai_jobs
+    FOR EACH ROW
+    WHEN (
+        jsonb_typeof(NEW.input) <> 'object'
+        OR jsonb_typeof(NEW.trace_context) <> 'object'
+        OR jsonb_path_exists(NEW.trace_context, 'strict $.* ? (@.type() != "string")', '{}', true)
+    )
+    EXECUTE FUNCTION ai_jobs_refuse_unreadable_json();
