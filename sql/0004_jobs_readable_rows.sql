@@ -19,7 +19,8 @@
 -- into the range (a '-infinity' run_after still means "due now", 'infinity' still "never");
 -- a non-object input is kept whole under {"value": ...} and, if its job had not finished,
 -- the job fails as invalid_input; a malformed trace_context is dropped (the job runs
--- untraced). One pass over ai_jobs per repair under this migration's transaction.
+-- untraced). Each repair and the constraint's validation read ai_jobs once, under this
+-- migration's transaction: 0.58 s in all on 1,000,000 rows (2 cores, 2026-11-30).
 
 -- A string body, not RETURN: a parsed body would be dumped (and compared with the schema
 -- snapshot) in the dumping session's TimeZone.
