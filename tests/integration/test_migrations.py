@@ -103,8 +103,8 @@ def test_0004_repairs_rows_no_reader_could_load_and_then_refuses_them(
         "array": ("pending", "input = '[1, 2]'"),
         "scalar-done": ("completed", "input = '\"x\"', finished_at = 'infinity'"),
         "odd-trace": ("pending", "trace_context = '{\"traceparent\": 5}'"),
-        "nested-trace": ("pending", "trace_context = '{\"traceparent\": [\"x\"]}'"),
-        "fine": ("pending", "trace_context = '{\"traceparent\": \"t\"}'"),
+        "nested-trace": ("pending", 'trace_context = \'{"traceparent": ["x"]}\''),
+        "fine": ("pending", 'trace_context = \'{"traceparent": "t"}\''),
     }
     with psycopg.connect(empty_db_url, autocommit=True) as conn:
         for ref, (status, assignment) in rows.items():

@@ -10,7 +10,6 @@ import psycopg
 import pytest
 
 from service.db import Database
-from service.jobs.model import EARLIEST
 from service.jobs import (
     IdempotencyConflict,
     JobFilter,
@@ -20,6 +19,7 @@ from service.jobs import (
     StateConflict,
     new_id,
 )
+from service.jobs.model import EARLIEST
 
 
 def nj(**kw: Any) -> NewJob:
@@ -208,7 +208,7 @@ UNREADABLE = [
     "input = '\"x\"'",
     "trace_context = '[\"x\"]'",
     "trace_context = '{\"traceparent\": 5}'",
-    "trace_context = '{\"traceparent\": [\"x\"]}'",
+    'trace_context = \'{"traceparent": ["x"]}\'',
 ]
 
 
@@ -223,7 +223,7 @@ async def test_the_database_refuses_what_no_reader_could_load(
             with pytest.raises(psycopg.errors.CheckViolation):
                 conn.execute(f"UPDATE ai_jobs SET {assignment} WHERE id = %s", (job.id,))
         conn.execute(
-            "UPDATE ai_jobs SET trace_context = '{\"traceparent\": \"t\"}', "
+            'UPDATE ai_jobs SET trace_context = \'{"traceparent": "t"}\', '
             "run_after = '0001-01-02 00:00:00+00' WHERE id = %s",
             (job.id,),
         )  # the edges of what is allowed
