@@ -22,19 +22,18 @@
 -- untraced). Each repair and the constraint's validation read ai_jobs once, under this
 -- migration's transaction: 0.58 s in all on 1,000,000 rows (2 cores, 2026-11-30).
 
--- A string body, not RETURN: a parsed body would be dumped (and compared with the schema
--- snapshot) in the dumping session's TimeZone.
-CREATE FUNCTION ai_jobs_time_readable(t timestamptz) RETURNS boolean
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+-- Helpers for the one-off repair only (temporary: gone with the migration's session).
+CREATE FUNCTION pg_temp.readable(t timestamptz) RETURNS boolean
+    LANGUAGE sql IMMUTABLE
     AS $$ SELECT t BETWEEN '0001-01-02 00:00:00+00' AND '9999-12-30 23:59:59.999999+00' $$;
 
 CREATE FUNCTION pg_temp.clamped(t timestamptz) RETURNS timestamptz
     LANGUAGE sql IMMUTABLE
-    RETURN CASE
+    AS $$ SELECT CASE
         WHEN t < '0001-01-02 00:00:00+00' THEN '0001-01-02 00:00:00+00'::timestamptz
         WHEN t > '9999-12-30 23:59:59.999999+00' THEN '9999-12-30 23:59:59.999999+00'::timestamptz
         ELSE t
-    END;
+    END $$;
 
 UPDATE ai_jobs SET
     run_after = pg_temp.clamped(run_after),
@@ -44,9 +43,9 @@ UPDATE ai_jobs SET
     finished_at = pg_temp.clamped(finished_at),
     lease_expires_at = pg_temp.clamped(lease_expires_at)
 WHERE NOT (
-    ai_jobs_time_readable(run_after) AND ai_jobs_time_readable(created_at)
-    AND ai_jobs_time_readable(updated_at) AND ai_jobs_time_readable(started_at)
-    AND ai_jobs_time_readable(finished_at) AND ai_jobs_time_readable(lease_expires_at)
+    pg_temp.readable(run_after) AND pg_temp.readable(created_at)
+    AND pg_temp.readable(updated_at) AND pg_temp.readable(started_at)
+    AND pg_temp.readable(finished_at) AND pg_temp.readable(lease_expires_at)
 );
 
 UPDATE ai_jobs SET
@@ -68,10 +67,18 @@ WHERE trace_context IS NOT NULL AND (
     OR jsonb_path_exists(trace_context, 'strict $.* ? (@.type() != "string")', '{}', true)
 );
 
+-- The bounds written out, not a function: PostgreSQL inlines a SQL function in a CHECK by
+-- parsing its body again for every statement that checks the constraint. Measured on
+-- 2026-11-30 against the same schema without the constraint: with the function, a one-job
+-- claim took ~30 µs more server time in a loop and idle pickup 50-80 µs more (interleaved
+-- A/B); written out, 4-6 µs in the loop and no difference in pickup.
 ALTER TABLE ai_jobs ADD CONSTRAINT ai_jobs_times_readable CHECK (
-    ai_jobs_time_readable(run_after) AND ai_jobs_time_readable(created_at)
-    AND ai_jobs_time_readable(updated_at) AND ai_jobs_time_readable(started_at)
-    AND ai_jobs_time_readable(finished_at) AND ai_jobs_time_readable(lease_expires_at)
+    run_after BETWEEN '0001-01-02 00:00:00+00' AND '9999-12-30 23:59:59.999999+00'
+    AND created_at BETWEEN '0001-01-02 00:00:00+00' AND '9999-12-30 23:59:59.999999+00'
+    AND updated_at BETWEEN '0001-01-02 00:00:00+00' AND '9999-12-30 23:59:59.999999+00'
+    AND started_at BETWEEN '0001-01-02 00:00:00+00' AND '9999-12-30 23:59:59.999999+00'
+    AND finished_at BETWEEN '0001-01-02 00:00:00+00' AND '9999-12-30 23:59:59.999999+00'
+    AND lease_expires_at BETWEEN '0001-01-02 00:00:00+00' AND '9999-12-30 23:59:59.999999+00'
 );
 
 CREATE FUNCTION ai_jobs_refuse_unreadable_json() RETURNS trigger

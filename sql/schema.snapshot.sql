@@ -34,7 +34,7 @@ ai_jobs ai_jobs_pkey PRIMARY KEY (id)
 ai_jobs ai_jobs_running_has_owner CHECK (((status <> 'running'::text) OR ((worker_id IS NOT NULL) AND (lease_expires_at IS NOT NULL))))
 ai_jobs ai_jobs_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'running'::text, 'completed'::text, 'failed'::text, 'cancelled'::text])))
 ai_jobs ai_jobs_task_type_check CHECK ((task_type <> ''::text))
-ai_jobs ai_jobs_times_readable CHECK ((ai_jobs_time_readable(run_after) AND ai_jobs_time_readable(created_at) AND ai_jobs_time_readable(updated_at) AND ai_jobs_time_readable(started_at) AND ai_jobs_time_readable(finished_at) AND ai_jobs_time_readable(lease_expires_at)))
+ai_jobs ai_jobs_times_readable CHECK ((((run_after >= '0001-01-02 00:00:00+00'::timestamp with time zone) AND (run_after <= '9999-12-30 23:59:59.999999+00'::timestamp with time zone)) AND ((created_at >= '0001-01-02 00:00:00+00'::timestamp with time zone) AND (created_at <= '9999-12-30 23:59:59.999999+00'::timestamp with time zone)) AND ((updated_at >= '0001-01-02 00:00:00+00'::timestamp with time zone) AND (updated_at <= '9999-12-30 23:59:59.999999+00'::timestamp with time zone)) AND ((started_at >= '0001-01-02 00:00:00+00'::timestamp with time zone) AND (started_at <= '9999-12-30 23:59:59.999999+00'::timestamp with time zone)) AND ((finished_at >= '0001-01-02 00:00:00+00'::timestamp with time zone) AND (finished_at <= '9999-12-30 23:59:59.999999+00'::timestamp with time zone)) AND ((lease_expires_at >= '0001-01-02 00:00:00+00'::timestamp with time zone) AND (lease_expires_at <= '9999-12-30 23:59:59.999999+00'::timestamp with time zone))))
 ai_service_migrations ai_service_migrations_pkey PRIMARY KEY (version)
 -- indexes
 CREATE INDEX ai_jobs_claim_idx ON public.ai_jobs USING btree (model_profile, priority DESC, run_after, id) WHERE (status = 'pending'::text)
@@ -101,8 +101,3 @@ BEGIN
         USING ERRCODE = 'check_violation', COLUMN = 'trace_context', TABLE = 'ai_jobs';
 END
 $function$
-CREATE OR REPLACE FUNCTION public.ai_jobs_time_readable(t timestamp with time zone)
- RETURNS boolean
- LANGUAGE sql
- IMMUTABLE PARALLEL SAFE
-AS $function$ SELECT t BETWEEN '0001-01-02 00:00:00+00' AND '9999-12-30 23:59:59.999999+00' $function$

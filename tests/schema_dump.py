@@ -36,6 +36,8 @@ _SECTIONS: dict[str, bytes] = {
 def dump_schema(url: str) -> str:
     out: list[str] = []
     with psycopg.connect(url) as conn:
+        # Times in constraints are rendered in the session's TimeZone: the same on any server.
+        conn.execute("SET TimeZone = 'UTC'")
         for title, query in _SECTIONS.items():
             out.append(f"-- {title}")
             out.extend(str(r[0]).rstrip() for r in conn.execute(query).fetchall())
