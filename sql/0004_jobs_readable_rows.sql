@@ -20,7 +20,7 @@
 -- a non-object input is kept whole under {"value": ...} and, if its job had not finished,
 -- the job fails as invalid_input; a malformed trace_context is dropped (the job runs
 -- untraced). Each repair and the constraint's validation read ai_jobs once, under this
--- migration's transaction: 0.58 s in all on 1,000,000 rows (2 cores, 2026-11-30).
+-- migration's transaction: 0.58-0.65 s in all on 1,000,000 rows (2 cores, 2026-11-30).
 
 -- Helpers for the one-off repair only (temporary: gone with the migration's session).
 CREATE FUNCTION pg_temp.readable(t timestamptz) RETURNS boolean
