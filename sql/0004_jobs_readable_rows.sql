@@ -5,21 +5,23 @@
 -- pending job whose run_after an UPDATE set to '-infinity' made every claim that picked it
 -- fail while loading the rows, after the UPDATE had marked the whole batch running; the other
 -- jobs of the batch then waited for their leases to expire and lost an attempt, again on
--- every retry. Listings that met the row failed too.
+-- every retry. Listings that met the row failed too. An input nested ~1,000 levels deep did
+-- the same (the reader's decoder hits Python's recursion limit).
 --
 -- What is refused from now on:
 --   * a time outside 0001-01-02 .. 9999-12-30 UTC in any timestamp column (±infinity,
 --     or an edge instant that a server TimeZone renders as year 0 or 10000, neither of which
 --     a Python datetime holds; the API refuses the same run_after values);
---   * an input that is not a JSON object, a trace_context that is not an object of strings.
---     Checked by a trigger that fires only on INSERT and on an UPDATE that sets those
---     columns: a CHECK constraint would detoast a large input on every status change.
+--   * an input that is not a JSON object or that nests deeper than 128 levels (the API
+--     refuses more than 64; readers fail near 1,000), a trace_context that is not an object
+--     of strings. Checked by a trigger that fires only on INSERT and on an UPDATE that sets
+--     those columns: a CHECK constraint would detoast a large input on every status change.
 --
 -- Existing rows are repaired first, so the constraint can be validated: times are clamped
 -- into the range (a '-infinity' run_after still means "due now", 'infinity' still "never");
--- a non-object input is kept whole under {"value": ...} and, if its job had not finished,
--- the job fails as invalid_input; a malformed trace_context is dropped (the job runs
--- untraced). Each repair and the constraint's validation read ai_jobs once, under this
+-- a non-object input is kept whole under {"value": ...}, a too deep one as its JSON text
+-- under {"value_text": ...}, and if such a job had not finished it fails as invalid_input;
+-- a malformed trace_context is dropped (the job runs untraced). Each repair and the constraint's validation read ai_jobs once, under this
 -- migration's transaction: 0.58-0.65 s in all on 1,000,000 rows (2 cores, 2026-11-30).
 
 -- Helpers for the one-off repair only (temporary: gone with the migration's session).
@@ -51,12 +53,17 @@ WHERE NOT (
 UPDATE ai_jobs SET
     status = 'failed',
     error_category = 'invalid_input',
-    error_message = 'input was not a JSON object (written around the API); '
-                    'it is kept under input.value',
+    error_message = 'input was not a JSON object or nested deeper than 128 levels (written '
+                    'around the API); it is kept under input.value or input.value_text',
     lease_expires_at = NULL,
     finished_at = now(),
     updated_at = now()
-WHERE jsonb_typeof(input) <> 'object' AND status IN ('pending', 'running');
+WHERE status IN ('pending', 'running') AND (
+    jsonb_typeof(input) <> 'object' OR jsonb_path_exists(input, 'strict $.**{129 to last}')
+);
+
+UPDATE ai_jobs SET input = jsonb_build_object('value_text', input::text)
+WHERE jsonb_path_exists(input, 'strict $.**{129 to last}');
 
 UPDATE ai_jobs SET input = jsonb_build_object('value', input)
 WHERE jsonb_typeof(input) <> 'object';
@@ -88,19 +95,26 @@ BEGIN
         RAISE EXCEPTION 'ai_jobs.input must be a JSON object, not %', jsonb_typeof(NEW.input)
             USING ERRCODE = 'check_violation', COLUMN = 'input', TABLE = 'ai_jobs';
     END IF;
+    IF jsonb_path_exists(NEW.input, 'strict $.**{129 to last}') THEN
+        RAISE EXCEPTION 'ai_jobs.input must not nest deeper than 128 levels'
+            USING ERRCODE = 'check_violation', COLUMN = 'input', TABLE = 'ai_jobs';
+    END IF;
     RAISE EXCEPTION 'ai_jobs.trace_context must be a JSON object of strings'
         USING ERRCODE = 'check_violation', COLUMN = 'trace_context', TABLE = 'ai_jobs';
 END
 $$;
 
--- The WHEN clause runs without entering PL/pgSQL: a valid row costs two jsonb_typeof calls
--- and, for a trace_context, one small jsonpath (strict: lax mode would unwrap ["x"] to a
--- string; silent: strict mode raises on what is not an object, which the first test catches).
+-- The WHEN clause runs without entering PL/pgSQL: a valid row costs two jsonb_typeof calls,
+-- one walk over the input's nodes (`$.**{129 to last}` finds an item 129 levels down: ~7 ns
+-- a node, and on INSERT the input is not yet compressed) and, for a trace_context, one small
+-- jsonpath (strict: lax mode would unwrap ["x"] to a string; silent: strict mode raises on
+-- what is not an object, which the first test catches).
 CREATE TRIGGER ai_jobs_refuse_unreadable_json
     BEFORE INSERT OR UPDATE OF input, trace_context ON ai_jobs
     FOR EACH ROW
     WHEN (
         jsonb_typeof(NEW.input) <> 'object'
+        OR jsonb_path_exists(NEW.input, 'strict $.**{129 to last}')
         OR jsonb_typeof(NEW.trace_context) <> 'object'
         OR jsonb_path_exists(NEW.trace_context, 'strict $.* ? (@.type() != "string")', '{}', true)
     )

@@ -50,7 +50,7 @@ CREATE UNIQUE INDEX ai_service_migrations_pkey ON public.ai_service_migrations U
 CREATE TRIGGER ai_jobs_notify_finished AFTER UPDATE OF status ON public.ai_jobs FOR EACH ROW WHEN (((new.status = ANY (ARRAY['completed'::text, 'failed'::text, 'cancelled'::text])) AND (old.status <> new.status))) EXECUTE FUNCTION ai_jobs_notify_finished()
 CREATE TRIGGER ai_jobs_notify_inserted AFTER INSERT ON public.ai_jobs REFERENCING NEW TABLE AS inserted FOR EACH STATEMENT EXECUTE FUNCTION ai_jobs_notify_inserted()
 CREATE TRIGGER ai_jobs_notify_requeued AFTER UPDATE OF status ON public.ai_jobs FOR EACH ROW WHEN (((new.status = 'pending'::text) AND (old.status <> 'pending'::text))) EXECUTE FUNCTION ai_jobs_notify_requeued()
-CREATE TRIGGER ai_jobs_refuse_unreadable_json BEFORE INSERT OR UPDATE OF input, trace_context ON public.ai_jobs FOR EACH ROW WHEN (((jsonb_typeof(new.input) <> 'object'::text) OR (jsonb_typeof(new.trace_context) <> 'object'::text) OR jsonb_path_exists(new.trace_context, 'strict $.*?(@.type() != "string")'::jsonpath, '{}'::jsonb, true))) EXECUTE FUNCTION ai_jobs_refuse_unreadable_json()
+CREATE TRIGGER ai_jobs_refuse_unreadable_json BEFORE INSERT OR UPDATE OF input, trace_context ON public.ai_jobs FOR EACH ROW WHEN (((jsonb_typeof(new.input) <> 'object'::text) OR jsonb_path_exists(new.input, 'strict $.**{129 to last}'::jsonpath) OR (jsonb_typeof(new.trace_context) <> 'object'::text) OR jsonb_path_exists(new.trace_context, 'strict $.*?(@.type() != "string")'::jsonpath, '{}'::jsonb, true))) EXECUTE FUNCTION ai_jobs_refuse_unreadable_json()
 -- storage parameters
 ai_jobs autovacuum_analyze_scale_factor=0.02, autovacuum_vacuum_scale_factor=0.05, autovacuum_vacuum_insert_scale_factor=0.05
 -- functions
@@ -95,6 +95,10 @@ AS $function$
 BEGIN
     IF jsonb_typeof(NEW.input) <> 'object' THEN
         RAISE EXCEPTION 'ai_jobs.input must be a JSON object, not %', jsonb_typeof(NEW.input)
+            USING ERRCODE = 'check_violation', COLUMN = 'input', TABLE = 'ai_jobs';
+    END IF;
+    IF jsonb_path_exists(NEW.input, 'strict $.**{129 to last}') THEN
+        RAISE EXCEPTION 'ai_jobs.input must not nest deeper than 128 levels'
             USING ERRCODE = 'check_violation', COLUMN = 'input', TABLE = 'ai_jobs';
     END IF;
     RAISE EXCEPTION 'ai_jobs.trace_context must be a JSON object of strings'

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -105,6 +106,7 @@ def test_0004_repairs_rows_no_reader_could_load_and_then_refuses_them(
         "odd-trace": ("pending", "trace_context = '{\"traceparent\": 5}'"),
         "nested-trace": ("pending", 'trace_context = \'{"traceparent": ["x"]}\''),
         "fine": ("pending", 'trace_context = \'{"traceparent": "t"}\''),
+        "deep": ("pending", "input = '" + '{"x": ' * 500 + "1" + "}" * 500 + "'"),
     }
     with psycopg.connect(empty_db_url, autocommit=True) as conn:
         for ref, (status, assignment) in rows.items():
@@ -131,3 +133,10 @@ def test_0004_repairs_rows_no_reader_could_load_and_then_refuses_them(
     assert jobs["nested-trace"].trace_context is None
     assert jobs["fine"].trace_context == {"traceparent": "t"}
     assert jobs["fine"].status == "pending" and jobs["fine"].input == {}
+    deep = jobs["deep"]
+    assert (deep.status, deep.error_category, deep.lease_expires_at) == (
+        "failed", "invalid_input", None
+    )  # fmt: skip
+    assert json.loads(deep.input["value_text"]) == json.loads(
+        '{"x": ' * 500 + "1" + "}" * 500
+    )  # kept whole, as text

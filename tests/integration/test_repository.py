@@ -209,6 +209,7 @@ UNREADABLE = [
     "trace_context = '[\"x\"]'",
     "trace_context = '{\"traceparent\": 5}'",
     'trace_context = \'{"traceparent": ["x"]}\'',
+    "input = '" + '{"x": ' * 129 + "1" + "}" * 129 + "'",  # near the decoders' recursion limit
 ]
 
 
@@ -224,8 +225,8 @@ async def test_the_database_refuses_what_no_reader_could_load(
                 conn.execute(f"UPDATE ai_jobs SET {assignment} WHERE id = %s", (job.id,))
         conn.execute(
             'UPDATE ai_jobs SET trace_context = \'{"traceparent": "t"}\', '
-            "run_after = '0001-01-02 00:00:00+00' WHERE id = %s",
-            (job.id,),
+            "run_after = '0001-01-02 00:00:00+00', input = %s WHERE id = %s",
+            ('{"x": ' * 128 + "1" + "}" * 128, job.id),
         )  # the edges of what is allowed
     [claimed] = await repo.claim("qwen2.5-14b", "w1", limit=10, lease_seconds=60)
     assert claimed.trace_context == {"traceparent": "t"} and claimed.run_after == EARLIEST
