@@ -21,8 +21,10 @@
 -- into the range (a '-infinity' run_after still means "due now", 'infinity' still "never");
 -- a non-object input is kept whole under {"value": ...}, a too deep one as its JSON text
 -- under {"value_text": ...}, and if such a job had not finished it fails as invalid_input;
--- a malformed trace_context is dropped (the job runs untraced). Each repair and the constraint's validation read ai_jobs once, under this
--- migration's transaction: 0.58-0.65 s in all on 1,000,000 rows (2 cores, 2026-11-30).
+-- a malformed trace_context is dropped (the job runs untraced). Each repair and the
+-- constraint's validation read ai_jobs once, under this migration's transaction: 0.75 s in
+-- all on 1,000,000 rows with small inputs (2 cores, 2026-11-30); the repairs read every
+-- input, so it grows with their stored size.
 
 -- Helpers for the one-off repair only (temporary: gone with the migration's session).
 CREATE FUNCTION pg_temp.readable(t timestamptz) RETURNS boolean
