@@ -251,7 +251,9 @@ class JobRepository:
     async def _fail_unreadable(self, row: Row, worker_id: str, problem: str) -> None:
         """Fail a claimed job whose stored values cannot be read, at once and for good: left
         running, it would hold its whole claim batch until the lease expired, again on every
-        retry. Only a write that bypassed the API (which validates them) can store such a row."""
+        retry. The API validates what it writes and, since migration 0004, the database
+        refuses such rows too; one can still arrive where triggers do not fire (a restore or a
+        replica applying rows with triggers off)."""
         message = f"the stored job cannot be read: {problem}"
         # Stored by then: only reading back the row (the unreadable one) raises.
         with contextlib.suppress(msgspec.ValidationError):
