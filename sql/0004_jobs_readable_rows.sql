@@ -82,8 +82,8 @@ WHERE trace_context IS NOT NULL AND (
 -- The bounds written out, not a function: PostgreSQL inlines a SQL function in a CHECK by
 -- parsing its body again for every statement that checks the constraint. Measured on
 -- 2026-11-30 against the same schema without the constraint: with the function, a one-job
--- claim took ~30 µs more server time in a loop and idle pickup 50-80 µs more (interleaved
--- A/B); written out, 4-6 µs in the loop and no difference in pickup.
+-- claim took ~30 µs more server time in a loop and idle pickup 47-82 µs more at the median
+-- (interleaved A/B); written out, 4-6 µs in the loop and no difference in pickup.
 ALTER TABLE ai_jobs ADD CONSTRAINT ai_jobs_times_readable CHECK (
     run_after BETWEEN '0001-01-02 00:00:00+00' AND '9999-12-30 23:59:59.999999+00'
     AND created_at BETWEEN '0001-01-02 00:00:00+00' AND '9999-12-30 23:59:59.999999+00'
