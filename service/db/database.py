@@ -49,7 +49,19 @@ def _configure_adapters(conn: psycopg.AsyncConnection[Any]) -> None:
     # than the json module on both directions.
     conn.adapters.register_dumper(dict, JsonbBinaryDumper)
     set_json_dumps(_encoder.encode, context=conn)
-    set_json_loads(msgspec.json.decode, context=conn)
+    set_json_loads(_loads, context=conn)
+
+
+def _loads(data: str | bytes) -> Any:
+    """jsonb as Python values. A value nested deeper than the decoder's recursion limit
+    (~950 levels) stays raw JSON (``msgspec.Raw``, encoded back verbatim) instead of raising:
+    the database refuses such values since migration 0004, but one restored with triggers off
+    would otherwise make every claim that meets it fail after the claim committed, stranding
+    its whole batch in ``running``, and every read of it fail."""
+    try:
+        return msgspec.json.decode(data)
+    except RecursionError:
+        return msgspec.Raw(data)
 
 
 async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:

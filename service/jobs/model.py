@@ -64,7 +64,33 @@ class Job(msgspec.Struct, kw_only=True):
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Job:
+        """A stored row as callers see it. A row no reader could load (the database refuses
+        one since migration 0004, but a restore or a replica applying rows skips triggers)
+        is shown as 0004 repairs one, rather than failing every read and listing it is in:
+        a non-object input under ``{"value": ...}``, an unreadable ``trace_context`` as none."""
+        try:
+            return cls.stored(row)
+        except msgspec.ValidationError:
+            return cls.stored(_as_repaired(row))
+
+    @classmethod
+    def stored(cls, row: dict[str, Any]) -> Job:
+        """The row exactly as stored, else ``msgspec.ValidationError``: what the worker runs
+        (a job must never run on anything but what was submitted)."""
         return msgspec.convert(row, cls, from_attributes=False)
+
+
+def _as_repaired(row: dict[str, Any]) -> dict[str, Any]:
+    fixed = dict(row)
+    if not isinstance(fixed.get("input"), dict):
+        fixed["input"] = {"value": fixed.get("input")}  # msgspec.Raw when nested too deep
+    carrier = fixed.get("trace_context")
+    if carrier is not None and not (
+        isinstance(carrier, dict)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in carrier.items())
+    ):
+        fixed["trace_context"] = None
+    return fixed
 
 
 class NewJob(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

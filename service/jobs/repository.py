@@ -7,7 +7,6 @@ write are one statement; the method then reads the row once to say *why* it was 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Sequence
 from datetime import datetime
@@ -51,13 +50,13 @@ def _claimed_job(row: Row) -> tuple[Job | None, str]:
     """A claimed row as a ``Job``, or ``None`` and why it cannot be read. A ``trace_context``
     that is not an object of strings is only tracing metadata: the job runs untraced."""
     try:
-        return Job.from_row(row), ""
+        return Job.stored(row), ""
     except msgspec.ValidationError as exc:
         problem = str(exc)
     if row.get("trace_context") is None:
         return None, problem
     try:
-        job = Job.from_row({**row, "trace_context": None})
+        job = Job.stored({**row, "trace_context": None})
     except msgspec.ValidationError as exc:
         return None, str(exc)
     log.warning("job %s has an unreadable trace_context (%s); it runs untraced", row["id"], problem)
@@ -255,12 +254,10 @@ class JobRepository:
         refuses such rows too; one can still arrive where triggers do not fire (a restore or a
         replica applying rows with triggers off)."""
         message = f"the stored job cannot be read: {problem}"
-        # Stored by then: only reading back the row (the unreadable one) raises.
-        with contextlib.suppress(msgspec.ValidationError):
-            await self.fail(
-                row["id"], worker_id, error_category="invalid_input", error_message=message,
-                retryable=False,
-            )  # fmt: skip
+        await self.fail(
+            row["id"], worker_id, error_category="invalid_input", error_message=message,
+            retryable=False,
+        )  # fmt: skip
         log.error("job %s failed at claim: its stored row cannot be read (%s)", row["id"], problem)
         failed = Reaped(row["id"], "failed", row["model_profile"], row["task_type"])
         metrics.job_failed(failed, "invalid_input", final=True)

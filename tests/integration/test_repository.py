@@ -6,6 +6,7 @@ import datetime as dt
 from typing import Any
 
 import anyio
+import msgspec
 import psycopg
 import pytest
 
@@ -19,7 +20,7 @@ from service.jobs import (
     StateConflict,
     new_id,
 )
-from service.jobs.model import EARLIEST
+from service.jobs.model import EARLIEST, Job
 
 
 def nj(**kw: Any) -> NewJob:
@@ -171,10 +172,13 @@ async def test_an_unreadable_row_is_failed_at_claim_and_spares_its_batch(
     raising and stranding the jobs claimed with it until their leases expire."""
     good, _ = await repo.create(nj(owner_ref="good"))
     bad, _ = await repo.create(nj(owner_ref="bad"))
+    deep, _ = await repo.create(nj(owner_ref="deep"))
     odd_trace, _ = await repo.create(nj(owner_ref="odd-trace"))
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute("ALTER TABLE ai_jobs DISABLE TRIGGER ai_jobs_refuse_unreadable_json")
         conn.execute("UPDATE ai_jobs SET input = '[1, 2]' WHERE id = %s", (bad.id,))
+        # Past the decoders' recursion limit: before, the claim itself raised.
+        conn.execute("UPDATE ai_jobs SET input = %s WHERE id = %s", (TOO_DEEP, deep.id))
         conn.execute(
             "UPDATE ai_jobs SET trace_context = '{\"traceparent\": 5}' WHERE id = %s",
             (odd_trace.id,),
@@ -183,17 +187,48 @@ async def test_an_unreadable_row_is_failed_at_claim_and_spares_its_batch(
     assert sorted(j.owner_ref or "" for j in claimed) == ["good", "odd-trace"]
     assert next(j for j in claimed if j.id == odd_trace.id).trace_context is None  # untraced
     with psycopg.connect(db_url, autocommit=True) as conn:
-        row = conn.execute(
+        rows = conn.execute(
             "SELECT status, error_category, error_message, attempts, finished_at IS NOT NULL "
-            "FROM ai_jobs WHERE id = %s",
-            (bad.id,),
-        ).fetchone()
-    assert row is not None
-    status, category, message, attempts, finished = row
-    assert (status, category, attempts, finished) == ("failed", "invalid_input", 1, True)
-    assert message.startswith("the stored job cannot be read: ") and "$.input" in message
+            "FROM ai_jobs WHERE id = ANY(%s) ORDER BY owner_ref",
+            ([bad.id, deep.id],),
+        ).fetchall()
+    assert len(rows) == 2
+    for status, category, message, attempts, finished in rows:
+        assert (status, category, attempts, finished) == ("failed", "invalid_input", 1, True)
+        assert message.startswith("the stored job cannot be read: ") and "$.input" in message
     assert await repo.claim("qwen2.5-14b", "w1", limit=10, lease_seconds=60) == []
     assert good.id in {j.id for j in claimed}
+
+
+TOO_DEEP = '{"x": ' * 1000 + "1" + "}" * 1000
+
+
+async def test_reads_show_a_row_no_reader_could_load_as_0004_repairs_it(
+    repo: JobRepository, db_url: str
+) -> None:
+    """Such a row (see above) is shown, not a failure of every read and listing it is in."""
+    bad, _ = await repo.create(nj(owner_ref="bad"))
+    deep, _ = await repo.create(nj(owner_ref="deep"))
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE ai_jobs DISABLE TRIGGER ai_jobs_refuse_unreadable_json")
+        conn.execute(
+            "UPDATE ai_jobs SET input = '[1, 2]', trace_context = '[\"x\"]' WHERE id = %s",
+            (bad.id,),
+        )
+        conn.execute(
+            "UPDATE ai_jobs SET input = %s, result = %s WHERE id = %s",
+            (TOO_DEEP, TOO_DEEP, deep.id),
+        )
+    shown = await repo.get(bad.id)
+    assert shown.input == {"value": [1, 2]} and shown.trace_context is None
+    with pytest.raises(msgspec.ValidationError):  # what the worker would run on: refused
+        Job.stored({**msgspec.structs.asdict(shown), "input": [1, 2]})
+    shown_deep = await repo.get(deep.id)
+    raw = shown_deep.input["value"]
+    assert isinstance(raw, msgspec.Raw) and isinstance(shown_deep.result, msgspec.Raw)
+    assert msgspec.json.encode(shown_deep.input) == ('{"value":' + TOO_DEEP + "}").encode()
+    listed, _ = await repo.list_jobs(JobFilter())
+    assert {j.owner_ref for j in listed} == {"bad", "deep"}
 
 
 # What one UPDATE written around the API could store before migration 0004 (a loop: the
