@@ -27,7 +27,7 @@ from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.openapi.datastructures import ResponseSpec
 
 from service.api.schemas import ErrorBody, FieldError
-from service.db import DatabaseUnavailable, IntegrityViolation
+from service.db import DatabaseUnavailable, IntegrityViolation, ValueRefused
 from service.jobs import IdempotencyConflict, JobNotFound, StateConflict
 
 log = logging.getLogger("ai_service.api")
@@ -151,6 +151,8 @@ def _is_data_error(exc: Exception) -> bool:
     """A value PostgreSQL cannot store (a NUL character in text or jsonb, a timestamp out of
     range): SQLSTATE class 22 "data exception", or psycopg refusing to send it (its
     ``DataError``; psycopg itself is imported only under service/db). The caller's data: 422."""
+    if isinstance(exc, ValueRefused):
+        return True
     sqlstate = getattr(exc, "sqlstate", None)
     if isinstance(sqlstate, str) and sqlstate.startswith("22"):
         return True

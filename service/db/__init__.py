@@ -7,6 +7,7 @@ from service.db.database import (
     IntegrityViolation,
     Row,
     Session,
+    ValueRefused,
     jsonb,
     open_database,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "IntegrityViolation",
     "Row",
     "Session",
+    "ValueRefused",
     "jsonb",
     "open_database",
 ]

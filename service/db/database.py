@@ -29,11 +29,18 @@ class DatabaseError(Exception):
 
 
 class DatabaseUnavailable(DatabaseError):
-    """The database cannot be reached right now (down, restarting, pool exhausted)."""
+    """The database cannot serve the request right now (down, restarting, pool exhausted,
+    or read-only during a failover): retrying the same request later can succeed."""
 
 
 class IntegrityViolation(DatabaseError):
     """A constraint refused the write (bad data that slipped past validation)."""
+
+
+class ValueRefused(DatabaseError):
+    """PostgreSQL cannot store a value as given, however often it is retried: a NUL in text
+    or jsonb, a number or time out of range (SQLSTATE class 22), a string past jsonb's
+    256 MB (class 54), or psycopg refusing to send it."""
 
 
 _encoder = msgspec.json.Encoder()
@@ -71,12 +78,23 @@ async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
 
 @asynccontextmanager
 async def _translate_errors() -> AsyncIterator[None]:
+    # Why the classes matter: the worker retries DatabaseUnavailable and nothing else, so a
+    # permanent error taken for it retries one batch forever, and a passing one not taken for
+    # it crashes the worker. Class 54 (program_limit_exceeded) is an OperationalError in
+    # psycopg but permanent; 25006 (read_only_sql_transaction, a write reaching a standby
+    # during a switchover) is an InternalError but passes.
     try:
         yield
-    except (psycopg.OperationalError, PoolTimeout) as exc:
-        raise DatabaseUnavailable(str(exc).strip().splitlines()[0] or "unavailable") from exc
+    except (psycopg.DataError, psycopg.errors.ProgramLimitExceeded) as exc:
+        raise ValueRefused(_first_line(exc, "value refused")) from exc
+    except (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction, PoolTimeout) as exc:
+        raise DatabaseUnavailable(_first_line(exc, "unavailable")) from exc
     except psycopg.errors.IntegrityError as exc:
-        raise IntegrityViolation(str(exc).strip().splitlines()[0]) from exc
+        raise IntegrityViolation(_first_line(exc, "constraint violated")) from exc
+
+
+def _first_line(exc: Exception, default: str) -> str:
+    return (str(exc).strip().splitlines() or [default])[0] or default
 
 
 class Session:

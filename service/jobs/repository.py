@@ -315,14 +315,16 @@ class JobRepository:
         retryable: bool,
         retry_after: float | None = None,
     ) -> Job:
-        """Record a failure; retryable ones with attempts left return to pending after backoff."""
+        """Record a failure; retryable ones with attempts left return to pending after backoff.
+        A NUL in the message (a provider's body quoted in it) is shown as U+FFFD: PostgreSQL
+        text cannot hold one, and refusing the write would leave the job to its lease."""
         row = await self.db.fetchrow(
             "fail_job",
             {
                 "id": job_id,
                 "worker_id": worker_id,
                 "error_category": error_category,
-                "error_message": error_message[:4000],
+                "error_message": error_message[:4000].replace("\x00", "\ufffd"),
                 "retryable": retryable,
                 "retry_after": retry_after,
                 "backoff_base": self.backoff_base,

@@ -4,9 +4,10 @@ batch is full, and stored with one ``complete_many`` statement and one commit.
 A result is never dropped on a database error: the batch stays queued and is retried with
 backoff until the database answers, and shutdown flushes what is left. A result is dropped only
 when the database says this worker no longer holds the job (lease lost, job cancelled). A
-batch that fails for any other reason (a result PostgreSQL refuses, e.g. ``\\u0000`` in jsonb)
-is stored one job at a time, so one bad result cannot block the others; the bad one fails with
-``invalid_output``.
+batch that fails for any other reason is stored one job at a time, so one bad result cannot
+block the others: a result PostgreSQL can never store (``\\u0000`` in jsonb, a string over
+jsonb's limit) fails its job with ``invalid_output``; one refused for a reason not known to be
+permanent stays queued and is retried, behind the others, never failed on a guess.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from uuid import UUID
 import anyio
 
 from service import metrics
-from service.db import DatabaseUnavailable
+from service.db import DatabaseUnavailable, IntegrityViolation, ValueRefused
 from service.handlers.base import InvalidOutput
 from service.jobs import Job, JobError, JobRepository
 from service.worker.backoff import Backoff
@@ -71,6 +72,10 @@ class Completer:
     def pending_ids(self) -> list[UUID]:
         return list(self._items)
 
+    def queued_jobs(self) -> list[Job]:
+        """The jobs whose results are not stored yet."""
+        return [job for job, _ in self._items.values()]
+
     def __len__(self) -> int:
         return len(self._items)
 
@@ -113,21 +118,38 @@ class Completer:
             return True
 
     async def _store_singly(self, batch: Sequence[Item]) -> bool:
+        """True when every result of ``batch`` was settled; a result left queued moves to
+        the back of the queue, so the next batch starts with the others."""
+        settled = True
         for item in batch:
             job_id, (job, result) = item
             try:
                 held = await self.repo.complete_many(self.worker_id, [(job_id, result)])
             except DatabaseUnavailable:
                 return False
-            except Exception as exc:
+            except (ValueRefused, IntegrityViolation) as exc:
                 if not await self._fail_unstorable(job, exc):
-                    return False
+                    self._requeue(job_id)
+                    settled = False
+                    continue
                 self._settle([item], set(), counted=True)
                 continue
+            except Exception:
+                log.exception("storing the result of job %s failed; will retry", job_id)
+                self._requeue(job_id)
+                settled = False
+                continue
             self._settle([item], held)
-        return True
+        return settled
+
+    def _requeue(self, job_id: UUID) -> None:
+        item = self._items.pop(job_id, None)
+        if item is not None:
+            self._items[job_id] = item
 
     async def _fail_unstorable(self, job: Job, exc: Exception) -> bool:
+        """Fail ``job`` for a result the database refused for good; False if that could not
+        be recorded now (the result stays queued and is tried again)."""
         log.error("result of job %s cannot be stored: %s", job.id, exc)
         try:
             failed = await self.repo.fail(
@@ -137,10 +159,11 @@ class Completer:
                 error_message=f"the result could not be stored: {exc}",
                 retryable=InvalidOutput.retryable,
             )
-        except DatabaseUnavailable:
-            return False
         except JobError:
             return True  # no longer ours
+        except Exception as fail_exc:  # DatabaseUnavailable, or anything unforeseen
+            log.warning("recording that job %s failed did not succeed: %s", job.id, fail_exc)
+            return False
         metrics.job_failed(job, InvalidOutput.category, final=failed.status != "pending")
         stats = self.status.profiles.get(job.model_profile)
         if stats is not None:

@@ -43,6 +43,22 @@ def _on_asyncio() -> bool:
     return True
 
 
+class HandlerEscaped(HandlerError):
+    """A handler raised something that is not an ``Exception``: a bug, retried as one."""
+
+
+def _is_cancellation(exc: BaseException, entry: RunningJob) -> bool:
+    """Whether ``exc`` is this job's task being cancelled (its scope, or the process exiting
+    at once), which must propagate, rather than a ``CancelledError`` the handler let out of
+    a task of its own. Under another anyio backend it cannot be told apart: assumed ours."""
+    if not isinstance(exc, anyio.get_cancelled_exc_class()):
+        return False
+    if entry.scope.cancel_called or not _on_asyncio():
+        return True
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
+
+
 class Executor:
     def __init__(
         self,
@@ -162,6 +178,13 @@ class Executor:
                 result = await handler(job)
             except Exception as exc:
                 error = exc
+            except BaseException as exc:
+                if _is_cancellation(exc, entry):
+                    raise
+                # A bug's ``SystemExit`` or a stray ``CancelledError`` from the handler's own
+                # tasks: failed like any error, not let through to kill the worker or to end
+                # the job's task while the job stays ``running`` until its lease expires.
+                error = HandlerEscaped(f"the handler raised {type(exc).__name__}: {exc}")
             else:
                 try:
                     encoded = msgspec.Raw(_encoder.encode(result))

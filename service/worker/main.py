@@ -125,8 +125,7 @@ class Worker:
             await self._run(self._db)
         finally:
             with anyio.CancelScope(shield=True):
-                with anyio.move_on_after(shutdown.FINAL_WRITES_TIMEOUT):
-                    await self._final_writes()
+                await self._final_writes()
                 if self._db is not None:
                     with anyio.move_on_after(5):
                         await self._db.close()
@@ -206,22 +205,29 @@ class Worker:
                 assert self._stop_deadline is not None
                 await shutdown.drain(self.running, self._stop_deadline)
                 executor.close()
-            with anyio.move_on_after(shutdown.FINAL_WRITES_TIMEOUT):
-                await completer.drain()
-                await shutdown.release(repo, self.worker_id, executor.to_release, self.status)
-                executor.to_release.clear()
+            await self._final_writes()
             for scope in scopes:
                 scope.cancel()
             self.server.should_exit = True
 
     async def _final_writes(self) -> None:
-        """After a hard exit: store queued results, release what was running. (After a graceful
-        stop there is nothing left to do.)"""
-        if self._completer is not None and len(self._completer):
-            await self._completer.drain()
-        if self._executor is not None and self._repo is not None:
-            left = [*self._executor.to_release, *(e.job for e in self.running)]
-            await shutdown.release(self._repo, self.worker_id, left, self.status)
+        """Store queued results, then hand back every job not finished here (after the grace,
+        or at once after a hard exit; a second call finds nothing left). Each step has half
+        of ``FINAL_WRITES_TIMEOUT``: a result the database keeps refusing must not use up the
+        time the release needs, and its job is released too, to run again rather than wait
+        out its lease and lose an attempt."""
+        completer, executor, repo = self._completer, self._executor, self._repo
+        if completer is None or executor is None or repo is None:
+            return
+        half = shutdown.FINAL_WRITES_TIMEOUT / 2
+        if len(completer):
+            with anyio.move_on_after(half):
+                await completer.drain()
+        left = {j.id: j for j in (*executor.to_release, *(e.job for e in self.running))}
+        left.update((job.id, job) for job in completer.queued_jobs())
+        with anyio.move_on_after(half):
+            await shutdown.release(repo, self.worker_id, list(left.values()), self.status)
+            executor.to_release.clear()
 
     def _cancel(self, job_id: UUID) -> None:
         self.running.cancel(job_id, "cancelled")

@@ -46,6 +46,9 @@ async def release(
         except DatabaseUnavailable as exc:
             log.warning("releasing %d jobs failed, will retry: %s", len(jobs), exc)
             await anyio.sleep(backoff.next())
+        except Exception:  # not known to pass, but the jobs are stranded if this gives up
+            log.exception("releasing %d jobs failed, will retry", len(jobs))
+            await anyio.sleep(backoff.next())
     for job in jobs:
         if job.id in released:
             status.profiles[job.model_profile].released += 1

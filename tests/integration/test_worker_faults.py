@@ -1,0 +1,224 @@
+"""The worker under faults that are not a plain outage: a read-only database (a failover's
+standby), results PostgreSQL refuses, database errors of unknown kind, handlers raising what is
+not an ``Exception``. Each must neither crash the worker nor lose, fail or strand a job that a
+later attempt of the same write would have stored. Real PostgreSQL, in-process workers."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+from uuid import UUID
+
+import anyio
+import msgspec
+import psycopg
+import pytest
+
+from service.db import DatabaseUnavailable, ValueRefused
+from service.db.database import _translate_errors
+from service.handlers.base import HandlerRegistry
+from service.jobs import Job, JobRepository
+from tests.integration.test_worker_runtime import (
+    PROFILE,
+    finished,
+    get_all,
+    nj,
+    running_worker,
+    until,
+)
+
+
+def registry(handler: Any) -> HandlerRegistry:
+    r = HandlerRegistry()
+    r.register(["llm_chat"], PROFILE, handler)
+    return r
+
+
+async def test_database_errors_are_told_apart_by_whether_a_retry_can_succeed() -> None:
+    """The worker retries ``DatabaseUnavailable`` and nothing else."""
+    passing = [
+        psycopg.errors.ReadOnlySqlTransaction("cannot execute UPDATE in a read-only transaction"),
+        psycopg.errors.AdminShutdown("terminating connection due to administrator command"),
+        psycopg.OperationalError("server closed the connection unexpectedly"),
+    ]
+    permanent = [
+        psycopg.errors.ProgramLimitExceeded("string too long to represent as jsonb string"),
+        psycopg.errors.UntranslatableCharacter("unsupported Unicode escape sequence"),
+        psycopg.DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes"),
+    ]
+    for exc, expected in [
+        *((e, DatabaseUnavailable) for e in passing),
+        *((e, ValueRefused) for e in permanent),
+    ]:
+        with pytest.raises(expected):
+            async with _translate_errors():
+                raise exc
+
+
+async def test_a_read_only_database_neither_crashes_the_worker_nor_loses_results(
+    repo: JobRepository, db_url: str
+) -> None:
+    """A switchover where writes reach a standby (SQLSTATE 25006): the results wait in the
+    worker and are stored once the database takes writes again."""
+    gate = anyio.Event()
+
+    async def handler(job: Job) -> Any:
+        await gate.wait()
+        return {"n": job.input["n"]}
+
+    dbname = psycopg.conninfo.conninfo_to_dict(db_url)["dbname"]
+    async with running_worker(db_url, registry(handler)) as worker:
+        ids = [i for i, _ in await repo.create_batch([nj(input={"n": n}) for n in range(3)])]
+        await until(lambda: worker.status.profiles[PROFILE].in_flight == 3, what="3 running")
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            conn.execute(f'ALTER DATABASE "{dbname}" SET default_transaction_read_only = on')
+            conn.execute(  # the pool's connections reconnect, read-only
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        gate.set()
+        await until(lambda: worker.status.pending_completions == 3, what="results queued")
+        with psycopg.connect(db_url, autocommit=True) as conn:  # a refused write was tried
+            conn.execute("SET default_transaction_read_only = off")
+            conn.execute(f'ALTER DATABASE "{dbname}" SET default_transaction_read_only = off')
+        for i in ids:
+            await until(lambda i=i: finished_or_none(repo, i), what=f"job {i}", timeout=60)
+        assert worker.status.state == "running"
+    stored = await get_all(repo, ids)
+    assert [(j.status, j.attempts, j.result) for j in stored] == [
+        ("completed", 1, {"n": n}) for n in range(3)
+    ]
+
+
+async def finished_or_none(repo: JobRepository, job_id: UUID) -> Job | None:
+    """``finished``, riding out the test pool's own terminated connections."""
+    try:
+        return await finished(repo, job_id)
+    except DatabaseUnavailable:
+        return None
+
+
+async def test_a_result_too_large_for_jsonb_fails_only_its_own_job(
+    repo: JobRepository, db_url: str
+) -> None:
+    """Class 54 (program_limit_exceeded) is permanent: retried as an outage, it held every
+    result of the worker behind it while their leases were renewed, forever."""
+
+    async def handler(job: Job) -> Any:
+        return {"t": "a" * (2**28)} if job.input.get("huge") else {"ok": True}
+
+    async with running_worker(db_url, registry(handler)):
+        huge, _ = await repo.create(nj(input={"huge": True}, max_attempts=1))
+        ok, _ = await repo.create(nj())
+        for i in (huge.id, ok.id):
+            await until(lambda i=i: finished(repo, i), what=f"job {i}", timeout=120)
+    failed, done = await get_all(repo, [huge.id, ok.id])
+    assert (failed.status, failed.error_category) == ("failed", "invalid_output")
+    assert "jsonb" in (failed.error_message or "")
+    assert (done.status, done.result) == ("completed", {"ok": True})
+
+
+async def test_a_result_refused_for_an_unknown_reason_is_retried_not_failed(
+    repo: JobRepository, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error not known to be permanent must not turn a good result into a failure; the
+    other results are stored meanwhile."""
+    refusals: list[UUID] = []
+    real = JobRepository.complete_many
+
+    async def complete_many(self: JobRepository, worker_id: str, items: Any) -> set[UUID]:
+        if any(r == {"odd": True} for _, r in _decoded(items)) and len(refusals) < 3:
+            refusals.append(items[0][0])
+            raise psycopg.errors.InternalError_("could not read block 0: unexpected error")
+        return await real(self, worker_id, items)
+
+    monkeypatch.setattr(JobRepository, "complete_many", complete_many)
+
+    async def handler(job: Job) -> Any:
+        return dict(job.input)
+
+    async with running_worker(db_url, registry(handler)):
+        odd, _ = await repo.create(nj(input={"odd": True}, max_attempts=1))
+        other, _ = await repo.create(nj(input={"other": True}))
+        for i in (odd.id, other.id):
+            await until(lambda i=i: finished(repo, i), what=f"job {i}")
+    stored = await get_all(repo, [odd.id, other.id])
+    assert [(j.status, j.result) for j in stored] == [
+        ("completed", {"odd": True}),
+        ("completed", {"other": True}),
+    ]
+    assert len(refusals) == 3
+
+
+def _decoded(items: Any) -> list[tuple[UUID, Any]]:
+    return [
+        (i, msgspec.json.decode(bytes(r)) if isinstance(r, msgspec.Raw) else r) for i, r in items
+    ]
+
+
+async def test_a_handler_raising_what_is_not_an_exception_fails_the_attempt(
+    repo: JobRepository, db_url: str
+) -> None:
+    """A stray ``CancelledError`` (from a task of the handler's own) ended the job's task and
+    left the job ``running`` for its whole lease; ``SystemExit`` killed the worker."""
+    calls: list[int] = []
+
+    async def handler(job: Job) -> Any:
+        calls.append(job.attempts)
+        if job.attempts == 1:
+            inner = asyncio.get_running_loop().create_task(anyio.sleep_forever())
+            inner.cancel()
+            await inner  # raises CancelledError here, though nobody cancelled this task
+        if job.attempts == 2:
+            raise SystemExit(3)
+        return {"attempt": job.attempts}
+
+    async with running_worker(db_url, registry(handler)) as worker:  # leases: an hour
+        job, _ = await repo.create(nj(max_attempts=3))
+        done = await until(lambda: finished(repo, job.id), what="the third attempt")
+        assert worker.status.state == "running"
+    assert (done.status, done.attempts, done.result, calls) == (
+        "completed",
+        3,
+        {"attempt": 3},
+        [1, 2, 3],
+    )
+
+
+async def test_a_nul_in_an_error_message_still_records_the_failure(
+    repo: JobRepository, db_url: str
+) -> None:
+    """A provider's body quoted into the message may hold one; PostgreSQL text cannot."""
+
+    async def handler(job: Job) -> Any:
+        raise RuntimeError("provider said \x00 nothing")
+
+    async with running_worker(db_url, registry(handler)):  # leases: an hour
+        job, _ = await repo.create(nj(max_attempts=1))
+        done = await until(lambda: finished(repo, job.id), what="the failure")
+    assert (done.status, done.error_category) == ("failed", "internal")
+    assert "provider said \ufffd nothing" in (done.error_message or "")
+
+
+async def test_stopping_releases_a_job_whose_result_cannot_be_stored(
+    repo: JobRepository, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The results are flushed within half the final-writes time; a job whose result is still
+    refused is handed back to pending (attempt not counted), not left to its lease."""
+    monkeypatch.setattr("service.worker.shutdown.FINAL_WRITES_TIMEOUT", 2.0)
+
+    async def complete_many(self: JobRepository, worker_id: str, items: Any) -> set[UUID]:
+        raise psycopg.errors.InternalError_("could not read block 0: unexpected error")
+
+    monkeypatch.setattr(JobRepository, "complete_many", complete_many)
+
+    async def handler(job: Job) -> Any:
+        return {"ok": True}
+
+    async with running_worker(db_url, registry(handler)) as worker:
+        job, _ = await repo.create(nj())
+        await until(lambda: worker.status.pending_completions == 1, what="the result queued")
+        worker.stop()
+        await until(lambda: worker.status.state == "stopped", what="the worker to stop")
+    released = await repo.get(job.id)
+    assert (released.status, released.attempts, released.worker_id) == ("pending", 0, None)
