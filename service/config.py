@@ -144,6 +144,25 @@ def _secret(text: str) -> Secret:
     return Secret(text.strip())
 
 
+def _tokens(text: str) -> Secret:
+    """Bearer tokens. A set value that names none (``,``) is refused: read as "auth on" it
+    would accept nothing, read as "off" it would open the API the operator meant to close."""
+    if not _list(text):
+        raise ValueError(text)
+    return Secret(text.strip())
+
+
+def _without_credentials(text: str) -> str:
+    """A bad value as the error shows it: a URL's ``user:password@`` becomes ``***@``.
+    Everything up to the last ``@`` counts, so a password with an unescaped ``/`` or ``@``
+    is hidden too; applied to every shown value, since a URL may be typed anywhere."""
+    head, at, host = text.rpartition("@")
+    if not at:
+        return text
+    scheme, sep, _ = head.partition("://")
+    return f"{scheme}{sep}***@{host}" if sep else f"***@{host}"
+
+
 def _str(text: str) -> str:
     v = text.strip()
     if not v:
@@ -200,9 +219,9 @@ FIELDS: Final[tuple[Field, ...]] = (
     Field(
         "AI_SERVICE_TOKEN",
         "api_tokens",
-        _secret,
+        _tokens,
         None,
-        "comma-separated bearer tokens",
+        "comma-separated bearer tokens (at least one)",
         "required bearer token(s) for /api/v1/*; several for rotation",
         secret=True,
     ),
@@ -550,7 +569,7 @@ class Settings:
             try:
                 values[f.attr] = f.parse(raw)
             except (ValueError, TypeError):
-                shown = "<hidden>" if f.secret else repr(raw)
+                shown = "<hidden>" if f.secret else repr(_without_credentials(raw))
                 errors.append(f"{f.env}={shown} is invalid: expected {f.expects}")
         if errors:
             raise ConfigError("; ".join(errors))
@@ -566,6 +585,12 @@ class Settings:
             )
 
     # --- derived values -----------------------------------------------------------------
+    @property
+    def auth_required(self) -> bool:
+        """Whether ``AI_SERVICE_TOKEN`` is set. The API then demands a token even if the
+        value names none (possible only past ``from_env``): that must fail closed."""
+        return self.api_tokens is not None
+
     @property
     def tokens(self) -> tuple[str, ...]:
         """Accepted bearer tokens (rotation: old and new both valid while callers switch)."""

@@ -47,8 +47,8 @@ def api_router(settings: Settings, extra_routes: Sequence[Any] = ()) -> Router:
             *status.ROUTES,
             *extra_routes,
         ],
-        guards=[bearer_guard(settings.tokens)],
-        security=[{SECURITY_SCHEME: []}] if settings.tokens else None,
+        guards=[bearer_guard(settings.tokens, required=settings.auth_required)],
+        security=[{SECURITY_SCHEME: []}] if settings.auth_required else None,
     )
 
 

@@ -4,7 +4,8 @@ Several tokens may be configured (comma-separated ``AI_SERVICE_TOKEN``) so calle
 to a new token while the old one still works. Every configured token is compared with
 ``hmac.compare_digest`` (no early exit on the first match or mismatch), so the response time
 does not tell an attacker how much of a guess was right. The token never appears in a log line,
-an error body or a response header.
+an error body or a response header. Whether auth is on is decided by the setting being set,
+not by the token list being non-empty: a set variable that yields no token rejects everything.
 """
 
 from __future__ import annotations
@@ -36,14 +37,15 @@ def token_matches(given: bytes, accepted: Sequence[bytes]) -> bool:
     return ok
 
 
-def bearer_guard(tokens: Sequence[str]) -> Guard:
-    """A guard accepting any of ``tokens``; with no tokens configured, everything passes."""
+def bearer_guard(tokens: Sequence[str], *, required: bool) -> Guard:
+    """A guard accepting any of ``tokens`` when ``required``; when not, everything passes.
+    Required with no tokens, it fails closed: no request gets through."""
     accepted = tuple(t.encode() for t in tokens)
 
     # A coroutine on purpose: Litestar runs a plain-function guard in a worker thread, which
     # cost more than the rest of a create request at 32 concurrent clients.
     async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-        if not accepted:
+        if not required:
             return
         given = token_from_header(connection.headers.get("authorization"))
         if given is None:

@@ -6,7 +6,7 @@ means a worker never opens more connections than it has jobs in flight. Every ca
 total deadline (``timeout``) enforced here rather than httpx's per-read timeouts, because a
 non-streaming completion sends nothing until it is done. Failures come out as the handler
 error categories (see ``errors.py``); the API key is sent as a header and never appears in an
-error, a log line or a span.
+error, a log line or a span, nor do URL credentials (``Scrubber``) that a server echoes.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from service.providers.errors import error_for_exception, error_for_status
 from service.providers.multipart import AudioUpload, MultipartBody
 from service.providers.pool import ShardedClient
 from service.providers.responses import ChatCompletion, ModelList, Transcription
+from service.providers.scrub import Scrubber
 from service.providers.urls import api_url, env_proxies, redact_url, root_url, server_root
 
 T = TypeVar("T")
@@ -53,7 +54,7 @@ class OpenAIClient:
         self.provider = provider
         self.timeout = timeout
         self._base = server_root(base_url)
-        self._key = api_key
+        self._scrub = Scrubber(base_url, api_key)
         self.url = redact_url(self._base)
         headers = {"Authorization": f"Bearer {api_key.reveal()}"} if api_key else {}
         host = httpx.URL(self._base)
@@ -222,8 +223,8 @@ class OpenAIClient:
         except TimeoutError:
             raise JobTimeout(f"{self.name} at {shown} did not answer within {limit:g}s") from None
         except httpx.HTTPError as exc:
-            raise error_for_exception(self.name, shown, exc) from exc
-        error = error_for_status(self.name, response, self._key)
+            raise error_for_exception(self.name, shown, exc, self._scrub) from exc
+        error = error_for_status(self.name, response, self._scrub)
         if error is not None:
             raise error
         return response

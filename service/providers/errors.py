@@ -4,7 +4,9 @@ Why one place: the retry policy of the whole service hangs on this mapping. A bu
 restarting GPU server (429, 502, 503, 504, refused connection) is worth retrying later, and
 when it says how long to wait (``Retry-After``) we pass that on; any other 4xx means our
 request is wrong and retrying cannot help, so the provider's own message is kept for the
-operator; a timeout is its own category. Messages never contain keys or credentials.
+operator; a timeout is its own category. Messages never contain keys or credentials: every
+text a provider sent goes through its ``Scrubber`` before it is shortened, so a cut cannot
+leave half a secret behind.
 """
 
 from __future__ import annotations
@@ -16,13 +18,13 @@ from typing import Any
 import httpx
 import msgspec
 
-from service.config import Secret
 from service.handlers.base import (
     HandlerError,
     JobTimeout,
     ProviderRejected,
     ProviderUnavailable,
 )
+from service.providers.scrub import Scrubber
 
 RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 MAX_MESSAGE_CHARS = 500
@@ -47,9 +49,9 @@ def parse_retry_after(value: str | None) -> float | None:
     return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
 
 
-def provider_message(response: httpx.Response) -> str:
+def provider_message(response: httpx.Response, scrub: Scrubber) -> str:
     """The provider's error text: OpenAI/vLLM ``{"error": {"message"}}``, older vLLM
-    ``{"message"}``, FastAPI ``{"detail"}``, or the raw body, shortened."""
+    ``{"message"}``, FastAPI ``{"detail"}``, or the raw body, scrubbed and shortened."""
     text = ""
     try:
         body: Any = msgspec.json.decode(response.content)
@@ -67,29 +69,18 @@ def provider_message(response: httpx.Response) -> str:
             text = str(body["detail"])
     if not text:
         text = response.text.strip() or response.reason_phrase or "no message"
-    text = " ".join(text.split())
+    text = " ".join(scrub(text).split())
     if len(text) > MAX_MESSAGE_CHARS:
         text = text[: MAX_MESSAGE_CHARS - 1] + "…"
     return text
 
 
-def scrub(text: str, secret: Secret | None) -> str:
-    """Remove a key from text a provider sent back (some echo the key they refused)."""
-    if secret:
-        value = secret.reveal()
-        if len(value) >= 4:
-            text = text.replace(value, "**********")
-    return text
-
-
-def error_for_status(
-    name: str, response: httpx.Response, secret: Secret | None = None
-) -> HandlerError | None:
+def error_for_status(name: str, response: httpx.Response, scrub: Scrubber) -> HandlerError | None:
     """The error a non-2xx response stands for, or ``None`` for success."""
     status = response.status_code
     if status < 400:
         return None
-    message = scrub(provider_message(response), secret)
+    message = provider_message(response, scrub)
     retry_after = parse_retry_after(response.headers.get("retry-after"))
     what = f"{name} answered HTTP {status}: {message}"
     if status in RETRYABLE_STATUSES:
@@ -102,14 +93,15 @@ def error_for_status(
     return ProviderUnavailable(what, retry_after=retry_after)
 
 
-def error_for_exception(name: str, url: str, exc: httpx.HTTPError) -> HandlerError:
-    """The error an httpx transport failure stands for. ``url`` must be redacted already."""
+def error_for_exception(name: str, url: str, exc: httpx.HTTPError, scrub: Scrubber) -> HandlerError:
+    """The error an httpx transport failure stands for. ``url`` must be redacted already;
+    the exception's own text (which may quote the request URL) is scrubbed here."""
     kind = type(exc).__name__
     if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
         return ProviderUnavailable(f"{name} at {url} did not accept a connection in time ({kind})")
     if isinstance(exc, httpx.TimeoutException):
         return JobTimeout(f"{name} at {url} did not answer in time ({kind})")
     if isinstance(exc, httpx.TransportError):
-        detail = str(exc) or kind
+        detail = scrub(str(exc)) or kind
         return ProviderUnavailable(f"{name} at {url} is unreachable: {detail}")
     return ProviderUnavailable(f"{name} at {url} failed: {kind}")

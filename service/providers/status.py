@@ -6,8 +6,8 @@ often many at once; the GPU servers must not see one ``/v1/models`` per viewer. 
 reused for ``ttl`` seconds, and callers that arrive while a probe runs wait for that probe
 instead of starting their own. Each provider is probed concurrently with a short timeout, so
 one dead server costs at most ``timeout`` and never hides the other's status. Answers never
-contain a key: base URLs lose their credentials (``redact_url``) and provider messages are
-scrubbed of the key we sent.
+contain a key: base URLs lose their credentials (``redact_url``) and every error text is
+scrubbed of the provider's key and URL credentials (``Scrubber``).
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ import httpx
 import msgspec
 
 from service.config import Secret, Settings
-from service.providers.errors import error_for_status, scrub
+from service.providers.errors import error_for_status
 from service.providers.responses import ModelList
+from service.providers.scrub import Scrubber
 from service.providers.urls import api_url, redact_url
 
 PROBE_TIMEOUT_S = 3.0
@@ -142,6 +143,7 @@ class ProviderStatusBoard:
             "reachable": False,
         }
         headers = {"Authorization": f"Bearer {p.api_key.reveal()}"} if p.api_key else {}
+        scrub = Scrubber(p.base_url, p.api_key)
         url = api_url(p.base_url, "models")
         started = time.monotonic()
         error: str | None = None
@@ -155,7 +157,7 @@ class ProviderStatusBoard:
         else:
             out["reachable"] = True
             out["latency_ms"] = round((time.monotonic() - started) * 1000, 1)
-            failure = error_for_status(p.name, response, p.api_key)
+            failure = error_for_status(p.name, response, scrub)
             if failure is not None:
                 error = str(failure)
             else:
@@ -173,18 +175,12 @@ class ProviderStatusBoard:
                             f"(served: {', '.join(served) or 'none'})"
                         )
         if error is not None:
-            error = scrub(redact_text(error, p.base_url), p.api_key)
+            error = scrub(error)
             self._last_error[p.name] = (error, _now())
         out["error"] = error
         if p.name in self._last_error:
             out["last_error"], out["last_error_at"] = self._last_error[p.name]
         return out
-
-
-def redact_text(text: str, base_url: str) -> str:
-    """``text`` with the credentialed form of ``base_url`` replaced by the redacted one."""
-    shown = redact_url(base_url)
-    return text if shown == base_url else text.replace(base_url, shown)
 
 
 def infra_url(configured: str) -> str:
@@ -204,6 +200,7 @@ async def fetch_infra_status(
         return {"configured": False}
     target = infra_url(url)
     shown = redact_url(target)
+    scrub = Scrubber(target)
     base: dict[str, Any] = {"configured": True, "url": shown}
     started = time.monotonic()
     try:
@@ -213,11 +210,11 @@ async def fetch_infra_status(
     except TimeoutError:
         return {**base, "reachable": False, "error": f"no answer within {timeout:g}s"}
     except httpx.HTTPError as exc:
-        text = redact_text(_transport_error(exc, timeout), target)
+        text = scrub(_transport_error(exc, timeout))
         return {**base, "reachable": False, "error": f"the infra sidecar is {text}"}
     latency = round((time.monotonic() - started) * 1000, 1)
     if response.status_code != 200:
-        failure = error_for_status("the infra sidecar", response)
+        failure = error_for_status("the infra sidecar", response, scrub)
         detail = str(failure) if failure else f"HTTP {response.status_code}"
         return {**base, "reachable": True, "latency_ms": latency, "error": detail}
     try:

@@ -56,3 +56,19 @@ async def test_tokens_rotation_and_401s(db_url: str, caplog: pytest.LogCaptureFi
         assert OLD not in schema and NEW not in schema
         assert '"BearerToken"' in schema
     assert OLD not in caplog.text and NEW not in caplog.text
+
+
+async def test_auth_on_without_a_usable_token_lets_nobody_in(db_url: str) -> None:
+    # ``from_env`` refuses such a value; built past it, the guard must still fail closed.
+    settings = Settings(api_tokens=Secret(" , "), db_pool_size=4)
+    assert settings.auth_required and settings.tokens == ()
+    async with running_api(db_url, settings) as api:
+        c = api.client
+        for headers in ({}, {"Authorization": "Bearer ,"}, {"Authorization": "Bearer x"}):
+            for method, path in (("GET", "/api/v1/stats"), ("POST", "/api/v1/jobs")):
+                r = await c.request(method, path, headers=headers, json=job_body())
+                assert r.status_code == 401, (headers, path)
+                assert r.json()["error"] == "unauthorized"
+        assert (await c.get("/healthz")).status_code == 200
+        schema = (await c.get("/schema/openapi.json")).json()
+        assert schema["paths"]["/api/v1/stats"]["get"]["security"] == [{"BearerToken": []}]

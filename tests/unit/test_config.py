@@ -98,6 +98,40 @@ def test_secret_values_are_never_shown() -> None:
     assert "DATABASE_URL=<hidden>" in str(err.value)
 
 
+def test_a_bad_url_is_shown_without_its_credentials() -> None:
+    bad = {
+        "htp://user:llmpw-SECRET@host": "'htp://***@host'",
+        "user:llmpw-SECRET@gpu:8000/v1": "'***@gpu:8000/v1'",
+        "http:// user:llm/pw@-SECRET@host": "'http://***@host'",
+    }
+    for env in ("LLM_BASE_URL", "VOXTRAL_BASE_URL", "INFRA_STATUS_URL"):
+        for value, shown in bad.items():
+            with pytest.raises(ConfigError) as err:
+                Settings.from_env({env: value})
+            assert "SECRET" not in str(err.value) and "llmpw" not in str(err.value)
+            assert f"{env}={shown} is invalid: expected an http(s) URL" in str(err.value)
+    done = _cli({"LLM_BASE_URL": "htp://user:llmpw-SECRET@host"}, "migrate")
+    assert done.returncode == 2
+    assert "LLM_BASE_URL='htp://***@host' is invalid" in done.stderr
+    assert "SECRET" not in done.stderr + done.stdout
+
+
+def test_a_token_variable_that_names_no_token_is_refused() -> None:
+    # Set but empty after splitting: "auth on" with nothing to accept used to let all in.
+    for value in (",", " , ", ",, ,"):
+        with pytest.raises(ConfigError) as err:
+            Settings.from_env({"AI_SERVICE_TOKEN": value})
+        assert "AI_SERVICE_TOKEN=<hidden> is invalid: expected comma-separated" in str(err.value)
+    assert Settings.from_env({"AI_SERVICE_TOKEN": " "}).auth_required is False  # blank: unset
+    on = Settings.from_env({"AI_SERVICE_TOKEN": " tok-1 ,"})
+    assert on.auth_required and on.tokens == ("tok-1",)
+    done = _cli({"AI_SERVICE_TOKEN": " , "}, "migrate")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()]
+    assert "AI_SERVICE_TOKEN=<hidden> is invalid" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_voxtral_key_falls_back_to_audio_then_llm_key() -> None:
     assert Settings.from_env({"LLM_API_KEY": "a"}).voxtral_key == Secret("a")
     both = {"LLM_API_KEY": "a", "AUDIO_LLM_API_KEY": "b"}

@@ -1,0 +1,64 @@
+"""Credentials out of every text a provider (or the infra sidecar) sends back.
+
+Why: a provider's error body is quoted into job error messages and status pages, and some
+servers echo what they were sent — the ``Authorization`` header, the URL. Our requests carry a
+provider's credentials in three forms: the API key as a bearer token, and a base URL's
+``user:password`` both inside the URL and as the base64 of a ``Basic`` header (httpx sends
+URL credentials that way). One ``Scrubber`` per provider removes all three, whichever one a
+server echoes, and every error text about that provider goes through it.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from urllib.parse import unquote
+
+from service.config import Secret
+
+MASK = "**********"
+# A shorter value is also part of ordinary words: masking it would garble every message.
+MIN_SECRET_CHARS = 4
+
+
+def _userinfo(url: str) -> str:
+    """``user:password`` of ``scheme://user:password@host/...`` (empty without one). Parsed
+    by hand: ``urlsplit`` raises on some malformed hosts, and a setting may be malformed."""
+    rest = url.strip().partition("://")[2]
+    netloc = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    return netloc.rpartition("@")[0]
+
+
+def _basic(user: str, password: str) -> str:
+    return base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+class Scrubber:
+    """Removes one provider's credentials from a text: ``scrub(text)``."""
+
+    __slots__ = ("_secrets", "_userinfo")
+
+    def __init__(self, url: str | None = None, api_key: Secret | None = None) -> None:
+        secrets: set[str] = set()
+        info = _userinfo(url) if url else ""
+        self._userinfo = f"{info}@" if info else ""
+        if info:
+            user, _, password = info.partition(":")
+            for u, p in ((user, password), (unquote(user), unquote(password))):
+                token = _basic(u, p)
+                secrets |= {token, token.rstrip("=")}
+                if p:  # a user name alone is no secret
+                    secrets |= {p, f"{u}:{p}"}
+        if api_key:
+            secrets.add(api_key.reveal())
+        # Longest first, so a secret that contains another is masked whole.
+        self._secrets = sorted(
+            (s for s in secrets if len(s) >= MIN_SECRET_CHARS), key=len, reverse=True
+        )
+
+    def __call__(self, text: str) -> str:
+        if self._userinfo:
+            text = text.replace(self._userinfo, "")  # http://user:pw@host → http://host
+        for secret in self._secrets:
+            text = text.replace(secret, MASK)
+        return text
