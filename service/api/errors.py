@@ -168,8 +168,10 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
     if isinstance(exc, StateConflict):
         return error_response(409, exc.code, str(exc), status=exc.status, job_id=exc.job_id)
     if isinstance(exc, IdempotencyConflict):
-        existing = exc.existing if exc.existing.int else None
-        return error_response(409, exc.code, str(exc), job_id=existing)
+        if not exc.existing.int:  # no job holds the key: a batch used it twice, differently
+            detail = f"idempotency_key {exc.key!r} appears in the batch twice with different bodies"
+            return error_response(409, exc.code, detail, job_id=None)
+        return error_response(409, exc.code, str(exc), job_id=exc.existing)
     if isinstance(exc, DatabaseUnavailable):
         log.warning("database unavailable: %s", exc)
         return error_response(

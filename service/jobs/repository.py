@@ -133,57 +133,74 @@ class JobRepository:
         """Insert many jobs in one statement (one transaction, one NOTIFY per profile).
 
         Returns ``(id, created)`` per input, in order; idempotent repeats map to the existing
-        job; a repeated key with a different body raises ``IdempotencyConflict`` and, because
-        it is checked before anything is written, nothing of the batch is inserted.
+        job; a repeated key with a different body raises ``IdempotencyConflict`` naming that
+        job, and nothing of the batch is written. A batch with keys is one transaction: a
+        concurrent request can take a key between the check and the insert (the insert waits
+        for it, then skips that row), and its job is then judged like any existing one —
+        the same body is an idempotent repeat, a different one rolls the whole batch back.
         """
         keyed: dict[tuple[str, str], int] = {}
         for i, j in enumerate(jobs):
             if j.idempotency_key is not None:
                 k = (j.owner_service, j.idempotency_key)
                 if k in keyed and not self._same_new(jobs[keyed[k]], j):
-                    raise IdempotencyConflict(j.idempotency_key, UUID(int=0))
+                    raise IdempotencyConflict(j.idempotency_key, UUID(int=0))  # within the batch
                 keyed.setdefault(k, i)
-        existing: dict[tuple[str, str], Job] = {}
-        for owner in {o for o, _ in keyed}:
-            found = await self._by_keys(owner, [key for o, key in keyed if o == owner])
-            existing.update({(owner, key): job for key, job in found.items()})
-        for k, job in existing.items():
-            if not self._same_request(jobs[keyed[k]], job):
-                raise IdempotencyConflict(k[1], job.id)
-
         ids = [new_id() for _ in jobs]
-        out: list[tuple[UUID, bool]] = []
-        todo = []
-        for i, j in enumerate(jobs):
-            k = (j.owner_service, j.idempotency_key or "")
-            if j.idempotency_key is not None and k in existing:
-                out.append((existing[k].id, False))
-            elif j.idempotency_key is not None and keyed[k] != i:
-                out.append((ids[keyed[k]], False))
-            else:
-                out.append((ids[i], True))
-                todo.append(i)
-        if not todo:
-            return out
         tcs = trace_contexts or [None] * len(jobs)
-        params: dict[str, Any] = {
-            "ids": [ids[i] for i in todo],
-            "owner_services": [jobs[i].owner_service for i in todo],
-            "owner_refs": [jobs[i].owner_ref for i in todo],
-            "task_types": [jobs[i].task_type for i in todo],
-            "model_profiles": [jobs[i].model_profile for i in todo],
-            "priorities": [jobs[i].priority for i in todo],
-            "max_attempts": [jobs[i].max_attempts or self.default_max_attempts for i in todo],
-            "inputs": [jsonb(jobs[i].input) for i in todo],
-            "run_afters": [jobs[i].run_after for i in todo],
-            "idempotency_keys": [jobs[i].idempotency_key for i in todo],
-            "trace_contexts": [jsonb(tcs[i]) if tcs[i] else None for i in todo],
-        }
-        inserted = {r["id"] for r in await self.db.fetch("create_jobs", params, prepare=False)}
-        if len(inserted) != len(todo):
-            # A concurrent request took some keys between our check and the insert.
-            raced = [jobs[i].idempotency_key for i in todo if ids[i] not in inserted]
-            raise IdempotencyConflict(str(raced[0]), UUID(int=0))
+        existing: dict[tuple[str, str], Job] = {}
+        # Without keys the one INSERT is atomic by itself: no transaction round trips.
+        async with self.db.transaction() if keyed else self.db.session() as s:
+
+            async def load(taken: list[tuple[str, str]]) -> None:
+                """Read the jobs holding ``taken`` keys; refuse the batch on a different body."""
+                for owner in {o for o, _ in taken}:
+                    keys = [key for o, key in taken if o == owner]
+                    rows = await s.fetch(
+                        "get_jobs_by_idempotency_keys", {"owner_service": owner, "keys": keys}
+                    )
+                    existing.update({(owner, r["idempotency_key"]): Job.from_row(r) for r in rows})
+                for k in taken:
+                    if k in existing and not self._same_request(jobs[keyed[k]], existing[k]):
+                        raise IdempotencyConflict(k[1], existing[k].id)
+
+            await load(list(keyed))
+            fresh = {i for k, i in keyed.items() if k not in existing}
+            todo = [i for i, j in enumerate(jobs) if j.idempotency_key is None or i in fresh]
+            inserted: set[UUID] = set()
+            while todo:
+                params: dict[str, Any] = {
+                    "ids": [ids[i] for i in todo],
+                    "owner_services": [jobs[i].owner_service for i in todo],
+                    "owner_refs": [jobs[i].owner_ref for i in todo],
+                    "task_types": [jobs[i].task_type for i in todo],
+                    "model_profiles": [jobs[i].model_profile for i in todo],
+                    "priorities": [jobs[i].priority for i in todo],
+                    "max_attempts": [
+                        jobs[i].max_attempts or self.default_max_attempts for i in todo
+                    ],
+                    "inputs": [jsonb(jobs[i].input) for i in todo],
+                    "run_afters": [jobs[i].run_after for i in todo],
+                    "idempotency_keys": [jobs[i].idempotency_key for i in todo],
+                    "trace_contexts": [jsonb(tcs[i]) if tcs[i] else None for i in todo],
+                }
+                rows = await s.fetch("create_jobs", params, prepare=False)
+                inserted |= {r["id"] for r in rows}
+                # Rows skipped: a concurrent request committed their keys after our check.
+                raced = [
+                    k for k, i in keyed.items() if k not in existing and ids[i] not in inserted
+                ]
+                await load(raced)
+                # A key taken and freed again meanwhile (its job deleted) is simply retried.
+                todo = [keyed[k] for k in raced if k not in existing]
+        out: list[tuple[UUID, bool]] = []
+        for i, j in enumerate(jobs):
+            if j.idempotency_key is None:
+                out.append((ids[i], True))
+                continue
+            k = (j.owner_service, j.idempotency_key)
+            job = existing.get(k)
+            out.append((job.id, False) if job else (ids[keyed[k]], keyed[k] == i))
         return out
 
     @staticmethod

@@ -176,6 +176,14 @@ async def test_batch_errors(api: Api, db_url: str) -> None:
     )
     assert r.status_code == 409
     assert_error(r.json(), "idempotency_conflict")
+    # one key twice in the batch with different bodies: no stored job is named
+    twice = [{"idempotency_key": "d"}, {"idempotency_key": "d", "priority": 7}]
+    r = await api.client.post("/api/v1/jobs/batch", json={**base, "jobs": twice})
+    assert r.status_code == 409
+    assert_error(r.json(), "idempotency_conflict")
+    assert "job_id" not in r.json()
+    assert "'d' appears in the batch twice" in r.json()["detail"]
+    assert "0000-0000" not in r.text
     with psycopg.connect(db_url) as conn:
         assert conn.execute("SELECT count(*) FROM ai_jobs").fetchone() == (1,)
 

@@ -1,0 +1,98 @@
+"""``POST /api/v1/jobs/batch`` stays all or nothing when a concurrent request takes one of its
+idempotency keys between the batch's check and its insert.
+
+The race is forced, not hoped for: a second connection inserts the key in a transaction it
+keeps open, so the batch's check cannot see it and its insert must wait for it; the test
+waits until PostgreSQL reports the API's session blocked by that transaction, then commits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import httpx
+import psycopg
+import pytest
+from psycopg.types.json import Jsonb
+
+from service.jobs import new_id
+from tests.integration.api_server import Api, running_api
+
+GENEROUS = 30  # seconds; bounds a hang, times nothing
+OWNER = "telephony"
+DEFAULTS = {"owner_service": OWNER, "task_type": "llm_chat", "model_profile": "qwen2.5-14b"}
+
+
+@pytest.fixture
+async def api(db_url: str) -> AsyncIterator[Api]:
+    async with running_api(db_url) as api:
+        yield api
+
+
+async def blocked_by(watcher: psycopg.AsyncConnection[Any], pid: int) -> bool:
+    """Whether some session waits on a lock that session ``pid`` holds."""
+    cur = await watcher.execute(
+        "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid)))",
+        [pid],
+    )
+    row = await cur.fetchone()
+    return bool(row and row[0])
+
+
+async def post_while_key_is_taken(
+    api: Api, db_url: str, taken_input: dict[str, Any]
+) -> tuple[httpx.Response, str]:
+    """POST a batch of keys k1, k2, k2 while another transaction inserts k2 (with
+    ``taken_input``); that transaction commits once the batch waits on it. Returns the
+    response and the id of the concurrent request's job."""
+    winner = new_id()
+    batch = {"defaults": {**DEFAULTS, "input": {"user": "hi"}},
+             "jobs": [{"idempotency_key": "k1"}, {"idempotency_key": "k2"},
+                      {"idempotency_key": "k2"}]}  # fmt: skip
+    async with (
+        await psycopg.AsyncConnection.connect(db_url) as holder,
+        await psycopg.AsyncConnection.connect(db_url, autocommit=True) as watcher,
+    ):
+        await holder.execute(
+            "INSERT INTO ai_jobs (id, owner_service, task_type, model_profile, input, "
+            "idempotency_key) VALUES (%s, %s, %s, %s, %s, 'k2')",
+            [winner, OWNER, DEFAULTS["task_type"], DEFAULTS["model_profile"], Jsonb(taken_input)],
+        )  # not committed yet
+        answer: list[httpx.Response] = []
+
+        async def post() -> None:
+            answer.append(await api.client.post("/api/v1/jobs/batch", json=batch))
+
+        with anyio.fail_after(GENEROUS):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(post)
+                while not await blocked_by(watcher, holder.info.backend_pid):  # noqa: ASYNC110
+                    await anyio.sleep(0.01)  # until the batch waits on the key (an outcome)
+                await holder.commit()
+    return answer[0], str(winner)
+
+
+def stored_keys(db_url: str) -> list[tuple[str, str]]:
+    with psycopg.connect(db_url) as conn:
+        rows = conn.execute("SELECT idempotency_key, id::text FROM ai_jobs ORDER BY 1").fetchall()
+    return [(k, i) for k, i in rows]
+
+
+async def test_a_concurrent_same_body_is_an_idempotent_repeat(api: Api, db_url: str) -> None:
+    r, winner = await post_while_key_is_taken(api, db_url, {"user": "hi"})
+    assert r.status_code == 201, r.text  # k1 is new
+    items = r.json()["items"]
+    assert [i["created"] for i in items] == [True, False, False]
+    assert items[1]["id"] == items[2]["id"] == winner
+    assert stored_keys(db_url) == [("k1", items[0]["id"]), ("k2", winner)]
+
+
+async def test_a_concurrent_different_body_refuses_the_whole_batch(api: Api, db_url: str) -> None:
+    r, winner = await post_while_key_is_taken(api, db_url, {"user": "something else"})
+    assert r.status_code == 409, r.text
+    body = r.json()
+    assert body["error"] == "idempotency_conflict"
+    assert body["job_id"] == winner and winner in body["detail"]
+    assert stored_keys(db_url) == [("k2", winner)]  # nothing of the batch was committed
