@@ -6,24 +6,54 @@
 - ``GET /worker/status``: worker_id, per-profile capacity and counters, listener state, last
   notification time, uptime, version.
 - ``GET /metrics``: Prometheus text, when METRICS_PORT is set (``extra_routes``).
+
+Errors (an unknown path or method, a failing probe) have the API's shape,
+``{"error": code, "detail": sentence}``, so one client-side parser reads both ports. The API's
+helpers are not imported for it: ``api/`` and ``worker/`` never import each other.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
+from http import HTTPStatus
 from typing import Any, Protocol
 
 import uvicorn
-from litestar import Litestar, Response, get
+from litestar import Litestar, Request, Response, get
+from litestar.exceptions import HTTPException, MethodNotAllowedException, NotFoundException
 
 from service.serve import EmbeddedServer
 from service.worker.status import WorkerStatus
+
+log = logging.getLogger("ai_service.worker.http")
 
 
 class Observable(Protocol):
     status: WorkerStatus
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]: ...
+
+
+def _error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, str]]:
+    """The one exception handler: the same codes and sentences the API uses."""
+    path = request.url.path
+    if isinstance(exc, NotFoundException):
+        code, status, detail = "not_found", 404, f"no route or resource at {path}"
+    elif isinstance(exc, MethodNotAllowedException):
+        code, status = "method_not_allowed", 405
+        detail = f"{request.method} is not allowed on {path}"
+    elif isinstance(exc, HTTPException) and exc.status_code < 500:
+        status, detail = exc.status_code, exc.detail
+        try:
+            code = HTTPStatus(status).phrase.lower().replace(" ", "_")
+        except ValueError:
+            code = "http_error"
+    else:
+        log.error("unhandled error on %s %s", request.method, path, exc_info=exc)
+        code, status, detail = "internal_error", 500, "an internal error occurred; it was logged"
+    headers = exc.headers if isinstance(exc, HTTPException) else None
+    return Response({"error": code, "detail": detail}, status_code=status, headers=headers)
 
 
 def create_worker_app(worker: Observable, extra_routes: Sequence[Any] = ()) -> Litestar:
@@ -43,6 +73,7 @@ def create_worker_app(worker: Observable, extra_routes: Sequence[Any] = ()) -> L
     # logging_config=None: Litestar's default would reconfigure the root logger (our JSON lines)
     return Litestar(
         route_handlers=[healthz, readyz, worker_status, *extra_routes],
+        exception_handlers={Exception: _error},
         logging_config=None,
         debug=False,
     )

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import psycopg
+import pytest
 
+from service.db import Database
 from service.jobs import JobRepository, NewJob
+from service.jobs.stats import StatsRepository
+from tests.helpers import wait_for
 from tests.integration.api_server import running_api
 
 
@@ -49,3 +53,37 @@ async def test_stats_on_an_empty_table(db_url: str) -> None:
     assert s["counts"] == [] and s["errors"] == [] and s["pending"] == []
     assert s["durations"] == {"jobs": 0, "queue_wait_seconds": {"p50": None, "p95": None},
                               "run_seconds": {"p50": None, "p95": None}}  # fmt: skip
+
+
+def kill_connections(db_url: str) -> None:
+    """Terminate every other session of the test database and wait until they are gone."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchall()
+        pids = [pid for (pid,) in rows]
+        conn.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", [pids])
+        gone = "SELECT NOT EXISTS (SELECT FROM pg_stat_activity WHERE pid = ANY(%s::int[]))"
+        wait_for(lambda: conn.execute(gone, [pids]).fetchone() == (True,), what="the kills")
+
+
+async def test_stats_answer_503_while_the_database_is_down(db_url: str) -> None:
+    # The four queries run concurrently; their failures arrive as an ExceptionGroup, which
+    # once fell through the error mapping as a 500.
+    async with running_api(db_url) as api:
+        assert (await api.client.get("/api/v1/stats")).status_code == 200  # pooled connections
+        kill_connections(db_url)  # every pooled connection is now dead
+        r = await api.client.get("/api/v1/stats")
+    assert r.status_code == 503, r.text
+    assert r.json()["error"] == "database_unavailable"
+    assert r.headers["retry-after"] == "1"
+
+
+async def test_stats_failures_other_than_the_database_stay_a_group(db: Database) -> None:
+    class Broken(StatsRepository):
+        QUERIES = ("stats_by_kind", "no_such_query")
+
+    with pytest.raises(ExceptionGroup) as err:
+        await Broken(db).snapshot()
+    assert err.group_contains(KeyError)
