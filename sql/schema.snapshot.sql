@@ -50,6 +50,7 @@ CREATE UNIQUE INDEX ai_service_migrations_pkey ON public.ai_service_migrations U
 CREATE TRIGGER ai_jobs_notify_finished AFTER UPDATE OF status ON public.ai_jobs FOR EACH ROW WHEN (((new.status = ANY (ARRAY['completed'::text, 'failed'::text, 'cancelled'::text])) AND (old.status <> new.status))) EXECUTE FUNCTION ai_jobs_notify_finished()
 CREATE TRIGGER ai_jobs_notify_inserted AFTER INSERT ON public.ai_jobs REFERENCING NEW TABLE AS inserted FOR EACH STATEMENT EXECUTE FUNCTION ai_jobs_notify_inserted()
 CREATE TRIGGER ai_jobs_notify_requeued AFTER UPDATE OF status ON public.ai_jobs FOR EACH ROW WHEN (((new.status = 'pending'::text) AND (old.status <> 'pending'::text))) EXECUTE FUNCTION ai_jobs_notify_requeued()
+CREATE TRIGGER ai_jobs_notify_taken_back AFTER UPDATE OF status ON public.ai_jobs FOR EACH ROW WHEN (((old.status = 'running'::text) AND (new.status = 'pending'::text))) EXECUTE FUNCTION ai_jobs_notify_taken_back()
 CREATE TRIGGER ai_jobs_refuse_unreadable_json BEFORE INSERT OR UPDATE OF input, trace_context ON public.ai_jobs FOR EACH ROW WHEN (((jsonb_typeof(new.input) <> 'object'::text) OR jsonb_path_exists(new.input, 'strict $.**{129 to last}'::jsonpath) OR (jsonb_typeof(new.trace_context) <> 'object'::text) OR jsonb_path_exists(new.trace_context, 'strict $.*?(@.type() != "string")'::jsonpath, '{}'::jsonb, true))) EXECUTE FUNCTION ai_jobs_refuse_unreadable_json()
 -- storage parameters
 ai_jobs autovacuum_analyze_scale_factor=0.02, autovacuum_vacuum_scale_factor=0.05, autovacuum_vacuum_insert_scale_factor=0.05
@@ -85,6 +86,19 @@ CREATE OR REPLACE FUNCTION public.ai_jobs_notify_requeued()
 AS $function$
 BEGIN
     PERFORM pg_notify('ai_jobs:' || NEW.model_profile, '');
+    RETURN NULL;
+END;
+$function$
+CREATE OR REPLACE FUNCTION public.ai_jobs_notify_taken_back()
+ RETURNS trigger
+ LANGUAGE plpgsql
+AS $function$
+BEGIN
+    PERFORM pg_notify(
+        'ai_jobs_cancelled',
+        NEW.id::text || ' '
+            || coalesce((extract(epoch FROM OLD.started_at) * 1000000)::bigint, 0)::text
+    );
     RETURN NULL;
 END;
 $function$

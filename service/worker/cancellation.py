@@ -3,8 +3,8 @@
 Every running job has its own anyio cancel scope. Three things cancel it, and the reason
 decides what happens to the job afterwards:
 
-- ``lost``: the lease keeper found the job no longer held (reaped, retried, taken over);
-  the late result is discarded, nothing is written.
+- ``lost``: the job is no longer held (reaped, retried, taken over), found by the lease
+  keeper or told by a notification naming the run; the late result is discarded.
 - ``cancelled``: a ``ai_jobs_cancelled`` notification (the API cancelled the job); discarded.
 - ``shutdown``: the shutdown grace ran out; the job is released to pending.
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 from uuid import UUID
 
@@ -36,6 +37,14 @@ class RunningJob:
         if self.reason is None:
             self.reason = reason
             self.scope.cancel()
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def _micros(at: datetime | None) -> int | None:
+    return None if at is None else (at - _EPOCH) // _MICROSECOND
 
 
 class Running:
@@ -63,9 +72,13 @@ class Running:
         if not self._jobs:
             self._empty.set()
 
-    def cancel(self, job_id: UUID, reason: Reason) -> bool:
+    def cancel(self, job_id: UUID, reason: Reason, *, started_us: int | None = None) -> bool:
+        """Stop the run of ``job_id`` here, if any; with ``started_us``, only if it is the
+        run that started then (a newer claim of the same job is another run)."""
         entry = self._jobs.get(job_id)
         if entry is None:
+            return False
+        if started_us is not None and _micros(entry.job.started_at) != started_us:
             return False
         log.warning("cancelling job %s: %s", job_id, reason, extra={"job_id": str(job_id)})
         entry.cancel(reason)

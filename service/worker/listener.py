@@ -1,7 +1,8 @@
 """The process's one LISTEN connection: wake-ups per profile and cancellations of running jobs.
 
 Channels: ``ai_jobs:<profile>`` for each profile served (wakes that profile's claim loop) and
-``ai_jobs_cancelled`` (payload: a job id; cancels it if it runs here). After every connect and
+``ai_jobs_cancelled`` (payload: a job id, cancelled: stops it if it runs here; or a job id and
+the started_at of a run, in µs, taken back to pending: stops that run only). After every connect and
 reconnect all claim loops are told to claim once, because notifications sent while we were not
 listening are gone (NOTIFY is a hint; this catch-up and the fallback poll are the safety net).
 A connection that dies (server restart, ``pg_terminate_backend``, network cut: found by a ping
@@ -42,7 +43,7 @@ class Listener:
         *,
         status: ListenerStatus,
         on_wake: Callable[[str], None],
-        on_cancel: Callable[[UUID], None],
+        on_cancel: Callable[[UUID, int | None], None],
         on_connect: Callable[[], None],
     ) -> None:
         self.url = url
@@ -104,9 +105,10 @@ class Listener:
         if profile is not None:
             self.on_wake(profile)
         elif n.channel == CANCEL_CHANNEL:
+            head, _, run = n.payload.partition(" ")
             try:
-                job_id = UUID(n.payload)
+                job_id, started_us = UUID(head), int(run) if run else None
             except ValueError:
                 log.warning("ignoring a malformed cancel notification: %r", n.payload[:100])
                 return
-            self.on_cancel(job_id)
+            self.on_cancel(job_id, started_us)

@@ -229,8 +229,11 @@ class Worker:
             await shutdown.release(repo, self.worker_id, list(left.values()), self.status)
             executor.to_release.clear()
 
-    def _cancel(self, job_id: UUID) -> None:
-        self.running.cancel(job_id, "cancelled")
+    def _cancel(self, job_id: UUID, started_us: int | None) -> None:
+        if started_us is None:
+            self.running.cancel(job_id, "cancelled")
+        else:  # taken back to pending (a retry, a reap): only the run it names is stopped
+            self.running.cancel(job_id, "lost", started_us=started_us)
 
     def _catch_up(self) -> None:
         for loop in self._loops.values():

@@ -274,6 +274,25 @@ async def test_cancelling_a_running_job_stops_its_handler(repo: JobRepository, d
     assert (await repo.get(job.id)).status == "cancelled"
 
 
+async def test_retrying_a_running_job_stops_the_run_that_held_it(
+    repo: JobRepository, db_url: str
+) -> None:
+    """The seed allows retrying a running job. Its holder used to learn at its next lease
+    renewal (20 min here) while another claim ran the job too; the NOTIFY of migration 0005
+    stops the old run at once, and the job's next run is not stopped by it."""
+    probe = Probe()
+    async with running_worker(db_url, registry_for(probe), worker_claim_limit=1) as worker:
+        job, _ = await repo.create(nj(input={"gate": "g"}))
+        await probe.started[job.id].wait()
+        await repo.retry(job.id)
+        await until(lambda: job.id in probe.cancelled, what="the old run to be stopped")
+        await until(lambda: len(probe.calls) == 2, what="the job to run again")
+        probe.gates["g"].set()
+        done = await until(lambda: finished(repo, job.id), what="the new run to complete")
+        assert worker.status.profiles[PROFILE].discarded == 1
+    assert (done.status, done.attempts, done.worker_id) == ("completed", 1, worker.worker_id)
+
+
 async def test_a_lost_lease_cancels_the_handler_and_drops_its_result(
     repo: JobRepository, db_url: str
 ) -> None:

@@ -7,6 +7,7 @@ No database: the handler and the completer here only record what reaches them.
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from typing import Any, cast
 
@@ -116,3 +117,17 @@ async def test_an_exit_at_once_cancels_running_jobs_and_hands_them_back() -> Non
     assert sorted(j.id for j in executor.to_release) == sorted(j.id for j in [*jobs, late])
     assert late.id not in handler.started
     assert len(executor.running) == 0
+
+
+async def test_a_notification_naming_another_run_of_the_job_stops_nothing() -> None:
+    """A job taken back to pending and claimed here again before the notification arrived:
+    the notification names the old run (its started_at), so the new run goes on."""
+    running = Running()
+    entry = running.add(_job())
+    started_at = entry.job.started_at
+    assert started_at is not None
+    us = (started_at - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(microseconds=1)
+    assert not running.cancel(entry.job.id, "lost", started_us=us - 1)
+    assert entry.reason is None and not entry.scope.cancel_called
+    assert running.cancel(entry.job.id, "lost", started_us=us)
+    assert entry.reason == "lost" and entry.scope.cancel_called
