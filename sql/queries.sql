@@ -132,6 +132,16 @@ SET status = 'pending', attempts = greatest(attempts - 1, 0), worker_id = NULL,
 WHERE id = ANY(%(ids)b::uuid[]) AND status = 'running' AND worker_id = %(worker_id)s
 RETURNING id;
 
+-- name: release_orphans
+-- After a claim failed in flight: jobs of one profile this worker holds in the database but
+-- not in memory (the claim committed, its reply was lost) go back as release_jobs does.
+UPDATE ai_jobs
+SET status = 'pending', attempts = greatest(attempts - 1, 0), worker_id = NULL,
+    lease_expires_at = NULL, started_at = NULL, run_after = now(), updated_at = now()
+WHERE status = 'running' AND worker_id = %(worker_id)s AND model_profile = %(model_profile)s
+  AND NOT (id = ANY(%(known)b::uuid[]))
+RETURNING id;
+
 -- name: retry_job
 -- Manual retry: a fresh attempt budget; a running job's holder loses its lease.
 UPDATE ai_jobs

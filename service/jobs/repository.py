@@ -359,6 +359,17 @@ class JobRepository:
         rows = await self.db.fetch("release_jobs", {"worker_id": worker_id, "ids": list(ids)})
         return {r["id"] for r in rows}
 
+    async def release_orphans(
+        self, worker_id: str, model_profile: str, known: Sequence[UUID]
+    ) -> set[UUID]:
+        """Release ``model_profile``'s jobs held by ``worker_id`` other than ``known``: what
+        a claim committed whose reply never arrived (see ``ClaimLoop``)."""
+        rows = await self.db.fetch(
+            "release_orphans",
+            {"worker_id": worker_id, "model_profile": model_profile, "known": list(known)},
+        )
+        return {r["id"] for r in rows}
+
     async def reap(self, *, limit: int = 1000) -> list[Reaped] | None:
         """Return expired leases to pending (or failed when out of attempts).
 

@@ -7,7 +7,10 @@ for a wake-up (NOTIFY on ``ai_jobs:<profile>``, a listener reconnect) or until t
 the next ``run_after`` among pending jobs and the fallback poll interval.
 
 The claim itself is shielded from cancellation: a claim that committed must reach the executor
-(or be released), never vanish with its lease still held.
+(or be released), never vanish with its lease still held. A claim that fails in flight may
+still have committed (the connection dropped after the commit, before the rows arrived):
+before its next claim the loop releases this profile's jobs the database says it holds but it
+does not know, instead of leaving them to wait out their leases and lose an attempt.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ class ClaimLoop:
         self._wakeup = Wakeup()
         self._hint = False
         self._stopped = False
+        self._orphans_possible = False
 
     # --- signals from other parts of the worker (all synchronous, never block) -----------
     def notify(self) -> None:
@@ -79,6 +83,8 @@ class ClaimLoop:
                 self._hint = False
                 self.stats.state = "claiming"
                 try:
+                    if self._orphans_possible:
+                        await self._release_orphans()
                     jobs = await self._claim(free)
                 except DatabaseUnavailable as exc:
                     may_have_work = True
@@ -112,11 +118,26 @@ class ClaimLoop:
     async def _claim(self, free: int) -> list[Job]:
         jobs: list[Job] = []
         with anyio.CancelScope(shield=True), tracing.receive(self.profile) as received:
+            self._orphans_possible = True  # until the claimed rows are in hand
             jobs = await self.repo.claim(
                 self.profile, self.worker_id, limit=free, lease_seconds=self.lease_seconds
             )
+            self._orphans_possible = False
             received.got(jobs)
         return jobs
+
+    async def _release_orphans(self) -> None:
+        with anyio.CancelScope(shield=True):
+            known = self.executor.held_ids()
+            released = await self.repo.release_orphans(self.worker_id, self.profile, known)
+        self._orphans_possible = False
+        if released:
+            self.stats.released += len(released)
+            log.warning(
+                "released %d %s jobs claimed by a claim whose reply was lost",
+                len(released),
+                self.profile,
+            )
 
     async def _idle_seconds(self) -> float:
         """Until the earliest pending job is due, capped by the fallback poll interval."""

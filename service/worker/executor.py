@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
+from uuid import UUID
 
 import anyio
 import msgspec
@@ -126,6 +127,10 @@ class Executor:
             task = create(self._run(entry))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
+
+    def held_ids(self) -> list[UUID]:
+        """Every job this process holds: running, or finished with its result not stored."""
+        return [*self.running.ids(), *self.completer.pending_ids()]
 
     async def _supervise(self, tasks: set[asyncio.Task[None]]) -> None:
         """Keep the task group open while jobs run, until ``close()`` and the last job ends.

@@ -222,3 +222,34 @@ async def test_stopping_releases_a_job_whose_result_cannot_be_stored(
         await until(lambda: worker.status.state == "stopped", what="the worker to stop")
     released = await repo.get(job.id)
     assert (released.status, released.attempts, released.worker_id) == ("pending", 0, None)
+
+
+async def test_a_claim_whose_reply_was_lost_releases_what_it_claimed(
+    repo: JobRepository, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claim committed, then the connection dropped before the rows arrived: the jobs are
+    the worker's in the database but unknown to it. They used to wait out their leases (an
+    hour here) and lose an attempt; now the next claim round releases them first."""
+    real = JobRepository.claim
+    lost: list[UUID] = []
+
+    async def claim(self: JobRepository, *args: Any, **kwargs: Any) -> list[Job]:
+        jobs = await real(self, *args, **kwargs)
+        if jobs and not lost:
+            lost.extend(j.id for j in jobs)
+            raise DatabaseUnavailable("server closed the connection unexpectedly")
+        return jobs
+
+    monkeypatch.setattr(JobRepository, "claim", claim)
+    calls: list[int] = []
+
+    async def handler(job: Job) -> Any:
+        calls.append(job.attempts)
+        return {"ok": True}
+
+    async with running_worker(db_url, registry(handler)) as worker:
+        job, _ = await repo.create(nj(max_attempts=1))
+        done = await until(lambda: finished(repo, job.id), what="the job to complete")
+        assert worker.status.profiles[PROFILE].released == 1
+    assert lost == [job.id]
+    assert (done.status, done.attempts, calls) == ("completed", 1, [1])
