@@ -263,6 +263,15 @@ FIELDS: Final[tuple[Field, ...]] = (
         "max pooled connections per process (the LISTEN connection is extra)",
     ),
     Field(
+        "DB_POOL_TIMEOUT",
+        "db_pool_timeout",
+        _duration_range(0.1, 300),
+        "5s",
+        "a duration like 5s (0.1s-5m)",
+        "longest wait for a pooled connection; then the API answers 503 (database down or "
+        "every connection busy) and the worker retries",
+    ),
+    Field(
         "EMBEDDED_PG_DATA",
         "embedded_pg_data",
         _str,
@@ -519,6 +528,7 @@ class Settings:
     database_url: Secret | None = None
     migrate_on_start: bool = True
     db_pool_size: int = 10
+    db_pool_timeout: float = 5.0
     embedded_pg_data: str = "./.ai-service/pgdata"
     job_max_attempts: int = 3
     retry_backoff_base: float = 5.0

@@ -59,7 +59,9 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        db = await open_database(database_url, max_size=settings.db_pool_size)
+        db = await open_database(
+            database_url, max_size=settings.db_pool_size, timeout=settings.db_pool_timeout
+        )
         try:
             hub = NotifyHub(database_url)
             app.state.db = db

@@ -182,8 +182,14 @@ class Database:
         await self._pool.close()
 
 
-async def open_database(url: str, *, max_size: int = 10, min_size: int = 1) -> Database:
-    """Open a pool and wait for its first connection, failing fast on a bad URL."""
+async def open_database(
+    url: str, *, max_size: int = 10, min_size: int = 1, timeout: float = 5.0
+) -> Database:
+    """Open a pool and wait for its first connection, failing fast on a bad URL.
+
+    ``timeout`` bounds how long a statement waits for a pooled connection. While the server
+    is down no connection comes, so this is how long an API request hangs before its 503:
+    psycopg_pool's default (30 s) outlasts most callers' own timeouts."""
     pool: AsyncConnectionPool[psycopg.AsyncConnection[Row]] = AsyncConnectionPool(
         url,
         min_size=min(min_size, max_size),
@@ -191,7 +197,7 @@ async def open_database(url: str, *, max_size: int = 10, min_size: int = 1) -> D
         kwargs={"row_factory": dict_row},
         configure=_configure,
         open=False,
-        timeout=30,
+        timeout=timeout,
         name="ai-service",
     )
     async with _translate_errors():

@@ -121,7 +121,11 @@ class Worker:
     # --- the task tree ----------------------------------------------------------------------
     async def run(self) -> None:
         try:
-            self._db = await open_database(self.database_url, max_size=self.settings.db_pool_size)
+            self._db = await open_database(
+                self.database_url,
+                max_size=self.settings.db_pool_size,
+                timeout=self.settings.db_pool_timeout,
+            )
             await self._run(self._db)
         finally:
             with anyio.CancelScope(shield=True):

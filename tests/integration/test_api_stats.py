@@ -5,6 +5,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
+from service.config import Settings
 from service.db import Database
 from service.jobs import JobRepository, NewJob
 from service.jobs.stats import StatsRepository
@@ -87,3 +88,31 @@ async def test_stats_failures_other_than_the_database_stay_a_group(db: Database)
     with pytest.raises(ExceptionGroup) as err:
         await Broken(db).snapshot()
     assert err.group_contains(KeyError)
+
+
+async def test_a_request_while_the_database_is_down_answers_503_after_the_pool_timeout(
+    db_url: str,
+) -> None:
+    """``DB_POOL_TIMEOUT`` bounds the wait for a connection that cannot come. It was
+    psycopg_pool's 30 s, longer than most callers wait: they saw a hang, not a 503. The
+    client here waits 20 s, far beyond the 0.5 s configured and far short of 30 s."""
+    settings = Settings(db_pool_size=2, db_pool_timeout=0.5)
+    dbname = psycopg.conninfo.conninfo_to_dict(db_url)["dbname"]
+    admin = psycopg.conninfo.make_conninfo(db_url, dbname="postgres")
+    async with running_api(db_url, settings) as api:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS false')
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                [dbname],
+            )
+            gone = "SELECT NOT EXISTS (SELECT FROM pg_stat_activity WHERE datname = %s)"
+            wait_for(lambda: conn.execute(gone, [dbname]).fetchone() == (True,), what="kills")
+        try:
+            for path in ("/api/v1/jobs", "/api/v1/stats"):
+                r = await api.client.get(path, timeout=20)
+                assert r.status_code == 503, (path, r.text)
+                assert r.json()["error"] == "database_unavailable"
+        finally:
+            with psycopg.connect(admin, autocommit=True) as conn:
+                conn.execute(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS true')
