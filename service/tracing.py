@@ -284,7 +284,7 @@ def process(job: Job) -> AbstractContextManager[trace.Span]:
         "ai_service.job.attempt": job.attempts,
     }
     if job.started_at is not None:  # in ms, to the microsecond (what timestamps carry)
-        wait_us = (job.started_at - job.run_after) // _MICROSECOND
+        wait_us = (job.started_at - job.due_at) // _MICROSECOND
         attrs["ai_service.job.queue_wait_ms"] = wait_us / 1000 if wait_us > 0 else 0.0
     span = lean_tracer.start_span(
         f"process {job.model_profile}", SpanKind.CONSUMER, attrs, context=parent, links=links

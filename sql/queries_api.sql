@@ -28,14 +28,16 @@ GROUP BY model_profile ORDER BY model_profile;
 
 -- name: stats_recent
 -- The last hour of finished jobs (ai_jobs_finished_idx range): throughput over 5 and 60
--- minutes, and queue wait (claim time - due time) and run time of the final attempt.
+-- minutes, and queue wait (claim time - due time) and run time of the final attempt. The due
+-- time is run_after but never before created_at: a run_after sent in the past (1970, a skewed
+-- clock) would count the gap as waiting.
 SELECT count(*) FILTER (WHERE status = 'completed' AND finished_at >= now() - interval '5 minutes')
            AS completed_5m,
        count(*) FILTER (WHERE status = 'completed') AS completed_60m,
        count(*) FILTER (WHERE started_at IS NOT NULL) AS jobs,
-       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM started_at - run_after))
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM started_at - greatest(run_after, created_at)))
            FILTER (WHERE started_at IS NOT NULL) AS wait_p50,
-       percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM started_at - run_after))
+       percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM started_at - greatest(run_after, created_at)))
            FILTER (WHERE started_at IS NOT NULL) AS wait_p95,
        percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - started_at))
            FILTER (WHERE started_at IS NOT NULL) AS run_p50,

@@ -62,6 +62,13 @@ class Job(msgspec.Struct, kw_only=True):
     finished_at: datetime | None
     updated_at: datetime
 
+    @property
+    def due_at(self) -> datetime:
+        """When the job became runnable: its ``run_after``, but never before it was created. A
+        caller may send a ``run_after`` in the past (a skewed clock, "now" computed early, or
+        1970); measured from that, queue waits and pickup latency would include the gap."""
+        return max(self.run_after, self.created_at)
+
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Job:
         """A stored row as callers see it. A row no reader could load (the database refuses

@@ -132,12 +132,12 @@ def watch_worker(status: Any) -> None:
 
 
 def jobs_claimed(jobs: Iterable[Any]) -> None:
-    """Pickup latency: due time (``run_after``) to claim (``started_at``), both stamped by the
-    database, so worker clock skew cannot bend it."""
+    """Pickup latency: due time (``Job.due_at``) to claim (``started_at``), both stamped by
+    the database, so worker clock skew cannot bend it."""
     hist = _i[names.PICKUP_LATENCY.name]
     for job in jobs:
         if job.started_at is not None:
-            hist.record(max(0.0, (job.started_at - job.run_after).total_seconds()), _job(job))
+            hist.record(max(0.0, (job.started_at - job.due_at).total_seconds()), _job(job))
 
 
 def job_ran(job: Any, seconds: float, outcome: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import psycopg
 import pytest
 
@@ -116,3 +118,19 @@ async def test_a_request_while_the_database_is_down_answers_503_after_the_pool_t
         finally:
             with psycopg.connect(admin, autocommit=True) as conn:
                 conn.execute(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS true')
+
+
+async def test_queue_waits_count_from_when_a_job_was_created_at_the_earliest(
+    repo: JobRepository, db_url: str
+) -> None:
+    """A ``run_after`` sent in the past (here 1970) made one job's wait 56 years long in the
+    p95; the wait now starts when the job could first run: never before it existed."""
+    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    await repo.create(NewJob(owner_service="t", task_type="x", model_profile="q", run_after=epoch))
+    (job,) = await repo.claim("q", "w", limit=1, lease_seconds=60)
+    await repo.complete(job.id, "w", {"ok": 1})
+    assert job.run_after == epoch and job.started_at is not None
+    assert dt.timedelta(0) <= job.started_at - job.due_at < dt.timedelta(hours=1)
+    async with running_api(db_url) as api:
+        waits = (await api.client.get("/api/v1/stats")).json()["durations"]["queue_wait_seconds"]
+    assert 0 <= waits["p95"] < 3600, waits
