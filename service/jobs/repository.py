@@ -166,7 +166,16 @@ class JobRepository:
 
             await load(list(keyed))
             fresh = {i for k, i in keyed.items() if k not in existing}
-            todo = [i for i, j in enumerate(jobs) if j.idempotency_key is None or i in fresh]
+
+            # In key order: two batches taking overlapping keys then wait for each other in
+            # the same order instead of deadlocking (one of them aborted: a 503).
+            def by_key(i: int) -> tuple[str, str]:
+                return jobs[i].owner_service, jobs[i].idempotency_key or ""
+
+            todo = sorted(
+                (i for i, j in enumerate(jobs) if j.idempotency_key is None or i in fresh),
+                key=by_key,
+            )
             inserted: set[UUID] = set()
             while todo:
                 params: dict[str, Any] = {
@@ -192,7 +201,7 @@ class JobRepository:
                 ]
                 await load(raced)
                 # A key taken and freed again meanwhile (its job deleted) is simply retried.
-                todo = [keyed[k] for k in raced if k not in existing]
+                todo = sorted((keyed[k] for k in raced if k not in existing), key=by_key)
         out: list[tuple[UUID, bool]] = []
         for i, j in enumerate(jobs):
             if j.idempotency_key is None:
@@ -203,9 +212,19 @@ class JobRepository:
             out.append((job.id, False) if job else (ids[keyed[k]], keyed[k] == i))
         return out
 
-    @staticmethod
-    def _same_new(a: NewJob, b: NewJob) -> bool:
-        return msgspec.structs.asdict(a) == msgspec.structs.asdict(b)
+    def _same_new(self, a: NewJob, b: NewJob) -> bool:
+        """Two items of one batch with the same key ask for the same job: judged as a repeat
+        against a stored job is (``_same_request``), so a batch does not refuse what a second
+        request would accept (``max_attempts`` left out in one, the default in the other)."""
+        return (
+            a.task_type == b.task_type
+            and a.model_profile == b.model_profile
+            and a.owner_ref == b.owner_ref
+            and a.input == b.input
+            and a.priority == b.priority
+            and (a.max_attempts or self.default_max_attempts)
+            == (b.max_attempts or self.default_max_attempts)
+        )
 
     # --- reading ------------------------------------------------------------------------
     async def get(self, job_id: UUID) -> Job:

@@ -96,3 +96,44 @@ async def test_a_concurrent_different_body_refuses_the_whole_batch(api: Api, db_
     assert body["error"] == "idempotency_conflict"
     assert body["job_id"] == winner and winner in body["detail"]
     assert stored_keys(db_url) == [("k2", winner)]  # nothing of the batch was committed
+
+
+async def test_batches_taking_the_same_keys_in_opposite_orders_do_not_deadlock(
+    api: Api, db_url: str
+) -> None:
+    """Another request's transaction holds k1 and will take k2 next (key order, as a batch of
+    this service now inserts). The batch lists k2 before k1: inserted in its own order it
+    would hold k2 while waiting for k1, and the other transaction's k2 would then wait for it,
+    a deadlock PostgreSQL breaks by aborting one of them (the batch got a 503)."""
+    ids = {"k1": new_id(), "k2": new_id()}
+    batch = {"defaults": {**DEFAULTS, "input": {"user": "hi"}},
+             "jobs": [{"idempotency_key": "k2"}, {"idempotency_key": "k1"}]}  # fmt: skip
+    insert = (
+        "INSERT INTO ai_jobs (id, owner_service, task_type, model_profile, input, "
+        "idempotency_key) VALUES (%s, %s, %s, %s, %s, %s)"
+    )
+    row = [OWNER, DEFAULTS["task_type"], DEFAULTS["model_profile"], Jsonb({"user": "hi"})]
+    async with (
+        await psycopg.AsyncConnection.connect(db_url) as other,
+        await psycopg.AsyncConnection.connect(db_url, autocommit=True) as watcher,
+    ):
+        await other.execute(insert, [ids["k1"], *row, "k1"])  # not committed yet
+        answer: list[httpx.Response] = []
+
+        async def post() -> None:
+            answer.append(await api.client.post("/api/v1/jobs/batch", json=batch))
+
+        with anyio.fail_after(GENEROUS):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(post)
+                while not await blocked_by(watcher, other.info.backend_pid):  # noqa: ASYNC110
+                    await anyio.sleep(0.01)  # until the batch waits on k1 (an outcome)
+                await other.execute(insert, [ids["k2"], *row, "k2"])
+                await other.commit()
+    r = answer[0]
+    assert r.status_code == 200, r.text
+    assert r.json()["items"] == [
+        {"id": str(ids["k2"]), "created": False},
+        {"id": str(ids["k1"]), "created": False},
+    ]
+    assert stored_keys(db_url) == [("k1", str(ids["k1"])), ("k2", str(ids["k2"]))]

@@ -186,6 +186,13 @@ async def test_batch_errors(api: Api, db_url: str) -> None:
     assert "0000-0000" not in r.text
     with psycopg.connect(db_url) as conn:
         assert conn.execute("SELECT count(*) FROM ai_jobs").fetchone() == (1,)
+    # the same job asked twice, once with the default max_attempts spelled out: as a second
+    # request would be judged (a repeat), not a conflict
+    same = [{"idempotency_key": "s"}, {"idempotency_key": "s", "max_attempts": 3}]
+    r = await api.client.post("/api/v1/jobs/batch", json={**base, "jobs": same})
+    assert r.status_code == 201, r.text
+    first, second = r.json()["items"]
+    assert first == {"id": second["id"], "created": True} and second["created"] is False
 
 
 async def test_list_filters_and_pagination_over_1200_jobs(api: Api) -> None:
