@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from uuid import UUID
 
 import anyio
 import anyio.lowlevel
@@ -160,9 +161,13 @@ class ClaimLoop:
     async def _release(self, jobs: list[Job]) -> None:
         if not jobs:
             return
+        released: set[UUID] | None = None
         with anyio.CancelScope(shield=True), anyio.move_on_after(10):
             try:
                 released = await self.repo.release(self.worker_id, [j.id for j in jobs])
-                self.stats.released += len(released)
             except DatabaseUnavailable as exc:
                 log.warning("releasing %d jobs claimed during shutdown failed: %s", len(jobs), exc)
+        if released is None:  # failed or timed out: the final writes try again
+            self.executor.to_release.extend(jobs)
+        else:
+            self.stats.released += len(released)

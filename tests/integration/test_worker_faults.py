@@ -253,3 +253,39 @@ async def test_a_claim_whose_reply_was_lost_releases_what_it_claimed(
         assert worker.status.profiles[PROFILE].released == 1
     assert lost == [job.id]
     assert (done.status, done.attempts, calls) == ("completed", 1, [1])
+
+
+async def test_jobs_claimed_as_the_worker_stops_are_released_even_if_the_first_try_fails(
+    repo: JobRepository, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim that returns after ``stop()`` hands its jobs straight back; when that release
+    failed they stayed ``running`` for a whole lease. The final writes now try again."""
+    holder: list[Any] = []
+    real_claim, real_release = JobRepository.claim, JobRepository.release
+    releases: list[int] = []
+
+    async def claim(self: JobRepository, *args: Any, **kwargs: Any) -> list[Job]:
+        jobs = await real_claim(self, *args, **kwargs)
+        if jobs:
+            holder[0].stop()  # the signal arrives while the claim is in flight
+        return jobs
+
+    async def release(self: JobRepository, worker_id: str, ids: Any) -> set[UUID]:
+        releases.append(len(ids))
+        if len(releases) == 1:
+            raise DatabaseUnavailable("server closed the connection unexpectedly")
+        return await real_release(self, worker_id, ids)
+
+    monkeypatch.setattr(JobRepository, "claim", claim)
+    monkeypatch.setattr(JobRepository, "release", release)
+
+    async def handler(job: Job) -> Any:
+        raise AssertionError("a job claimed after stop() must not start")
+
+    async with running_worker(db_url, registry(handler)) as worker:
+        holder.append(worker)
+        job, _ = await repo.create(nj())
+        await until(lambda: worker.status.state == "stopped", what="the worker to stop")
+    released = await repo.get(job.id)
+    assert (released.status, released.attempts, released.worker_id) == ("pending", 0, None)
+    assert releases == [1, 1]
