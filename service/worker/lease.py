@@ -23,6 +23,9 @@ from service.worker.cancellation import Running
 log = logging.getLogger("ai_service.worker.lease")
 
 
+RETRY_MAX = 5.0  # seconds between renewal attempts while the database does not answer
+
+
 class LeaseKeeper:
     def __init__(
         self,
@@ -41,7 +44,10 @@ class LeaseKeeper:
         self.also_held = also_held
 
     async def run(self) -> None:
-        backoff = Backoff(0.1, max(self.interval / 2, 0.1))
+        # Retries during an outage stay frequent (at most RETRY_MAX apart): the leases run out
+        # at the same pace whether or not the database answers, and a renewal that comes back
+        # late after the outage may find its jobs already reaped and claimed elsewhere.
+        backoff = Backoff(0.1, max(min(self.interval / 2, RETRY_MAX), 0.1))
         delay = self.interval
         while True:
             await anyio.sleep(delay)
