@@ -78,15 +78,15 @@ class JobRepository:
         self.backoff_max = backoff_max
 
     # --- submission ---------------------------------------------------------------------
+    def _asked(self, new: NewJob) -> tuple[Any, ...]:
+        """What an idempotent repeat must ask for again (``run_after`` may differ)."""
+        return (new.task_type, new.model_profile, new.owner_ref, new.input, new.priority,
+                new.max_attempts or self.default_max_attempts)  # fmt: skip
+
     def _same_request(self, new: NewJob, job: Job) -> bool:
-        return (
-            new.task_type == job.task_type
-            and new.model_profile == job.model_profile
-            and new.owner_ref == job.owner_ref
-            and new.input == job.input
-            and new.priority == job.priority
-            and (new.max_attempts or self.default_max_attempts) == job.max_attempts
-        )
+        stored = (job.task_type, job.model_profile, job.owner_ref, job.input, job.priority,
+                  job.max_attempts)  # fmt: skip
+        return self._asked(new) == stored
 
     async def create(
         self, new: NewJob, *, trace_context: dict[str, str] | None = None
@@ -216,15 +216,7 @@ class JobRepository:
         """Two items of one batch with the same key ask for the same job: judged as a repeat
         against a stored job is (``_same_request``), so a batch does not refuse what a second
         request would accept (``max_attempts`` left out in one, the default in the other)."""
-        return (
-            a.task_type == b.task_type
-            and a.model_profile == b.model_profile
-            and a.owner_ref == b.owner_ref
-            and a.input == b.input
-            and a.priority == b.priority
-            and (a.max_attempts or self.default_max_attempts)
-            == (b.max_attempts or self.default_max_attempts)
-        )
+        return self._asked(a) == self._asked(b)
 
     # --- reading ------------------------------------------------------------------------
     async def get(self, job_id: UUID) -> Job:

@@ -8,7 +8,8 @@ waits until PostgreSQL reports the API's session blocked by that transaction, th
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -41,25 +42,35 @@ async def blocked_by(watcher: psycopg.AsyncConnection[Any], pid: int) -> bool:
     return bool(row and row[0])
 
 
-async def post_while_key_is_taken(
-    api: Api, db_url: str, taken_input: dict[str, Any]
-) -> tuple[httpx.Response, str]:
-    """POST a batch of keys k1, k2, k2 while another transaction inserts k2 (with
-    ``taken_input``); that transaction commits once the batch waits on it. Returns the
-    response and the id of the concurrent request's job."""
-    winner = new_id()
+async def insert_key(
+    conn: psycopg.AsyncConnection[Any], key: str, body: dict[str, Any]
+) -> uuid.UUID:
+    """Insert a job holding ``key`` as another request would, in ``conn``'s transaction."""
+    job_id = new_id()
+    await conn.execute(
+        "INSERT INTO ai_jobs (id, owner_service, task_type, model_profile, input, "
+        "idempotency_key) VALUES (%s, %s, %s, %s, %s, %s)",
+        [job_id, OWNER, DEFAULTS["task_type"], DEFAULTS["model_profile"], Jsonb(body), key],
+    )
+    return job_id
+
+
+async def post_against(
+    api: Api,
+    db_url: str,
+    keys: list[str],
+    other: Callable[[psycopg.AsyncConnection[Any]], Awaitable[None]],
+    then: Callable[[psycopg.AsyncConnection[Any]], Awaitable[None]],
+) -> httpx.Response:
+    """POST a batch of ``keys`` while another transaction ran ``other`` and holds its locks;
+    once the batch waits on it, that transaction runs ``then`` and commits."""
     batch = {"defaults": {**DEFAULTS, "input": {"user": "hi"}},
-             "jobs": [{"idempotency_key": "k1"}, {"idempotency_key": "k2"},
-                      {"idempotency_key": "k2"}]}  # fmt: skip
+             "jobs": [{"idempotency_key": k} for k in keys]}  # fmt: skip
     async with (
         await psycopg.AsyncConnection.connect(db_url) as holder,
         await psycopg.AsyncConnection.connect(db_url, autocommit=True) as watcher,
     ):
-        await holder.execute(
-            "INSERT INTO ai_jobs (id, owner_service, task_type, model_profile, input, "
-            "idempotency_key) VALUES (%s, %s, %s, %s, %s, 'k2')",
-            [winner, OWNER, DEFAULTS["task_type"], DEFAULTS["model_profile"], Jsonb(taken_input)],
-        )  # not committed yet
+        await other(holder)  # not committed yet
         answer: list[httpx.Response] = []
 
         async def post() -> None:
@@ -69,9 +80,28 @@ async def post_while_key_is_taken(
             async with anyio.create_task_group() as tg:
                 tg.start_soon(post)
                 while not await blocked_by(watcher, holder.info.backend_pid):  # noqa: ASYNC110
-                    await anyio.sleep(0.01)  # until the batch waits on the key (an outcome)
+                    await anyio.sleep(0.01)  # until the batch waits on it (an outcome)
+                await then(holder)
                 await holder.commit()
-    return answer[0], str(winner)
+    return answer[0]
+
+
+async def post_while_key_is_taken(
+    api: Api, db_url: str, taken_input: dict[str, Any]
+) -> tuple[httpx.Response, str]:
+    """POST a batch of keys k1, k2, k2 while another transaction inserts k2 (with
+    ``taken_input``); that transaction commits once the batch waits on it. Returns the
+    response and the id of the concurrent request's job."""
+    winner: list[uuid.UUID] = []
+
+    async def take(conn: psycopg.AsyncConnection[Any]) -> None:
+        winner.append(await insert_key(conn, "k2", taken_input))
+
+    async def nothing(conn: psycopg.AsyncConnection[Any]) -> None:
+        pass
+
+    r = await post_against(api, db_url, ["k1", "k2", "k2"], take, nothing)
+    return r, str(winner[0])
 
 
 def stored_keys(db_url: str) -> list[tuple[str, str]]:
@@ -105,32 +135,15 @@ async def test_batches_taking_the_same_keys_in_opposite_orders_do_not_deadlock(
     this service now inserts). The batch lists k2 before k1: inserted in its own order it
     would hold k2 while waiting for k1, and the other transaction's k2 would then wait for it,
     a deadlock PostgreSQL breaks by aborting one of them (the batch got a 503)."""
-    ids = {"k1": new_id(), "k2": new_id()}
-    batch = {"defaults": {**DEFAULTS, "input": {"user": "hi"}},
-             "jobs": [{"idempotency_key": "k2"}, {"idempotency_key": "k1"}]}  # fmt: skip
-    insert = (
-        "INSERT INTO ai_jobs (id, owner_service, task_type, model_profile, input, "
-        "idempotency_key) VALUES (%s, %s, %s, %s, %s, %s)"
-    )
-    row = [OWNER, DEFAULTS["task_type"], DEFAULTS["model_profile"], Jsonb({"user": "hi"})]
-    async with (
-        await psycopg.AsyncConnection.connect(db_url) as other,
-        await psycopg.AsyncConnection.connect(db_url, autocommit=True) as watcher,
-    ):
-        await other.execute(insert, [ids["k1"], *row, "k1"])  # not committed yet
-        answer: list[httpx.Response] = []
+    ids: dict[str, uuid.UUID] = {}
 
-        async def post() -> None:
-            answer.append(await api.client.post("/api/v1/jobs/batch", json=batch))
+    def take(key: str) -> Callable[[psycopg.AsyncConnection[Any]], Awaitable[None]]:
+        async def run(conn: psycopg.AsyncConnection[Any]) -> None:
+            ids[key] = await insert_key(conn, key, {"user": "hi"})
 
-        with anyio.fail_after(GENEROUS):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(post)
-                while not await blocked_by(watcher, other.info.backend_pid):  # noqa: ASYNC110
-                    await anyio.sleep(0.01)  # until the batch waits on k1 (an outcome)
-                await other.execute(insert, [ids["k2"], *row, "k2"])
-                await other.commit()
-    r = answer[0]
+        return run
+
+    r = await post_against(api, db_url, ["k2", "k1"], take("k1"), take("k2"))
     assert r.status_code == 200, r.text
     assert r.json()["items"] == [
         {"id": str(ids["k2"]), "created": False},
