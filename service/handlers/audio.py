@@ -121,6 +121,8 @@ class AudioPolicy:
             raise InvalidInput(f"{what} has no host")
         if parsed.userinfo:
             raise InvalidInput(f"{what} must not contain a user name or password")
+        if parsed.port is not None and not 0 < parsed.port < 65536:
+            raise InvalidInput(f"{what} has port {parsed.port}, outside 1-65535")
         if not self.host_allowed(parsed.host):
             raise InvalidInput(
                 f"{what} host {parsed.host!r} is not in AUDIO_URL_ALLOWED_HOSTS "
@@ -213,7 +215,7 @@ def wav_seconds(head: bytes, size: int) -> float | None:
         with wave.open(io.BytesIO(head)) as w:
             rate, frame = w.getframerate(), w.getsampwidth() * w.getnchannels()
             frames = w.getnframes()
-    except (wave.Error, EOFError, ValueError):
+    except (wave.Error, EOFError, ValueError, RuntimeError):  # RuntimeError: odd chunk sizes
         return None
     if rate <= 0 or frame <= 0:
         return None
@@ -280,7 +282,7 @@ class AudioFetcher:
         current = self.policy.check_url(url)
         for _ in range(MAX_REDIRECTS + 1):
             try:
-                async with self._http.stream("GET", current) as response:
+                async with self._http.stream("GET", current, headers=_IDENTITY) as response:
                     if response.is_redirect:
                         location = response.headers.get("location", "")
                         current = self.policy.check_url(
@@ -315,8 +317,16 @@ class AudioFetcher:
             raise InvalidInput(
                 f"audio_url is {int(declared)} bytes, larger than AUDIO_MAX_BYTES={cap}"
             )
+        encoding = response.headers.get("content-encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            # Asked for identity: a compressed answer is refused, not inflated. A few KB of
+            # stacked gzip inflate to gigabytes before any size check could run.
+            raise InvalidInput(
+                f"audio_url answered with Content-Encoding {encoding!r}; only uncompressed "
+                "transfers are accepted"
+            )
         size, head = 0, b""
-        async for chunk in response.aiter_bytes(CHUNK):
+        async for chunk in response.aiter_raw(CHUNK):
             size += len(chunk)
             if size > cap:
                 raise InvalidInput(f"audio_url is larger than AUDIO_MAX_BYTES={cap} bytes")
@@ -327,6 +337,9 @@ class AudioFetcher:
             raise InvalidInput("audio_url returned an empty body")
         content_type = response.headers.get("content-type", "").split(";")[0].strip()
         return url, size, content_type or "application/octet-stream", head
+
+
+_IDENTITY = {"Accept-Encoding": "identity"}
 
 
 def decode_base64_audio(text: str, max_bytes: int) -> Audio:

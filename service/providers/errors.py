@@ -20,10 +20,12 @@ import msgspec
 
 from service.handlers.base import (
     HandlerError,
+    InvalidOutput,
     JobTimeout,
     ProviderRejected,
     ProviderUnavailable,
 )
+from service.providers.bounded import ResponseRefused
 from service.providers.scrub import Scrubber
 
 RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -104,4 +106,6 @@ def error_for_exception(name: str, url: str, exc: httpx.HTTPError, scrub: Scrubb
     if isinstance(exc, httpx.TransportError):
         detail = scrub(str(exc)) or kind
         return ProviderUnavailable(f"{name} at {url} is unreachable: {detail}")
+    if isinstance(exc, ResponseRefused):  # the server answered, with what is not read
+        return InvalidOutput(f"{name} at {url} answered unreadably: {exc}")
     return ProviderUnavailable(f"{name} at {url} failed: {kind}")

@@ -9,6 +9,7 @@ every server accepts), and the body can be replayed because the source is a fact
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -40,6 +41,15 @@ def _quote(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', "%22").replace("\r", "%0D").replace("\n", "%0A")
 
 
+_MEDIA_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*")
+
+
+def _media_type(value: str) -> str:
+    """``value`` if it is a bare ``type/subtype``, else ``application/octet-stream``: it comes
+    from the caller (a ``data:`` URL) and is written into a part header as is."""
+    return value if _MEDIA_TYPE.fullmatch(value) else "application/octet-stream"
+
+
 class MultipartBody:
     """Text fields followed by one file part, streamed; ``headers`` go with the request."""
 
@@ -57,7 +67,7 @@ class MultipartBody:
         head += (
             f'--{b}\r\nContent-Disposition: form-data; name="{_quote(file_field)}"; '
             f'filename="{_quote(upload.filename)}"\r\n'
-            f"Content-Type: {upload.content_type}\r\n\r\n"
+            f"Content-Type: {_media_type(upload.content_type)}\r\n\r\n"
         ).encode()
         self._head = head
         self._tail = f"\r\n--{b}--\r\n".encode()

@@ -31,6 +31,8 @@ from typing import Any
 
 import httpx
 
+from service.providers.bounded import IDENTITY, read_bounded
+
 USER_AGENT = f"python-httpx/{httpx.__version__}"  # what httpx's client would send
 
 
@@ -67,7 +69,7 @@ class ShardedClient:
                 )
                 for _ in range(n)
             ]
-        base = {"accept": "*/*", "user-agent": USER_AGENT}
+        base = {"accept": "*/*", "user-agent": USER_AGENT, **IDENTITY}
         self._headers = base | {k.lower(): v for k, v in (headers or {}).items()}
         self._extensions = {"timeout": timeout.as_dict()}
         self._in_flight = [0] * n
@@ -86,7 +88,8 @@ class ShardedClient:
         headers: Mapping[str, str] | None = None,
         content: Any = None,
     ) -> httpx.Response:
-        """The response, read in full (as ``AsyncClient.request`` returns it)."""
+        """The response, read in full (as ``AsyncClient.request`` returns it) unless it is
+        compressed or too large (see ``bounded``)."""
         if self._free:
             i = self._free.pop()
         else:  # every connection busy: queue behind the fewest
@@ -94,7 +97,10 @@ class ShardedClient:
         self._in_flight[i] += 1
         try:
             if not self._transports:
-                return await self._clients[i].request(method, url, headers=headers, content=content)
+                client = self._clients[i]
+                merged = IDENTITY | dict(headers or {})
+                request = client.build_request(method, url, headers=merged, content=content)
+                return await read_bounded(await client.send(request, stream=True))
             return await self._send(self._transports[i], method, url, headers, content)
         finally:
             self._in_flight[i] -= 1
@@ -117,12 +123,7 @@ class ShardedClient:
         )
         response = await transport.handle_async_request(request)
         response.request = request
-        try:
-            await response.aread()  # (closes the stream once read)
-        except BaseException:
-            await response.aclose()
-            raise
-        return response
+        return await read_bounded(response)  # (closes the stream either way)
 
     async def aclose(self) -> None:
         for transport in self._transports:

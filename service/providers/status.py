@@ -24,6 +24,7 @@ import httpx
 import msgspec
 
 from service.config import Secret, Settings
+from service.providers.bounded import IDENTITY, read_bounded
 from service.providers.errors import error_for_status
 from service.providers.responses import ModelList
 from service.providers.scrub import Scrubber
@@ -149,7 +150,8 @@ class ProviderStatusBoard:
         error: str | None = None
         try:
             with anyio.fail_after(self.timeout):
-                response = await self._http.get(url, headers=headers)
+                request = self._http.build_request("GET", url, headers=IDENTITY | headers)
+                response = await read_bounded(await self._http.send(request, stream=True))
         except TimeoutError:
             error = f"no answer within {self.timeout:g}s"
         except httpx.HTTPError as exc:
@@ -206,7 +208,9 @@ async def fetch_infra_status(
     try:
         with anyio.fail_after(timeout):
             async with httpx.AsyncClient(timeout=timeout, trust_env=False) as client:
-                response = await client.get(target, headers={"Accept": "application/json"})
+                asked = IDENTITY | {"Accept": "application/json"}
+                request = client.build_request("GET", target, headers=asked)
+                response = await read_bounded(await client.send(request, stream=True))
     except TimeoutError:
         return {**base, "reachable": False, "error": f"no answer within {timeout:g}s"}
     except httpx.HTTPError as exc:

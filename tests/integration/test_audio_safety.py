@@ -8,7 +8,9 @@ with ``allowed_networks=127.0.0.1/32`` — exactly what an operator does for int
 from __future__ import annotations
 
 import base64
+import gzip
 import ipaddress
+import struct
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -38,6 +40,12 @@ ROUTES: dict[str, tuple[int, list[tuple[bytes, bytes]], list[bytes]]] = {
     "/loop": (302, [(b"location", b"/loop")], [b""]),
     "/missing": (404, [], [b"not here"]),
     "/busy": (503, [(b"retry-after", b"9")], [b"busy"]),
+    # 64 MiB of zeros in ~70 bytes: inflated, a few KB of this took a worker to 6 GB
+    "/gzip-bomb": (
+        200,
+        [(b"content-type", b"audio/wav"), (b"content-encoding", b"gzip, gzip")],
+        [gzip.compress(gzip.compress(bytes(64 << 20)))],
+    ),
 }
 
 
@@ -150,6 +158,7 @@ async def test_redirects_are_rechecked(path: str, expected: str) -> None:
     [
         ("/big-declared", "audio_url is 5000 bytes, larger than AUDIO_MAX_BYTES=2048"),
         ("/big-chunked", "audio_url is larger than AUDIO_MAX_BYTES=2048 bytes"),
+        ("/gzip-bomb", "Content-Encoding 'gzip, gzip'; only uncompressed transfers"),
     ],
 )
 async def test_oversized_audio_is_refused(path: str, expected: str) -> None:
@@ -169,6 +178,7 @@ async def test_oversized_audio_is_refused(path: str, expected: str) -> None:
         ("http://user:pw@example.com/a.wav", "must not contain a user name or password"),
         ("http:///a.wav", "has no host"),
         ("not a url", "must be an http or https URL"),
+        ("http://example.com:70000/a.wav", "has port 70000, outside 1-65535"),
     ],
 )
 async def test_bad_urls_are_refused(url: str, expected: str) -> None:
@@ -205,6 +215,15 @@ def test_base64_audio_is_capped_and_validated() -> None:
     assert audio.seconds == pytest.approx(3.0)
     data_url = decode_base64_audio("data:audio/wav;base64," + good, len(AUDIO))
     assert data_url.upload.content_type == "audio/wav"
+    # a recorder's stale RIFF size with a LIST chunk first made the wave module raise
+    # RuntimeError, which failed the job as internal; the duration is just unknown
+    pcm = bytes(32000)
+    fmt = b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, 16000, 32000, 2, 16)
+    info = b"INFOISFT" + struct.pack("<I", 4) + b"rec\0"
+    chunks = fmt + b"LIST" + struct.pack("<I", len(info)) + info
+    odd = b"RIFF" + struct.pack("<I", 36) + b"WAVE" + chunks + b"data" + struct.pack("<I", 32000)
+    stale = decode_base64_audio(base64.b64encode(odd + pcm).decode(), len(odd) + len(pcm))
+    assert stale.seconds is None and stale.upload.size == len(odd) + len(pcm)
     for text, expected in [
         (good, "more than AUDIO_MAX_BYTES=1000"),
         ("!!not base64!!", "not valid base64"),
