@@ -37,9 +37,15 @@ class HandlerError(Exception):
     # Retried once only: final when the job's previous attempt failed with the same category.
     retry_once: ClassVar[bool] = False
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, loggable: str | None = None
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        # What a log line may show when ``message`` quotes a provider's answer, which may
+        # quote the prompt (a 422's FastAPI detail echoes the rejected input): the job's
+        # error_message keeps it for its owner, the logs do not (unless content capture is on).
+        self.loggable = message if loggable is None else loggable
 
 
 class JobTimeout(HandlerError):

@@ -106,7 +106,8 @@ def _messages(raw: Any) -> list[dict[str, Any]]:
             )
         role = m.get("role")
         if role not in ROLES:
-            raise InvalidInput(f"{where}.role is {role!r}; expected one of {', '.join(ROLES)}")
+            shown = repr(role) if len(repr(role)) <= 40 else repr(role)[:39] + "…"
+            raise InvalidInput(f"{where}.role is {shown}; expected one of {', '.join(ROLES)}")
         if "content" not in m:
             raise InvalidInput(f"{where} has no content")
         msg: dict[str, Any] = {"role": role, "content": _content(where, m["content"])}

@@ -85,14 +85,15 @@ def error_for_status(name: str, response: httpx.Response, scrub: Scrubber) -> Ha
     message = provider_message(response, scrub)
     retry_after = parse_retry_after(response.headers.get("retry-after"))
     what = f"{name} answered HTTP {status}: {message}"
+    bare = f"{name} answered HTTP {status} (its message is on the job)"
     if status in RETRYABLE_STATUSES:
         if status == 408:
-            return JobTimeout(what, retry_after=retry_after)
-        return ProviderUnavailable(what, retry_after=retry_after)
+            return JobTimeout(what, retry_after=retry_after, loggable=bare)
+        return ProviderUnavailable(what, retry_after=retry_after, loggable=bare)
     if status < 500:
-        return ProviderRejected(what)
+        return ProviderRejected(what, loggable=bare)
     # Other 5xx (501, 505, ...): the server failed; a later attempt may land elsewhere.
-    return ProviderUnavailable(what, retry_after=retry_after)
+    return ProviderUnavailable(what, retry_after=retry_after, loggable=bare)
 
 
 def error_for_exception(name: str, url: str, exc: httpx.HTTPError, scrub: Scrubber) -> HandlerError:

@@ -21,7 +21,7 @@ import msgspec
 from anyio.abc import TaskGroup
 from opentelemetry.trace import Span
 
-from service import metrics, tracing
+from service import metrics, telemetry, tracing
 from service.db import DatabaseUnavailable
 from service.handlers.base import HandlerError, HandlerRegistry, UnsupportedTask
 from service.jobs import Job, JobError, JobRepository
@@ -219,19 +219,21 @@ class Executor:
         if isinstance(exc, HandlerError):
             category, retryable, retry_after = exc.category, exc.retryable, exc.retry_after
             message = str(exc) or type(exc).__name__
+            logged = message if telemetry.capture_content() else exc.loggable or message
             if retryable and exc.retry_once and job.error_category == category:
                 # the previous attempt failed the same way: retried once already, now final
                 retryable = False
                 message += f" (final: {category} twice in a row)"
+                logged += f" (final: {category} twice in a row)"
         else:
             category, retryable, retry_after = "internal", True, None
-            message = f"{type(exc).__name__}: {exc}"
+            message = logged = f"{type(exc).__name__}: {exc}"
         log.log(
             logging.ERROR if category == "internal" else logging.WARNING,
             "job %s failed (%s): %s",
             job.id,
             category,
-            message,
+            logged,
             exc_info=category == "internal" and not isinstance(exc, HandlerError),
             extra={"job_id": str(job.id), "error_category": category},
         )

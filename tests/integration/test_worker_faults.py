@@ -6,10 +6,12 @@ later attempt of the same write would have stored. Real PostgreSQL, in-process w
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 from uuid import UUID
 
 import anyio
+import httpx
 import msgspec
 import psycopg
 import pytest
@@ -18,6 +20,8 @@ from service.db import DatabaseUnavailable, ValueRefused
 from service.db.database import _translate_errors
 from service.handlers.base import HandlerRegistry
 from service.jobs import Job, JobRepository
+from service.providers.errors import error_for_status
+from service.providers.scrub import Scrubber
 from tests.integration.test_worker_runtime import (
     PROFILE,
     finished,
@@ -289,3 +293,26 @@ async def test_jobs_claimed_as_the_worker_stops_are_released_even_if_the_first_t
     released = await repo.get(job.id)
     assert (released.status, released.attempts, released.worker_id) == ("pending", 0, None)
     assert releases == [1, 1]
+
+
+async def test_a_provider_message_quoting_the_prompt_stays_out_of_the_logs(
+    repo: JobRepository, db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 422's FastAPI detail echoes the rejected input. The job's error_message keeps it for
+    its owner; the worker's log line names the status only (no payloads in logs by default)."""
+    body = {"detail": [{"type": "string_type", "loc": ["body"], "input": "SECRET prompt"}]}
+    request = httpx.Request("POST", "http://llm.test/v1/chat/completions")
+    refusal = error_for_status("llm", httpx.Response(422, json=body, request=request), Scrubber())
+    assert refusal is not None and "SECRET prompt" in str(refusal)
+
+    async def handler(job: Job) -> Any:
+        raise refusal
+
+    caplog.set_level(logging.DEBUG)
+    async with running_worker(db_url, registry(handler)):
+        job, _ = await repo.create(nj())
+        done = await until(lambda: finished(repo, job.id), what="the failure")
+    assert (done.status, done.error_category) == ("failed", "provider_rejected")
+    assert "SECRET prompt" in (done.error_message or "")
+    assert "llm answered HTTP 422" in caplog.text
+    assert "SECRET" not in caplog.text
