@@ -51,6 +51,8 @@ def summarise(text: str) -> dict[str, Any]:
             total = count = 0.0
             for s in family.samples:
                 if s.name.endswith("_bucket"):
+                    if "le" not in s.labels:  # malformed: ``float(...)`` below raises ValueError
+                        raise ValueError(f"{s.name} has a bucket without an le label")
                     le = float(s.labels["le"])
                     buckets[le] = buckets.get(le, 0.0) + s.value
                 elif s.name.endswith("_sum"):

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import httpx
 import pytest
 
 from service.sidecar.gpu import read_gpus
-from service.sidecar.vllm import _quantile, summarise
+from service.sidecar.vllm import _quantile, read_vllm, summarise
+from tests.helpers import serve_asgi
 
 VLLM_TEXT = """\
 # HELP vllm:num_requests_running Number of requests in model execution batches.
@@ -62,3 +66,25 @@ def test_gpu_reading_without_nvidia_driver_is_unavailable_not_an_error() -> None
     if not out["available"]:  # this machine has no GPU; a lent GPU host would report devices
         assert out["reason"]
         assert out["devices"] == []
+
+
+async def test_a_malformed_metrics_page_is_an_error_entry_not_a_crash() -> None:
+    """A histogram bucket without ``le`` raised KeyError out of ``read_vllm``: /infra/status
+    answered 500 and hid the GPU and container status with it."""
+    page = (
+        "# TYPE vllm:e2e_request_latency_seconds histogram\n"
+        'vllm:e2e_request_latency_seconds_bucket{model_name="m"} 1.0\n'
+    )
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": page.encode()})
+
+    async with serve_asgi(app) as url, httpx.AsyncClient() as client:
+        out = await read_vllm("llm", f"{url}/metrics", client)
+    assert out["reachable"] is True and "without an le label" in out["error"]
