@@ -11,6 +11,7 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, NoReturn
 
 from service import telemetry
@@ -80,14 +81,15 @@ def _migrate_on_start(settings: Settings, url: str) -> None:
 def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     import anyio
 
-    from service.api.app import create_app
+    from service.api.app import close_long_polls, create_app
     from service.runtime import http_service, supervise
     from service.serve import make_server
 
     url = _require_db(settings)
     _migrate_on_start(settings, url)
-    server = make_server(create_app(settings, database_url=url), settings.http_host,
-                         settings.http_port)  # fmt: skip
+    app = create_app(settings, database_url=url)
+    server = make_server(app, settings.http_host, settings.http_port,
+                         on_shutdown=partial(close_long_polls, app))  # fmt: skip
     log.info("API listening on %s:%d", settings.http_host, settings.http_port)
     return anyio.run(supervise, [http_service("api", server)])
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -53,14 +54,15 @@ def run_dev(settings: Settings) -> int:
 
 
 async def _serve_all(settings: Settings, url: str) -> int:
-    from service.api.app import create_app
+    from service.api.app import close_long_polls, create_app
 
     services: list[Service] = []
     settings, sim = await _simulator(settings)
     if sim is not None:
         services.append(sim)
-    api = make_server(create_app(settings, database_url=url), settings.http_host,
-                      settings.http_port)  # fmt: skip
+    app = create_app(settings, database_url=url)
+    api = make_server(app, settings.http_host, settings.http_port,
+                      on_shutdown=partial(close_long_polls, app))  # fmt: skip
     services.append(http_service("api", api))
     worker = _worker(settings, url)
     if worker is not None:

@@ -9,19 +9,35 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any
 
 import uvicorn
 
 
 class EmbeddedServer(uvicorn.Server):
+    # Called as shutdown begins, before uvicorn waits (up to timeout_graceful_shutdown) for the
+    # open requests: long-polls are told to answer now (see ``NotifyHub.close_waiters``).
+    on_shutdown: Callable[[], None] | None = None
+
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
 
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.on_shutdown is not None:
+            self.on_shutdown()
+        await super().shutdown(sockets)
 
-def make_server(app: Any, host: str, port: int, *, log_level: str = "warning") -> EmbeddedServer:
+
+def make_server(
+    app: Any,
+    host: str,
+    port: int,
+    *,
+    log_level: str = "warning",
+    on_shutdown: Callable[[], None] | None = None,
+) -> EmbeddedServer:
     config = uvicorn.Config(
         app,
         host=host,
@@ -32,7 +48,9 @@ def make_server(app: Any, host: str, port: int, *, log_level: str = "warning") -
         server_header=False,
         timeout_graceful_shutdown=10,
     )
-    return EmbeddedServer(config)
+    server = EmbeddedServer(config)
+    server.on_shutdown = on_shutdown
+    return server
 
 
 def bound_port(server: uvicorn.Server) -> int:

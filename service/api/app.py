@@ -120,3 +120,10 @@ def create_app(
         plugins=server_span_plugins(),
         debug=False,
     )
+
+
+def close_long_polls(app: Litestar) -> None:
+    """For ``make_server(on_shutdown=...)``: waiting long-polls answer now (see the hub)."""
+    hub: NotifyHub | None = getattr(app.state, "hub", None)
+    if hub is not None:
+        hub.close_waiters()

@@ -72,6 +72,7 @@ class NotifyHub:
         self._synced = anyio.Event()
         self._registered = anyio.Event()
         self._connected_event = anyio.Event()
+        self._closing = anyio.Event()
         self.connected = False
         self.connects = 0
         self.notifications = 0
@@ -204,6 +205,12 @@ class NotifyHub:
         while not (self.connected and self.connects >= connects):
             await self._connected_event.wait()
 
+    def close_waiters(self) -> None:
+        """The server is shutting down: every long-poll answers now with what it has (the job
+        as it stands, no claim), and new ones do not wait. Otherwise they would be cut off
+        after the server's graceful-shutdown timeout with a 500, on every rollout."""
+        self._closing.set()
+
     def is_listening(self, channel: str) -> bool:
         return self.connected and channel in self._listening
 
@@ -227,31 +234,31 @@ class NotifyHub:
             if result is not None:
                 return result
             with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
-                await self.until_listening(waiter.channels)
+                await _first(lambda: self.until_listening(waiter.channels), self._closing.wait)
             while True:
                 waiter.rearm()
                 result = await check()
-                if result is not None:
+                if result is not None or self._closing.is_set():
                     return result
                 remaining = deadline - anyio.current_time()
                 if remaining <= 0:
                     return None
                 with anyio.move_on_after(remaining):
-                    await _first(waiter.wait, gone.wait if gone is not None else None)
+                    await _first(
+                        waiter.wait, self._closing.wait, gone.wait if gone is not None else None
+                    )
                 if gone is not None and gone.is_set():
                     return None
 
 
-async def _first(a: Callable[[], Awaitable[None]], b: Callable[[], Awaitable[None]] | None) -> None:
-    """Wait until either ``a`` or ``b`` returns."""
-    if b is None:
-        await a()
-        return
+async def _first(*waits: Callable[[], Awaitable[None]] | None) -> None:
+    """Wait until any of ``waits`` returns."""
     async with anyio.create_task_group() as tg:
 
         async def run(fn: Callable[[], Awaitable[None]]) -> None:
             await fn()
             tg.cancel_scope.cancel()
 
-        tg.start_soon(run, a)
-        tg.start_soon(run, b)
+        for fn in waits:
+            if fn is not None:
+                tg.start_soon(run, fn)

@@ -14,10 +14,10 @@ import anyio
 import httpx
 from litestar import Litestar
 
-from service.api.app import create_app
+from service.api.app import close_long_polls, create_app
 from service.api.hub import NotifyHub
 from service.config import Settings
-from service.serve import make_server
+from service.serve import EmbeddedServer, make_server
 
 
 @dataclass
@@ -25,6 +25,7 @@ class Api:
     url: str
     app: Litestar
     client: httpx.AsyncClient
+    server: EmbeddedServer
 
     @property
     def hub(self) -> NotifyHub:
@@ -38,7 +39,7 @@ async def running_api(
 ) -> AsyncIterator[Api]:
     settings = settings or Settings(db_pool_size=8)
     app = create_app(settings, database_url=database_url)
-    server = make_server(app, "127.0.0.1", 0)
+    server = make_server(app, "127.0.0.1", 0, on_shutdown=partial(close_long_polls, app))
     # A socket bound and listening before the server starts: connections wait in its backlog
     # until uvicorn accepts them (after the lifespan ran), so nothing has to poll for "started".
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -50,7 +51,7 @@ async def running_api(
         try:
             async with httpx.AsyncClient(base_url=url, headers=headers, timeout=90) as client:
                 assert (await client.get("/healthz")).status_code == 200
-                yield Api(url=url, app=app, client=client)
+                yield Api(url=url, app=app, client=client, server=server)
         finally:
             server.should_exit = True
     sock.close()

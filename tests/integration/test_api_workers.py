@@ -287,3 +287,27 @@ async def test_a_result_nested_too_deep_is_refused_and_the_job_stays_running(api
     assert (await api.client.get(f"/api/v1/jobs/{job['id']}")).json()["status"] == "running"
     r = await api.client.post(url, json={"worker_id": "w1", "result": deepest})
     assert r.status_code == 200 and r.json()["result"] == deepest
+
+
+async def test_stopping_the_server_answers_waiting_long_polls_instead_of_cutting_them(
+    api: Api,
+) -> None:
+    """Rollouts stop API pods with long-polls open. They were cut off after uvicorn's
+    graceful-shutdown timeout (10 s) with a plain-text 500; now they answer at once with what
+    they have: the job as it stands, no claim."""
+    job = await create(api)
+    got: dict[str, Any] = {}
+    claimed: list[list[dict[str, Any]]] = []
+
+    async def claim_waiting() -> None:
+        claimed.append(await claim(api, model_profile="vision", wait_seconds=60))
+
+    with anyio.fail_after(30):  # bounds a hang; the waits asked for are 60 s
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(long_poll, api, job["id"], got)
+            tg.start_soon(claim_waiting)
+            await api.hub.until_waiting(FINISHED_CHANNEL, job["id"])
+            await api.hub.until_waiting(profile_channel("vision"))
+            api.server.should_exit = True
+    assert got["id"] == job["id"] and got["status"] == "pending"
+    assert claimed == [[]]
