@@ -18,7 +18,7 @@ from pathlib import Path
 import anyio
 
 from service.config import Settings
-from service.db.embedded import EmbeddedPostgres
+from service.db.embedded import EmbeddedError, EmbeddedPostgres
 from service.db.migrate import migrate
 from service.runtime import Service, http_service, supervise
 from service.serve import make_server
@@ -34,7 +34,11 @@ def run_dev(settings: Settings) -> int:
             embedded = EmbeddedPostgres(data)
             fresh = not embedded.initialised
             started = time.monotonic()
-            url = embedded.start()
+            try:
+                url = embedded.start()
+            except EmbeddedError as exc:
+                log.error("cannot start the embedded PostgreSQL: %s", exc)
+                return 3
             log.info(
                 "embedded PostgreSQL %s in %.1fs (data: %s, port %d)",
                 "initialised and started" if fresh else "started, reusing data",

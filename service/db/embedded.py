@@ -84,6 +84,35 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# In the data directory: the PID of the process whose ``start()`` runs its server.
+OWNER_FILE = "ai-service.owner"
+
+
+def _pid_in(path: Path) -> int | None:
+    try:
+        return int(path.read_text().splitlines()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _command(pid: int) -> str | None:
+    """The process's command name (Linux ``/proc``), or ``None`` where it cannot be read."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return None
+
+
 class EmbeddedPostgres:
     """One data directory, one server. ``start()`` is idempotent; ``stop()`` waits for exit."""
 
@@ -99,6 +128,7 @@ class EmbeddedPostgres:
         self.settings = {**DEFAULT_SETTINGS, **(settings or {})}
         self.socket_dir = Path(tempfile.mkdtemp(prefix="aisvc-pg-"))
         self._user = SYSTEM_USER if os.geteuid() == 0 else None
+        self._started = False  # stop() stops only a server this object started
 
     # --- commands -----------------------------------------------------------------------
     def _run(self, exe: str, *args: str, timeout: float = 120) -> str:
@@ -143,26 +173,34 @@ class EmbeddedPostgres:
         return True
 
     def running_pid(self) -> int | None:
-        """PID of a live postmaster on this data directory, if any (ours or a leftover)."""
-        pidfile = self.data_dir / "postmaster.pid"
-        try:
-            pid = int(pidfile.read_text().splitlines()[0])
-        except (OSError, ValueError, IndexError):
+        """PID of a live postmaster on this data directory, if any (ours or a leftover). A
+        ``postmaster.pid`` naming a live process that is not PostgreSQL (its PID reused after
+        a crash) is stale: ``pg_ctl stop`` would signal that process."""
+        pid = _pid_in(self.data_dir / "postmaster.pid")
+        if pid is None or not _alive(pid) or _command(pid) not in (None, "postgres"):
             return None
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            return pid
         return pid
 
     def start(self) -> str:
-        """Initialise if needed, stop a leftover server on this directory, start; return URL."""
+        """Initialise if needed, stop a leftover server on this directory, start; return URL.
+
+        A server started by another live process (a second ``make run`` in the same directory)
+        is not a leftover: stopping it would break that process, so starting fails instead."""
         self.init()
-        if self.running_pid() is not None:
+        pid = self.running_pid()
+        owner = _pid_in(self.data_dir / OWNER_FILE)
+        if pid is not None and owner not in (None, os.getpid()) and _alive(owner):
+            raise EmbeddedError(
+                f"{self.data_dir} is in use by another process (pid {owner}, whose PostgreSQL "
+                f"is pid {pid}); stop it first, or set EMBEDDED_PG_DATA to another directory"
+            )
+        if pid is not None:
             # A previous run was killed hard; its server still holds the directory.
             self._run("pg_ctl", "-D", str(self.data_dir), "-m", "fast", "-w", "stop")
+        else:  # no server: a pid file left behind would make PostgreSQL refuse to start
+            (self.data_dir / "postmaster.pid").unlink(missing_ok=True)
+        (self.data_dir / OWNER_FILE).write_text(f"{os.getpid()}\n")
+        self._started = True
         options = [f"-c {k}={v}" for k, v in sorted(self.settings.items())]
         options += [f"-p {self.port}", "-h 127.0.0.1", f"-k {self.socket_dir}"]
         self._run(
@@ -172,10 +210,15 @@ class EmbeddedPostgres:
         return self.url
 
     def stop(self) -> None:
-        """Fast shutdown (disconnect clients, checkpoint) and wait until the server is gone."""
-        if self.running_pid() is None:
+        """Fast shutdown (disconnect clients, checkpoint) and wait until the server is gone.
+        Nothing when this object did not start it (a refused ``start()``: another process's)."""
+        if not self._started:
             return
-        self._run("pg_ctl", "-D", str(self.data_dir), "-m", "fast", "-w", "-t", "60", "stop")
+        self._started = False
+        if self.running_pid() is not None:
+            self._run("pg_ctl", "-D", str(self.data_dir), "-m", "fast", "-w", "-t", "60", "stop")
+        if _pid_in(self.data_dir / OWNER_FILE) == os.getpid():
+            (self.data_dir / OWNER_FILE).unlink(missing_ok=True)
 
     def close(self) -> None:
         self.stop()
