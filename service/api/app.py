@@ -16,6 +16,7 @@ from litestar import Litestar, Router
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
+from service import metrics
 from service.api import jobs, stats, status, workers
 from service.api.auth import bearer_guard
 from service.api.deps import DEPENDENCIES
@@ -78,6 +79,7 @@ def create_app(
             async with anyio.create_task_group() as tg:
                 tg.start_soon(hub.run)
                 if metrics_enabled():
+                    metrics.queue_sample.expect(served_profiles(settings))
                     tg.start_soon(sample_queue, db)
                 try:
                     yield
@@ -127,3 +129,10 @@ def close_long_polls(app: Litestar) -> None:
     hub: NotifyHub | None = getattr(app.state, "hub", None)
     if hub is not None:
         hub.close_waiters()
+
+
+def served_profiles(settings: Settings) -> list[str]:
+    """The profiles this deployment serves: ``WORKER_PROFILES``, else the built-in ones."""
+    from service.handlers.transcription import TRANSCRIPTION_PROFILE
+
+    return list(settings.worker_profiles) or [settings.llm_model, TRANSCRIPTION_PROFILE]

@@ -58,6 +58,12 @@ class QueueSnapshot:
         self.rows: dict[str, dict[str, float]] = {}
         self.at = 0.0
 
+    def expect(self, profiles: Iterable[str]) -> None:
+        """Profiles reported (as 0) before any job of theirs has been pending: an idle system
+        otherwise has no queue series, and the dashboard's profile list comes out empty."""
+        for profile in profiles:
+            self.rows.setdefault(profile, {})
+
     def update(self, rows: Iterable[dict[str, Any]]) -> None:
         fresh = {str(r["model_profile"]): r for r in rows}
         for profile in self.rows.keys() | fresh.keys():  # a drained profile reads 0, not gone

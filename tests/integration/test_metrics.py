@@ -140,6 +140,9 @@ async def test_metrics_endpoints_serve_the_job_counters(repo: JobRepository, db_
     assert value(a, "ai_service_queue_due", model_profile=WAITING) == 3
     age = value(a, "ai_service_queue_oldest_pending_age_seconds", model_profile=WAITING)
     assert age is not None and age >= 0
+    # a served profile that never had a pending job still has its series (an idle system's
+    # dashboard lists its profiles and shows 0, not "No data")
+    assert value(a, "ai_service_queue_pending", model_profile="voxtral-small") == 0
 
 
 async def test_no_metrics_route_without_metrics_port(db_url: str) -> None:
