@@ -17,6 +17,7 @@ import pytest
 
 from service.config import FIELD_BY_ENV, FIELDS, parse_duration
 from service.handlers.transcription import TRANSCRIPTION_PROFILE
+from service.worker.shutdown import FINAL_WRITES_TIMEOUT
 from tests.unit.test_deploy_kustomize import K8S, KUSTOMIZATIONS, load_yaml_docs, render
 
 K8S_VERSION = "1.32.0"
@@ -276,7 +277,9 @@ def test_one_worker_deployment_per_channel(objs: list[Obj]) -> None:
         assert _probe_port(c, "livenessProbe") == ("/healthz", port)
         assert _probe_port(c, "readinessProbe") == ("/readyz", port)
         grace = parse_duration(setting(objs, c, "WORKER_SHUTDOWN_GRACE"))
-        assert w["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > grace + 5
+        # then the final writes, the pool's close and the trace and metric flushes (5 s each)
+        after = FINAL_WRITES_TIMEOUT + 5 + 5 + 5
+        assert w["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= grace + after
 
 
 def test_network_policies_cover_api_and_workers(objs: list[Obj]) -> None:
