@@ -27,7 +27,9 @@ COMPLETION = msgspec.json.encode(
 HI = [{"role": "user", "content": "Hi"}]
 
 
-def provider(encoding: bytes | None, body: bytes, seen: list[dict[bytes, bytes]]) -> Any:
+def provider(
+    encoding: bytes | None, body: bytes, seen: list[dict[bytes, bytes]], declared: bool = False
+) -> Any:
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
             while (await receive())["type"] != "lifespan.shutdown":
@@ -38,6 +40,8 @@ def provider(encoding: bytes | None, body: bytes, seen: list[dict[bytes, bytes]]
         headers = [(b"content-type", b"application/json")]
         if encoding:
             headers.append((b"content-encoding", encoding))
+        if declared:  # else uvicorn sends it chunked
+            headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
@@ -58,14 +62,16 @@ async def test_a_compressed_answer_is_refused_before_it_is_inflated() -> None:
 
 async def test_an_answer_over_the_limit_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[dict[bytes, bytes]] = []
-    async with (
-        serve_asgi(provider(None, COMPLETION, seen)) as url,
-        OpenAIClient("llm", url) as client,
-    ):
-        assert (await client.chat(model="m", messages=HI)).choices[0].message.content
-        monkeypatch.setattr(bounded, "MAX_RESPONSE_BYTES", len(COMPLETION) - 1)
-        with pytest.raises(InvalidOutput, match=f"larger than {len(COMPLETION) - 1} bytes"):
-            await client.chat(model="m", messages=HI)
+    for declared in (True, False):  # refused from the header, or counted while streaming
+        monkeypatch.setattr(bounded, "MAX_RESPONSE_BYTES", len(COMPLETION))
+        async with (
+            serve_asgi(provider(None, COMPLETION, seen, declared)) as url,
+            OpenAIClient("llm", url) as client,
+        ):
+            assert (await client.chat(model="m", messages=HI)).choices[0].message.content
+            monkeypatch.setattr(bounded, "MAX_RESPONSE_BYTES", len(COMPLETION) - 1)
+            with pytest.raises(InvalidOutput, match=f"larger than {len(COMPLETION) - 1} bytes"):
+                await client.chat(model="m", messages=HI)
 
 
 async def test_a_media_type_cannot_inject_part_headers() -> None:
