@@ -87,6 +87,17 @@ def wav_base64(seconds: float, rate: int = 8000) -> str:
     return base64.b64encode(wav_bytes(seconds, rate)).decode()
 
 
+async def lifespan(scope: dict[str, Any], receive: Any, send: Any) -> bool:
+    """Answer an ASGI lifespan scope (True) for the bare test apps served by ``serve_asgi``;
+    False for any other scope, which the app then handles."""
+    if scope["type"] != "lifespan":
+        return False
+    while (await receive())["type"] != "lifespan.shutdown":
+        await send({"type": "lifespan.startup.complete"})
+    await send({"type": "lifespan.shutdown.complete"})
+    return True
+
+
 @asynccontextmanager
 async def serve_asgi(app: Any) -> AsyncIterator[str]:
     """Serve an ASGI app on 127.0.0.1 (a free port) in this event loop; yields its base URL."""

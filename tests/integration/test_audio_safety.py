@@ -20,7 +20,7 @@ import pytest
 from service.config import ConfigError, Settings
 from service.handlers.audio import AudioFetcher, AudioPolicy, decode_base64_audio, parse_networks
 from service.handlers.base import InvalidInput, ProviderUnavailable
-from tests.helpers import serve_asgi, wav_bytes
+from tests.helpers import lifespan, serve_asgi, wav_bytes
 
 pytestmark = pytest.mark.anyio
 
@@ -50,10 +50,7 @@ ROUTES: dict[str, tuple[int, list[tuple[bytes, bytes]], list[bytes]]] = {
 
 
 async def audio_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    if scope["type"] == "lifespan":
-        while (await receive())["type"] != "lifespan.shutdown":
-            await send({"type": "lifespan.startup.complete"})
-        await send({"type": "lifespan.shutdown.complete"})
+    if await lifespan(scope, receive, send):
         return
     status, headers, chunks = ROUTES.get(scope["path"], (404, [], [b""]))
     await send({"type": "http.response.start", "status": status, "headers": headers})

@@ -14,7 +14,7 @@ from service.handlers.base import InvalidOutput
 from service.providers import bounded
 from service.providers.client import OpenAIClient
 from service.providers.multipart import AudioUpload, MultipartBody
-from tests.helpers import serve_asgi
+from tests.helpers import lifespan, serve_asgi
 
 pytestmark = pytest.mark.anyio
 
@@ -31,10 +31,7 @@ def provider(
     encoding: bytes | None, body: bytes, seen: list[dict[bytes, bytes]], declared: bool = False
 ) -> Any:
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
+        if await lifespan(scope, receive, send):
             return
         seen.append(dict(scope["headers"]))
         headers = [(b"content-type", b"application/json")]

@@ -13,7 +13,7 @@ import pytest
 from service.config import Secret, Settings
 from service.handlers.base import HandlerError, ProviderRejected, ProviderUnavailable
 from service.providers.client import OpenAIClient
-from tests.helpers import serve_asgi
+from tests.helpers import lifespan, serve_asgi
 from tests.integration.api_server import running_api
 
 pytestmark = pytest.mark.anyio
@@ -33,10 +33,7 @@ async def echo_auth(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """Refuses every request, quoting its Authorization header (and the decoded Basic
     credential) like a careless proxy. Under ``/pad`` the quote starts past the 500th
     character of the message, where it is shortened; ``/busy`` answers 503 instead of 401."""
-    if scope["type"] == "lifespan":
-        while (await receive())["type"] != "lifespan.shutdown":
-            await send({"type": "lifespan.startup.complete"})
-        await send({"type": "lifespan.shutdown.complete"})
+    if await lifespan(scope, receive, send):
         return
     auth = dict(scope["headers"]).get(b"authorization", b"").decode()
     scheme, _, value = auth.partition(" ")

@@ -13,7 +13,7 @@ from service.config import Settings
 from service.providers.status import ProviderConfig, ProviderStatusBoard, infra_url
 from service.sidecar.app import create_sidecar_app
 from service.simulator import serve_simulator
-from tests.helpers import free_port, serve_asgi
+from tests.helpers import free_port, lifespan, serve_asgi
 from tests.integration.api_server import running_api
 
 pytestmark = pytest.mark.anyio
@@ -35,10 +35,7 @@ class ModelsServer:
             await self._called.wait()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
+        if await lifespan(scope, receive, send):
             return
         self.calls += 1
         self._called.set()

@@ -9,7 +9,7 @@ import pytest
 
 from service.sidecar.gpu import read_gpus
 from service.sidecar.vllm import _quantile, read_vllm, summarise
-from tests.helpers import serve_asgi
+from tests.helpers import lifespan, serve_asgi
 
 VLLM_TEXT = """\
 # HELP vllm:num_requests_running Number of requests in model execution batches.
@@ -77,10 +77,7 @@ async def test_a_malformed_metrics_page_is_an_error_entry_not_a_crash() -> None:
     )
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
+        if await lifespan(scope, receive, send):
             return
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": page.encode()})
