@@ -27,11 +27,21 @@ class Service:
     stop: Callable[[], None]
 
 
+class ServiceFailed(Exception):
+    """A service could not start, for a reason already logged: no traceback needed."""
+
+
 def http_service(name: str, server: EmbeddedServer) -> Service:
     def stop() -> None:
         server.should_exit = True
 
-    return Service(name, server.serve, stop)
+    async def serve() -> None:
+        try:
+            await server.serve()
+        except SystemExit:  # uvicorn exits when it cannot listen, having logged why
+            raise ServiceFailed(f"{name} could not start (see the error above)") from None
+
+    return Service(name, serve, stop)
 
 
 async def supervise(services: list[Service]) -> int:
@@ -66,6 +76,9 @@ async def supervise(services: list[Service]) -> int:
                 if not stopping:
                     log.error("%s stopped unexpectedly; stopping the process", service.name)
                     exit_code = 1
+            except ServiceFailed as exc:
+                log.error("%s; stopping the process", exc)
+                exit_code = 1
             except Exception:
                 log.exception("%s crashed; stopping the process", service.name)
                 exit_code = 1
