@@ -10,6 +10,9 @@ JSON as is, and chat, transcription and model-list bodies are kilobytes.)
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import httpx
 
 IDENTITY = {"accept-encoding": "identity"}
@@ -51,3 +54,17 @@ async def read_bounded(response: httpx.Response, limit: int | None = None) -> ht
         extensions=response.extensions,
     )
     return read
+
+
+async def send_bounded(
+    client: httpx.AsyncClient,
+    method: str,
+    url: httpx.URL | str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    content: Any = None,
+) -> httpx.Response:
+    """``client.request`` asking for ``identity``, its answer read by ``read_bounded``."""
+    asked = IDENTITY | dict(headers or {})
+    request = client.build_request(method, url, headers=asked, content=content)
+    return await read_bounded(await client.send(request, stream=True))

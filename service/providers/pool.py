@@ -31,7 +31,7 @@ from typing import Any
 
 import httpx
 
-from service.providers.bounded import IDENTITY, read_bounded
+from service.providers.bounded import IDENTITY, read_bounded, send_bounded
 
 USER_AGENT = f"python-httpx/{httpx.__version__}"  # what httpx's client would send
 
@@ -98,9 +98,7 @@ class ShardedClient:
         try:
             if not self._transports:
                 client = self._clients[i]
-                merged = IDENTITY | dict(headers or {})
-                request = client.build_request(method, url, headers=merged, content=content)
-                return await read_bounded(await client.send(request, stream=True))
+                return await send_bounded(client, method, url, headers=headers, content=content)
             return await self._send(self._transports[i], method, url, headers, content)
         finally:
             self._in_flight[i] -= 1

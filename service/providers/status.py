@@ -24,7 +24,7 @@ import httpx
 import msgspec
 
 from service.config import Secret, Settings
-from service.providers.bounded import IDENTITY, read_bounded
+from service.providers.bounded import send_bounded
 from service.providers.errors import error_for_status
 from service.providers.responses import ModelList
 from service.providers.scrub import Scrubber
@@ -150,8 +150,7 @@ class ProviderStatusBoard:
         error: str | None = None
         try:
             with anyio.fail_after(self.timeout):
-                request = self._http.build_request("GET", url, headers=IDENTITY | headers)
-                response = await read_bounded(await self._http.send(request, stream=True))
+                response = await send_bounded(self._http, "GET", url, headers=headers)
         except TimeoutError:
             error = f"no answer within {self.timeout:g}s"
         except httpx.HTTPError as exc:
@@ -208,9 +207,8 @@ async def fetch_infra_status(
     try:
         with anyio.fail_after(timeout):
             async with httpx.AsyncClient(timeout=timeout, trust_env=False) as client:
-                asked = IDENTITY | {"Accept": "application/json"}
-                request = client.build_request("GET", target, headers=asked)
-                response = await read_bounded(await client.send(request, stream=True))
+                accept = {"Accept": "application/json"}
+                response = await send_bounded(client, "GET", target, headers=accept)
     except TimeoutError:
         return {**base, "reachable": False, "error": f"no answer within {timeout:g}s"}
     except httpx.HTTPError as exc:
