@@ -133,6 +133,6 @@ def close_long_polls(app: Litestar) -> None:
 
 def served_profiles(settings: Settings) -> list[str]:
     """The profiles this deployment serves: ``WORKER_PROFILES``, else the built-in ones."""
-    from service.handlers.transcription import TRANSCRIPTION_PROFILE
+    from service.handlers.transcription_input import TRANSCRIPTION_PROFILE
 
     return list(settings.worker_profiles) or [settings.llm_model, TRANSCRIPTION_PROFILE]

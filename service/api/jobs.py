@@ -17,6 +17,7 @@ from service import metrics, tracing
 from service.api.deps import unless_gone
 from service.api.errors import ApiError, invalid, responses
 from service.api.hub import FINISHED_CHANNEL, NotifyHub
+from service.api.inputs import input_problem
 from service.api.schemas import (
     BatchItem,
     BatchResult,
@@ -42,14 +43,17 @@ _FIELDS = JobFields.__struct_fields__
     status_code=201,
     summary="Create a job",
     description="201 with the new job; 200 with the existing job when the same "
-    "idempotency_key (per owner_service) was already used with the same body.",
+    "idempotency_key (per owner_service) was already used with the same body. Inputs of the "
+    "built-in task types are checked as their handler reads them (422 naming the field).",
     responses=responses(409, 413, 422),
     tags=["jobs"],
 )
 async def create_job(
-    data: JSONBody[CreateJob], repo: NamedDependency[JobRepository]
+    data: JSONBody[CreateJob],
+    repo: NamedDependency[JobRepository],
+    settings: NamedDependency[Settings],
 ) -> Response[Job]:
-    if problem := submission_problem(data):
+    if problem := submission_problem(data) or input_problem(settings, data):
         raise invalid(*problem)
     with tracing.send(data.model_profile) as sent:
         job, created = await repo.create(data, trace_context=sent.trace_context)
@@ -79,7 +83,7 @@ async def create_batch(
             f"at most {settings.max_batch_size} jobs per batch (got {len(data.jobs)})",
             code="batch_too_large",
         )
-    news = [_merge(i, data.defaults, item) for i, item in enumerate(data.jobs)]
+    news = [_merge(i, data.defaults, item, settings) for i, item in enumerate(data.jobs)]
     with tracing.send_batch(news, settings.otel_create_spans_max_batch) as sent:
         results = await repo.create_batch(news, trace_contexts=sent.trace_contexts)
         sent.created(results)
@@ -93,7 +97,7 @@ async def create_batch(
     return Response(body, status_code=201 if created else 200)
 
 
-def _merge(index: int, defaults: JobFields, item: JobFields) -> NewJob:
+def _merge(index: int, defaults: JobFields, item: JobFields, settings: Settings) -> NewJob:
     merged: dict[str, Any] = {}
     for f in _FIELDS:
         value = getattr(item, f)
@@ -107,7 +111,7 @@ def _merge(index: int, defaults: JobFields, item: JobFields) -> NewJob:
                 f"jobs[{index}].{f}", "required field is missing (in the item and in defaults)"
             )
     new = NewJob(**merged)
-    if problem := submission_problem(new):
+    if problem := submission_problem(new) or input_problem(settings, new):
         raise invalid(f"jobs[{index}].{problem[0]}", problem[1])
     return new
 

@@ -68,8 +68,16 @@ class ProviderRejected(HandlerError):
 
 
 class InvalidInput(HandlerError):
+    """The job's input cannot be run. ``field`` is the path inside ``input`` at fault
+    (``messages[0].role``), or None for the input as a whole; the API names it as
+    ``input.<field>`` when it refuses the same input at submission."""
+
     category = "invalid_input"
     retryable = False
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class InvalidOutput(HandlerError):

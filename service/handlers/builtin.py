@@ -14,12 +14,10 @@ from typing import Protocol
 from service.config import Settings
 from service.handlers.audio import AudioFetcher, AudioPolicy
 from service.handlers.base import HandlerRegistry
-from service.handlers.llm import LLM_TASK_TYPES, LlmHandler
-from service.handlers.transcription import (
-    TRANSCRIPTION_PROFILE,
-    TRANSCRIPTION_TASK_TYPES,
-    TranscriptionHandler,
-)
+from service.handlers.llm import LlmHandler
+from service.handlers.llm_input import LLM_TASK_TYPES
+from service.handlers.transcription import TranscriptionHandler
+from service.handlers.transcription_input import TRANSCRIPTION_PROFILE, TRANSCRIPTION_TASK_TYPES
 from service.providers.client import OpenAIClient
 
 

@@ -17,8 +17,6 @@ from service.handlers.llm_input import parse_chat_input
 from service.jobs.model import Job
 from service.providers.client import OpenAIClient
 
-LLM_TASK_TYPES = ("llm_chat", "chat_completion", "call_analysis")
-
 
 class LlmHandler:
     """A ``Handler``: ``await handler(job)`` returns the job's result dict."""

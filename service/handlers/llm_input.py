@@ -21,6 +21,7 @@ from typing import Any
 
 from service.handlers.base import InvalidInput
 
+LLM_TASK_TYPES = ("llm_chat", "chat_completion", "call_analysis")
 CHAT_FIELDS = ("messages", "system", "user", "max_tokens", "temperature", "response_format")
 IGNORED_FIELDS = ("metadata",)
 METADATA_TASK_TYPES = frozenset({"call_analysis"})
@@ -62,7 +63,8 @@ def _check_unknown(task_type: str, data: Mapping[str, Any]) -> None:
     hint = " (the model is chosen by model_profile)" if "model" in unknown else ""
     raise InvalidInput(
         f"input field {names} {noun} for {task_type}{hint}; allowed: "
-        f"{', '.join(CHAT_FIELDS)}, and 'metadata', which is ignored"
+        f"{', '.join(CHAT_FIELDS)}, and 'metadata', which is ignored",
+        field=unknown[0],
     )
 
 
@@ -70,50 +72,69 @@ def _content(where: str, content: Any) -> str | list[dict[str, Any]]:
     if isinstance(content, str):
         return content
     if not isinstance(content, list) or not content:
-        raise InvalidInput(f"{where}.content must be a string or a non-empty list of text parts")
+        raise InvalidInput(
+            f"{where}.content must be a string or a non-empty list of text parts",
+            field=f"{where}.content",
+        )
     parts: list[dict[str, Any]] = []
     for j, part in enumerate(content):
         at = f"{where}.content[{j}]"
         if not isinstance(part, dict):
-            raise InvalidInput(f"{at} must be an object like {{'type': 'text', 'text': '...'}}")
+            raise InvalidInput(
+                f"{at} must be an object like {{'type': 'text', 'text': '...'}}", field=at
+            )
         if part.get("type") != "text":
             raise InvalidInput(
-                f"{at} has type {part.get('type')!r}; only 'text' parts are supported"
+                f"{at} has type {part.get('type')!r}; only 'text' parts are supported",
+                field=f"{at}.type",
             )
         if not isinstance(part.get("text"), str):
-            raise InvalidInput(f"{at}.text must be a string")
+            raise InvalidInput(f"{at}.text must be a string", field=f"{at}.text")
         extra = sorted(set(part) - {"type", "text"})
         if extra:
-            raise InvalidInput(f"{at} has unsupported key(s): {', '.join(extra)}")
+            raise InvalidInput(
+                f"{at} has unsupported key(s): {', '.join(extra)}", field=f"{at}.{extra[0]}"
+            )
         parts.append({"type": "text", "text": part["text"]})
     return parts
 
 
 def _messages(raw: Any) -> list[dict[str, Any]]:
     if not isinstance(raw, list) or not raw:
-        raise InvalidInput("messages must be a non-empty list of {role, content} objects")
+        raise InvalidInput(
+            "messages must be a non-empty list of {role, content} objects", field="messages"
+        )
     if len(raw) > MAX_MESSAGES:
-        raise InvalidInput(f"messages has {len(raw)} items; at most {MAX_MESSAGES} are accepted")
+        raise InvalidInput(
+            f"messages has {len(raw)} items; at most {MAX_MESSAGES} are accepted",
+            field="messages",
+        )
     out: list[dict[str, Any]] = []
     for i, m in enumerate(raw):
         where = f"messages[{i}]"
         if not isinstance(m, dict):
-            raise InvalidInput(f"{where} must be an object with role and content")
+            raise InvalidInput(f"{where} must be an object with role and content", field=where)
         extra = sorted(set(m) - set(MESSAGE_KEYS))
         if extra:
             raise InvalidInput(
-                f"{where} has unsupported key(s) {', '.join(extra)}; allowed: role, content, name"
+                f"{where} has unsupported key(s) {', '.join(extra)}; allowed: role, content, name",
+                field=f"{where}.{extra[0]}",
             )
         role = m.get("role")
         if role not in ROLES:
             shown = repr(role) if len(repr(role)) <= 40 else repr(role)[:39] + "…"
-            raise InvalidInput(f"{where}.role is {shown}; expected one of {', '.join(ROLES)}")
+            raise InvalidInput(
+                f"{where}.role is {shown}; expected one of {', '.join(ROLES)}",
+                field=f"{where}.role",
+            )
         if "content" not in m:
-            raise InvalidInput(f"{where} has no content")
+            raise InvalidInput(f"{where} has no content", field=f"{where}.content")
         msg: dict[str, Any] = {"role": role, "content": _content(where, m["content"])}
         if "name" in m:
             if not isinstance(m["name"], str) or not m["name"]:
-                raise InvalidInput(f"{where}.name must be a non-empty string")
+                raise InvalidInput(
+                    f"{where}.name must be a non-empty string", field=f"{where}.name"
+                )
             msg["name"] = m["name"]
         out.append(msg)
     return out
@@ -126,9 +147,9 @@ def _compact(data: Mapping[str, Any]) -> list[dict[str, Any]]:
             "input needs either messages (a list of chat messages) or user (a string)"
         )
     if not isinstance(user, str) or not user.strip():
-        raise InvalidInput("user must be a non-empty string")
+        raise InvalidInput("user must be a non-empty string", field="user")
     if system is not None and not isinstance(system, str):
-        raise InvalidInput("system must be a string")
+        raise InvalidInput("system must be a string", field="system")
     out: list[dict[str, Any]] = []
     if system:
         out.append({"role": "system", "content": system})
@@ -141,13 +162,15 @@ def _response_format(raw: Any) -> dict[str, Any] | None:
         return None
     if not isinstance(raw, dict) or raw.get("type") not in RESPONSE_FORMATS:
         raise InvalidInput(
-            f"response_format must be an object whose type is one of {', '.join(RESPONSE_FORMATS)}"
+            f"response_format must be an object whose type is one of {', '.join(RESPONSE_FORMATS)}",
+            field="response_format",
         )
     if raw["type"] == "json_schema":
         spec = raw.get("json_schema")
         if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
             raise InvalidInput(
-                "response_format of type json_schema needs json_schema: {name, schema: {...}}"
+                "response_format of type json_schema needs json_schema: {name, schema: {...}}",
+                field="response_format.json_schema",
             )
     return dict(raw)
 
@@ -162,7 +185,8 @@ def parse_chat_input(task_type: str, data: Any) -> ChatRequest:
         if both:
             raise InvalidInput(
                 f"input has both messages and {' and '.join(both)}; give messages, or "
-                "system/user, not both"
+                "system/user, not both",
+                field=both[0],
             )
         messages = _messages(data["messages"])
     else:
@@ -170,14 +194,19 @@ def parse_chat_input(task_type: str, data: Any) -> ChatRequest:
     max_tokens = data.get("max_tokens")
     if max_tokens is not None and not (_is_int(max_tokens) and 1 <= max_tokens <= MAX_TOKENS_LIMIT):
         raise InvalidInput(
-            f"max_tokens must be an integer from 1 to {MAX_TOKENS_LIMIT}, got {max_tokens!r}"
+            f"max_tokens must be an integer from 1 to {MAX_TOKENS_LIMIT}, got {max_tokens!r}",
+            field="max_tokens",
         )
     temperature = data.get("temperature")
     if temperature is not None:
         if isinstance(temperature, bool) or not isinstance(temperature, int | float):
-            raise InvalidInput(f"temperature must be a number, got {temperature!r}")
+            raise InvalidInput(
+                f"temperature must be a number, got {temperature!r}", field="temperature"
+            )
         if not 0.0 <= temperature <= 2.0:
-            raise InvalidInput(f"temperature must be between 0 and 2, got {temperature!r}")
+            raise InvalidInput(
+                f"temperature must be between 0 and 2, got {temperature!r}", field="temperature"
+            )
         temperature = float(temperature)
     return ChatRequest(
         messages=messages,

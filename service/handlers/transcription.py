@@ -13,67 +13,17 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 from service.handlers.audio import Audio, AudioFetcher, decode_base64_audio
-from service.handlers.base import InvalidInput
 from service.handlers.segments import Span, build_segments
+from service.handlers.transcription_input import TranscriptionRequest, parse_transcription_input
 from service.jobs.model import Job
 from service.providers.client import OpenAIClient
 from service.providers.responses import Transcription
 
-TRANSCRIPTION_TASK_TYPES = ("transcribe", "transcription")
-TRANSCRIPTION_PROFILE = "voxtral-small"
-MAX_SPEAKERS = 20
 # Used only when neither the provider nor the file tells us the audio's length.
 WORDS_PER_SECOND = 2.5
-
-
-@dataclass(frozen=True)
-class TranscriptionRequest:
-    audio_url: str | None
-    audio_base64: str | None
-    language: str | None
-    diarization: bool
-    num_speakers: int | None
-
-
-def parse_transcription_input(data: Any) -> TranscriptionRequest:
-    """Validate a transcription job's input; raise ``InvalidInput`` with one sentence."""
-    if not isinstance(data, dict):
-        raise InvalidInput("input must be a JSON object")
-    url, b64 = data.get("audio_url"), data.get("audio_base64")
-    if (url is None) == (b64 is None):
-        raise InvalidInput("input needs exactly one of audio_url or audio_base64")
-    if url is not None and (not isinstance(url, str) or not url.strip()):
-        raise InvalidInput("audio_url must be a non-empty string")
-    if b64 is not None and (not isinstance(b64, str) or not b64.strip()):
-        raise InvalidInput("audio_base64 must be a non-empty string")
-    language = data.get("language")
-    if language is not None and (
-        not isinstance(language, str) or not 1 <= len(language.strip()) <= 16
-    ):
-        raise InvalidInput("language must be a language code such as 'ru' or 'en'")
-    diarization = data.get("diarization", False)
-    if diarization is None:
-        diarization = False
-    if not isinstance(diarization, bool):
-        raise InvalidInput(f"diarization must be true or false, got {diarization!r}")
-    speakers = data.get("num_speakers")
-    if speakers is not None and (
-        isinstance(speakers, bool)
-        or not isinstance(speakers, int)
-        or not 1 <= speakers <= MAX_SPEAKERS
-    ):
-        raise InvalidInput(f"num_speakers must be an integer from 1 to {MAX_SPEAKERS}")
-    return TranscriptionRequest(
-        audio_url=url.strip() if isinstance(url, str) else None,
-        audio_base64=b64,
-        language=language.strip() if isinstance(language, str) and language.strip() else None,
-        diarization=diarization,
-        num_speakers=speakers,
-    )
 
 
 def audio_duration(response: Transcription, audio: Audio) -> float | None:

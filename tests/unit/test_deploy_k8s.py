@@ -16,7 +16,7 @@ import kubernetes_validate
 import pytest
 
 from service.config import FIELD_BY_ENV, FIELDS, parse_duration
-from service.handlers.transcription import TRANSCRIPTION_PROFILE
+from service.handlers.transcription_input import TRANSCRIPTION_PROFILE
 from service.worker.shutdown import FINAL_WRITES_TIMEOUT
 from tests.unit.test_deploy_kustomize import K8S, KUSTOMIZATIONS, load_yaml_docs, render
 

@@ -9,7 +9,7 @@ import pytest
 from service.handlers.base import InvalidInput, InvalidOutput
 from service.handlers.llm import check_json
 from service.handlers.llm_input import parse_chat_input
-from service.handlers.transcription import parse_transcription_input
+from service.handlers.transcription_input import parse_transcription_input
 
 MESSAGES = [
     {"role": "system", "content": "Answer as JSON."},

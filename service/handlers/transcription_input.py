@@ -1,0 +1,71 @@
+"""Reading a transcription job's ``input``: which fields count, and what each may hold.
+
+Kept apart from the handler (which needs the HTTP clients and the audio fetcher) because the
+API checks the same rules at submission: a job it accepts is one the handler can read. Keys
+other than these are the caller's metadata and are ignored. Whether ``audio_url`` may be
+fetched (scheme, host, address) is decided when the job runs (``audio.AudioPolicy``), since
+DNS answers can change between submission and the download.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from service.handlers.base import InvalidInput
+
+TRANSCRIPTION_TASK_TYPES = ("transcribe", "transcription")
+TRANSCRIPTION_PROFILE = "voxtral-small"
+MAX_SPEAKERS = 20
+
+
+@dataclass(frozen=True)
+class TranscriptionRequest:
+    audio_url: str | None
+    audio_base64: str | None
+    language: str | None
+    diarization: bool
+    num_speakers: int | None
+
+
+def parse_transcription_input(data: Any) -> TranscriptionRequest:
+    """Validate a transcription job's input; raise ``InvalidInput`` with one sentence."""
+    if not isinstance(data, dict):
+        raise InvalidInput("input must be a JSON object")
+    url, b64 = data.get("audio_url"), data.get("audio_base64")
+    if (url is None) == (b64 is None):
+        raise InvalidInput("input needs exactly one of audio_url or audio_base64")
+    if url is not None and (not isinstance(url, str) or not url.strip()):
+        raise InvalidInput("audio_url must be a non-empty string", field="audio_url")
+    if b64 is not None and (not isinstance(b64, str) or not b64.strip()):
+        raise InvalidInput("audio_base64 must be a non-empty string", field="audio_base64")
+    language = data.get("language")
+    if language is not None and (
+        not isinstance(language, str) or not 1 <= len(language.strip()) <= 16
+    ):
+        raise InvalidInput(
+            "language must be a language code such as 'ru' or 'en'", field="language"
+        )
+    diarization = data.get("diarization", False)
+    if diarization is None:
+        diarization = False
+    if not isinstance(diarization, bool):
+        raise InvalidInput(
+            f"diarization must be true or false, got {diarization!r}", field="diarization"
+        )
+    speakers = data.get("num_speakers")
+    if speakers is not None and (
+        isinstance(speakers, bool)
+        or not isinstance(speakers, int)
+        or not 1 <= speakers <= MAX_SPEAKERS
+    ):
+        raise InvalidInput(
+            f"num_speakers must be an integer from 1 to {MAX_SPEAKERS}", field="num_speakers"
+        )
+    return TranscriptionRequest(
+        audio_url=url.strip() if isinstance(url, str) else None,
+        audio_base64=b64,
+        language=language.strip() if isinstance(language, str) and language.strip() else None,
+        diarization=diarization,
+        num_speakers=speakers,
+    )
