@@ -272,6 +272,15 @@ FIELDS: Final[tuple[Field, ...]] = (
         "every connection busy) and the worker retries",
     ),
     Field(
+        "DB_STATEMENT_TIMEOUT",
+        "db_statement_timeout",
+        _duration_range(0, 86400),
+        "60s",
+        "a duration like 60s (0 disables)",
+        "longest a statement may run, and a transaction stay idle, on the API's and workers' "
+        "pooled connections; the API answers 503 and the worker retries",
+    ),
+    Field(
         "EMBEDDED_PG_DATA",
         "embedded_pg_data",
         _str,
@@ -529,6 +538,7 @@ class Settings:
     migrate_on_start: bool = True
     db_pool_size: int = 10
     db_pool_timeout: float = 5.0
+    db_statement_timeout: float = 60.0
     embedded_pg_data: str = "./.ai-service/pgdata"
     job_max_attempts: int = 3
     retry_backoff_base: float = 5.0

@@ -61,7 +61,10 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         db = await open_database(
-            database_url, max_size=settings.db_pool_size, timeout=settings.db_pool_timeout
+            database_url,
+            max_size=settings.db_pool_size,
+            timeout=settings.db_pool_timeout,
+            statement_timeout=settings.db_statement_timeout,
         )
         try:
             hub = NotifyHub(database_url)

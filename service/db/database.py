@@ -17,6 +17,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb, JsonbBinaryDumper, set_json_dumps, set_json_loads
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from service.db.params import connect_params
 from service.db.queries import queries
 
 Row = dict[str, Any]
@@ -183,18 +184,27 @@ class Database:
 
 
 async def open_database(
-    url: str, *, max_size: int = 10, min_size: int = 1, timeout: float = 5.0
+    url: str,
+    *,
+    max_size: int = 10,
+    min_size: int = 1,
+    timeout: float = 5.0,
+    statement_timeout: float | None = 60.0,
 ) -> Database:
     """Open a pool and wait for its first connection, failing fast on a bad URL.
 
     ``timeout`` bounds how long a statement waits for a pooled connection. While the server
     is down no connection comes, so this is how long an API request hangs before its 503:
-    psycopg_pool's default (30 s) outlasts most callers' own timeouts."""
+    psycopg_pool's default (30 s) outlasts most callers' own timeouts. ``statement_timeout``
+    and the network bounds: see ``params``."""
     pool: AsyncConnectionPool[psycopg.AsyncConnection[Row]] = AsyncConnectionPool(
         url,
         min_size=min(min_size, max_size),
         max_size=max_size,
-        kwargs={"row_factory": dict_row},
+        kwargs={
+            "row_factory": dict_row,
+            **connect_params(url, statement_timeout=statement_timeout),
+        },
         configure=_configure,
         open=False,
         timeout=timeout,

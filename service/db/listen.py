@@ -15,6 +15,7 @@ import psycopg
 from psycopg import sql
 
 from service.db.database import DatabaseUnavailable, _translate_errors
+from service.db.params import connect_params
 
 
 class Notification(NamedTuple):
@@ -31,7 +32,7 @@ class ListenConnection:
     async def connect(cls, url: str, channels: Iterable[str] = ()) -> ListenConnection:
         async with _translate_errors():
             conn = await psycopg.AsyncConnection.connect(
-                url, autocommit=True, application_name="ai-service-listener", connect_timeout=10
+                url, autocommit=True, application_name="ai-service-listener", **connect_params(url)
             )
         self = cls(conn)
         for ch in channels:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import psycopg
 
+from service.db.params import connect_params
 from service.db.queries import sql_dir
 
 LOCK_KEY = 0x61695F6D6967  # "ai_mig"
@@ -84,7 +85,7 @@ def _check_history(applied: dict[int, str], migrations: list[Migration]) -> None
 def pending_migrations(url: str, directory: Path | None = None) -> list[Migration]:
     """The migrations not yet applied to the database at ``url``."""
     migrations = load_migrations(directory)
-    with psycopg.connect(url, autocommit=True) as conn:
+    with psycopg.connect(url, autocommit=True, **connect_params(url)) as conn:
         applied = _applied(conn)
     _check_history(applied, migrations)
     return [m for m in migrations if m.version not in applied]
@@ -94,7 +95,7 @@ def migrate(url: str, directory: Path | None = None) -> list[Migration]:
     """Apply pending migrations under an advisory lock; return the ones this call applied."""
     migrations = load_migrations(directory)
     done: list[Migration] = []
-    with psycopg.connect(url, autocommit=True) as conn:
+    with psycopg.connect(url, autocommit=True, **connect_params(url)) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
         try:
             applied = _applied(conn)

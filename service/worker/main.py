@@ -125,6 +125,7 @@ class Worker:
                 self.database_url,
                 max_size=self.settings.db_pool_size,
                 timeout=self.settings.db_pool_timeout,
+                statement_timeout=self.settings.db_statement_timeout,
             )
             await self._run(self._db)
         finally:
