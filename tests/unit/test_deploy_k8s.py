@@ -106,9 +106,10 @@ def deployment_name(profile: str) -> str:
 
 
 def expected_query(profile: str) -> str:
+    """What tests/integration/test_keda_query.py runs against a real database."""
     return (
-        "SELECT count(*) FROM ai_jobs WHERE status='pending' "
-        f"AND model_profile='{profile}' AND run_after <= now()"
+        f"SELECT count(*) FROM ai_jobs WHERE model_profile='{profile}' "
+        "AND (status='running' OR (status='pending' AND run_after <= now()))"
     )
 
 
