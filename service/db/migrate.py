@@ -5,12 +5,22 @@ Why the advisory lock: ten API and worker pods starting at once all run this; th
 exactly one of them apply the files and the rest find nothing left to do. Why checksums: an
 applied migration edited afterwards means production and a fresh database differ; we refuse
 to start rather than drift silently.
+
+Why newer versions are accepted: migrations run before new code rolls out and each is
+compatible with the previous release (docs/deploy.md), so the old release's pods — still
+running, rescheduled, or brought back by a rollback — must start on a schema one step ahead.
+Why a lock timeout: DDL on ``ai_jobs`` waits behind any long reader, and every query queued
+behind *it* waits too, claims and API reads included; a migration that cannot get its locks
+within ``LOCK_TIMEOUT`` rolls back, lets the traffic through, and tries again.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
+import random
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +30,9 @@ from service.db.params import connect_params
 from service.db.queries import sql_dir
 
 LOCK_KEY = 0x61695F6D6967  # "ai_mig"
+LOCK_TIMEOUT = 5.0  # seconds one try of a migration may wait for a lock
+LOCK_ATTEMPTS = 12  # tries before giving up (pauses of 1-10 s between them)
+log = logging.getLogger("ai_service.migrate")
 _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _VERSION_TABLE = """
 CREATE TABLE IF NOT EXISTS ai_service_migrations (
@@ -60,57 +73,99 @@ def load_migrations(directory: Path | None = None) -> list[Migration]:
     return found
 
 
-def _applied(conn: psycopg.Connection[tuple[object, ...]]) -> dict[int, str]:
-    conn.execute(_VERSION_TABLE)
+def _applied(conn: psycopg.Connection[tuple[object, ...]], *, create: bool) -> dict[int, str]:
+    if create:
+        conn.execute(_VERSION_TABLE)
+    elif conn.execute("SELECT to_regclass('ai_service_migrations')").fetchone() == (None,):
+        return {}  # (a check only reads: it must not write DDL from every starting pod)
     rows = conn.execute("SELECT version, checksum FROM ai_service_migrations").fetchall()
     return {int(str(v)): str(c) for v, c in rows}
 
 
 def _check_history(applied: dict[int, str], migrations: list[Migration]) -> None:
+    """Refuse an edited or unknown applied migration; accept (and report) newer ones."""
     known = {m.version: m for m in migrations}
+    latest = max(known, default=0)
+    newer = sorted(v for v in applied if v > latest)
     for version, checksum in sorted(applied.items()):
-        mig = known.get(version)
-        if mig is None:
-            raise MigrationError(
-                f"database has migration {version:04d}, which this version of ai-service does "
-                "not know: it is older than the schema (roll forward, not back)"
-            )
-        if mig.checksum != checksum:
+        mig = known.get(version)  # (files are numbered without gaps: None means newer)
+        if mig is not None and mig.checksum != checksum:
             raise MigrationError(
                 f"migration {version:04d}_{mig.name} was edited after it was applied; "
                 "migrations are forward-only: add a new file instead"
             )
+    if newer:
+        log.warning(
+            "the database has migrations up to %04d, newer than this release's %04d: running "
+            "on a schema one release ahead (each migration keeps the previous release working)",
+            newer[-1],
+            latest,
+        )
 
 
 def pending_migrations(url: str, directory: Path | None = None) -> list[Migration]:
-    """The migrations not yet applied to the database at ``url``."""
+    """The migrations not yet applied to the database at ``url`` (reads only)."""
     migrations = load_migrations(directory)
     with psycopg.connect(url, autocommit=True, **connect_params(url)) as conn:
-        applied = _applied(conn)
+        applied = _applied(conn, create=False)
     _check_history(applied, migrations)
     return [m for m in migrations if m.version not in applied]
 
 
-def migrate(url: str, directory: Path | None = None) -> list[Migration]:
+def migrate(
+    url: str,
+    directory: Path | None = None,
+    *,
+    lock_timeout: float = LOCK_TIMEOUT,
+    attempts: int = LOCK_ATTEMPTS,
+) -> list[Migration]:
     """Apply pending migrations under an advisory lock; return the ones this call applied."""
     migrations = load_migrations(directory)
     done: list[Migration] = []
     with psycopg.connect(url, autocommit=True, **connect_params(url)) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
         try:
-            applied = _applied(conn)
+            applied = _applied(conn, create=True)
             _check_history(applied, migrations)
             for mig in migrations:
-                if mig.version in applied:
-                    continue
-                with conn.transaction():
-                    conn.execute(mig.sql.encode())
-                    conn.execute(
-                        "INSERT INTO ai_service_migrations (version, name, checksum) "
-                        "VALUES (%s, %s, %s)",
-                        (mig.version, mig.name, mig.checksum),
-                    )
-                done.append(mig)
+                if mig.version not in applied:
+                    _apply(conn, mig, lock_timeout, attempts)
+                    done.append(mig)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
     return done
+
+
+def _apply(
+    conn: psycopg.Connection[tuple[object, ...]], mig: Migration, lock_timeout: float, attempts: int
+) -> None:
+    """One migration and its version row in one transaction, retried while locks are busy."""
+    for attempt in range(1, attempts + 1):
+        try:
+            with conn.transaction():
+                conn.execute(f"SET LOCAL lock_timeout = {max(1, round(lock_timeout * 1000))}")
+                conn.execute(mig.sql.encode())
+                conn.execute(
+                    "INSERT INTO ai_service_migrations (version, name, checksum) "
+                    "VALUES (%s, %s, %s)",
+                    (mig.version, mig.name, mig.checksum),
+                )
+            return
+        except psycopg.errors.LockNotAvailable as exc:
+            if attempt == attempts:
+                raise MigrationError(
+                    f"migration {mig.version:04d}_{mig.name} could not take its locks in "
+                    f"{attempts} tries of {lock_timeout:g}s (a long transaction holds them: "
+                    "see pg_locks / pg_stat_activity); nothing was changed"
+                ) from exc
+            pause = min(10.0, float(attempt)) * random.uniform(0.5, 1.0)
+            log.warning(
+                "migration %04d_%s waited %gs for a lock (try %d of %d); retrying in %.1fs",
+                mig.version,
+                mig.name,
+                lock_timeout,
+                attempt,
+                attempts,
+                pause,
+            )
+            time.sleep(pause)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -76,6 +77,71 @@ def test_gap_in_numbering_is_refused(tmp_path: Path) -> None:
     (tmp_path / "0003_c.sql").write_text("SELECT 1;")
     with pytest.raises(MigrationError, match="0002 is missing"):
         load_migrations(tmp_path)
+
+
+def test_the_previous_release_starts_on_a_newer_schema(
+    empty_db_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Migrations run before the new code rolls out; the old release's pods (still running,
+    rescheduled, or back after a rollback) must start on the schema one step ahead."""
+    new, old = tmp_path / "new", tmp_path / "old"
+    new.mkdir(), old.mkdir()
+    for d in (new, old):
+        (d / "0001_first.sql").write_text("CREATE TABLE t1 (id int);")
+    (new / "0002_second.sql").write_text("ALTER TABLE t1 ADD COLUMN note text;")
+    assert [m.version for m in migrate(empty_db_url, new)] == [1, 2]
+    with caplog.at_level("WARNING", logger="ai_service.migrate"):
+        assert pending_migrations(empty_db_url, old) == []
+        assert migrate(empty_db_url, old) == []
+    assert "up to 0002, newer than this release's 0001" in caplog.text
+    (old / "0001_first.sql").write_text("CREATE TABLE t1 (id bigint);")  # still refused
+    with pytest.raises(MigrationError, match="edited after it was applied"):
+        pending_migrations(empty_db_url, old)
+
+
+def test_check_only_reads(empty_db_url: str) -> None:
+    assert pending_migrations(empty_db_url) == load_migrations()
+    with psycopg.connect(empty_db_url) as conn:
+        exists = conn.execute("SELECT to_regclass('ai_service_migrations')").fetchone()
+    assert exists == (None,)
+
+
+class ReleaseOnRetry(logging.Handler):
+    """Ends the blocking transaction when the migration reports its first lock wait."""
+
+    def __init__(self, blocker: psycopg.Connection[tuple[object, ...]]) -> None:
+        super().__init__(logging.WARNING)
+        self.blocker = blocker
+        self.retries = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "waited" in record.getMessage():
+            self.retries += 1
+            self.blocker.rollback()
+
+
+def test_a_migration_that_cannot_lock_backs_off_and_retries(
+    empty_db_url: str, tmp_path: Path
+) -> None:
+    """DDL queued behind a long reader would queue every later query behind it; with a lock
+    timeout it rolls back, lets the traffic through, and tries again."""
+    (tmp_path / "0001_first.sql").write_text("CREATE TABLE t1 (id int);")
+    migrate(empty_db_url, tmp_path)
+    (tmp_path / "0002_alter.sql").write_text("ALTER TABLE t1 ADD COLUMN note text;")
+    with psycopg.connect(empty_db_url) as blocker:
+        blocker.execute("SELECT * FROM t1")  # holds ACCESS SHARE until the transaction ends
+        with pytest.raises(MigrationError, match="could not take its locks in 2 tries"):
+            migrate(empty_db_url, tmp_path, lock_timeout=0.05, attempts=2)
+        assert [m.version for m in pending_migrations(empty_db_url, tmp_path)] == [2]
+        handler = ReleaseOnRetry(blocker)
+        logging.getLogger("ai_service.migrate").addHandler(handler)
+        try:
+            blocker.execute("SELECT * FROM t1")
+            applied = migrate(empty_db_url, tmp_path, lock_timeout=0.05, attempts=5)
+        finally:
+            logging.getLogger("ai_service.migrate").removeHandler(handler)
+    assert [m.version for m in applied] == [2] and handler.retries >= 1
+    assert pending_migrations(empty_db_url, tmp_path) == []
 
 
 def test_cli_migrate_check_exit_codes(empty_db_url: str) -> None:
