@@ -126,6 +126,14 @@ def _duration_range(lo: float, hi: float) -> Callable[[str], float]:
     return parse
 
 
+def _retention(text: str) -> float:
+    """0 (keep every job) or at least an hour: the stats read the last hour of history."""
+    d = parse_duration(text)
+    if d and not 3600 <= d <= 100 * 365 * 86400:
+        raise ValueError(text)
+    return d
+
+
 def _url(text: str) -> str:
     v = text.strip()
     if not re.match(r"^https?://[^\s/]+", v):
@@ -312,6 +320,15 @@ FIELDS: Final[tuple[Field, ...]] = (
         "10m",
         "a duration like 10m",
         "cap on the retry delay",
+    ),
+    Field(
+        "JOB_RETENTION",
+        "job_retention",
+        _retention,
+        "0",
+        "0 or a duration of at least 1h, like 720h",
+        "delete completed, failed and cancelled jobs this long after they finished (their "
+        "idempotency keys go with them); 0 keeps every job, as the seed service did",
     ),
     # --- Inference providers ---------------------------------------------------------------
     Field("LLM_BASE_URL", "llm_base_url", _url, None, "an http(s) URL", "primary LLM endpoint"),
@@ -543,6 +560,7 @@ class Settings:
     job_max_attempts: int = 3
     retry_backoff_base: float = 5.0
     retry_backoff_max: float = 600.0
+    job_retention: float = 0.0
     llm_base_url: str | None = None
     llm_api_key: Secret | None = None
     llm_model: str = "qwen2.5-14b"

@@ -195,6 +195,19 @@ FROM expired
 WHERE j.id = expired.id
 RETURNING j.id, j.status, j.model_profile, j.task_type;
 
+-- name: purge_finished
+-- Retention: the oldest finished jobs past JOB_RETENTION, a batch at a time (by the partial
+-- index on finished_at). Rows another statement holds are left for the next turn.
+WITH old AS (
+    SELECT id FROM ai_jobs
+    WHERE finished_at < now() - make_interval(secs => %(older_than)s)
+      AND status IN ('completed', 'failed', 'cancelled')
+    ORDER BY finished_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM ai_jobs AS j USING old WHERE j.id = old.id;
+
 -- name: next_run_after
 -- When the earliest pending job of a profile becomes due (the idle worker sleeps until then).
 SELECT min(run_after) AS next_run_after

@@ -393,6 +393,12 @@ class JobRepository:
             rows = await tx.fetch("reap_expired", {"limit": limit})
         return [Reaped(r["id"], r["status"], r["model_profile"], r["task_type"]) for r in rows]
 
+    async def purge_finished(self, *, older_than: float, limit: int = 1000) -> int:
+        """Delete up to ``limit`` jobs that finished more than ``older_than`` seconds ago."""
+        return await self.db.execute(
+            "purge_finished", {"older_than": older_than, "limit": limit}, traced=False
+        )
+
     # --- operator actions ---------------------------------------------------------------
     async def retry(self, job_id: UUID) -> Job:
         row = await self.db.fetchrow("retry_job", {"id": job_id})

@@ -174,7 +174,7 @@ class Worker:
         background: list[Callable[[], Any]] = [
             completer.run,
             keeper.run,
-            Reaper(repo, lease_seconds=lease).run,
+            Reaper(repo, lease_seconds=lease, retention=self.settings.job_retention).run,
         ]
         if s.worker_notify and self.profiles:
             listener = Listener(

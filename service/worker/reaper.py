@@ -2,6 +2,11 @@
 failed with ``lease_expired`` when the attempts are used up. One reaper at a time across all
 processes (an advisory lock inside ``JobRepository.reap``); the others skip their turn.
 Requeued jobs NOTIFY their profile's channel, so an idle worker picks them up at once.
+
+With ``JOB_RETENTION`` set, each turn also deletes jobs that finished longer ago than that, at
+most ``PURGE_BATCHES`` batches a turn so a first purge of a large history is spread out
+instead of loading the database at once. Deletes skip rows others hold, so processes purging
+at the same time do not conflict.
 """
 
 from __future__ import annotations
@@ -18,17 +23,23 @@ from service.jobs import JobRepository
 log = logging.getLogger("ai_service.worker.reaper")
 
 BATCH = 1000
+PURGE_BATCHES = 50  # at most 50,000 deletions a turn
 
 
 class Reaper:
-    def __init__(self, repo: JobRepository, *, lease_seconds: float) -> None:
+    def __init__(
+        self, repo: JobRepository, *, lease_seconds: float, retention: float = 0.0
+    ) -> None:
         self.repo = repo
         self.interval = lease_seconds / 4
+        self.retention = retention
 
     async def run(self) -> None:
         while True:
             try:
                 await self.reap_once()
+                if self.retention:
+                    await self.purge_once()
             except DatabaseUnavailable as exc:
                 log.warning("reaper skipped a turn: %s", exc)
             except Exception:
@@ -56,3 +67,15 @@ class Reaper:
                 )
             if len(reaped) < BATCH:
                 return total
+
+    async def purge_once(self) -> int:
+        """Delete jobs finished more than ``retention`` ago; return how many."""
+        total = 0
+        for _ in range(PURGE_BATCHES):
+            deleted = await self.repo.purge_finished(older_than=self.retention, limit=BATCH)
+            total += deleted
+            if deleted < BATCH:
+                break
+        if total:
+            log.info("deleted %d jobs that finished more than %gs ago", total, self.retention)
+        return total
