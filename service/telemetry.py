@@ -7,9 +7,11 @@ pays nothing for the instrumentation in its code. With an endpoint, spans go thr
 on the processor's thread, so a slow or dead collector drops spans rather than slowing jobs.
 
 The exporter reads ``OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT``/``HEADERS``/``TIMEOUT`` itself; the
-``TracerProvider`` reads ``OTEL_TRACES_SAMPLER[_ARG]``; ``Resource`` reads
-``OTEL_SERVICE_NAME``/``OTEL_RESOURCE_ATTRIBUTES``. Our two switches (``OTEL_CAPTURE_CONTENT``,
-``OTEL_INSTRUMENT_PSYCOPG``) are ordinary settings in ``service/config.py``.
+``TracerProvider`` reads ``OTEL_TRACES_SAMPLER[_ARG]``; ``resource`` applies
+``OTEL_SERVICE_NAME``/``OTEL_RESOURCE_ATTRIBUTES`` over our defaults. ``OTEL_TRACES_EXPORTER=none``
+turns tracing off (any other value means OTLP, the only exporter here). Our two switches
+(``OTEL_CAPTURE_CONTENT``, ``OTEL_INSTRUMENT_PSYCOPG``) are ordinary settings in
+``service/config.py``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
+from urllib.parse import unquote
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -86,20 +89,36 @@ def _version() -> str:
         return "0+unknown"
 
 
+def resource_attributes(env: Mapping[str, str]) -> dict[str, str]:
+    """What ``OTEL_RESOURCE_ATTRIBUTES`` and ``OTEL_SERVICE_NAME`` say, parsed as the SDK's
+    ``OTELResourceDetector`` parses them (comma-separated ``key=value``, values URL-decoded;
+    the service name wins over a ``service.name`` in the list)."""
+    out: dict[str, str] = {}
+    for item in env.get("OTEL_RESOURCE_ATTRIBUTES", "").split(","):
+        key, sep, value = item.partition("=")
+        if sep and key.strip():
+            out[key.strip()] = unquote(value.strip())
+    if name := env.get("OTEL_SERVICE_NAME", "").strip():
+        out["service.name"] = name
+    return out
+
+
 def resource(role: str, env: Mapping[str, str] | None = None) -> Resource:
-    """The process's identity for every signal: ``OTEL_SERVICE_NAME`` / ``OTEL_RESOURCE_ATTRIBUTES``
-    when given (the SDK reads them), else ``ai-service-<role>``; plus version and instance id."""
+    """The process's identity for every signal: our defaults (``ai-service-<role>``, the
+    package version, a per-process instance id), each overridden by what ``OTEL_SERVICE_NAME``
+    / ``OTEL_RESOURCE_ATTRIBUTES`` set: the operator's word wins, as the variables specify.
+    Why parsed here rather than left to ``Resource.create``: attributes passed to it override
+    the environment's, which is the wrong way round for defaults."""
     env = os.environ if env is None else env
-    named = env.get("OTEL_SERVICE_NAME", "").strip() or "service.name=" in env.get(
-        "OTEL_RESOURCE_ATTRIBUTES", ""
-    )
-    attrs = {"service.version": _version()}
-    if not named:
-        attrs["service.name"] = SERVICE_NAMES.get(role, f"ai-service-{role}")
-    created = Resource.create(attrs)
-    if "service.instance.id" in created.attributes:
-        return created
-    return created.merge(Resource({"service.instance.id": _INSTANCE_ID}))
+    defaults = {
+        "service.name": SERVICE_NAMES.get(role, f"ai-service-{role}"),
+        "service.version": _version(),
+        "service.instance.id": _INSTANCE_ID,
+    }
+    given = resource_attributes(env)
+    if not given.get("service.name"):  # "service.name=" names nothing
+        given.pop("service.name", None)
+    return Resource.create({**defaults, **given})
 
 
 def _exporter(protocol: str) -> SpanExporter:
@@ -109,10 +128,13 @@ def _exporter(protocol: str) -> SpanExporter:
 
 
 def build_provider(role: str, env: Mapping[str, str] | None = None) -> TracerProvider | None:
-    """The provider ``setup`` would install, or ``None`` when tracing is off (no endpoint, or
-    ``OTEL_SDK_DISABLED=true``). Raises ``ConfigError`` for an unknown protocol."""
+    """The provider ``setup`` would install, or ``None`` when tracing is off (no endpoint,
+    ``OTEL_TRACES_EXPORTER=none`` or ``OTEL_SDK_DISABLED=true``). Raises ``ConfigError`` for an
+    unknown protocol."""
     env = os.environ if env is None else env
     if _true(env, "OTEL_SDK_DISABLED") or traces_endpoint(env) is None:
+        return None
+    if env.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "none":
         return None
     exporter = _exporter(otlp_protocol(env))
     # shutdown_on_exit=False: our shutdown() is bounded; the SDK's atexit hook may wait 30 s

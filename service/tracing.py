@@ -10,6 +10,7 @@ Nothing here records job input or results. With tracing off every helper is a ch
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -19,6 +20,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
+import anyio
 from opentelemetry import baggage, propagate, trace
 from opentelemetry import context as otel_context
 from opentelemetry.trace import Link, SpanKind, StatusCode
@@ -53,10 +55,28 @@ def _messaging(operation: str, profile: str) -> dict[str, Any]:
     return dict(_messaging_of(operation, profile))
 
 
+CANCELLED = "cancelled"
+
+
+def cancelled(exc: BaseException) -> bool:
+    """Whether ``exc`` is a task's cancellation (asyncio's, or the running anyio backend's)."""
+    if isinstance(exc, asyncio.CancelledError):
+        return True
+    try:
+        return isinstance(exc, anyio.get_cancelled_exc_class())
+    except Exception:  # no async library running
+        return False
+
+
 def error_type(exc: BaseException) -> str:
-    """Low-cardinality ``error.type``: the handler error category, else the class name."""
+    """Low-cardinality ``error.type``: the handler error category; ``cancelled`` for a cancelled
+    call (a job cancelled, lost or stopped by shutdown: a category like the others, where the
+    class name would differ by backend); else the class name. Spans and the GenAI duration
+    metric both use it, so a failed call reads the same in traces and in metrics."""
     category = getattr(exc, "category", None)
-    return category if isinstance(category, str) else type(exc).__qualname__
+    if isinstance(category, str):
+        return category
+    return CANCELLED if cancelled(exc) else type(exc).__qualname__
 
 
 def record_error(span: trace.Span, exc: BaseException, kind: str | None = None) -> None:
@@ -72,8 +92,9 @@ def record_error(span: trace.Span, exc: BaseException, kind: str | None = None) 
 
 class current(AbstractContextManager[trace.Span]):
     """``span`` as the current span for the block (log lines, the ``traceparent`` sent to the
-    inference server and database spans see it); an exception leaving the block is recorded
-    (see ``record_error``); the span ends with the block. A class rather than a generator:
+    inference server and database spans see it); an exception or a cancellation leaving the
+    block is recorded (see ``record_error``: a cancelled call did not succeed, and its metric
+    says ``cancelled`` too); the span ends with the block. A class rather than a generator:
     it runs twice per job."""
 
     __slots__ = ("_span", "_token")
@@ -86,7 +107,7 @@ class current(AbstractContextManager[trace.Span]):
         return self._span
 
     def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
-        if isinstance(exc, Exception):
+        if exc is not None and (isinstance(exc, Exception) or cancelled(exc)):
             record_error(self._span, exc)
         otel_context.detach(self._token)
         self._span.end()

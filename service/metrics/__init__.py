@@ -19,6 +19,7 @@ from opentelemetry import metrics as otel
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
 from service.metrics import names
+from service.tracing import error_type
 
 METER_NAME = "ai_service"
 Observe = Callable[[names.Metric], Iterable[Observation]]
@@ -187,7 +188,8 @@ class GenAiCall:
     """Times one inference call and records its token usage (GenAI semantic conventions).
 
     ``with GenAiCall("chat", provider, model, host) as call: ...; call.usage(...)``; an
-    exception leaving the block is recorded as ``error.type`` (its category when it has one).
+    exception leaving the block is recorded as ``error.type`` as the call's span records it
+    (``service.tracing.error_type``: its category, ``cancelled``, else the class name).
     """
 
     def __init__(self, operation: str, provider: str, model: str, server_address: str) -> None:
@@ -218,5 +220,5 @@ class GenAiCall:
     ) -> None:
         attrs = dict(self.attrs)
         if exc_type is not None:
-            attrs["error.type"] = str(getattr(exc, "category", None) or exc_type.__qualname__)
+            attrs["error.type"] = error_type(exc) if exc is not None else exc_type.__qualname__
         _i[names.GEN_AI_DURATION.name].record(time.perf_counter() - self._started, attrs)

@@ -12,6 +12,13 @@ Prometheus text at ``/metrics`` when ``METRICS_PORT`` is set.
 - Neither, or ``OTEL_SDK_DISABLED=true``: no provider is installed and the instruments stay
   the API's no-ops.
 
+Why a view on ``http.server.*``: the HTTP server metrics of the API's OpenTelemetry middleware
+carry the client's ``Host`` header (``http.server_name``) and the server's address and port,
+recorded before any auth, so any caller could create series without bound. Only bounded
+attributes are kept: method, scheme, status code, ``error.type`` (a status code or an exception
+class) and the route template (``http.target``, set from it by ``service.api.otel``;
+``http.route`` under ``OTEL_SEMCONV_STABILITY_OPT_IN=http``).
+
 The provider is installed once per process (OpenTelemetry refuses a second global provider);
 later calls only add the listener their role needs. ``shutdown_metrics`` flushes, bounded.
 """
@@ -32,6 +39,15 @@ from service.config import ConfigError, Settings
 log = logging.getLogger("ai_service.metrics")
 
 SHUTDOWN_TIMEOUT_S = 5.0
+
+HTTP_SERVER_METRICS = "http.server.*"
+HTTP_SERVER_ATTRIBUTES = frozenset(
+    {
+        *("http.method", "http.scheme", "http.status_code", "http.target"),  # old conventions
+        *("http.request.method", "url.scheme", "http.response.status_code", "http.route"),
+        "error.type",
+    }
+)
 
 _provider: Any = None
 _listening: set[int] = set()
@@ -77,6 +93,7 @@ def setup_metrics(role: str, settings: Settings) -> bool:
         return False
     if _provider is None:
         from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.view import View
 
         readers = [r for r in (_otlp_reader(),) if r is not None]
         if settings.metrics_port is not None:
@@ -87,7 +104,14 @@ def setup_metrics(role: str, settings: Settings) -> bool:
             return False
         # shutdown_on_exit=False: shutdown_metrics() is bounded, the SDK's atexit hook is not.
         _provider = MeterProvider(
-            metric_readers=readers, resource=telemetry.resource(role), shutdown_on_exit=False
+            metric_readers=readers,
+            resource=telemetry.resource(role),
+            shutdown_on_exit=False,
+            views=[
+                View(
+                    instrument_name=HTTP_SERVER_METRICS, attribute_keys=set(HTTP_SERVER_ATTRIBUTES)
+                )
+            ],
         )
         otel.set_meter_provider(_provider)
     _listen(role, settings)

@@ -35,6 +35,7 @@ T = TypeVar("T")
 _tracer = spans.LeanTracer("service.providers")  # one span per job: see service/spans.py
 CONNECT_TIMEOUT_S = 10.0
 PROBE_TIMEOUT_S = 5.0
+DEFAULT_PORTS = {"https": 443, "http": 80}
 
 
 class OpenAIClient:
@@ -66,7 +67,9 @@ class OpenAIClient:
             # environment, or user:password in the URL (sent as basic auth).
             direct=not (host.username or host.password or env_proxies()),
         )
-        self._server = {"server.address": host.host, "server.port": host.port or 0}
+        # httpx leaves a scheme's default port out of ``port``; server.port is the real one.
+        port = host.port or DEFAULT_PORTS.get(host.scheme, 0)
+        self._server = {"server.address": host.host, "server.port": port}
         self._endpoints: dict[str, tuple[httpx.URL, str]] = {}
 
     async def __aenter__(self) -> Self:

@@ -135,7 +135,11 @@ class Completer:
                 self._settle([item], set(), counted=True)
                 continue
             except Exception:
-                log.exception("storing the result of job %s failed; will retry", job_id)
+                log.exception(
+                    "storing the result of job %s failed; will retry",
+                    job_id,
+                    extra={"job_id": str(job_id)},
+                )
                 self._requeue(job_id)
                 settled = False
                 continue
@@ -150,7 +154,9 @@ class Completer:
     async def _fail_unstorable(self, job: Job, exc: Exception) -> bool:
         """Fail ``job`` for a result the database refused for good; False if that could not
         be recorded now (the result stays queued and is tried again)."""
-        log.error("result of job %s cannot be stored: %s", job.id, exc)
+        log.error(
+            "result of job %s cannot be stored: %s", job.id, exc, extra={"job_id": str(job.id)}
+        )
         try:
             failed = await self.repo.fail(
                 job.id,
@@ -162,7 +168,12 @@ class Completer:
         except JobError:
             return True  # no longer ours
         except Exception as fail_exc:  # DatabaseUnavailable, or anything unforeseen
-            log.warning("recording that job %s failed did not succeed: %s", job.id, fail_exc)
+            log.warning(
+                "recording that job %s failed did not succeed: %s",
+                job.id,
+                fail_exc,
+                extra={"job_id": str(job.id)},
+            )
             return False
         metrics.job_failed(job, InvalidOutput.category, final=failed.status != "pending")
         stats = self.status.profiles.get(job.model_profile)

@@ -150,14 +150,20 @@ class Executor:
             raise
 
     async def _run(self, entry: RunningJob) -> None:
+        job = entry.job
         try:
-            with job_context(entry.job.id), tracing.process(entry.job) as span:
-                await self._execute(entry, span)
+            with job_context(job.id), tracing.process(job) as span:
+                try:
+                    await self._execute(entry, span)
+                except Exception as exc:
+                    # Logged in the job's log context and span (job_id, trace_id on the line).
+                    tracing.record_error(span, exc)
+                    log.exception("executing job %s failed; its lease will expire", job.id)
         except anyio.get_cancelled_exc_class():
-            self.to_release.append(entry.job)  # the process is exiting at once
+            self.to_release.append(job)  # the process is exiting at once
             raise
-        except Exception:
-            log.exception("executing job %s failed; its lease will expire", entry.job.id)
+        except Exception:  # starting the span failed: no span, but still the job's line
+            log.exception("job %s could not start", job.id, extra={"job_id": str(job.id)})
         finally:
             self.running.remove(entry)
             self.status.profiles[entry.job.model_profile].in_flight -= 1

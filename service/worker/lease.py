@@ -77,6 +77,10 @@ class LeaseKeeper:
             # Only the run we asked about: a job that failed, went back to pending and was
             # claimed again by us meanwhile is a new run with a fresh lease.
             if entry.job.id not in held and self.running.is_current(entry):
-                log.warning("lease of job %s lost; cancelling it", entry.job.id)
+                log.warning(
+                    "lease of job %s lost; cancelling it",
+                    entry.job.id,
+                    extra={"job_id": str(entry.job.id)},
+                )
                 metrics.lease_lost(entry.job.model_profile)
                 entry.cancel("lost")
