@@ -70,12 +70,29 @@ def _require_db(settings: Settings) -> str:
 
 
 def _migrate_on_start(settings: Settings, url: str) -> None:
-    if not settings.migrate_on_start:
-        return
-    from service.db.migrate import migrate
+    """Migrate (``MIGRATE_ON_START``), or else make sure someone did: a process on a schema
+    that lacks a migration would report ready and then fail every statement."""
+    import psycopg
 
-    for m in migrate(url):
-        log.info("applied migration %04d_%s", m.version, m.name)
+    from service.db.migrate import MigrationError, migrate, pending_migrations
+
+    try:
+        if settings.migrate_on_start:
+            for m in migrate(url):
+                log.info("applied migration %04d_%s", m.version, m.name)
+            return
+        pending = pending_migrations(url)
+    except MigrationError as exc:
+        _die(f"migration error: {exc}", 1)
+    except psycopg.OperationalError as exc:
+        _die(f"database unavailable: {(str(exc).strip().splitlines() or ['?'])[0]}", 1)
+    if pending:
+        names = ", ".join(f"{m.version:04d}_{m.name}" for m in pending)
+        _die(
+            f"the database lacks migrations {names} and MIGRATE_ON_START=false: run "
+            "`ai-service migrate` (the migrate Job in Kubernetes) first",
+            1,
+        )
 
 
 def cmd_api(args: argparse.Namespace, settings: Settings) -> int:

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
+from service.db import open_database
 from service.jobs import JobFilter, JobRepository, NewJob
+from tests.helpers import wait_for
 
 
 def nj(profile: str, **kw: Any) -> NewJob:
@@ -28,30 +33,78 @@ def listener(url: str, *channels: str) -> psycopg.Connection[Any]:
     return conn
 
 
-async def test_batch_insert_sends_one_notify_per_profile(repo: JobRepository, db_url: str) -> None:
+@asynccontextmanager
+async def counting_calls(db_url: str) -> AsyncIterator[JobRepository]:
+    """A repository on a connection that counts PL/pgSQL calls (``track_functions = pl``).
+
+    Counting trigger runs is what tells a statement-level trigger from a row-level one:
+    PostgreSQL folds identical notifications of one transaction, so the notifications look
+    the same either way. The counts are published when the block ends (a backend publishes
+    its counts as it exits); read them with ``calls``."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        row = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
+        if not (row and row[0]):
+            pytest.skip("track_functions is a superuser setting; the test server's user is not")
+        conn.execute(
+            sql.SQL("ALTER DATABASE {} SET track_functions = 'pl'").format(
+                sql.Identifier(conn.info.dbname)
+            )
+        )
+    database = await open_database(db_url, max_size=1)  # its connection opens after the ALTER
+    try:
+        yield JobRepository(database, backoff_base=0.0, backoff_max=0.0)
+    finally:
+        await database.close()
+
+
+def calls(url: str, function: str, *, above: int = 0) -> int:
+    """How often ``function`` ran per the statistics, once they show more than ``above`` runs
+    (a backend publishes its counts as it exits, asynchronously: this waits on an outcome)."""
+
+    def count() -> int | None:
+        with psycopg.connect(url, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT calls FROM pg_stat_user_functions WHERE funcname = %s", (function,)
+            ).fetchone()
+        return int(row[0]) if row is not None and row[0] > above else None
+
+    return wait_for(count, what=f"the statistics of {function} to show more than {above} runs")
+
+
+async def test_batch_insert_sends_one_notify_per_profile(db_url: str) -> None:
     with listener(db_url, "ai_jobs:qwen2.5-14b", "ai_jobs:voxtral-small", "ai_jobs:other") as conn:
         jobs = [nj("qwen2.5-14b") for _ in range(700)] + [nj("voxtral-small") for _ in range(300)]
-        await repo.create_batch(jobs)
+        async with counting_calls(db_url) as repo:
+            await repo.create_batch(jobs)
         got = Counter(ch for ch, _ in drain(conn))
     assert got == Counter({"ai_jobs:qwen2.5-14b": 1, "ai_jobs:voxtral-small": 1})
+    # One trigger run for the 1,000 rows: a FOR EACH ROW trigger would run 1,000 times and
+    # send the same two notifications (folded), so only the count tells them apart.
+    assert calls(db_url, "ai_jobs_notify_inserted") == 1
 
 
-async def test_requeue_notifies_but_claim_and_complete_do_not(
-    repo: JobRepository, db_url: str
-) -> None:
-    await repo.create_batch([nj("qwen2.5-14b") for _ in range(3)])
+async def test_requeue_notifies_but_claim_and_complete_do_not(db_url: str) -> None:
     with listener(db_url, "ai_jobs:qwen2.5-14b") as conn:
-        claimed = await repo.claim("qwen2.5-14b", "w", limit=3, lease_seconds=60)
-        await repo.complete(claimed[0].id, "w", {"ok": 1})
-        await repo.heartbeat("w", [claimed[1].id], lease_seconds=60)
-        assert drain(conn) == []
-        await repo.fail(
-            claimed[1].id, "w", error_category="timeout", error_message="t", retryable=True
-        )
+        async with counting_calls(db_url) as repo:
+            await repo.create_batch([nj("qwen2.5-14b") for _ in range(50)])
+            assert drain(conn) == [("ai_jobs:qwen2.5-14b", "")]
+            claimed = await repo.claim("qwen2.5-14b", "w", limit=50, lease_seconds=60)
+            assert len(claimed) == 50
+            await repo.complete(claimed[0].id, "w", {"ok": 1})
+            await repo.heartbeat("w", [claimed[1].id], lease_seconds=60)
+            assert drain(conn) == []
+            await repo.fail(
+                claimed[1].id, "w", error_category="timeout", error_message="t", retryable=True
+            )
+            assert drain(conn) == [("ai_jobs:qwen2.5-14b", "")]
+        assert calls(db_url, "ai_jobs_notify_requeued") == 1
+        # Many jobs back to pending in one statement fold into one notification. The trigger
+        # is row-level (migration 0001): it runs once per job; PostgreSQL folds what it sends.
+        rest = [j.id for j in claimed[2:]]
+        async with counting_calls(db_url) as repo:
+            assert await repo.release("w", rest) == set(rest)
         assert drain(conn) == [("ai_jobs:qwen2.5-14b", "")]
-        # a retry of many jobs in one statement folds into one notification
-        await repo.release("w", [claimed[2].id])
-        assert drain(conn) == [("ai_jobs:qwen2.5-14b", "")]
+    assert calls(db_url, "ai_jobs_notify_requeued", above=1) == 1 + len(rest)
 
 
 async def test_finish_and_cancel_channels(repo: JobRepository, db_url: str) -> None:

@@ -60,10 +60,11 @@ async def test_database_errors_are_told_apart_by_whether_a_retry_can_succeed() -
 
 
 async def test_a_read_only_database_neither_crashes_the_worker_nor_loses_results(
-    repo: JobRepository, db_url: str
+    repo: JobRepository, db_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A switchover where writes reach a standby (SQLSTATE 25006): the results wait in the
     worker and are stored once the database takes writes again."""
+    caplog.set_level(logging.WARNING, logger="ai_service")
     gate = anyio.Event()
 
     async def handler(job: Job) -> Any:
@@ -82,22 +83,38 @@ async def test_a_read_only_database_neither_crashes_the_worker_nor_loses_results
             )
         gate.set()
         await until(lambda: worker.status.pending_completions == 3, what="results queued")
-        with psycopg.connect(db_url, autocommit=True) as conn:  # a refused write was tried
+        # Queued is not refused: wait until the database has refused a write of them.
+        await until(lambda: refused_writes(caplog), what="the completer's write to be refused")
+        assert worker.status.pending_completions == 3  # refused, and kept
+        with psycopg.connect(db_url, autocommit=True) as conn:
             conn.execute("SET default_transaction_read_only = off")
             conn.execute(f'ALTER DATABASE "{dbname}" SET default_transaction_read_only = off')
-        for i in ids:
-            await until(lambda i=i: finished_or_none(repo, i), what=f"job {i}", timeout=60)
+            conn.execute(  # their read-only sessions end: the new ones take writes
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        await until(lambda: worker.status.pending_completions == 0, what="results settled")
         assert worker.status.state == "running"
-    stored = await get_all(repo, ids)
+    # Settled means stored or dropped; each result must have been stored.
+    stored = await until(lambda: all_or_none(repo, ids), what="the jobs, read back")
     assert [(j.status, j.attempts, j.result) for j in stored] == [
         ("completed", 1, {"n": n}) for n in range(3)
     ]
 
 
-async def finished_or_none(repo: JobRepository, job_id: UUID) -> Job | None:
-    """``finished``, riding out the test pool's own terminated connections."""
+def refused_writes(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """What the completer logged of its writes refused by a read-only database."""
+    return [
+        msg
+        for r in caplog.records
+        if r.name == "ai_service.worker.completer" and "read-only" in (msg := r.getMessage())
+    ]
+
+
+async def all_or_none(repo: JobRepository, ids: list[UUID]) -> list[Job] | None:
+    """``get_all``, riding out the test pool's own terminated connections."""
     try:
-        return await finished(repo, job_id)
+        return await get_all(repo, ids)
     except DatabaseUnavailable:
         return None
 

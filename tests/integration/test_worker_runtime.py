@@ -326,21 +326,37 @@ async def test_an_expired_lease_of_a_dead_worker_is_reaped_and_rerun(
 
 # --- listener -----------------------------------------------------------------------------
 async def test_listener_reconnects_and_nothing_is_missed(repo: JobRepository, db_url: str) -> None:
+    """A job inserted while the listener cannot reconnect sends its NOTIFY to no one: only the
+    claim the worker makes once the listener is back (the catch-up) can find it, since the
+    fallback poll is an hour away."""
     probe = Probe()
+    dbname = psycopg.conninfo.conninfo_to_dict(db_url)["dbname"]
+    admin = psycopg.conninfo.make_conninfo(db_url, dbname="postgres")
+    listeners = (
+        "SELECT pid FROM pg_stat_activity"
+        " WHERE application_name = 'ai-service-listener' AND datname = %s"
+    )
     async with running_worker(db_url, registry_for(probe)) as worker:
-        async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
-            cur = await conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE application_name = 'ai-service-listener' AND datname = current_database()"
-            )
-            assert [r[0] for r in await cur.fetchall()] == [True]
-        # Inserted while the listener may be down: the catch-up claim after the reconnect
-        # (or the NOTIFY, if the new connection was already listening) must find it.
-        job, _ = await repo.create(nj())
-        await until(lambda: finished(repo, job.id), what="the job after the reconnect")
-        await until(lambda: worker.status.listener.reconnects >= 1, what="a reconnect")
-        await until(lambda: worker.status.listener.state == "connected", what="connected")
-        second, _ = await repo.create(nj())
+        with psycopg.connect(admin, autocommit=True) as conn:
+            # No new connection to the database: the pools keep theirs, the listener's goes.
+            conn.execute(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS false')
+            try:
+                [(pid,)] = conn.execute(listeners, [dbname]).fetchall()
+                conn.execute("SELECT pg_terminate_backend(%s)", [pid])
+                await until(
+                    lambda: worker.status.listener.state == "disconnected",
+                    what="the listener to notice",
+                )
+                job, _ = await repo.create(nj())
+                assert conn.execute(listeners, [dbname]).fetchall() == []  # nobody heard it
+                assert (await repo.get(job.id)).status == "pending"
+            finally:
+                conn.execute(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS true')
+        done = await until(lambda: finished(repo, job.id), what="the job after the reconnect")
+        assert (done.status, done.worker_id) == ("completed", worker.worker_id)
+        assert worker.status.listener.reconnects == 1
+        assert worker.status.listener.state == "connected"
+        second, _ = await repo.create(nj())  # and the new connection hears NOTIFY again
         await until(lambda: finished(repo, second.id), what="a job after the reconnect")
 
 

@@ -77,10 +77,15 @@ def test_long_transcript_is_split_into_sentences_and_long_sentences_at_clauses()
     assert "I am sorry to hear that." in texts
     # "3.5 percent" is a number, not a sentence end.
     assert any("3.5 percent discount" in t for t in texts)
-    # The long complaint sentence is cut at a comma, not in the middle of a phrase.
-    long = [t for t in texts if "tracking page" in t or "nobody called" in t]
-    assert len(long) >= 2
-    assert all(t.endswith((",", ".")) or len(t) <= MAX_SEGMENT_CHARS for t in long)
+    # The long complaint sentence is cut at commas, not in the middle of a phrase: its pieces
+    # are consecutive segments that rebuild it, each but the last ending at a comma.
+    [long] = [s for s in sentences(SUPPORT_CALL) if len(s) > MAX_SEGMENT_CHARS]
+    first = next(i for i, t in enumerate(texts) if long.startswith(t))
+    last = next(j for j in range(first, len(texts)) if " ".join(texts[first : j + 1]) == long)
+    pieces = texts[first : last + 1]
+    assert len(pieces) >= 2
+    assert all(p.endswith(",") for p in pieces[:-1]), pieces
+    assert pieces[-1].endswith(".")
 
 
 def test_text_without_punctuation_is_cut_between_words() -> None:
