@@ -84,7 +84,12 @@ class QueueSnapshot:
 
 class Workers:
     """The worker processes' own counters (``WorkerStatus``), read at collection: in-flight
-    and capacity cost the job path nothing and cannot drift from ``/worker/status``."""
+    and capacity cost the job path nothing and cannot drift from ``/worker/status``.
+
+    A worker that is not running (starting, draining, stopped) reports capacity 0 rather than
+    no value: its final export then says 0, where a missing point would leave the collector
+    showing its last capacity until the series expires, doubling "capacity" on the dashboard
+    through every rolling restart."""
 
     def __init__(self) -> None:
         # by id: WorkerStatus is a dataclass (unhashable); gone with its worker
@@ -96,10 +101,12 @@ class Workers:
     def observe(self, metric: names.Metric) -> Iterable[Observation]:
         totals: dict[str, int] = {}
         for status in list(self._statuses.values()):
-            if status.state != "running" and metric is names.WORKER_CAPACITY:
-                continue  # starting, draining or stopped: claiming nothing
+            claiming = status.state == "running"
             for profile, stats in status.profiles.items():
-                value = stats.capacity if metric is names.WORKER_CAPACITY else stats.in_flight
+                if metric is names.WORKER_CAPACITY:
+                    value = stats.capacity if claiming else 0
+                else:
+                    value = stats.in_flight
                 totals[profile] = totals.get(profile, 0) + value
         return [Observation(v, {"model_profile": p}) for p, v in totals.items()]
 

@@ -31,6 +31,7 @@ OTEL_VARS = {
     "OTEL_RESOURCE_ATTRIBUTES",
     "OTEL_TRACES_SAMPLER",
     "OTEL_SDK_DISABLED",
+    "OTEL_METRIC_EXPORT_INTERVAL",
     "OTEL_CAPTURE_CONTENT",
 }
 # Read outside service/config.py; each must really occur in the source (checked below).

@@ -199,3 +199,23 @@ def test_datasources_provide_every_uid_the_dashboards_use() -> None:
         text = path.read_text()
         for uid in re.findall(r'"datasource":\s*\{[^}]*"uid":\s*"([^"$]+)"', text):
             assert uid in provided, (path.name, uid)
+
+
+def test_a_worker_that_is_not_running_reports_capacity_zero_not_nothing() -> None:
+    """Its last export must say 0: a missing point leaves the collector showing the old
+    capacity until the series expires (double capacity through every rolling restart)."""
+    from service.metrics import Workers
+    from service.worker.status import ProfileStats, WorkerStatus
+
+    status = WorkerStatus("w", {"p": ProfileStats(capacity=4, in_flight=1)}, state="running")
+    workers = Workers()
+    workers.watch(status)
+    seen = {
+        m.name: [(o.value, dict(o.attributes or {})) for o in workers.observe(m)]
+        for m in (names.WORKER_CAPACITY, names.JOBS_IN_FLIGHT)
+    }
+    assert seen[names.WORKER_CAPACITY.name] == [(4, {"model_profile": "p"})]
+    for state in ("draining", "stopped"):
+        status.state = state
+        assert [o.value for o in workers.observe(names.WORKER_CAPACITY)] == [0]
+        assert [o.value for o in workers.observe(names.JOBS_IN_FLIGHT)] == [1]
