@@ -21,6 +21,7 @@ from service.jobs import (
     new_id,
 )
 from service.jobs.model import EARLIEST, Job
+from service.jobs.repository import REAPER_LOCK_KEY
 
 
 def nj(**kw: Any) -> NewJob:
@@ -384,6 +385,21 @@ async def test_reaper_returns_expired_to_pending_or_failed(
     assert reaped == {one.id: ("failed", "qwen2.5-14b"), two.id: ("pending", "qwen2.5-14b")}
     gone = await repo.get(one.id)
     assert gone.error_category == "lease_expired" and "dead" in (gone.error_message or "")
+
+
+async def test_one_reaper_at_a_time_across_processes(repo: JobRepository, db_url: str) -> None:
+    """While another session holds the reaper lock (another process's reaper mid-turn), a
+    reap skips its turn (None) and touches nothing; once the lock is free it reaps."""
+    job, _ = await repo.create(nj(max_attempts=3))
+    await repo.claim("qwen2.5-14b", "dead", limit=1, lease_seconds=60)
+    expire_leases(db_url)
+    with psycopg.connect(db_url) as other:  # a transaction: the xact lock holds until its end
+        got = other.execute("SELECT pg_try_advisory_xact_lock(%s)", (REAPER_LOCK_KEY,))
+        assert got.fetchone() == (True,)
+        assert await repo.reap() is None
+        assert (await repo.get(job.id)).status == "running"
+        other.rollback()
+        assert [(r.id, r.status) for r in await repo.reap() or []] == [(job.id, "pending")]
 
 
 async def test_release_does_not_count_the_attempt(repo: JobRepository) -> None:
