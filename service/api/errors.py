@@ -27,7 +27,7 @@ from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.openapi.datastructures import ResponseSpec
 
 from service.api.schemas import ErrorBody, FieldError
-from service.db import DatabaseUnavailable, IntegrityViolation, ValueRefused
+from service.db import DatabaseUnavailable, IntegrityViolation, StatementTimeout, ValueRefused
 from service.jobs import IdempotencyConflict, JobNotFound, StateConflict
 
 log = logging.getLogger("ai_service.api")
@@ -172,6 +172,15 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
             detail = f"idempotency_key {exc.key!r} appears in the batch twice with different bodies"
             return error_response(409, exc.code, detail, job_id=None)
         return error_response(409, exc.code, str(exc), job_id=exc.existing)
+    if isinstance(exc, StatementTimeout):
+        log.warning("statement timeout: %s", exc)
+        return error_response(
+            503,
+            "statement_timeout",
+            "the database cut the statement at DB_STATEMENT_TIMEOUT and nothing was changed; "
+            "narrow the request (a retry or cancel by filter: a narrower filter) or raise "
+            "DB_STATEMENT_TIMEOUT",
+        )
     if isinstance(exc, DatabaseUnavailable):
         log.warning("database unavailable: %s", exc)
         return error_response(

@@ -73,14 +73,16 @@ async def name_after_route(message: Message, scope: Scope) -> None:
     if message["type"] != "http.response.start":
         return
     template = scope.get("path_template")
+    if not template:
+        return  # no route matched (404, 405): the method alone stays the name
+    scope_dict: dict[str, Any] = scope  # type: ignore[assignment]
+    scope_dict["route"] = _Route(template)  # for the metrics, sampled or not
     span = trace.get_current_span()
-    if not template or getattr(span, "kind", None) is not SpanKind.SERVER:
-        return  # untraced path, or (never expected) another span current at this point
+    if not span.is_recording() or getattr(span, "kind", None) is not SpanKind.SERVER:
+        return  # sampled out, untraced path, or (never expected) another span current
     route = f"{scope.get('root_path', '')}{template}"
     span.update_name(f"{_method(scope)} {route}")
     span.set_attribute("http.route", route)
-    scope_dict: dict[str, Any] = scope  # type: ignore[assignment]
-    scope_dict["route"] = _Route(template)
 
 
 class RouteSpanNames(InitPlugin):

@@ -7,7 +7,7 @@ repository speaks in query names and plain Python values, and connection trouble
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -17,7 +17,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb, JsonbBinaryDumper, set_json_dumps, set_json_loads
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from service.db.params import connect_params
+from service.db.params import connect_params, session_settings
 from service.db.queries import queries
 
 Row = dict[str, Any]
@@ -32,6 +32,12 @@ class DatabaseError(Exception):
 class DatabaseUnavailable(DatabaseError):
     """The database cannot serve the request right now (down, restarting, pool exhausted,
     or read-only during a failover): retrying the same request later can succeed."""
+
+
+class StatementTimeout(DatabaseUnavailable):
+    """The server cut a statement at ``DB_STATEMENT_TIMEOUT`` and rolled it back. Retryable
+    for the worker (a claim slowed by a busy server); the API names the setting, since the
+    same request may well take as long again."""
 
 
 class IntegrityViolation(DatabaseError):
@@ -72,9 +78,21 @@ def _loads(data: str | bytes) -> Any:
         return msgspec.Raw(data)
 
 
-async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
-    _configure_adapters(conn)
-    await conn.set_autocommit(True)
+def _configurer(
+    settings: Mapping[str, str],
+) -> Callable[[psycopg.AsyncConnection[Any]], Awaitable[None]]:
+    """The pool's per-connection setup: adapters, autocommit, and ``settings`` (``SET`` in one
+    round trip, once per new connection; see ``params`` for why not at startup)."""
+    query = "SELECT " + ", ".join("set_config(%s, %s, false)" for _ in settings)
+    values = [v for item in settings.items() for v in item]
+
+    async def configure(conn: psycopg.AsyncConnection[Any]) -> None:
+        _configure_adapters(conn)
+        await conn.set_autocommit(True)
+        if settings:
+            await conn.execute(query, values)
+
+    return configure
 
 
 @asynccontextmanager
@@ -88,6 +106,13 @@ async def _translate_errors() -> AsyncIterator[None]:
         yield
     except (psycopg.DataError, psycopg.errors.ProgramLimitExceeded) as exc:
         raise ValueRefused(_first_line(exc, "value refused")) from exc
+    except psycopg.errors.QueryCanceled as exc:
+        # 57014 is also a cancel request (psycopg sends one when a task is cancelled); only
+        # the server's timeout says so in its message (in English: lc_messages permitting).
+        first = _first_line(exc, "statement cancelled")
+        if "statement timeout" in first:
+            raise StatementTimeout(first) from exc
+        raise DatabaseUnavailable(first) from exc
     except (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction, PoolTimeout) as exc:
         raise DatabaseUnavailable(_first_line(exc, "unavailable")) from exc
     except psycopg.errors.IntegrityError as exc:
@@ -201,11 +226,8 @@ async def open_database(
         url,
         min_size=min(min_size, max_size),
         max_size=max_size,
-        kwargs={
-            "row_factory": dict_row,
-            **connect_params(url, statement_timeout=statement_timeout),
-        },
-        configure=_configure,
+        kwargs={"row_factory": dict_row, **connect_params(url)},
+        configure=_configurer(session_settings(url, statement_timeout)),
         open=False,
         timeout=timeout,
         name="ai-service",

@@ -156,7 +156,8 @@ def _apply(
                 raise MigrationError(
                     f"migration {mig.version:04d}_{mig.name} could not take its locks in "
                     f"{attempts} tries of {lock_timeout:g}s (a long transaction holds them: "
-                    "see pg_locks / pg_stat_activity); nothing was changed"
+                    "see pg_locks / pg_stat_activity); it was rolled back, and any migrations "
+                    "before it in this run stay applied"
                 ) from exc
             pause = min(10.0, float(attempt)) * random.uniform(0.5, 1.0)
             log.warning(

@@ -192,6 +192,8 @@ def parse_chat_input(task_type: str, data: Any) -> ChatRequest:
     else:
         messages = _compact(data)
     max_tokens = data.get("max_tokens")
+    if isinstance(max_tokens, float) and max_tokens.is_integer():
+        max_tokens = int(max_tokens)  # 256.0: JSON has one number type; vLLM takes it too
     if max_tokens is not None and not (_is_int(max_tokens) and 1 <= max_tokens <= MAX_TOKENS_LIMIT):
         raise InvalidInput(
             f"max_tokens must be an integer from 1 to {MAX_TOKENS_LIMIT}, got {max_tokens!r}",

@@ -16,8 +16,9 @@ Why a view on ``http.server.*``: the HTTP server metrics of the API's OpenTeleme
 carry the client's ``Host`` header (``http.server_name``) and the server's address and port,
 recorded before any auth, so any caller could create series without bound. Only bounded
 attributes are kept: method, scheme, status code, ``error.type`` (a status code or an exception
-class) and the route template (``http.target``, set from it by ``service.api.otel``;
-``http.route`` under ``OTEL_SEMCONV_STABILITY_OPT_IN=http``).
+class) and the route template (``http.target``, which ``service.api.otel`` sets from the route
+for sampled and unsampled requests alike; under ``OTEL_SEMCONV_STABILITY_OPT_IN=http`` the
+instrumentation takes the route before routing and the metrics carry none).
 
 The provider is installed once per process (OpenTelemetry refuses a second global provider);
 later calls only add the listener their role needs. ``shutdown_metrics`` flushes, bounded.

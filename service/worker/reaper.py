@@ -5,8 +5,8 @@ Requeued jobs NOTIFY their profile's channel, so an idle worker picks them up at
 
 With ``JOB_RETENTION`` set, each turn also deletes jobs that finished longer ago than that, at
 most ``PURGE_BATCHES`` batches a turn so a first purge of a large history is spread out
-instead of loading the database at once. Deletes skip rows others hold, so processes purging
-at the same time do not conflict.
+instead of loading the database at once. It runs outside the reaper's lock, in every worker
+process: deletes skip rows others hold, so processes purging at once share the work.
 """
 
 from __future__ import annotations

@@ -131,3 +131,29 @@ async def test_host_headers_and_job_ids_reach_no_metric_series_and_no_span_name(
     for s in spans:
         assert not UUID_RE.search(s.name), s.name
         assert not UUID_RE.search(str(s.attrs.get("http.route", ""))), s.attrs
+
+
+async def test_unsampled_requests_keep_the_route_on_their_metrics(
+    db_url: str, tmp_path: Path, receiver: OtlpReceiver
+) -> None:
+    """A request whose span is sampled out (a ratio sampler, or a caller's traceparent with
+    flags 00) is still measured, under its route template like any other."""
+    port, metrics_port = free_port(), free_port()
+    env = {**api_env(db_url, receiver, port, metrics_port), "OTEL_TRACES_SAMPLER": "always_off"}
+    api = Proc("api", env, tmp_path / "api.log", port)
+    try:
+        await anyio.to_thread.run_sync(lambda: wait_for(lambda: api.ready("/healthz"), what="api"))
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            auth = {"Authorization": f"Bearer {TOKEN}"}
+            r = await client.get(f"/api/v1/jobs/{uuid.uuid4()}", headers=auth)
+            assert r.status_code == 404, r.text
+            text = (await client.get("/metrics")).text
+        assert await anyio.to_thread.run_sync(api.stop) == 0, api.log()
+    finally:
+        if api.proc.poll() is None:
+            api.proc.kill()
+            api.proc.wait()
+    durations = http_series(text)["http_server_duration_milliseconds_count"]
+    get = {("http_method", "GET"), ("http_scheme", "http")}
+    assert durations == {frozenset({*get, ("http_status_code", "404"), ("http_target", JOB_ROUTE)})}
+    assert [s for s in receiver.spans() if s.span.kind == 2] == []  # (sampled out indeed)

@@ -1,6 +1,7 @@
 """Every connection bounds its waits: pooled sessions carry the statement and idle-in-
-transaction timeouts, the URL's own parameters win, and a statement cut short is a
-``DatabaseUnavailable`` (which the worker retries and the API answers with 503)."""
+transaction timeouts (SET per new connection, not startup options), the URL's and PGOPTIONS'
+own settings win, and a statement cut short is a ``StatementTimeout`` (a
+``DatabaseUnavailable``: the worker retries it; the API answers 503 naming the setting)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from service.db import Database, DatabaseUnavailable, open_database
+from service.config import Settings
+from service.db import Database, StatementTimeout, open_database
 from service.db.listen import ListenConnection
-from service.db.params import NETWORK_DEFAULTS, connect_params
+from service.db.params import NETWORK_DEFAULTS, SESSION_TIMEOUTS, connect_params, session_settings
+from tests.integration.api_server import job_body, running_api
 
 
 async def rows(db: Database, query: str) -> list[dict[str, object]]:
@@ -43,7 +46,7 @@ async def test_pooled_sessions_carry_the_timeouts(db_url: str) -> None:
 async def test_a_statement_over_the_timeout_is_database_unavailable(db_url: str) -> None:
     db = await open_database(db_url, max_size=1, statement_timeout=0.2)
     try:
-        with pytest.raises(DatabaseUnavailable, match="statement timeout"):
+        with pytest.raises(StatementTimeout, match="statement timeout"):
             await rows(db, "SELECT pg_sleep(30)")
         assert (await rows(db, "SELECT 1 AS one"))[0]["one"] == 1  # the pool recovered
     finally:
@@ -62,12 +65,31 @@ async def test_listen_and_plain_connections_get_the_network_bounds(db_url: str) 
         assert conn.info.get_parameters()["tcp_user_timeout"] == "30000"
 
 
-def test_url_parameters_win() -> None:
-    url = "postgresql://u@db.example/app?connect_timeout=3&options=-c%20search_path%3Dx"
-    params = connect_params(url, statement_timeout=60)
-    assert "connect_timeout" not in params
+def test_url_parameters_and_pgoptions_win() -> None:
+    url = "postgresql://u@db.example/app?connect_timeout=3&options=-c%20statement_timeout%3D5s"
+    params = connect_params(url)
+    assert "connect_timeout" not in params and "options" not in params  # (PgBouncer, PGOPTIONS)
     assert params["keepalives_idle"] == 10
-    assert params["options"] == (
-        "-c statement_timeout=60000 -c idle_in_transaction_session_timeout=60000 -c search_path=x"
-    )
-    assert "options" not in connect_params(url)  # no statement timeout asked: options kept
+    assert session_settings(url, 60, env={}) == {"idle_in_transaction_session_timeout": "60000"}
+    plain = "postgresql://u@db.example/app"
+    assert session_settings(plain, 0.25, env={}) == dict.fromkeys(SESSION_TIMEOUTS, "250")
+    pgoptions = {"PGOPTIONS": "-c idle_in_transaction_session_timeout=0"}
+    assert session_settings(plain, 60, env=pgoptions) == {"statement_timeout": "60000"}
+    assert session_settings(plain, 0, env={}) == {}
+
+
+async def test_the_api_names_the_statement_timeout(db_url: str) -> None:
+    """A cancel by filter that cannot finish within DB_STATEMENT_TIMEOUT (here it waits on a
+    row another session holds) is rolled back and answered 503 ``statement_timeout``."""
+    settings = Settings(db_statement_timeout=0.3)
+    async with running_api(db_url, settings) as api:
+        r = await api.client.post("/api/v1/jobs", json=job_body(owner_service="held"))
+        job_id = r.json()["id"]
+        with psycopg.connect(db_url) as holder:  # a transaction: the row lock holds until its end
+            holder.execute("SELECT 1 FROM ai_jobs WHERE id = %s FOR UPDATE", (job_id,))
+            r = await api.client.post("/api/v1/jobs/cancel", json={"owner_service": "held"})
+            holder.rollback()
+        assert r.status_code == 503, r.text
+        assert r.json()["error"] == "statement_timeout"
+        assert "DB_STATEMENT_TIMEOUT" in r.json()["detail"]
+        assert (await api.client.get(f"/api/v1/jobs/{job_id}")).json()["status"] == "pending"

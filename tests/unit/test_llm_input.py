@@ -28,6 +28,8 @@ def refused(task_type: str, data: Any) -> str:
 @pytest.mark.parametrize("task_type", ["llm_chat", "chat_completion", "call_analysis"])
 def test_messages_form(task_type: str) -> None:
     req = parse_chat_input(task_type, {"messages": MESSAGES, "max_tokens": 256})
+    whole = parse_chat_input(task_type, {"user": "x", "max_tokens": 256.0}).max_tokens
+    assert whole == 256 and type(whole) is int  # sent to the server as 256
     assert req.messages == MESSAGES
     assert req.max_tokens == 256
     assert req.temperature is None
@@ -113,6 +115,7 @@ def test_chat_refuses_unknown_fields_by_name(task_type: str) -> None:
         ({"user": "x", "max_tokens": 0}, "max_tokens must be an integer from 1"),
         ({"user": "x", "max_tokens": "256"}, "max_tokens must be an integer"),
         ({"user": "x", "max_tokens": True}, "max_tokens must be an integer"),
+        ({"user": "x", "max_tokens": 256.5}, "max_tokens must be an integer"),
         ({"user": "x", "temperature": "hot"}, "temperature must be a number"),
         ({"user": "x", "temperature": 3}, "temperature must be between 0 and 2"),
         ({"user": "x", "response_format": {"type": "yaml"}}, "response_format must be"),
