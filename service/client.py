@@ -18,6 +18,7 @@ path, query, body, response type); the sync and async classes differ only in how
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -47,17 +48,28 @@ LONG_POLL_MAX = 60.0  # the server's limit on wait_seconds
 JobList = list[Job]  # (the clients have a method named ``list``)
 
 
-class ApiError(Exception):
-    """A non-2xx answer, decoded from the service's error body."""
+TOKEN_CHARS = re.compile(r"[\x21-\x7e]+")  # what an HTTP header value may carry unquoted
+RETRY_WITHOUT_DEADLINE = 300.0  # how long ``wait()`` without a timeout rides out errors
+RIDDEN_OUT = frozenset({502, 503, 504})  # a GET answered so is worth asking again
 
-    def __init__(self, status_code: int, body: ErrorBody) -> None:
+
+class ApiError(Exception):
+    """A non-2xx answer, decoded from the service's error body. Picklable, so it can cross
+    process boundaries (task queues, multiprocessing)."""
+
+    def __init__(self, status_code: int, body: ErrorBody, retry_after: float | None = None) -> None:
         super().__init__(f"{status_code} {body.error}: {body.detail}")
         self.status_code = status_code
+        self.body = body
         self.code = body.error
         self.detail = body.detail
         self.fields = [(f.field, f.message) for f in body.fields or []]
         self.status = body.status
         self.job_id = body.job_id
+        self.retry_after = retry_after  # seconds, from a 503's Retry-After
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ApiError, (self.status_code, self.body, self.retry_after))
 
 
 @dataclass(frozen=True)
@@ -87,6 +99,13 @@ def _instant(name: str, value: datetime | None) -> str | None:
     return value.isoformat()
 
 
+def _seconds(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:  # an HTTP date: not worth parsing for a hint
+        return None
+
+
 def _decode(call: _Call[T], response: httpx.Response) -> T:
     if response.status_code >= 400:
         try:
@@ -95,7 +114,7 @@ def _decode(call: _Call[T], response: httpx.Response) -> T:
             err = ErrorBody(
                 error="http_error", detail=response.text[:500] or response.reason_phrase
             )
-        raise ApiError(response.status_code, err)
+        raise ApiError(response.status_code, err, _seconds(response.headers.get("Retry-After")))
     return msgspec.json.decode(response.content, type=call.type, strict=False)
 
 
@@ -111,8 +130,10 @@ def _filter(
     created_after: datetime | None = None,
     created_before: datetime | None = None,
 ) -> dict[str, Any]:
-    def seq(v: Sequence[Any] | None) -> list[Any] | None:
-        return None if v is None else [str(x) for x in v]
+    def seq(v: Sequence[Any] | str | None) -> list[Any] | None:
+        if v is None:
+            return None
+        return [v] if isinstance(v, str) else [str(x) for x in v]  # "failed" is one status
 
     return _clean(
         {
@@ -253,8 +274,13 @@ class _Calls:
 
 
 def _headers(token: str | None) -> dict[str, str]:
+    """Request headers. The token is stripped (a secret file's trailing newline) and must be
+    printable ASCII: otherwise httpx would refuse every request with an error quoting it."""
     headers = {"Accept": "application/json"}
+    token = (token or "").strip()
     if token:
+        if not TOKEN_CHARS.fullmatch(token):
+            raise ValueError("token must be printable ASCII without spaces (value not shown)")
         headers["Authorization"] = f"Bearer {token}"
     return headers
 
@@ -265,10 +291,56 @@ def _request_kwargs(call: _Call[Any], timeout: httpx.Timeout) -> dict[str, Any]:
         kwargs["content"] = _encode(call.body if call.body is not None else {})
         kwargs["headers"] = {"Content-Type": "application/json"}
     if call.read_timeout:
+        # A long-poll holds its connection for up to read_timeout: others waiting for one
+        # from the pool may wait as long (many concurrent waits would time out otherwise).
         read = (timeout.read or 30.0) + call.read_timeout
+        pool = (timeout.pool or 30.0) + call.read_timeout
         kwargs["timeout"] = httpx.Timeout(timeout.connect, read=read, write=timeout.write,
-                                          pool=timeout.pool)  # fmt: skip
+                                          pool=pool)  # fmt: skip
     return kwargs
+
+
+class _WaitLoop:
+    """``wait``'s long-poll loop, shared by both clients: what to ask for, when to return, and
+    how long to pause — after a poll answered early with an unfinished job (a server closing
+    its long-polls as it shuts down: without a pause the loop would spin), or after an error
+    worth riding out (502/503/504, a connection lost during a rollout) while time is left."""
+
+    def __init__(self, timeout: float | None, now: float) -> None:
+        self.deadline = None if timeout is None else now + timeout
+        self.failing_since: float | None = None
+        self.failures = 0
+        self.last = False  # the poll under way covers the rest of the time
+
+    def ask(self, now: float) -> float:
+        left = LONG_POLL_MAX if self.deadline is None else self.deadline - now
+        self.last = self.deadline is not None and left <= LONG_POLL_MAX
+        return max(0.0, min(LONG_POLL_MAX, left))
+
+    def answered(self, job: Job, asked: float, took: float, now: float) -> float | None:
+        """None: return ``job``; else how long to pause before the next poll."""
+        self.failing_since, self.failures = None, 0
+        if job.status in TERMINAL or self.last:
+            return None
+        early = asked - took > 1.0
+        left = LONG_POLL_MAX if self.deadline is None else self.deadline - now
+        return max(0.0, min(1.0, left)) if early else 0.0
+
+    def failed(self, exc: Exception, now: float) -> float:
+        """How long to pause before asking again; raises ``exc`` when it is not worth it."""
+        if self.failing_since is None:
+            self.failing_since = now
+        limit = self.deadline
+        if limit is None:
+            limit = self.failing_since + RETRY_WITHOUT_DEADLINE
+        passing = isinstance(exc, httpx.TransportError) or (
+            isinstance(exc, ApiError) and exc.status_code in RIDDEN_OUT
+        )
+        if not passing or now >= limit:
+            raise exc
+        self.failures += 1
+        hint = exc.retry_after if isinstance(exc, ApiError) else None
+        return min(hint or min(5.0, 0.25 * 2**self.failures), limit - now)
 
 
 class AsyncClient:
@@ -329,13 +401,22 @@ class AsyncClient:
 
     async def wait(self, job_id: UUID | str, timeout: float | None = None) -> Job:
         """The job once it is completed, failed or cancelled (long-polls, in chunks of at
-        most 60 s). With ``timeout``, returns the job as it is when the time is up."""
-        deadline = None if timeout is None else anyio.current_time() + timeout
+        most 60 s). With ``timeout``, returns the job as it is when the time is up. A 502/503/
+        504 or a lost connection is ridden out (honouring ``Retry-After``) until the timeout,
+        or for 5 minutes without one; other errors raise ``ApiError`` at once."""
+        loop = _WaitLoop(timeout, anyio.current_time())
         while True:
-            left = LONG_POLL_MAX if deadline is None else deadline - anyio.current_time()
-            job = await self._send(_Calls.get(job_id, max(0.0, min(LONG_POLL_MAX, left))))
-            if job.status in TERMINAL or (left <= LONG_POLL_MAX and deadline is not None):
+            asked = loop.ask(started := anyio.current_time())
+            try:
+                job = await self._send(_Calls.get(job_id, asked))
+            except (ApiError, httpx.TransportError) as exc:
+                await anyio.sleep(loop.failed(exc, anyio.current_time()))
+                continue
+            now = anyio.current_time()
+            pause = loop.answered(job, asked, now - started, now)
+            if pause is None:
                 return job
+            await anyio.sleep(pause)
 
     async def list(
         self, *, page_size: int = 100, limit: int | None = None, **filters: Any
@@ -461,12 +542,19 @@ class Client:
     def wait(self, job_id: UUID | str, timeout: float | None = None) -> Job:
         import time
 
-        deadline = None if timeout is None else time.monotonic() + timeout
+        loop = _WaitLoop(timeout, time.monotonic())
         while True:
-            left = LONG_POLL_MAX if deadline is None else deadline - time.monotonic()
-            job = self._send(_Calls.get(job_id, max(0.0, min(LONG_POLL_MAX, left))))
-            if job.status in TERMINAL or (left <= LONG_POLL_MAX and deadline is not None):
+            asked = loop.ask(started := time.monotonic())
+            try:
+                job = self._send(_Calls.get(job_id, asked))
+            except (ApiError, httpx.TransportError) as exc:
+                time.sleep(loop.failed(exc, time.monotonic()))
+                continue
+            now = time.monotonic()
+            pause = loop.answered(job, asked, now - started, now)
+            if pause is None:
                 return job
+            time.sleep(pause)
 
     def list(
         self, *, page_size: int = 100, limit: int | None = None, **filters: Any

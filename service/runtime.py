@@ -1,9 +1,11 @@
 """Process supervision shared by every long-running command (api, worker, dev).
 
 Why one supervisor: the shutdown order matters more than any single server. The first
-SIGTERM/SIGINT asks every service to stop gracefully (workers stop claiming and drain), a
-second one cancels everything at once; if any service dies, the others are stopped too, so a
-pod never keeps running half-alive. Returns the process exit code.
+SIGTERM/SIGINT asks the services to stop gracefully, stage by stage: workers (stage 0) stop
+claiming and drain while the servers they depend on (stage 1: in ``dev`` the simulator their
+jobs call, and the API) keep serving; a second signal cancels everything at once and the
+process exits 128 + the signal's number. If any service dies, the others are stopped too, so
+a pod never keeps running half-alive. Returns the process exit code.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class Service:
     name: str
     run: Callable[[], Awaitable[None]]
     stop: Callable[[], None]
+    stage: int = 1  # stopped after every service of a lower stage has finished
 
 
 class ServiceFailed(Exception):
@@ -47,16 +50,27 @@ def http_service(name: str, server: EmbeddedServer) -> Service:
 async def supervise(services: list[Service]) -> int:
     exit_code = 0
     stopping = False
+    stop_requested = anyio.Event()
+    finished = {id(s): anyio.Event() for s in services}
 
     def stop_all() -> None:
         nonlocal stopping
         stopping = True
-        for s in services:
-            s.stop()
+        stop_requested.set()
+
+    async def stop_in_stages() -> None:
+        await stop_requested.wait()
+        for stage in sorted({s.stage for s in services}):
+            group = [s for s in services if s.stage == stage]
+            for s in group:
+                s.stop()
+            for s in group:
+                await finished[id(s)].wait()
 
     async with anyio.create_task_group() as outer:
 
         async def watch_signals() -> None:
+            nonlocal exit_code
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 count = 0
                 async for signum in signals:
@@ -67,6 +81,7 @@ async def supervise(services: list[Service]) -> int:
                         stop_all()
                     else:
                         log.warning("received %s again: exiting now", name)
+                        exit_code = 128 + signum
                         outer.cancel_scope.cancel()
 
         async def run_one(service: Service) -> None:
@@ -83,9 +98,11 @@ async def supervise(services: list[Service]) -> int:
                 log.exception("%s crashed; stopping the process", service.name)
                 exit_code = 1
             finally:
+                finished[id(service)].set()
                 stop_all()
 
         outer.start_soon(watch_signals)
+        outer.start_soon(stop_in_stages)
         async with anyio.create_task_group() as inner:
             for s in services:
                 inner.start_soon(run_one, s)

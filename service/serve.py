@@ -47,6 +47,9 @@ def make_server(
         lifespan="on",
         server_header=False,
         timeout_graceful_shutdown=10,
+        # Longer than clients keep idle connections (httpx: 5 s, uvicorn's own default), so
+        # the server is never the side that closes one just as a request is sent on it.
+        timeout_keep_alive=75,
     )
     server = EmbeddedServer(config)
     server.on_shutdown = on_shutdown

@@ -280,7 +280,7 @@ def worker_service(
     worker = _make_worker(settings, database_url, profiles, registry)
     if not worker.profiles:
         log.warning("the worker serves no profiles: no handler is configured")
-    return Service("worker", worker.run, worker.stop)
+    return Service("worker", worker.run, worker.stop, stage=0)
 
 
 def run_worker_process(
@@ -307,4 +307,4 @@ def run_worker_process(
     # short-lived rows, jobs and tasks a second) stop rescanning it (~20 % less CPU per job).
     gc.collect()
     gc.freeze()
-    return anyio.run(supervise, [Service("worker", worker.run, worker.stop)])
+    return anyio.run(supervise, [Service("worker", worker.run, worker.stop, stage=0)])

@@ -1,0 +1,102 @@
+"""The supervisor's shutdown order and exit codes.
+
+Stages: in ``ai-service dev`` the worker drains its jobs against the simulator, so the
+simulator (and the API) must keep serving until the worker has finished. A second signal
+exits at once with 128 + the signal's number.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+
+import anyio
+
+from service.runtime import Service, supervise
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+
+def service(
+    name: str, stage: int, rec: Recorder, drained: anyio.Event | None = None
+) -> tuple[Service, anyio.Event]:
+    stopped = anyio.Event()
+
+    async def run() -> None:
+        await stopped.wait()
+        if drained is not None:
+            await drained.wait()  # a worker finishing its last jobs
+        rec.events.append(f"{name} finished")
+
+    def stop() -> None:
+        rec.events.append(f"{name} asked to stop")
+        stopped.set()
+
+    return Service(name, run, stop, stage=stage), stopped
+
+
+async def test_later_stages_stop_only_after_earlier_ones_finished() -> None:
+    rec = Recorder()
+    drained = anyio.Event()
+    worker, worker_asked = service("worker", 0, rec, drained)
+    services = [service("simulator", 1, rec)[0], worker, service("api", 1, rec)[0]]
+    crash = anyio.Event()
+
+    async def dies() -> None:
+        await crash.wait()
+        rec.events.append("crasher finished")
+
+    services.append(Service("crasher", dies, lambda: None, stage=2))
+    async with anyio.create_task_group() as tg:
+        result: list[int] = []
+
+        async def sup() -> None:
+            result.append(await supervise(services))
+
+        tg.start_soon(sup)
+        crash.set()  # one service ends on its own: everything is stopped, in stages
+        with anyio.fail_after(30):
+            await worker_asked.wait()
+        assert "simulator asked to stop" not in rec.events  # the worker is still draining
+        assert "api asked to stop" not in rec.events
+        drained.set()
+    assert rec.events.index("worker finished") < rec.events.index("simulator asked to stop")
+    assert rec.events.index("worker finished") < rec.events.index("api asked to stop")
+    assert result == [1]  # a service stopped unexpectedly
+
+
+def test_a_second_signal_exits_at_once_with_128_plus_the_signal() -> None:
+    script = textwrap.dedent(
+        """
+        import logging, sys, anyio
+        from service.runtime import Service, supervise
+        logging.basicConfig(stream=sys.stderr, level=logging.INFO)
+        async def forever() -> None:
+            # services start after the signal watcher has installed its handlers (FIFO)
+            print("ready", flush=True)
+            await anyio.sleep_forever()
+        sys.exit(anyio.run(supervise, [Service("stuck", forever, lambda: None)]))
+        """
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout.readline().strip() == "ready"
+        proc.send_signal(signal.SIGTERM)
+        assert "shutting down gracefully" in proc.stderr.readline()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
