@@ -9,15 +9,21 @@ import subprocess
 import time
 import uuid
 import wave
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
 import httpx
+import pytest
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from service import spans, telemetry
 from service.jobs import Job
 from service.serve import EmbeddedServer, make_server
 from service.simulator.server import listen
@@ -110,3 +116,18 @@ async def serve_asgi(app: Any) -> AsyncIterator[str]:
         finally:
             server.should_exit = True
     sock.close()
+
+
+@contextmanager
+def captured_spans(monkeypatch: pytest.MonkeyPatch) -> Iterator[InMemorySpanExporter]:
+    """This process's spans, kept in memory: an SDK provider installed where ``telemetry``
+    keeps its own, with our lean spans recording on it; undone when the block ends."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource({"service.name": "t"}), shutdown_on_exit=False)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(telemetry, "_provider", provider)
+    spans.install(provider)
+    try:
+        yield exporter
+    finally:
+        spans.install(None)

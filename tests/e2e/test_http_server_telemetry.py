@@ -8,7 +8,6 @@ the OTLP receiver decoded and what ``/metrics`` serves (API port and METRICS_POR
 
 from __future__ import annotations
 
-import os
 import re
 import uuid
 from collections.abc import Iterator
@@ -20,8 +19,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.config import FIELDS
-from tests.e2e.test_tracing import TOKEN, Proc
+from tests.e2e.test_tracing import TOKEN, Proc, base_env
 from tests.helpers import free_port, wait_for
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
 
@@ -41,13 +39,8 @@ def receiver() -> Iterator[OtlpReceiver]:
 
 
 def api_env(db_url: str, receiver: OtlpReceiver, port: int, metrics_port: int) -> dict[str, str]:
-    drop = {f.env for f in FIELDS}
-    clean = {k: v for k, v in os.environ.items() if k not in drop and not k.startswith("OTEL_")}
     return {
-        **clean,
-        "DATABASE_URL": db_url,
-        "MIGRATE_ON_START": "false",
-        "AI_SERVICE_TOKEN": TOKEN,
+        **base_env(db_url),
         "HTTP_HOST": "127.0.0.1",
         "HTTP_PORT": str(port),
         "METRICS_PORT": str(metrics_port),

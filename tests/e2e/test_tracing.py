@@ -67,14 +67,17 @@ class Proc:
         return self.proc.wait(timeout=60)
 
 
-def service_env(db_url: str, sim: RunningSimulator, otel: dict[str, str]) -> dict[str, str]:
+def base_env(db_url: str) -> dict[str, str]:
+    """The test's environment without any setting or OTEL_* variable of the shell, on a
+    migrated database, with the API token set."""
     drop = {f.env for f in FIELDS}
     clean = {k: v for k, v in os.environ.items() if k not in drop and not k.startswith("OTEL_")}
+    return {**clean, "DATABASE_URL": db_url, "MIGRATE_ON_START": "false", "AI_SERVICE_TOKEN": TOKEN}
+
+
+def service_env(db_url: str, sim: RunningSimulator, otel: dict[str, str]) -> dict[str, str]:
     return {
-        **clean,
-        "DATABASE_URL": db_url,
-        "MIGRATE_ON_START": "false",
-        "AI_SERVICE_TOKEN": TOKEN,
+        **base_env(db_url),
         "LLM_BASE_URL": sim.url,
         "LLM_API_KEY": LLM_KEY,
         "LLM_MODEL": PROFILE,

@@ -15,31 +15,23 @@ import anyio
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
-from service import metrics, spans, telemetry
+from service import metrics
 from service.metrics import build_instruments, names
 from service.providers.client import OpenAIClient
 from service.simulator import serve_simulator
+from tests.helpers import captured_spans
 
 MODEL = "qwen-test"
 
 
 @pytest.fixture
 def exporter(monkeypatch: pytest.MonkeyPatch) -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider(resource=Resource({"service.name": "t"}), shutdown_on_exit=False)
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    monkeypatch.setattr(telemetry, "_provider", provider)
-    spans.install(provider)
-    try:
+    with captured_spans(monkeypatch) as exporter:
         yield exporter
-    finally:
-        spans.install(None)
 
 
 @pytest.fixture

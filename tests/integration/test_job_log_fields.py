@@ -15,12 +15,8 @@ from typing import Any
 import anyio
 import msgspec
 import pytest
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from service import spans, telemetry
 from service.handlers.base import HandlerRegistry
 from service.jobs import Job, JobRepository, NewJob
 from service.logs import ContextFilter
@@ -29,6 +25,7 @@ from service.worker.completer import Completer
 from service.worker.executor import Executor
 from service.worker.lease import LeaseKeeper
 from service.worker.status import ProfileStats, WorkerStatus
+from tests.helpers import captured_spans
 
 PROFILE = "logs-q"
 
@@ -42,15 +39,8 @@ def records(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
 
 @pytest.fixture
 def exporter(monkeypatch: pytest.MonkeyPatch) -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider(resource=Resource({"service.name": "t"}), shutdown_on_exit=False)
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    monkeypatch.setattr(telemetry, "_provider", provider)
-    spans.install(provider)
-    try:
+    with captured_spans(monkeypatch) as exporter:
         yield exporter
-    finally:
-        spans.install(None)
 
 
 async def claimed(repo: JobRepository, worker_id: str = "w") -> Job:

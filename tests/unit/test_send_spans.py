@@ -9,28 +9,22 @@ from uuid import uuid4
 
 import pytest
 from opentelemetry import propagate, trace
-from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from service import spans, telemetry, tracing
+from service import telemetry, tracing
 from service.jobs.model import NewJob
+from tests.helpers import captured_spans
 
 
 @pytest.fixture
 def exporter(monkeypatch: pytest.MonkeyPatch) -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider(resource=Resource({"service.name": "t"}), shutdown_on_exit=False)
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    monkeypatch.setattr(telemetry, "_provider", provider)
-    monkeypatch.setattr(tracing, "tracer", provider.get_tracer("service.jobs"))
-    spans.install(provider)
-    try:
+    with captured_spans(monkeypatch) as exporter:
+        provider = telemetry._provider
+        assert isinstance(provider, TracerProvider)
+        monkeypatch.setattr(tracing, "tracer", provider.get_tracer("service.jobs"))
         yield exporter
-    finally:
-        spans.install(None)
 
 
 def _jobs(*profiles: str) -> list[NewJob]:
