@@ -320,11 +320,13 @@ class _WaitLoop:
     def answered(self, job: Job, asked: float, took: float, now: float) -> float | None:
         """None: return ``job``; else how long to pause before the next poll."""
         self.failing_since, self.failures = None, 0
-        if job.status in TERMINAL or self.last:
-            return None
         early = asked - took > 1.0
+        if job.status in TERMINAL or (self.last and not early):
+            return None  # finished, or the poll that covered the rest of the time ran out
         left = LONG_POLL_MAX if self.deadline is None else self.deadline - now
-        return max(0.0, min(1.0, left)) if early else 0.0
+        if left <= 0:
+            return None
+        return min(1.0, left) if early else 0.0
 
     def failed(self, exc: Exception, now: float) -> float:
         """How long to pause before asking again; raises ``exc`` when it is not worth it."""

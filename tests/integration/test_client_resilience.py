@@ -101,6 +101,8 @@ def test_wait_pauses_only_after_an_early_unfinished_answer() -> None:
     assert loop.answered(DONE, asked, took=0.01, now=0.01) is None
     timed = _WaitLoop(timeout=2.0, now=0.0)
     assert timed.answered(PENDING, timed.ask(0.0), took=2.0, now=2.0) is None  # time is up
+    early = _WaitLoop(timeout=30.0, now=0.0)  # the last poll, answered early: time is left
+    assert early.answered(PENDING, early.ask(0.0), took=0.01, now=0.01) == 1.0
 
 
 async def test_token_is_stripped_and_a_bad_one_is_refused_without_quoting_it() -> None:
