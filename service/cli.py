@@ -136,6 +136,7 @@ def _vllm_pair(text: str) -> tuple[str, str]:
 def cmd_infra_sidecar(args: argparse.Namespace, settings: Settings) -> int:
     import anyio
 
+    from service.providers.urls import redact_url
     from service.runtime import http_service, supervise
     from service.serve import make_server
     from service.sidecar.app import create_sidecar_app
@@ -147,7 +148,7 @@ def cmd_infra_sidecar(args: argparse.Namespace, settings: Settings) -> int:
         "infra sidecar on %s:%d (vLLM metrics: %s; Docker socket %s)",
         args.host,
         args.port,
-        ", ".join(f"{n}={u}" for n, u in vllm.items()) or "none",
+        ", ".join(f"{n}={redact_url(u)}" for n, u in vllm.items()) or "none",
         args.docker_socket,
     )
     return anyio.run(supervise, [http_service("infra-sidecar", server)])

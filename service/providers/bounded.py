@@ -63,8 +63,9 @@ async def send_bounded(
     *,
     headers: Mapping[str, str] | None = None,
     content: Any = None,
+    limit: int | None = None,
 ) -> httpx.Response:
     """``client.request`` asking for ``identity``, its answer read by ``read_bounded``."""
     asked = IDENTITY | dict(headers or {})
     request = client.build_request(method, url, headers=asked, content=content)
-    return await read_bounded(await client.send(request, stream=True))
+    return await read_bounded(await client.send(request, stream=True), limit)

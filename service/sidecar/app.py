@@ -1,5 +1,9 @@
 """The sidecar's HTTP app: ``GET /infra/status`` (everything, gathered concurrently) and
-``GET /healthz``. Read-only; it exposes no secrets and accepts no input beyond the path."""
+``GET /healthz``. Read-only; it exposes no secrets and accepts no input beyond the path.
+
+A collection is kept for ``FRESH_FOR_S``: every API replica relays this page for every
+dashboard and status call, and each collection starts NVML, lists containers and scrapes each
+vLLM; callers that arrive while one runs wait for it instead of starting their own."""
 
 from __future__ import annotations
 
@@ -14,20 +18,43 @@ from service.sidecar.containers import read_containers
 from service.sidecar.gpu import read_gpus
 from service.sidecar.vllm import read_vllm
 
+FRESH_FOR_S = 2.0
+NVML_DEADLINE_S = 2.0
+
 
 def create_sidecar_app(vllm_metrics: dict[str, str], docker_socket: str) -> Litestar:
+    lock = anyio.Lock()
+    last: dict[str, Any] = {}
+    last_at = -FRESH_FOR_S
+
     @get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     @get("/infra/status")
     async def status() -> dict[str, Any]:
+        nonlocal last, last_at
+        async with lock:
+            if time.monotonic() - last_at >= FRESH_FOR_S:
+                last = await collect()
+                last_at = time.monotonic()
+            return last
+
+    async def collect() -> dict[str, Any]:
         started = time.monotonic()
         result: dict[str, Any] = {"vllm": []}
         async with httpx.AsyncClient(timeout=3.0) as client:
 
             async def gpus() -> None:
-                result["gpus"] = await anyio.to_thread.run_sync(read_gpus)
+                result["gpus"] = {
+                    "available": False,
+                    "reason": f"NVML did not answer within {NVML_DEADLINE_S:g}s",
+                    "devices": [],
+                }
+                with anyio.move_on_after(NVML_DEADLINE_S):  # a wedged driver: leave its thread
+                    result["gpus"] = await anyio.to_thread.run_sync(
+                        read_gpus, abandon_on_cancel=True
+                    )
 
             async def containers() -> None:
                 result["containers"] = await read_containers(docker_socket)

@@ -1,15 +1,28 @@
 """Live metrics of local vLLM servers, read from their Prometheus ``/metrics`` with
 prometheus-client's parser (a maintained parser, not regexes), summarised for people:
 running/waiting requests, KV-cache usage, and time-to-first-token / end-to-end latency
-(count, mean, and p50/p95 estimated from the histogram buckets as Prometheus does)."""
+(count, mean, and p50/p95 estimated from the histogram buckets as Prometheus does).
+
+Each read is bounded (``READ_DEADLINE_S`` in all, ``MAX_METRICS_BYTES``, uncompressed only)
+and parsed off the event loop, so a slow or huge page costs that entry, not the whole status;
+URLs and errors are shown without credentials (a ``user:password@`` in a metrics URL)."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
+import anyio
+import anyio.to_thread
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
+
+from service.providers.bounded import send_bounded
+from service.providers.scrub import Scrubber
+from service.providers.urls import redact_url
+
+READ_DEADLINE_S = 2.0  # inside the API's 5 s wait for the whole status
+MAX_METRICS_BYTES = 8 * 1024 * 1024  # vLLM's page is tens of kilobytes
 
 GAUGES = {
     "vllm:num_requests_running": "requests_running",
@@ -17,6 +30,9 @@ GAUGES = {
     "vllm:kv_cache_usage_perc": "kv_cache_usage",
     "vllm:gpu_cache_usage_perc": "kv_cache_usage",  # name used by vLLM before 0.10
 }
+# Fractions per engine (data parallelism: one series each): their mean, not their sum.
+AVERAGED = frozenset({"kv_cache_usage"})
+LEGACY = frozenset({"vllm:gpu_cache_usage_perc"})  # ignored where the new name is served
 HISTOGRAMS = {
     "vllm:time_to_first_token_seconds": "time_to_first_token",
     "vllm:e2e_request_latency_seconds": "e2e_request_latency",
@@ -42,10 +58,19 @@ def _quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:
 
 def summarise(text: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for family in text_string_to_metric_families(text):
+    families = list(text_string_to_metric_families(text))
+    served = {f.name for f in families}
+    for family in families:
         # The parser drops the `_total`-style suffixes for counters only; gauges keep names.
         if family.name in GAUGES:
-            out[GAUGES[family.name]] = sum(s.value for s in family.samples)
+            if family.name in LEGACY and "vllm:kv_cache_usage_perc" in served:
+                continue
+            values = [s.value for s in family.samples]
+            key = GAUGES[family.name]
+            if key in AVERAGED:
+                out[key] = sum(values) / len(values) if values else None
+            else:
+                out[key] = sum(values)
         elif family.name in HISTOGRAMS:
             buckets: dict[float, float] = {}
             total = count = 0.0
@@ -70,13 +95,17 @@ def summarise(text: str) -> dict[str, Any]:
 
 
 async def read_vllm(name: str, metrics_url: str, client: httpx.AsyncClient) -> dict[str, Any]:
+    shown, scrub = redact_url(metrics_url), Scrubber(metrics_url)
     try:
-        resp = await client.get(metrics_url)
-        resp.raise_for_status()
-    except httpx.HTTPError as exc:
-        return {"name": name, "url": metrics_url, "reachable": False, "error": str(exc)}
+        with anyio.fail_after(READ_DEADLINE_S):
+            resp = await send_bounded(client, "GET", metrics_url, limit=MAX_METRICS_BYTES)
+            resp.raise_for_status()
+    except (httpx.HTTPError, TimeoutError) as exc:
+        error = scrub(str(exc)) or f"{type(exc).__name__} (no answer within {READ_DEADLINE_S:g}s)"
+        return {"name": name, "url": shown, "reachable": False, "error": error}
     try:
-        metrics = summarise(resp.text)
+        metrics = await anyio.to_thread.run_sync(summarise, resp.text)
     except ValueError as exc:
-        return {"name": name, "url": metrics_url, "reachable": True, "error": f"bad metrics: {exc}"}
-    return {"name": name, "url": metrics_url, "reachable": True, **metrics}
+        error = f"bad metrics: {scrub(str(exc))}"
+        return {"name": name, "url": shown, "reachable": True, "error": error}
+    return {"name": name, "url": shown, "reachable": True, **metrics}
