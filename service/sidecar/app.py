@@ -14,12 +14,12 @@ import anyio
 import httpx
 from litestar import Litestar, get
 
+from service.sidecar import SOURCE_DEADLINE_S
 from service.sidecar.containers import read_containers
 from service.sidecar.gpu import read_gpus
 from service.sidecar.vllm import read_vllm
 
 FRESH_FOR_S = 2.0
-NVML_DEADLINE_S = 2.0
 
 
 def create_sidecar_app(vllm_metrics: dict[str, str], docker_socket: str) -> Litestar:
@@ -48,10 +48,10 @@ def create_sidecar_app(vllm_metrics: dict[str, str], docker_socket: str) -> Lite
             async def gpus() -> None:
                 result["gpus"] = {
                     "available": False,
-                    "reason": f"NVML did not answer within {NVML_DEADLINE_S:g}s",
+                    "reason": f"NVML did not answer within {SOURCE_DEADLINE_S:g}s",
                     "devices": [],
                 }
-                with anyio.move_on_after(NVML_DEADLINE_S):  # a wedged driver: leave its thread
+                with anyio.move_on_after(SOURCE_DEADLINE_S):  # a wedged driver: leave its thread
                     result["gpus"] = await anyio.to_thread.run_sync(
                         read_gpus, abandon_on_cancel=True
                     )

@@ -12,8 +12,8 @@ import anyio
 import httpx
 
 from service.providers.bounded import send_bounded
+from service.sidecar import SOURCE_DEADLINE_S
 
-READ_DEADLINE_S = 2.0
 MAX_LISTING_BYTES = 4 * 1024 * 1024
 
 
@@ -33,8 +33,8 @@ def _item(row: Any) -> dict[str, Any] | None:
 async def read_containers(socket_path: str = "/var/run/docker.sock") -> dict[str, Any]:
     transport = httpx.AsyncHTTPTransport(uds=socket_path)
     try:
-        with anyio.fail_after(READ_DEADLINE_S):
-            async with httpx.AsyncClient(transport=transport, timeout=READ_DEADLINE_S) as client:
+        with anyio.fail_after(SOURCE_DEADLINE_S):
+            async with httpx.AsyncClient(transport=transport, timeout=SOURCE_DEADLINE_S) as client:
                 url = "http://docker/containers/json?all=true"
                 resp = await send_bounded(client, "GET", url, limit=MAX_LISTING_BYTES)
                 resp.raise_for_status()
@@ -42,7 +42,7 @@ async def read_containers(socket_path: str = "/var/run/docker.sock") -> dict[str
     except httpx.ConnectError:
         return {"available": False, "reason": f"no Docker socket at {socket_path}", "items": []}
     except (httpx.HTTPError, ValueError, TimeoutError) as exc:
-        reason = str(exc) or f"{type(exc).__name__} within {READ_DEADLINE_S:g}s"
+        reason = str(exc) or f"{type(exc).__name__} within {SOURCE_DEADLINE_S:g}s"
         return {"available": False, "reason": f"Docker API error: {reason}", "items": []}
     if not isinstance(rows, list):
         return {"available": False, "reason": "Docker API error: not a list", "items": []}
