@@ -42,6 +42,8 @@ def _terminate_as_exit(signum: int, frame: Any) -> None:
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    import psycopg
+
     from service.db.migrate import MigrationError, migrate, pending_migrations
 
     url = _require_db(settings)
@@ -59,7 +61,14 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
         print("schema is up to date")
     except MigrationError as exc:
         _die(f"migration error: {exc}", 1)
+    except psycopg.OperationalError as exc:
+        _db_unavailable(exc)
     return 0
+
+
+def _db_unavailable(exc: Exception) -> NoReturn:
+    """One line, exit 1: an init container or a Job retries; a traceback helps nobody."""
+    _die(f"database unavailable: {(str(exc).strip().splitlines() or ['?'])[0]}", 1)
 
 
 def _require_db(settings: Settings) -> str:
@@ -85,7 +94,7 @@ def _migrate_on_start(settings: Settings, url: str) -> None:
     except MigrationError as exc:
         _die(f"migration error: {exc}", 1)
     except psycopg.OperationalError as exc:
-        _die(f"database unavailable: {(str(exc).strip().splitlines() or ['?'])[0]}", 1)
+        _db_unavailable(exc)
     if pending:
         names = ", ".join(f"{m.version:04d}_{m.name}" for m in pending)
         _die(

@@ -16,7 +16,7 @@ from psycopg.rows import dict_row
 
 from service.db.migrate import MigrationError, load_migrations, migrate, pending_migrations
 from service.jobs.model import EARLIEST, LATEST, Job
-from tests.helpers import ROOT
+from tests.helpers import ROOT, free_port
 from tests.schema_dump import dump_schema
 
 SNAPSHOT = ROOT / "sql" / "schema.snapshot.sql"
@@ -154,6 +154,19 @@ def test_cli_migrate_check_exit_codes(empty_db_url: str) -> None:
     assert applied.returncode == 0, applied.stderr
     clean = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
     assert clean.returncode == 0, clean.stderr
+
+
+@pytest.mark.parametrize("args", [["migrate"], ["migrate", "--check"]])
+def test_cli_migrate_on_an_unreachable_database_says_so_in_one_line(args: list[str]) -> None:
+    """The migrate Job and the init container's ``--check`` fail and are retried by
+    Kubernetes; their log should say why, not hold a traceback."""
+    url = f"postgresql://nobody@127.0.0.1:{free_port()}/nothing?connect_timeout=5"
+    env = {**os.environ, "DATABASE_URL": url}
+    cmd = [sys.executable, "-m", "service", *args]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith("ai-service: database unavailable: "), done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
 
 
 def test_0004_repairs_rows_no_reader_could_load_and_then_refuses_them(
