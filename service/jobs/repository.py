@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, NamedTuple
 from uuid import UUID
 
@@ -25,6 +26,15 @@ from service.jobs.model import Job, JobFilter, NewJob
 log = logging.getLogger("ai_service.jobs")
 
 REAPER_LOCK_KEY = 0x61695F72656170  # "ai_reap"
+_EXACT = msgspec.json.Decoder(float_hook=Decimal)
+
+
+def _as_stored(value: Any) -> Any:
+    """``value`` with its numbers as exact decimals: jsonb keeps a number's decimal value, so
+    ``1e23`` comes back as the integer ``10**23``, which Python finds unequal to the float
+    ``1e23`` it was sent as. Comparing inputs this way, an idempotent repeat of such an input
+    is the same request, not a conflict."""
+    return _EXACT.decode(msgspec.json.encode(value))
 
 
 def new_id() -> UUID:
@@ -80,12 +90,12 @@ class JobRepository:
     # --- submission ---------------------------------------------------------------------
     def _asked(self, new: NewJob) -> tuple[Any, ...]:
         """What an idempotent repeat must ask for again (``run_after`` may differ)."""
-        return (new.task_type, new.model_profile, new.owner_ref, new.input, new.priority,
-                new.max_attempts or self.default_max_attempts)  # fmt: skip
+        return (new.task_type, new.model_profile, new.owner_ref, _as_stored(new.input),
+                new.priority, new.max_attempts or self.default_max_attempts)  # fmt: skip
 
     def _same_request(self, new: NewJob, job: Job) -> bool:
-        stored = (job.task_type, job.model_profile, job.owner_ref, job.input, job.priority,
-                  job.max_attempts)  # fmt: skip
+        stored = (job.task_type, job.model_profile, job.owner_ref, _as_stored(job.input),
+                  job.priority, job.max_attempts)  # fmt: skip
         return self._asked(new) == stored
 
     async def create(
@@ -93,30 +103,30 @@ class JobRepository:
     ) -> tuple[Job, bool]:
         """Insert one job; returns (job, created). A repeated idempotency key with the same
         body returns the existing job with ``created=False``; a different body raises."""
-        row = await self.db.fetchrow(
-            "create_job",
-            {
-                "id": new_id(),
-                "owner_service": new.owner_service,
-                "owner_ref": new.owner_ref,
-                "task_type": new.task_type,
-                "model_profile": new.model_profile,
-                "priority": new.priority,
-                "max_attempts": new.max_attempts or self.default_max_attempts,
-                "input": jsonb(new.input),
-                "run_after": new.run_after,
-                "idempotency_key": new.idempotency_key,
-                "trace_context": jsonb(trace_context) if trace_context else None,
-            },
-        )
-        if row is not None:
-            return Job.from_row(row), True
-        assert new.idempotency_key is not None  # only a key conflict inserts nothing
-        existing = await self._by_keys(new.owner_service, [new.idempotency_key])
-        job = existing[new.idempotency_key]
-        if not self._same_request(new, job):
-            raise IdempotencyConflict(new.idempotency_key, job.id)
-        return job, False
+        params = {
+            "owner_service": new.owner_service,
+            "owner_ref": new.owner_ref,
+            "task_type": new.task_type,
+            "model_profile": new.model_profile,
+            "priority": new.priority,
+            "max_attempts": new.max_attempts or self.default_max_attempts,
+            "input": jsonb(new.input),
+            "run_after": new.run_after,
+            "idempotency_key": new.idempotency_key,
+            "trace_context": jsonb(trace_context) if trace_context else None,
+        }
+        while True:
+            row = await self.db.fetchrow("create_job", {"id": new_id(), **params})
+            if row is not None:
+                return Job.from_row(row), True
+            assert new.idempotency_key is not None  # only a key conflict inserts nothing
+            existing = await self._by_keys(new.owner_service, [new.idempotency_key])
+            job = existing.get(new.idempotency_key)
+            if job is None:  # the job holding the key was deleted meanwhile (retention)
+                continue
+            if not self._same_request(new, job):
+                raise IdempotencyConflict(new.idempotency_key, job.id)
+            return job, False
 
     async def _by_keys(self, owner_service: str, keys: list[str]) -> dict[str, Job]:
         rows = await self.db.fetch(

@@ -71,6 +71,42 @@ async def test_idempotency_same_body_returns_existing_different_body_conflicts(
     assert created3 and other.id != first.id
 
 
+# Numbers jsonb stores as their decimal value and gives back as another Python type.
+JSONB_REWRITES: dict[str, Any] = {"a": 1e23, "b": [1e16, 1.5e300, 0.1], "c": -0.0}
+
+
+async def test_an_idempotent_repeat_of_numbers_jsonb_rewrites_is_the_same_request(
+    repo: JobRepository,
+) -> None:
+    first, _ = await repo.create(nj(idempotency_key="num", input=JSONB_REWRITES))
+    assert first.input["a"] == 10**23  # what jsonb gives back: not equal to the float 1e23
+    again, created = await repo.create(nj(idempotency_key="num", input=JSONB_REWRITES))
+    assert (again.id, created) == (first.id, False)
+    out = await repo.create_batch([nj(idempotency_key="num", input=JSONB_REWRITES)])
+    assert out == [(first.id, False)]
+    with pytest.raises(IdempotencyConflict):
+        await repo.create(nj(idempotency_key="num", input={**JSONB_REWRITES, "a": 1e22}))
+
+
+async def test_a_key_freed_between_the_insert_and_the_read_is_taken_again(
+    repo: JobRepository, db_url: str
+) -> None:
+    """The job holding the key is deleted (retention) right after our insert skipped it."""
+    first, _ = await repo.create(nj(idempotency_key="gone"))
+    real = repo._by_keys
+
+    async def deleted_first(owner_service: str, keys: list[str]) -> dict[str, Job]:
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            conn.execute("DELETE FROM ai_jobs WHERE id = %s", (first.id,))
+        repo._by_keys = real  # type: ignore[method-assign]
+        return await real(owner_service, keys)
+
+    repo._by_keys = deleted_first  # type: ignore[method-assign]
+    job, created = await repo.create(nj(idempotency_key="gone"))
+    assert created and job.id != first.id
+    assert (await repo.get(job.id)).idempotency_key == "gone"
+
+
 async def test_batch_one_statement_with_idempotent_repeats(repo: JobRepository) -> None:
     existing, _ = await repo.create(nj(idempotency_key="dup"))
     batch = [nj(owner_ref=str(i)) for i in range(500)] + [nj(idempotency_key="dup")]
