@@ -14,6 +14,7 @@ from __future__ import annotations
 import email.utils
 import time
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import msgspec
@@ -27,6 +28,7 @@ from service.handlers.base import (
 )
 from service.providers.bounded import ResponseRefused
 from service.providers.scrub import Scrubber
+from service.providers.urls import redact_url
 
 RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 MAX_MESSAGE_CHARS = 500
@@ -77,11 +79,28 @@ def provider_message(response: httpx.Response, scrub: Scrubber) -> str:
     return text
 
 
+def _location(response: httpx.Response, scrub: Scrubber) -> str:
+    """Where a redirect points, without credentials, query or fragment (tokens live there)."""
+    try:
+        parts = urlsplit(redact_url(response.headers.get("location", "")))
+        shown = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+    except ValueError:  # an unparsable port, say
+        shown = ""
+    return " ".join(scrub(shown).split())[:MAX_MESSAGE_CHARS] or "?"
+
+
 def error_for_status(name: str, response: httpx.Response, scrub: Scrubber) -> HandlerError | None:
     """The error a non-2xx response stands for, or ``None`` for success."""
     status = response.status_code
-    if status < 400:
+    if status < 300:
         return None
+    if status < 400:  # not followed: a POST redirected is a base URL that points elsewhere
+        where = _location(response, scrub)
+        return ProviderRejected(
+            f"{name} answered HTTP {status} redirecting to {where}; set its base URL to the "
+            "address it redirects to",
+            loggable=f"{name} answered HTTP {status} (a redirect; where to is on the job)",
+        )
     message = provider_message(response, scrub)
     retry_after = parse_retry_after(response.headers.get("retry-after"))
     what = f"{name} answered HTTP {status}: {message}"

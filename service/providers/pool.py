@@ -34,6 +34,10 @@ import httpx
 from service.providers.bounded import IDENTITY, read_bounded, send_bounded
 
 USER_AGENT = f"python-httpx/{httpx.__version__}"  # what httpx's client would send
+# vLLM's server closes a connection idle for 5 s (VLLM_HTTP_TIMEOUT_KEEP_ALIVE). A request sent
+# on a pooled connection just as the server closes it fails with a ReadError and costs the job
+# an attempt, so pooled connections are dropped first, at 4 s.
+KEEPALIVE_EXPIRY = 4.0
 
 
 class ShardedClient:
@@ -45,7 +49,7 @@ class ShardedClient:
         max_connections: int,
         headers: Mapping[str, str] | None = None,
         timeout: httpx.Timeout,
-        keepalive_expiry: float = 60.0,
+        keepalive_expiry: float = KEEPALIVE_EXPIRY,
         direct: bool = True,
     ) -> None:
         # httpx's default verification (the CA bundle, or SSL_CERT_FILE / SSL_CERT_DIR), once.

@@ -60,9 +60,9 @@ def _config(app: Any, config: SimulatorConfig, log_level: str) -> uvicorn.Config
         log_level=log_level,
         access_log=False,
         lifespan="on",
-        # Keep connections open longer than clients do, so a pooled connection is never
-        # closed by us while a client is about to reuse it.
-        timeout_keep_alive=75,
+        # vLLM's default (VLLM_HTTP_TIMEOUT_KEEP_ALIVE=5): clients must cope with a server that
+        # closes idle connections after 5 s, as the real one does.
+        timeout_keep_alive=5,
         timeout_graceful_shutdown=5,
     )
 

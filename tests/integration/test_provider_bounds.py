@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from service.handlers.base import InvalidOutput
+from service.handlers.base import InvalidOutput, ProviderRejected
 from service.providers import bounded
 from service.providers.client import OpenAIClient
 from service.providers.multipart import AudioUpload, MultipartBody
@@ -82,3 +82,20 @@ async def test_a_media_type_cannot_inject_part_headers() -> None:
         head = b"".join([part async for part in body]).decode()
         assert f"Content-Type: {written}\r\n\r\nRIFF" in head
         assert head.count("Content-Disposition") == 2
+
+
+async def test_a_redirect_is_refused_naming_where_it_points() -> None:
+    """A POST is not followed (a proxy sending http to https, a moved base URL): the job says
+    where the base URL should point instead of failing on an unreadable body."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if await lifespan(scope, receive, send):
+            return
+        headers = [(b"location", b"https://u:secret@llm.example/v1/chat/completions")]
+        await send({"type": "http.response.start", "status": 301, "headers": headers})
+        await send({"type": "http.response.body", "body": b"moved"})
+
+    async with serve_asgi(app) as url, OpenAIClient("llm", url) as client:
+        with pytest.raises(ProviderRejected, match="HTTP 301 redirecting to https://") as info:
+            await client.chat(model="m", messages=HI)
+    assert "secret" not in str(info.value) and "llm.example" in str(info.value)
