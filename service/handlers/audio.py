@@ -41,7 +41,7 @@ import httpcore
 import httpx
 
 from service.config import ConfigError, Settings
-from service.handlers.base import InvalidInput, ProviderUnavailable
+from service.handlers.base import InvalidInput, JobTimeout, ProviderUnavailable
 from service.providers.errors import parse_retry_after
 from service.providers.multipart import AudioUpload
 
@@ -264,7 +264,7 @@ class AudioFetcher:
                 with anyio.fail_after(self.timeout):
                     final, size, content_type, head = await self._download(url, spool)
             except TimeoutError:
-                raise ProviderUnavailable(
+                raise JobTimeout(
                     f"downloading audio_url did not finish within {self.timeout:g}s"
                 ) from None
 
@@ -292,7 +292,7 @@ class AudioFetcher:
                     self._check_status(response)
                     return await self._save(current, response, spool)
             except httpx.TimeoutException:
-                raise ProviderUnavailable("audio_url did not answer in time") from None
+                raise JobTimeout("audio_url did not answer in time") from None
             except httpx.TransportError as exc:
                 raise ProviderUnavailable(
                     f"audio_url could not be fetched: {exc or type(exc).__name__}"

@@ -15,11 +15,12 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
+import anyio
 import pytest
 
 from service.config import ConfigError, Settings
 from service.handlers.audio import AudioFetcher, AudioPolicy, decode_base64_audio, parse_networks
-from service.handlers.base import InvalidInput, ProviderUnavailable
+from service.handlers.base import InvalidInput, JobTimeout, ProviderUnavailable
 from tests.helpers import lifespan, serve_asgi, wav_bytes
 
 pytestmark = pytest.mark.anyio
@@ -244,3 +245,27 @@ def test_settings_feed_the_policy() -> None:
         ConfigError, match=r"AUDIO_URL_ALLOWED_NETWORKS='10\.0\.0\.0/33' is invalid"
     ):
         parse_networks(["10.0.0.0/33"])
+
+
+async def test_a_download_over_its_time_is_a_timeout() -> None:
+    """A stalled audio host is a ``timeout`` (retryable), as the issue names it: dashboards
+    tell slow audio hosts from a GPU server that is down."""
+    never = anyio.Event()
+
+    async def stalled(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if await lifespan(scope, receive, send):
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"RIFF", "more_body": True})
+        await never.wait()  # the rest never comes
+
+    async with serve_asgi(stalled) as base:
+        f = AudioFetcher(AudioPolicy(allowed_networks=LOOPBACK_ONLY), timeout=0.3)
+        try:
+            with pytest.raises(JobTimeout, match=r"did not finish within 0\.3s") as err:
+                async with f.fetch(f"{base}/call.wav"):
+                    pass
+        finally:
+            never.set()
+            await f.aclose()
+    assert err.value.category == "timeout" and err.value.retryable
