@@ -167,9 +167,16 @@ def _response_format(raw: Any) -> dict[str, Any] | None:
         )
     if raw["type"] == "json_schema":
         spec = raw.get("json_schema")
-        if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
+        # vLLM (as OpenAI) refuses a json_schema without a string name: a 400 for the job.
+        if (
+            not isinstance(spec, dict)
+            or not isinstance(spec.get("schema"), dict)
+            or not isinstance(spec.get("name"), str)
+            or not spec["name"]
+        ):
             raise InvalidInput(
-                "response_format of type json_schema needs json_schema: {name, schema: {...}}",
+                "response_format of type json_schema needs json_schema: "
+                '{"name": "<non-empty string>", "schema": {...}}',
                 field="response_format.json_schema",
             )
     return dict(raw)

@@ -156,6 +156,10 @@ def _check_chat(body: Any, sim: Simulator) -> Response[Any] | None:
         not isinstance(rf, dict) or rf.get("type") not in ("text", "json_object", "json_schema")
     ):
         return error(400, "response_format.type must be text, json_object or json_schema.")
+    if rf is not None and rf["type"] == "json_schema":
+        spec = rf.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            return error(400, "response_format.json_schema.name: Field required")
     return None
 
 

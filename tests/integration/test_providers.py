@@ -62,6 +62,13 @@ async def test_json_response_format_and_schema() -> None:
             response_format={"type": "json_schema", "json_schema": {"name": "s", "schema": schema}},
         )
         assert out.choices[0].message.content == '{"sentiment":"positive","score":0.5}'
+        # As vLLM: a json_schema without a name is a 400 (the API refuses it at submission).
+        with pytest.raises(ProviderRejected, match=r"json_schema\.name"):
+            await client.chat(
+                model=CHAT,
+                messages=HI,
+                response_format={"type": "json_schema", "json_schema": {"schema": schema}},
+            )
 
 
 async def test_transcribe_streams_multipart_and_reads_voxtral_shape() -> None:

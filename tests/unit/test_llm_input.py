@@ -96,6 +96,10 @@ def test_chat_refuses_unknown_fields_by_name(task_type: str) -> None:
     assert parse_chat_input(task_type, {"user": "Hi", "metadata": {"k": 1}}).messages
 
 
+UNNAMED_SCHEMA = {"type": "json_schema", "json_schema": {"schema": {}}}
+NUMBER_NAMED_SCHEMA = {"type": "json_schema", "json_schema": {"name": 7, "schema": {}}}
+
+
 @pytest.mark.parametrize(
     ("data", "expected"),
     [
@@ -121,6 +125,8 @@ def test_chat_refuses_unknown_fields_by_name(task_type: str) -> None:
         ({"user": "x", "response_format": {"type": "yaml"}}, "response_format must be"),
         ({"user": "x", "response_format": "json"}, "response_format must be"),
         ({"user": "x", "response_format": {"type": "json_schema"}}, "needs json_schema"),
+        ({"user": "x", "response_format": UNNAMED_SCHEMA}, '"name": "<non-empty string>"'),
+        ({"user": "x", "response_format": NUMBER_NAMED_SCHEMA}, "needs json_schema"),
     ],
 )
 def test_bad_chat_fields_are_named(data: dict[str, Any], expected: str) -> None:
