@@ -375,7 +375,7 @@ FIELDS: Final[tuple[Field, ...]] = (
         str,
         "",
         "text",
-        "transcription instruction sent to Voxtral",
+        "sent as the transcription `prompt` (vLLM's Voxtral ignores it)",
     ),
     Field(
         "TRANSCRIPTION_TIMEOUT",
