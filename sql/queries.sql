@@ -94,12 +94,16 @@ WHERE id = %(id)s AND status = 'running' AND worker_id = %(worker_id)s
 RETURNING *;
 
 -- name: complete_jobs
--- Many completions in one statement and one commit (the worker batches them).
+-- Many completions in one statement and one commit (the worker batches them). A run is named
+-- by its started_at: a result of an earlier run of a job this worker has claimed again (after
+-- a retry or a reap) must not complete the newer run.
 UPDATE ai_jobs AS j
 SET status = 'completed', result = u.result, finished_at = now(), updated_at = now(),
     lease_expires_at = NULL, error_category = NULL, error_message = NULL
-FROM unnest(%(ids)b::uuid[], %(results)b::jsonb[]) AS u(id, result)
+FROM unnest(%(ids)b::uuid[], %(results)b::jsonb[], %(started)b::timestamptz[])
+     AS u(id, result, started_at)
 WHERE j.id = u.id AND j.status = 'running' AND j.worker_id = %(worker_id)s
+  AND (u.started_at IS NULL OR j.started_at = u.started_at)
 RETURNING j.id;
 
 -- name: fail_job
@@ -122,6 +126,7 @@ SET status = CASE WHEN %(retryable)s AND attempts < max_attempts
     error_message = %(error_message)s,
     updated_at = now()
 WHERE id = %(id)s AND status = 'running' AND worker_id = %(worker_id)s
+  AND (%(started_at)s::timestamptz IS NULL OR started_at = %(started_at)s::timestamptz)
 RETURNING *;
 
 -- name: release_jobs

@@ -328,8 +328,15 @@ class JobRepository:
             raise await self._refusal(job_id, "complete", worker_id)
         return Job.from_row(row)
 
-    async def complete_many(self, worker_id: str, items: Sequence[tuple[UUID, Any]]) -> set[UUID]:
-        """Store many results in one statement; returns the ids this worker still held."""
+    async def complete_many(
+        self,
+        worker_id: str,
+        items: Sequence[tuple[UUID, Any]],
+        started: Sequence[datetime | None] | None = None,
+    ) -> set[UUID]:
+        """Store many results in one statement; returns the ids this worker still held.
+        ``started`` (the runs' ``started_at``, parallel to ``items``) stores a result only in
+        the run that produced it, not in a later claim of the same job by this worker."""
         if not items:
             return set()
         rows = await self.db.fetch(
@@ -338,6 +345,7 @@ class JobRepository:
                 "worker_id": worker_id,
                 "ids": [i for i, _ in items],
                 "results": [jsonb(r) for _, r in items],
+                "started": list(started) if started is not None else [None] * len(items),
             },
             traced=False,  # serves many jobs, never inside a span: see ``Session``
         )
@@ -352,17 +360,23 @@ class JobRepository:
         error_message: str,
         retryable: bool,
         retry_after: float | None = None,
+        started_at: datetime | None = None,
     ) -> Job:
         """Record a failure; retryable ones with attempts left return to pending after backoff.
-        A NUL in the message (a provider's body quoted in it) is shown as U+FFFD: PostgreSQL
-        text cannot hold one, and refusing the write would leave the job to its lease."""
+        With ``started_at``, only in that run of the job (see ``complete_many``).
+        A NUL or a lone surrogate in the message (a provider's body quoted in it) is shown
+        replaced: PostgreSQL text cannot hold a NUL, psycopg cannot encode a surrogate, and
+        refusing the write would leave the job to its lease."""
+        message = error_message[:4000].replace("\x00", "\ufffd")
+        message = message.encode("utf-8", "replace").decode("utf-8")
         row = await self.db.fetchrow(
             "fail_job",
             {
                 "id": job_id,
                 "worker_id": worker_id,
+                "started_at": started_at,
                 "error_category": error_category,
-                "error_message": error_message[:4000].replace("\x00", "\ufffd"),
+                "error_message": message,
                 "retryable": retryable,
                 "retry_after": retry_after,
                 "backoff_base": self.backoff_base,

@@ -106,7 +106,9 @@ class Completer:
                 return True
             try:
                 held = await self.repo.complete_many(
-                    self.worker_id, [(job_id, result) for job_id, (_, result) in batch]
+                    self.worker_id,
+                    [(job_id, result) for job_id, (_, result) in batch],
+                    [job.started_at for _, (job, _) in batch],
                 )
             except DatabaseUnavailable as exc:
                 log.warning("storing %d results failed, will retry: %s", len(batch), exc)
@@ -124,7 +126,9 @@ class Completer:
         for item in batch:
             job_id, (job, result) = item
             try:
-                held = await self.repo.complete_many(self.worker_id, [(job_id, result)])
+                held = await self.repo.complete_many(
+                    self.worker_id, [(job_id, result)], [job.started_at]
+                )
             except DatabaseUnavailable:
                 return False
             except (ValueRefused, IntegrityViolation) as exc:
@@ -151,6 +155,12 @@ class Completer:
         if item is not None:
             self._items[job_id] = item
 
+    def _forget(self, job_id: UUID, item: tuple[Job, Any]) -> None:
+        """Drop ``item`` once settled, unless a newer run of the job (claimed again by this
+        worker) has queued its own result meanwhile: that one is still to be stored."""
+        if self._items.get(job_id) is item:
+            del self._items[job_id]
+
     async def _fail_unstorable(self, job: Job, exc: Exception) -> bool:
         """Fail ``job`` for a result the database refused for good; False if that could not
         be recorded now (the result stays queued and is tried again)."""
@@ -164,6 +174,7 @@ class Completer:
                 error_category=InvalidOutput.category,
                 error_message=f"the result could not be stored: {exc}",
                 retryable=InvalidOutput.retryable,
+                started_at=job.started_at,
             )
         except JobError:
             return True  # no longer ours
@@ -185,8 +196,9 @@ class Completer:
         return True
 
     def _settle(self, batch: Sequence[Item], held: set[UUID], *, counted: bool = False) -> None:
-        for job_id, (job, _) in batch:
-            self._items.pop(job_id, None)
+        for job_id, item in batch:
+            self._forget(job_id, item)
+            job = item[0]
             stats = self.status.profiles.get(job.model_profile)
             if counted or stats is None:
                 continue

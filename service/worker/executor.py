@@ -256,6 +256,7 @@ class Executor:
                     error_message=message,
                     retryable=retryable,
                     retry_after=retry_after,
+                    started_at=job.started_at,
                 )
                 break
             except DatabaseUnavailable as dberr:
@@ -265,6 +266,14 @@ class Executor:
                 self.status.profiles[job.model_profile].discarded += 1
                 log.warning("failure of job %s not recorded: %s", job.id, conflict)
                 return
+            except Exception as refused:
+                # The database refused what the message holds (a value it cannot store):
+                # recorded once more without it, rather than left running to its lease.
+                bare = f"{category} (its message could not be stored: {type(refused).__name__})"
+                if message == bare:
+                    raise
+                log.warning("recording the failure of job %s failed: %s", job.id, refused)
+                message = bare
         stats = self.status.profiles[job.model_profile]
         metrics.job_failed(job, category, final=failed.status != "pending")
         if failed.status == "pending":

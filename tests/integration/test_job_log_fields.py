@@ -103,10 +103,10 @@ async def test_completer_lines_about_one_job_carry_its_id(
     completer = Completer(repo, "w", status())
     real = repo.complete_many
 
-    async def complete_many(worker_id: str, items: Any) -> set[Any]:
+    async def complete_many(worker_id: str, items: Any, started: Any = None) -> set[Any]:
         if any(job_id == unknown.id for job_id, _ in items):
             raise RuntimeError("an error of no known kind")
-        return await real(worker_id, items)
+        return await real(worker_id, items, started)
 
     monkeypatch.setattr(repo, "complete_many", complete_many)
     await completer.submit(refused, msgspec.Raw(b'{"t": "\\u0000"}'))  # jsonb refuses it

@@ -147,11 +147,13 @@ async def test_a_result_refused_for_an_unknown_reason_is_retried_not_failed(
     refusals: list[UUID] = []
     real = JobRepository.complete_many
 
-    async def complete_many(self: JobRepository, worker_id: str, items: Any) -> set[UUID]:
+    async def complete_many(
+        self: JobRepository, worker_id: str, items: Any, started: Any = None
+    ) -> set[UUID]:
         if any(r == {"odd": True} for _, r in _decoded(items)) and len(refusals) < 3:
             refusals.append(items[0][0])
             raise psycopg.errors.InternalError_("could not read block 0: unexpected error")
-        return await real(self, worker_id, items)
+        return await real(self, worker_id, items, started)
 
     monkeypatch.setattr(JobRepository, "complete_many", complete_many)
 
@@ -206,19 +208,49 @@ async def test_a_handler_raising_what_is_not_an_exception_fails_the_attempt(
     )
 
 
-async def test_a_nul_in_an_error_message_still_records_the_failure(
-    repo: JobRepository, db_url: str
+async def test_a_failure_whose_message_is_refused_is_recorded_without_it(
+    repo: JobRepository, db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A provider's body quoted into the message may hold one; PostgreSQL text cannot."""
+    """Whatever the database refuses in a message (not a NUL or a surrogate: those are
+    replaced), the failure is still recorded instead of the job waiting out its lease."""
+    real = JobRepository.fail
+
+    async def fail(self: JobRepository, job_id: UUID, worker_id: str, **kw: Any) -> Job:
+        if "refuse me" in kw["error_message"]:
+            raise ValueRefused("value too long for type character varying(4000)")
+        return await real(self, job_id, worker_id, **kw)
+
+    monkeypatch.setattr(JobRepository, "fail", fail)
 
     async def handler(job: Job) -> Any:
-        raise RuntimeError("provider said \x00 nothing")
+        raise RuntimeError("refuse me")
 
     async with running_worker(db_url, registry(handler)):  # leases: an hour
         job, _ = await repo.create(nj(max_attempts=1))
         done = await until(lambda: finished(repo, job.id), what="the failure")
     assert (done.status, done.error_category) == ("failed", "internal")
+    assert done.error_message == "internal (its message could not be stored: ValueRefused)"
+
+
+async def test_a_nul_or_a_surrogate_in_an_error_message_still_records_the_failure(
+    repo: JobRepository, db_url: str
+) -> None:
+    """A provider's body quoted into the message may hold a NUL, which PostgreSQL text cannot,
+    or a library's message a lone surrogate, which psycopg cannot encode."""
+
+    async def handler(job: Job) -> Any:  # (neither can travel in jsonb: made from a name)
+        said = {"nul": "\x00", "surrogate": "\udcff"}[job.input["say"]]
+        raise RuntimeError(f"provider said {said} nothing")
+
+    async with running_worker(db_url, registry(handler)):  # leases: an hour
+        nul, _ = await repo.create(nj(max_attempts=1, input={"say": "nul"}))
+        lone, _ = await repo.create(nj(max_attempts=1, input={"say": "surrogate"}))
+        done = await until(lambda: finished(repo, nul.id), what="the failure")
+        other = await until(lambda: finished(repo, lone.id), what="the other failure")
+    assert (done.status, done.error_category) == ("failed", "internal")
     assert "provider said \ufffd nothing" in (done.error_message or "")
+    assert (other.status, other.error_category) == ("failed", "internal")
+    assert "provider said ? nothing" in (other.error_message or "")
 
 
 async def test_stopping_releases_a_job_whose_result_cannot_be_stored(
@@ -228,7 +260,9 @@ async def test_stopping_releases_a_job_whose_result_cannot_be_stored(
     refused is handed back to pending (attempt not counted), not left to its lease."""
     monkeypatch.setattr("service.worker.shutdown.FINAL_WRITES_TIMEOUT", 2.0)
 
-    async def complete_many(self: JobRepository, worker_id: str, items: Any) -> set[UUID]:
+    async def complete_many(
+        self: JobRepository, worker_id: str, items: Any, started: Any = None
+    ) -> set[UUID]:
         raise psycopg.errors.InternalError_("could not read block 0: unexpected error")
 
     monkeypatch.setattr(JobRepository, "complete_many", complete_many)
