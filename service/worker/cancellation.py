@@ -7,11 +7,16 @@ decides what happens to the job afterwards:
   keeper or told by a notification naming the run; the late result is discarded.
 - ``cancelled``: a ``ai_jobs_cancelled`` notification (the API cancelled the job); discarded.
 - ``shutdown``: the shutdown grace ran out; the job is released to pending.
+
+A notification about a job not (yet) running here is remembered for a minute: the claim that
+took the job may have committed just before the cancel, with its rows still on their way to
+the executor when the notification arrives. The run is stopped as soon as it is added.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -39,6 +44,9 @@ class RunningJob:
             self.scope.cancel()
 
 
+RECENT_SECONDS = 60.0  # how long a notification about a job not running here is kept
+RECENT_MAX = 10_000  # and how many (a bulk cancel names every job it cancels)
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
@@ -54,6 +62,8 @@ class Running:
         self._jobs: dict[UUID, RunningJob] = {}
         self._empty = anyio.Event()
         self._empty.set()
+        # (job id, run in µs or None for the job's cancellation) -> when it was heard
+        self._recent: dict[tuple[UUID, int | None], float] = {}
 
     def add(self, job: Job) -> RunningJob:
         old = self._jobs.get(job.id)
@@ -64,6 +74,11 @@ class Running:
         self._jobs[job.id] = entry
         if self._empty.is_set():
             self._empty = anyio.Event()
+        if self._recent:
+            if self._recent.pop((job.id, None), None) is not None:
+                self._stop(entry, "cancelled")
+            elif self._recent.pop((job.id, _micros(job.started_at)), None) is not None:
+                self._stop(entry, "lost")
         return entry
 
     def remove(self, entry: RunningJob) -> None:
@@ -76,13 +91,28 @@ class Running:
         """Stop the run of ``job_id`` here, if any; with ``started_us``, only if it is the
         run that started then (a newer claim of the same job is another run)."""
         entry = self._jobs.get(job_id)
-        if entry is None:
+        if entry is None or (
+            started_us is not None and _micros(entry.job.started_at) != started_us
+        ):
+            self._remember((job_id, started_us))
             return False
-        if started_us is not None and _micros(entry.job.started_at) != started_us:
-            return False
+        self._stop(entry, reason)
+        return True
+
+    def _stop(self, entry: RunningJob, reason: Reason) -> None:
+        job_id = entry.job.id
         log.warning("cancelling job %s: %s", job_id, reason, extra={"job_id": str(job_id)})
         entry.cancel(reason)
-        return True
+
+    def _remember(self, key: tuple[UUID, int | None]) -> None:
+        now = time.monotonic()
+        self._recent.pop(key, None)
+        self._recent[key] = now
+        while self._recent:  # oldest first: drop what is too old, or beyond the bound
+            oldest, at = next(iter(self._recent.items()))
+            if now - at < RECENT_SECONDS and len(self._recent) <= RECENT_MAX:
+                break
+            del self._recent[oldest]
 
     def is_current(self, entry: RunningJob) -> bool:
         """Still the registered run of its job (not finished, not replaced by a new claim)."""

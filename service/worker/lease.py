@@ -4,6 +4,9 @@ retried or cancelled by an operator): its handler is cancelled and its late resu
 
 Jobs whose result waits in the completer are renewed too, so a slow flush (database briefly
 down) does not let their lease expire and the job run twice.
+
+``renew_soon()`` renews at once: after the listener reconnects, the cancellations and
+take-backs notified while it was away are gone, and the renewal is what finds them.
 """
 
 from __future__ import annotations
@@ -12,13 +15,12 @@ import logging
 from collections.abc import Callable
 from uuid import UUID
 
-import anyio
-
 from service import metrics
 from service.db import DatabaseUnavailable
 from service.jobs import JobRepository
 from service.worker.backoff import Backoff
 from service.worker.cancellation import Running
+from service.worker.wakeup import Wakeup
 
 log = logging.getLogger("ai_service.worker.lease")
 
@@ -42,6 +44,10 @@ class LeaseKeeper:
         self.lease_seconds = lease_seconds
         self.interval = lease_seconds / 3
         self.also_held = also_held
+        self._soon = Wakeup()
+
+    def renew_soon(self) -> None:
+        self._soon.set()
 
     async def run(self) -> None:
         # Retries during an outage stay frequent (at most RETRY_MAX apart): the leases run out
@@ -50,7 +56,7 @@ class LeaseKeeper:
         backoff = Backoff(0.1, max(min(self.interval / 2, RETRY_MAX), 0.1))
         delay = self.interval
         while True:
-            await anyio.sleep(delay)
+            await self._soon.wait(delay)
             try:
                 await self.renew()
             except DatabaseUnavailable as exc:

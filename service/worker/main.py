@@ -84,6 +84,7 @@ class Worker:
         self._executor: Executor | None = None
         self._completer: Completer | None = None
         self._repo: JobRepository | None = None
+        self._keeper: LeaseKeeper | None = None
 
     # --- control ----------------------------------------------------------------------------
     def stop(self) -> None:
@@ -167,7 +168,7 @@ class Worker:
                 lease_seconds=lease,
                 poll_interval=s.worker_poll_interval,
             )
-        keeper = LeaseKeeper(
+        keeper = self._keeper = LeaseKeeper(
             repo, self.worker_id, self.running, lease_seconds=lease,
             also_held=completer.pending_ids,
         )  # fmt: skip
@@ -233,6 +234,7 @@ class Worker:
         with anyio.move_on_after(half):
             await shutdown.release(repo, self.worker_id, list(left.values()), self.status)
             executor.to_release.clear()
+            await shutdown.release_unknown(repo, self.worker_id, self.status)
 
     def _cancel(self, job_id: UUID, started_us: int | None) -> None:
         if started_us is None:
@@ -241,8 +243,13 @@ class Worker:
             self.running.cancel(job_id, "lost", started_us=started_us)
 
     def _catch_up(self) -> None:
+        """The listener (re)connected: what was notified while it was away is gone. The claim
+        loops claim once; the lease keeper renews at once, which finds the jobs cancelled or
+        taken back meanwhile and stops them (they would run on until the next renewal)."""
         for loop in self._loops.values():
             loop.notify()
+        if self._keeper is not None:
+            self._keeper.renew_soon()
 
 
 def _spawn(tg: TaskGroup, fn: Callable[[], Any]) -> anyio.CancelScope:

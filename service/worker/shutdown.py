@@ -53,3 +53,19 @@ async def release(
         if job.id in released:
             status.profiles[job.model_profile].released += 1
     log.info("released %d jobs to pending", len(released))
+
+
+async def release_unknown(repo: JobRepository, worker_id: str, status: WorkerStatus) -> None:
+    """Hand back what the database says this process still holds after the release: jobs of a
+    claim whose reply was lost as the worker stopped (no claim loop runs again to release
+    them). The worker id is unique to this process, so nothing of another is touched."""
+    for profile, stats in status.profiles.items():
+        try:
+            released = await repo.release_orphans(worker_id, profile, [])
+        except Exception as exc:  # DatabaseUnavailable or anything else: the leases remain
+            log.warning("releasing %s jobs left by a lost claim failed: %s", profile, exc)
+            continue
+        if released:
+            stats.released += len(released)
+            log.warning("released %d %s jobs claimed by a claim whose reply was lost",
+                        len(released), profile)  # fmt: skip

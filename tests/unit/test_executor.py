@@ -131,3 +131,25 @@ async def test_a_notification_naming_another_run_of_the_job_stops_nothing() -> N
     assert entry.reason is None and not entry.scope.cancel_called
     assert running.cancel(entry.job.id, "lost", started_us=us)
     assert entry.reason == "lost" and entry.scope.cancel_called
+
+
+async def test_a_notification_heard_before_its_run_is_added_stops_it_then(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A claim's rows can reach the executor after the cancel that followed the claim; what
+    is remembered is bounded in number and in time."""
+    running = Running()
+    cancelled, taken_back, other = _job(), _job(), _job()
+    assert not running.cancel(cancelled.id, "cancelled")
+    us = (taken_back.started_at - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(
+        microseconds=1
+    )
+    assert not running.cancel(taken_back.id, "lost", started_us=us)
+    assert not running.cancel(other.id, "lost", started_us=us + 1)  # another run of it
+    assert running.add(cancelled).reason == "cancelled"
+    assert running.add(taken_back).reason == "lost"
+    assert running.add(other).reason is None
+    monkeypatch.setattr("service.worker.cancellation.RECENT_MAX", 3)
+    for _ in range(5):
+        running.cancel(uuid.uuid4(), "cancelled")
+    assert len(running._recent) == 3
