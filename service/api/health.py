@@ -1,12 +1,17 @@
 """Kubernetes probes: ``/healthz`` says the process serves HTTP, ``/readyz`` that it can reach
-PostgreSQL. Both stay open (no token) so probes work whatever AI_SERVICE_TOKEN is."""
+PostgreSQL. Both stay open (no token) so probes work whatever AI_SERVICE_TOKEN is; so a 503
+has the API's error shape and names no host, user or driver message (those are logged)."""
 
 from __future__ import annotations
+
+import logging
 
 from litestar import Response, get
 from litestar.datastructures import State
 
 from service.db import Database, DatabaseUnavailable
+
+log = logging.getLogger("ai_service.api.health")
 
 
 @get("/healthz", opt={"public": True}, tags=["health"], summary="Process health")
@@ -20,5 +25,8 @@ async def readyz(state: State) -> Response[dict[str, str]]:
     try:
         await db.ping()
     except DatabaseUnavailable as exc:
-        return Response({"status": "unavailable", "database": str(exc)}, status_code=503)
+        log.warning("not ready: PostgreSQL is not reachable: %s", exc)
+        body = {"error": "database_unavailable", "detail": "PostgreSQL is not reachable",
+                "status": "unavailable", "database": "unavailable"}  # fmt: skip
+        return Response(body, status_code=503)
     return Response({"status": "ok", "database": "ok"})

@@ -103,21 +103,26 @@ class Worker:
         return bound_port(self.server) if self.server.started else None
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready: running, PostgreSQL answers, the listener is connected. The probe is open:
+        a failure is named, its driver message (host, user) only logged."""
         body: dict[str, Any] = {"worker_id": self.worker_id, "state": self.status.state}
-        ready = self.status.state == "running"
+        problems = [] if self.status.state == "running" else [f"the worker is {self.status.state}"]
         try:
             if self._db is None:
                 raise DatabaseUnavailable("not connected yet")
             await self._db.ping()
             body["database"] = "ok"
         except DatabaseUnavailable as exc:
-            body["database"] = str(exc)
-            ready = False
+            log.warning("not ready: PostgreSQL is not reachable: %s", exc)
+            body["database"] = "unavailable"
+            problems.append("PostgreSQL is not reachable")
         body["listener"] = self.status.listener.state
         if self.status.listener.state == "disconnected":
-            ready = False
-        body["status"] = "ok" if ready else "unavailable"
-        return ready, body
+            problems.append("the LISTEN connection is down")
+        body["status"] = "unavailable" if problems else "ok"
+        if problems:
+            body = {"error": "not_ready", "detail": "; ".join(problems), **body}
+        return not problems, body
 
     # --- the task tree ----------------------------------------------------------------------
     async def run(self) -> None:

@@ -302,7 +302,9 @@ def test_postgresql_restart_under_load_loses_and_duplicates_nothing(
             ready = httpx.get(f"{w.url}/readyz", timeout=60)
             assert ready.status_code == 503, ready.text
             assert ready.json()["listener"] == "disconnected"
-            assert ready.json()["database"] != "ok"
+            assert ready.json()["database"] == "unavailable"
+            assert ready.json()["error"] == "not_ready"
+            assert "LISTEN connection is down" in ready.json()["detail"]
         server.start()
         for w in procs:
             wait_for(partial(http_ok, f"{w.url}/readyz"), what=f"{w.name} ready again")

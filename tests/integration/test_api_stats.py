@@ -111,10 +111,11 @@ async def test_a_request_while_the_database_is_down_answers_503_after_the_pool_t
             gone = "SELECT NOT EXISTS (SELECT FROM pg_stat_activity WHERE datname = %s)"
             wait_for(lambda: conn.execute(gone, [dbname]).fetchone() == (True,), what="kills")
         try:
-            for path in ("/api/v1/jobs", "/api/v1/stats"):
+            for path in ("/api/v1/jobs", "/api/v1/stats", "/readyz"):
                 r = await api.client.get(path, timeout=20)
                 assert r.status_code == 503, (path, r.text)
                 assert r.json()["error"] == "database_unavailable"
+                assert dbname not in r.text and "connection" not in r.text, r.text
         finally:
             with psycopg.connect(admin, autocommit=True) as conn:
                 conn.execute(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS true')
