@@ -7,6 +7,7 @@ every exception to one error shape; ``hub.py`` owns the process's single LISTEN 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -31,6 +32,8 @@ from service.jobs.stats import StatsRepository
 from service.metrics.export import metrics_enabled, metrics_routes
 from service.metrics.queue import sample_queue
 from service.providers.status import ProviderStatusBoard
+
+log = logging.getLogger("ai_service.api")
 
 API_PREFIX = "/api/v1"
 SECURITY_SCHEME = "BearerToken"
@@ -66,6 +69,11 @@ def create_app(
             timeout=settings.db_pool_timeout,
             statement_timeout=settings.db_statement_timeout,
         )
+        if not settings.auth_required:  # the seed's default, kept; said once, loudly
+            log.warning(
+                "AI_SERVICE_TOKEN is not set: /api/v1 accepts requests without a token "
+                "(any caller that reaches the port can submit, cancel and read jobs)"
+            )
         try:
             hub = NotifyHub(database_url)
             app.state.db = db

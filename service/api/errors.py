@@ -228,7 +228,7 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
         return error_response(
             405, "method_not_allowed", f"{request.method} is not allowed on {request.url.path}"
         )
-    if isinstance(exc, HTTPException) and exc.status_code == 400 and _is_body_decode(exc.detail):
+    if isinstance(exc, HTTPException) and exc.status_code == 400 and _is_body_decode(exc):
         return error_response(
             400, "invalid_json", f"the request body is not valid JSON: {exc.detail}"
         )
@@ -252,9 +252,13 @@ def _is_missing_body(exc: ValidationException) -> bool:
     )
 
 
-def _is_body_decode(detail: str | None) -> bool:
-    """Litestar reports undecodable bodies as plain 400s; their detail names JSON or UTF-8."""
-    text = (detail or "").lower()
+def _is_body_decode(exc: HTTPException) -> bool:
+    """Litestar reports an undecodable body as a plain 400 raised from the decoder's
+    ``SerializationException`` (whatever msgspec's words: "truncated", "out of range"), or
+    with a detail that names JSON or UTF-8."""
+    if isinstance(exc.__cause__, SerializationException):
+        return True
+    text = (exc.detail or "").lower()
     return "json" in text or "utf-8" in text or "decode" in text
 
 

@@ -119,16 +119,18 @@ def _merge(index: int, defaults: JobFields, item: JobFields, settings: Settings)
 @get(
     "/jobs",
     summary="List jobs (newest first)",
-    description="Filters combine with AND; a repeated parameter (`status=pending&status=failed`) "
-    "matches any of its values. Keyset pagination: pass `next_cursor` back as `cursor`.",
+    description="Filters combine with AND; a repeated `status`, `task_type`, `model_profile`, "
+    "`error_category` or `id` (`status=pending&status=failed`) matches any of its values; "
+    "`owner_service` and `owner_ref` take one value. Keyset pagination: pass `next_cursor` "
+    "back as `cursor`.",
     responses=responses(422),
     tags=["jobs"],
 )
 async def list_jobs(
     repo: NamedDependency[JobRepository],
     status: FromQuery[list[Status] | None] = None,
-    owner_service: FromQuery[str | None] = None,
-    owner_ref: FromQuery[str | None] = None,
+    owner_service: FromQuery[list[str] | None] = None,
+    owner_ref: FromQuery[list[str] | None] = None,
     task_type: FromQuery[list[str] | None] = None,
     model_profile: FromQuery[list[str] | None] = None,
     error_category: FromQuery[list[str] | None] = None,
@@ -146,8 +148,8 @@ async def list_jobs(
     flt = JobFilter(
         ids=ids,
         status=status,
-        owner_service=owner_service,
-        owner_ref=owner_ref,
+        owner_service=_one("owner_service", owner_service),
+        owner_ref=_one("owner_ref", owner_ref),
         task_type=task_type,
         model_profile=model_profile,
         error_category=error_category,
@@ -156,6 +158,16 @@ async def list_jobs(
     )
     items, next_cursor = await repo.list_jobs(flt, limit=limit, cursor=cursor)
     return JobPage(items=items, next_cursor=str(next_cursor) if next_cursor else None)
+
+
+def _one(name: str, values: list[str] | None) -> str | None:
+    """A filter that takes one value: a repeat is refused, not silently narrowed to the last
+    value given (which listed nothing, or another owner's jobs)."""
+    if not values:
+        return None
+    if len(set(values)) > 1:
+        raise invalid(name, "give one value (it was repeated with different values)")
+    return values[0]
 
 
 @get(
