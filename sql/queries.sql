@@ -50,12 +50,26 @@ SELECT * FROM ai_jobs
 WHERE owner_service = %(owner_service)s AND idempotency_key = ANY(%(keys)b::text[]);
 
 -- name: list_jobs
--- Keyset pagination, newest first: ids are UUIDv7, so id order is creation order.
-SELECT * FROM ai_jobs
-WHERE {{ _job_filter }}
-  AND (%(cursor)s::uuid IS NULL OR id < %(cursor)s::uuid)
-ORDER BY id DESC
-LIMIT %(limit)s;
+-- Keyset pagination, newest first: ids are UUIDv7, so id order is creation order. A page
+-- also ends before its inputs and results pass max_bytes (stored sizes; the first row always
+-- comes): a page of 500 jobs of 10 MB audio would be gigabytes in the API's memory.
+-- listed_rows: how many rows matched before that cut (more than returned: another page).
+-- (The windows run over the limited rows only: at the same level they would see every match.)
+SELECT * FROM (
+    SELECT *, sum(pg_column_size(input) + coalesce(pg_column_size(result), 0))
+                  OVER (ORDER BY id DESC ROWS UNBOUNDED PRECEDING) AS page_bytes,
+              pg_column_size(input) + coalesce(pg_column_size(result), 0) AS row_bytes,
+              count(*) OVER () AS listed_rows
+    FROM (
+        SELECT * FROM ai_jobs
+        WHERE {{ _job_filter }}
+          AND (%(cursor)s::uuid IS NULL OR id < %(cursor)s::uuid)
+        ORDER BY id DESC
+        LIMIT %(limit)s
+    ) AS limited
+) AS page
+WHERE page_bytes - row_bytes < %(max_bytes)s
+ORDER BY id DESC;
 
 -- name: claim_jobs
 -- Batch claim for one profile: due pending jobs by priority, SKIP LOCKED. Expired leases are

@@ -26,6 +26,7 @@ from service.jobs.model import Job, JobFilter, NewJob
 log = logging.getLogger("ai_service.jobs")
 
 REAPER_LOCK_KEY = 0x61695F72656170  # "ai_reap"
+LIST_PAGE_BYTES = 16 << 20  # a page of GET /jobs ends before this much input and result
 _EXACT = msgspec.json.Decoder(float_hook=Decimal)
 
 
@@ -236,14 +237,20 @@ class JobRepository:
         return Job.from_row(row)
 
     async def list_jobs(
-        self, flt: JobFilter, *, limit: int = 100, cursor: UUID | None = None
+        self,
+        flt: JobFilter,
+        *,
+        limit: int = 100,
+        cursor: UUID | None = None,
+        max_bytes: int = LIST_PAGE_BYTES,
     ) -> tuple[list[Job], UUID | None]:
-        """One page, newest first; the cursor for the next page is None on the last one."""
-        rows = await self.db.fetch(
-            "list_jobs", {**flt.params(), "cursor": cursor, "limit": limit + 1}, prepare=False
-        )
+        """One page, newest first: up to ``limit`` jobs, fewer when their inputs and results
+        pass ``max_bytes``; the cursor for the next page is None on the last one."""
+        params = {**flt.params(), "cursor": cursor, "limit": limit + 1, "max_bytes": max_bytes}
+        rows = await self.db.fetch("list_jobs", params, prepare=False)
+        listed = rows[0]["listed_rows"] if rows else 0
         jobs = _jobs(rows[:limit])
-        return jobs, (jobs[-1].id if len(rows) > limit else None)
+        return jobs, (jobs[-1].id if listed > len(jobs) else None)
 
     async def next_run_after(self, model_profile: str) -> datetime | None:
         row = await self.db.fetchrow("next_run_after", {"model_profile": model_profile})

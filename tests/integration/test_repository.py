@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 from typing import Any
 
 import anyio
@@ -187,6 +188,32 @@ async def test_list_filters_and_keyset_pagination(repo: JobRepository) -> None:
     assert all(j.task_type == "transcribe" for j in seen)
     only, nxt = await repo.list_jobs(JobFilter(owner_ref="r7"))
     assert [j.owner_ref for j in only] == ["r7"] and nxt is None
+
+
+async def test_a_page_ends_before_its_inputs_and_results_pass_the_byte_budget(
+    repo: JobRepository,
+) -> None:
+    """A page of big jobs (audio as base64) is cut short, never empty, and the pages still
+    hold every job exactly once."""
+    blob = os.urandom(60_000).hex()  # incompressible: ~120 KB stored
+    await repo.create_batch([nj(owner_ref="big", input={"user": blob, "n": n}) for n in range(9)])
+
+    async def pages(max_bytes: int) -> list[list[Any]]:
+        out: list[list[Any]] = []
+        cursor = None
+        while True:
+            page, cursor = await repo.list_jobs(
+                JobFilter(owner_ref="big"), limit=100, cursor=cursor, max_bytes=max_bytes
+            )
+            out.append([j.input["n"] for j in page])
+            if cursor is None:
+                return out
+
+    assert await pages(1 << 30) == [list(range(8, -1, -1))]
+    assert await pages(1) == [[n] for n in range(8, -1, -1)]  # one job a page, never none
+    three = await pages(300_000)  # room for two or three jobs a page
+    assert all(1 < len(p) <= 3 for p in three[:-1]) and three[-1]
+    assert [n for p in three for n in p] == list(range(8, -1, -1))
 
 
 async def test_claim_orders_by_priority_and_respects_run_after(repo: JobRepository) -> None:
