@@ -223,12 +223,15 @@ class _Calls:
         limit: int,
         lease_seconds: float | None,
         wait_seconds: float,
+        task_type: str | Sequence[str] | None = None,
     ) -> _Call[ClaimResult]:
         profiles = model_profile if isinstance(model_profile, str) else list(model_profile)
+        types = task_type if task_type is None or isinstance(task_type, str) else list(task_type)
         body = _clean(
             {
                 "worker_id": worker_id,
                 "model_profile": profiles,
+                "task_type": types,
                 "limit": limit,
                 "lease_seconds": lease_seconds,
                 "wait_seconds": wait_seconds,
@@ -458,8 +461,10 @@ class AsyncClient:
         limit: int = 1,
         lease_seconds: float | None = None,
         wait_seconds: float = 0,
+        task_type: str | Sequence[str] | None = None,
     ) -> JobList:
-        call = _Calls.claim(worker_id, model_profile, limit, lease_seconds, wait_seconds)
+        """Lease due jobs; ``task_type`` limits them to the ones this worker runs."""
+        call = _Calls.claim(worker_id, model_profile, limit, lease_seconds, wait_seconds, task_type)
         return (await self._send(call)).jobs
 
     async def heartbeat(
@@ -595,8 +600,10 @@ class Client:
         limit: int = 1,
         lease_seconds: float | None = None,
         wait_seconds: float = 0,
+        task_type: str | Sequence[str] | None = None,
     ) -> JobList:
-        call = _Calls.claim(worker_id, model_profile, limit, lease_seconds, wait_seconds)
+        """Lease due jobs; ``task_type`` limits them to the ones this worker runs."""
+        call = _Calls.claim(worker_id, model_profile, limit, lease_seconds, wait_seconds, task_type)
         return self._send(call).jobs
 
     def heartbeat(

@@ -396,6 +396,15 @@ FIELDS: Final[tuple[Field, ...]] = (
     ),
     # --- Worker ----------------------------------------------------------------------------
     Field("WORKER_ID", "worker_id", _str, None, "a name", "worker identity; default hostname"),
+    Field(
+        "WORKER_EXTERNAL_TASK_TYPES",
+        "worker_external_task_types",
+        _list,
+        "",
+        "comma-separated task types",
+        "task types external workers claim (POST /api/v1/jobs/claim): built-in workers leave "
+        "them pending instead of failing them as unsupported_task",
+    ),
     Field("WORKER_HTTP_HOST", "worker_http_host", _str, "0.0.0.0", "a host", "worker HTTP addr"),
     Field(
         "WORKER_HTTP_PORT",
@@ -580,6 +589,7 @@ class Settings:
     worker_claim_limits: dict[str, int] = field(default_factory=dict)
     worker_lease_timeout: float = 900.0
     worker_profiles: tuple[str, ...] = ()
+    worker_external_task_types: tuple[str, ...] = ()
     worker_shutdown_grace: float = 30.0
     worker_notify: bool = True
     log_level: str = "info"

@@ -75,9 +75,13 @@ ORDER BY id DESC;
 -- Batch claim for one profile: due pending jobs by priority, SKIP LOCKED. Expired leases are
 -- not taken here: the reaper returns them to pending (which NOTIFYs), so this statement, on
 -- the path of every pickup, stays one index probe of the pending partial index.
+-- only_types: an external worker's task types (NULL: any); skip_types: the task types a
+-- built-in worker leaves to external workers (empty: none).
 WITH picked AS (
     SELECT id FROM ai_jobs
     WHERE status = 'pending' AND model_profile = %(model_profile)s AND run_after <= now()
+      AND (%(only_types)b::text[] IS NULL OR task_type = ANY(%(only_types)b::text[]))
+      AND NOT task_type = ANY(%(skip_types)b::text[])
     ORDER BY priority DESC, run_after, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED

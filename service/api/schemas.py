@@ -132,6 +132,7 @@ class ClaimRequest(_Body):
 
     worker_id: Name
     model_profile: Profile | Annotated[list[Profile], msgspec.Meta(min_length=1, max_length=50)]
+    task_type: Name | Annotated[list[Name], msgspec.Meta(min_length=1, max_length=50)] | None = None
     limit: ClaimLimit = 1
     lease_seconds: LeaseSeconds | None = None
     wait_seconds: WaitSeconds = 0
@@ -140,6 +141,12 @@ class ClaimRequest(_Body):
         if isinstance(self.model_profile, str):
             return [self.model_profile]
         return list(dict.fromkeys(self.model_profile))
+
+    def task_types(self) -> list[str] | None:
+        """Only these task types (an external worker's), or any when not given."""
+        if self.task_type is None or isinstance(self.task_type, str):
+            return None if self.task_type is None else [self.task_type]
+        return list(dict.fromkeys(self.task_type))
 
 
 class ClaimResult(msgspec.Struct, kw_only=True):

@@ -32,9 +32,11 @@ from service.jobs.states import allowed
     "/jobs/claim",
     status_code=200,
     summary="Claim due jobs under a lease",
-    description="Leases up to `limit` due jobs of the given profile(s), highest priority first. "
-    "With `wait_seconds` > 0 and nothing due, waits until a job arrives (woken by NOTIFY) or "
-    "the time is up; `jobs` may be empty.",
+    description="Leases up to `limit` due jobs of the given profile(s), highest priority first, "
+    "of the given `task_type`(s) only when set (list those in the built-in workers' "
+    "`WORKER_EXTERNAL_TASK_TYPES` so they leave them to you). With `wait_seconds` > 0 and "
+    "nothing due, waits until a job arrives (woken by NOTIFY) or the time is up; `jobs` may "
+    "be empty.",
     responses=responses(413, 422),
     tags=["workers"],
 )
@@ -46,7 +48,7 @@ async def claim_jobs(
     settings: NamedDependency[Settings],
 ) -> ClaimResult:
     lease = data.lease_seconds or settings.worker_lease_timeout
-    profiles = data.profiles()
+    profiles, only = data.profiles(), data.task_types()
 
     async def claim() -> list[Job] | None:
         jobs: list[Job] = []
@@ -54,7 +56,9 @@ async def claim_jobs(
             left = data.limit - len(jobs)
             if left <= 0:
                 break
-            jobs += await repo.claim(profile, data.worker_id, limit=left, lease_seconds=lease)
+            jobs += await repo.claim(
+                profile, data.worker_id, limit=left, lease_seconds=lease, only_types=only
+            )
         return jobs or None
 
     if data.wait_seconds <= 0:

@@ -256,10 +256,14 @@ class JobRepository:
         row = await self.db.fetchrow("next_run_after", {"model_profile": model_profile})
         return row["next_run_after"] if row else None
 
-    async def seconds_until_due(self, model_profile: str) -> float | None:
+    async def seconds_until_due(
+        self, model_profile: str, *, skip_types: Sequence[str] = ()
+    ) -> float | None:
         """Seconds until the earliest pending job of a profile is due (<= 0: due now), on the
         database's clock; None when nothing is pending. The idle worker sleeps this long."""
-        row = await self.db.fetchrow("next_due_in", {"model_profile": model_profile})
+        row = await self.db.fetchrow(
+            "next_due_in", {"model_profile": model_profile, "skip_types": list(skip_types)}
+        )
         return None if row is None or row["seconds"] is None else float(row["seconds"])
 
     async def stats_counts(self) -> list[Row]:
@@ -267,9 +271,17 @@ class JobRepository:
 
     # --- worker side --------------------------------------------------------------------
     async def claim(
-        self, model_profile: str, worker_id: str, *, limit: int, lease_seconds: float
+        self,
+        model_profile: str,
+        worker_id: str,
+        *,
+        limit: int,
+        lease_seconds: float,
+        only_types: Sequence[str] | None = None,
+        skip_types: Sequence[str] = (),
     ) -> list[Job]:
-        """Claim up to ``limit`` due jobs (and expired leases) of one profile, SKIP LOCKED."""
+        """Claim up to ``limit`` due jobs of one profile, SKIP LOCKED: of ``only_types`` if
+        given (an external worker's), never of ``skip_types`` (left to external workers)."""
         if limit <= 0:
             return []
         rows = await self.db.fetch(
@@ -279,6 +291,8 @@ class JobRepository:
                 "worker_id": worker_id,
                 "limit": limit,
                 "lease_seconds": lease_seconds,
+                "only_types": list(only_types) if only_types is not None else None,
+                "skip_types": list(skip_types),
             },
             traced=False,  # serves many jobs, never inside a span: see ``Session``
         )

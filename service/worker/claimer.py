@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from uuid import UUID
 
 import anyio
@@ -47,8 +48,10 @@ class ClaimLoop:
         stats: ProfileStats,
         lease_seconds: float,
         poll_interval: float,
+        skip_types: Sequence[str] = (),
     ) -> None:
         self.profile = profile
+        self.skip_types = tuple(skip_types)  # left to external workers (see JobRepository.claim)
         self.repo = repo
         self.worker_id = worker_id
         self.executor = executor
@@ -121,7 +124,11 @@ class ClaimLoop:
         with anyio.CancelScope(shield=True), tracing.receive(self.profile) as received:
             self._orphans_possible = True  # until the claimed rows are in hand
             jobs = await self.repo.claim(
-                self.profile, self.worker_id, limit=free, lease_seconds=self.lease_seconds
+                self.profile,
+                self.worker_id,
+                limit=free,
+                lease_seconds=self.lease_seconds,
+                skip_types=self.skip_types,
             )
             self._orphans_possible = False
             received.got(jobs)
@@ -143,7 +150,7 @@ class ClaimLoop:
     async def _idle_seconds(self) -> float:
         """Until the earliest pending job is due, capped by the fallback poll interval."""
         try:
-            due_in = await self.repo.seconds_until_due(self.profile)
+            due_in = await self.repo.seconds_until_due(self.profile, skip_types=self.skip_types)
         except DatabaseUnavailable:
             return min(self.poll_interval, 1.0)
         if due_in is None:

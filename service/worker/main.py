@@ -172,6 +172,7 @@ class Worker:
                 stats=self.status.profiles[p],
                 lease_seconds=lease,
                 poll_interval=s.worker_poll_interval,
+                skip_types=s.worker_external_task_types,
             )
         keeper = self._keeper = LeaseKeeper(
             repo, self.worker_id, self.running, lease_seconds=lease,

@@ -75,6 +75,22 @@ async def test_claim_complete_lifecycle(api: Api) -> None:
     assert "another worker" in r.json()["detail"]
 
 
+async def test_an_external_worker_claims_only_its_task_types(api: Api) -> None:
+    """Its task types share the model profile with the built-in ones (the seed's
+    tg_analysis on qwen2.5-14b): it must not be handed jobs it cannot run."""
+    chat = await create(api, task_type="llm_chat", input={"user": "hi"})
+    tg = await create(api, task_type="tg_analysis", input={"post": 1})
+    pf = await create(api, task_type="pf_competitor_analysis", input={"page": 2})
+    assert [j["id"] for j in await claim(api, task_type="tg_analysis", limit=5)] == [tg["id"]]
+    got = await claim(api, task_type=["pf_competitor_analysis", "llm_chat"], limit=5)
+    assert sorted(j["id"] for j in got) == sorted([chat["id"], pf["id"]])
+    r = await api.client.post(
+        "/api/v1/jobs/claim",
+        json={"worker_id": "w", "model_profile": "qwen2.5-14b", "task_type": []},
+    )
+    assert r.status_code == 422, r.text
+
+
 async def test_heartbeat_extends_the_lease(api: Api) -> None:
     job = await create(api)
     [claimed] = await claim(api, lease_seconds=5)

@@ -58,7 +58,8 @@ async def test_async_client_end_to_end(db_url: str) -> None:
         with pytest.raises(ApiError) as err:
             await ai.cancel_where()
         assert err.value.code == "filter_required"
-        [v] = await ai.claim("w2", ["vision"])
+        assert await ai.claim("w2", ["vision"], task_type="another") == []
+        [v] = await ai.claim("w2", ["vision"], task_type=["t"])
         failed = await ai.fail(v.id, "w2", "invalid_input", "bad", retryable=False)
         assert failed.status == "failed"
         assert (await ai.retry(v.id)).status == "pending"

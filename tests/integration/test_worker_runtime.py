@@ -207,6 +207,27 @@ async def test_a_delayed_job_runs_when_it_becomes_due(repo: JobRepository, db_ur
 
 
 # --- outcomes -----------------------------------------------------------------------------
+async def test_task_types_left_to_external_workers_stay_pending(
+    repo: JobRepository, db_url: str
+) -> None:
+    """``WORKER_EXTERNAL_TASK_TYPES``: a domain service's own worker claims them through the
+    API; the built-in worker neither runs nor fails them, nor claims in a loop while they wait
+    (they do not count as due work)."""
+    probe = Probe()
+    async with running_worker(
+        db_url, registry_for(probe), worker_external_task_types=("tg_analysis",)
+    ) as worker:
+        external, _ = await repo.create(nj(task_type="tg_analysis"))
+        ours, _ = await repo.create(nj(input={"n": 1}))
+        await until(lambda: finished(repo, ours.id), what="the built-in job")
+        assert await repo.seconds_until_due(PROFILE, skip_types=["tg_analysis"]) is None
+        assert await repo.seconds_until_due(PROFILE) is not None
+        assert worker.status.profiles[PROFILE].claimed == 1
+    left = await repo.get(external.id)
+    assert (left.status, left.attempts, left.worker_id) == ("pending", 0, None)
+    assert probe.calls == [(ours.id, 1)]
+
+
 async def test_handler_failures_are_recorded_with_their_category(
     repo: JobRepository, db_url: str
 ) -> None:
