@@ -38,10 +38,18 @@ class HandlerError(Exception):
     retry_once: ClassVar[bool] = False
 
     def __init__(
-        self, message: str, *, retry_after: float | None = None, loggable: str | None = None
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        loggable: str | None = None,
+        provider_wide: bool = False,
     ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        # The inference server itself is down or refuses everyone (not this job's request):
+        # the worker pauses claiming for the profile (``service.worker.breaker``).
+        self.provider_wide = provider_wide
         # What a log line may show when ``message`` quotes a provider's answer, which may
         # quote the prompt (a 422's FastAPI detail echoes the rejected input): the job's
         # error_message keeps it for its owner, the logs do not (unless content capture is on).

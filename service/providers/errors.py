@@ -108,11 +108,14 @@ def error_for_status(name: str, response: httpx.Response, scrub: Scrubber) -> Ha
     if status in RETRYABLE_STATUSES:
         if status == 408:
             return JobTimeout(what, retry_after=retry_after, loggable=bare)
-        return ProviderUnavailable(what, retry_after=retry_after, loggable=bare)
+        return ProviderUnavailable(
+            what, retry_after=retry_after, loggable=bare, provider_wide=status != 425
+        )
     if status < 500:
-        return ProviderRejected(what, loggable=bare)
+        # 401/403 (the key), 404 (the model or the base URL): every request would fail alike
+        return ProviderRejected(what, loggable=bare, provider_wide=status in (401, 403, 404))
     # Other 5xx (501, 505, ...): the server failed; a later attempt may land elsewhere.
-    return ProviderUnavailable(what, retry_after=retry_after, loggable=bare)
+    return ProviderUnavailable(what, retry_after=retry_after, loggable=bare, provider_wide=True)
 
 
 def error_for_exception(name: str, url: str, exc: httpx.HTTPError, scrub: Scrubber) -> HandlerError:
@@ -120,12 +123,15 @@ def error_for_exception(name: str, url: str, exc: httpx.HTTPError, scrub: Scrubb
     the exception's own text (which may quote the request URL) is scrubbed here."""
     kind = type(exc).__name__
     if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
-        return ProviderUnavailable(f"{name} at {url} did not accept a connection in time ({kind})")
+        return ProviderUnavailable(  # (a pool timeout is our own connections all busy)
+            f"{name} at {url} did not accept a connection in time ({kind})",
+            provider_wide=isinstance(exc, httpx.ConnectTimeout),
+        )
     if isinstance(exc, httpx.TimeoutException):
         return JobTimeout(f"{name} at {url} did not answer in time ({kind})")
     if isinstance(exc, httpx.TransportError):
         detail = scrub(str(exc)) or kind
-        return ProviderUnavailable(f"{name} at {url} is unreachable: {detail}")
+        return ProviderUnavailable(f"{name} at {url} is unreachable: {detail}", provider_wide=True)
     if isinstance(exc, ResponseRefused):  # the server answered, with what is not read
         return InvalidOutput(f"{name} at {url} answered unreadably: {exc}")
     return ProviderUnavailable(f"{name} at {url} failed: {kind}")

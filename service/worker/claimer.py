@@ -27,6 +27,7 @@ from service import metrics, tracing
 from service.db import DatabaseUnavailable
 from service.jobs import Job, JobRepository
 from service.worker.backoff import Backoff
+from service.worker.breaker import ProviderBreaker
 from service.worker.executor import Executor
 from service.worker.status import ProfileStats
 from service.worker.wakeup import Wakeup
@@ -52,6 +53,9 @@ class ClaimLoop:
     ) -> None:
         self.profile = profile
         self.skip_types = tuple(skip_types)  # left to external workers (see JobRepository.claim)
+        # The executor reports each outcome to it (through ``stats``); it pauses this loop.
+        self.breaker = stats.breaker = stats.breaker or ProviderBreaker(profile)
+        self.breaker.on_close = self.notify  # the server answers again: claim at full capacity
         self.repo = repo
         self.worker_id = worker_id
         self.executor = executor
@@ -83,13 +87,18 @@ class ClaimLoop:
         backoff = Backoff(0.05, 5.0)
         while not self._stopped:
             free = self.stats.capacity - self.stats.in_flight
-            if free > 0 and (may_have_work or self._hint or time.monotonic() >= idle_until):
+            if self.breaker.pause_left():  # the inference server is down: spare the queue
+                self.stats.state = "paused"
+                await self._pause(self.breaker.pause_left())
+                continue
+            limit = self.breaker.claim_limit(free, self.stats.in_flight)
+            if limit > 0 and (may_have_work or self._hint or time.monotonic() >= idle_until):
                 self._hint = False
                 self.stats.state = "claiming"
                 try:
                     if self._orphans_possible:
                         await self._release_orphans()
-                    jobs = await self._claim(free)
+                    jobs = await self._claim(limit)
                 except DatabaseUnavailable as exc:
                     may_have_work = True
                     self.stats.state = "backoff"
@@ -109,13 +118,13 @@ class ClaimLoop:
                 self.executor.start_many(jobs)
                 self.stats.claimed += len(jobs)
                 metrics.jobs_claimed(jobs)
-                may_have_work = len(jobs) >= free
+                may_have_work = len(jobs) >= free or (len(jobs) >= limit and limit < free)
                 if not may_have_work:
                     await anyio.lowlevel.checkpoint()  # let the handlers start first
                     idle_until = time.monotonic() + await self._idle_seconds()
                 continue
-            self.stats.state = "full" if free <= 0 else "idle"
-            timeout = None if free <= 0 else idle_until - time.monotonic()
+            self.stats.state = "full" if free <= 0 else "idle" if limit else "probing"
+            timeout = None if limit <= 0 else idle_until - time.monotonic()
             await self._wakeup.wait(timeout)
         self.stats.state = "stopped"
 

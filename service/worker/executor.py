@@ -203,6 +203,9 @@ class Executor:
                     error = HandlerError(f"the handler returned a result that is not JSON: {exc}")
         outcome = "stopped" if entry.reason else "failed" if error else "completed"
         metrics.job_ran(job, time.perf_counter() - started, outcome)
+        breaker = self.status.profiles[job.model_profile].breaker
+        if breaker is not None and entry.reason is None:
+            breaker.outcome(error)
         if entry.reason is not None:
             span.set_attribute("ai_service.job.stopped", entry.reason)
             self._stopped(entry)

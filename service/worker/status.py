@@ -10,7 +10,10 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from service.worker.breaker import ProviderBreaker
 
 
 def service_version() -> str:
@@ -27,7 +30,7 @@ def _iso(ts: float | None) -> str | None:
 @dataclass
 class ProfileStats:
     capacity: int
-    state: str = "starting"  # claiming | full | idle | backoff | stopped
+    state: str = "starting"  # claiming | full | idle | backoff | paused | stopped
     in_flight: int = 0
     claimed: int = 0
     completed: int = 0
@@ -35,9 +38,12 @@ class ProfileStats:
     retried: int = 0  # failures sent back to pending with backoff
     released: int = 0  # handed back at shutdown, attempt not counted
     discarded: int = 0  # lease lost or job cancelled: the late result was dropped
+    breaker: ProviderBreaker | None = None  # the profile's inference server, as seen here
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        out = {k: v for k, v in self.__dict__.items() if k != "breaker"}
+        out["provider"] = self.breaker.as_dict() if self.breaker else {"state": "closed"}
+        return out
 
 
 @dataclass

@@ -117,6 +117,7 @@ async def test_429_is_retryable_and_carries_retry_after() -> None:
         assert err.value.category == "provider_unavailable"
         assert err.value.retry_after == 7.0
         assert "HTTP 429" in str(err.value)
+        assert err.value.provider_wide  # the server is busy for every job: pause claiming
 
 
 async def test_503_is_retryable_and_seeded_failures_are_reproducible() -> None:
@@ -159,8 +160,10 @@ async def test_400_is_rejected_with_the_providers_message() -> None:
         assert err.value.category == "provider_rejected"
         assert "HTTP 400" in str(err.value)
         assert "maximum context length is 100 tokens" in str(err.value)
-        with pytest.raises(ProviderRejected, match="The model `nope` does not exist"):
+        assert not err.value.provider_wide  # this request was wrong, not the server
+        with pytest.raises(ProviderRejected, match="The model `nope` does not exist") as err:
             await client.chat(model="nope", messages=HI)
+        assert err.value.provider_wide  # a 404 for the model: every job would get it
 
 
 async def test_timeout_is_a_job_timeout_and_frees_the_slot() -> None:
@@ -180,8 +183,9 @@ async def test_connection_refused_is_provider_unavailable() -> None:
         holder.bind(("127.0.0.1", 0))
         port = holder.getsockname()[1]
         async with OpenAIClient("llm", f"http://127.0.0.1:{port}/v1") as client:
-            with pytest.raises(ProviderUnavailable, match="is unreachable"):
+            with pytest.raises(ProviderUnavailable, match="is unreachable") as err:
                 await client.chat(model=CHAT, messages=HI)
+            assert err.value.provider_wide
 
 
 async def test_api_key_is_sent_and_never_shown() -> None:
@@ -194,6 +198,7 @@ async def test_api_key_is_sent_and_never_shown() -> None:
                 await bad.chat(model=CHAT, messages=HI)
         assert "HTTP 401" in str(err.value)
         assert "Unauthorized" in str(err.value)
+        assert err.value.provider_wide
         assert "sk-" not in str(err.value)
 
 

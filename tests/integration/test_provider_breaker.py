@@ -1,0 +1,69 @@
+"""A worker whose inference server is down pauses claiming instead of failing its queue.
+
+The worker runs the real LLM handler against a port nothing listens on (a vLLM restarting,
+loading its weights), then the simulator starts on that port: the jobs that were still
+queued must have kept their attempts, and all of them complete. Real PostgreSQL, real HTTP.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import anyio
+
+from service.jobs import JobRepository, NewJob
+from service.simulator import serve_simulator
+from service.worker import breaker
+from service.worker.main import Worker
+from service.worker.registry import build_registry
+from tests.helpers import free_port
+from tests.integration.test_worker_runtime import idle, settings, until
+
+PROFILE = f"breaker-{uuid.uuid4().hex[:8]}"
+FAST = {"latency_ms": 1.0, "per_token_ms": 0.0, "per_audio_second_ms": 0.0}
+JOBS = 12
+CAPACITY = 2
+
+
+async def test_a_down_inference_server_pauses_claiming_and_spares_the_queue(
+    repo: JobRepository, db_url: str
+) -> None:
+    port = free_port()
+    s = settings(
+        llm_base_url=f"http://127.0.0.1:{port}", llm_model=PROFILE, worker_claim_limit=CAPACITY
+    )
+    registry, clients = build_registry(s)
+    worker = Worker(s, db_url, [PROFILE], registry, clients=clients)
+    new = NewJob(owner_service="t", task_type="llm_chat", model_profile=PROFILE,
+                 input={"user": "hi"}, max_attempts=20)  # fmt: skip
+    ids = [i for i, _ in await repo.create_batch([new] * JOBS)]
+
+    def provider() -> dict[str, object]:
+        state: dict[str, object] = worker.status.snapshot()["profiles"][PROFILE]["provider"]
+        return state
+
+    async def attempts() -> int:
+        return sum([(await repo.get(i)).attempts for i in ids])
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(worker.run)
+        await until(lambda: provider()["state"] == "open", what="claiming to pause")
+        assert "unreachable" in str(provider()["last_error"])
+        # the jobs in flight and the failures that opened it, perhaps one probe: not the queue
+        spent = await attempts()
+        assert spent <= breaker.THRESHOLD + CAPACITY + 1, spent
+        async with serve_simulator(port=port, chat_models=(PROFILE,), **FAST):
+            for i in ids:
+                done = await until(
+                    lambda i=i: _completed(repo, i), timeout=120, what=f"job {i} to complete"
+                )
+                assert done.status == "completed"
+            assert provider()["state"] == "closed"
+            await until(lambda: idle(worker), what="the worker to idle")
+        worker.stop()
+    assert await attempts() <= JOBS + spent + 2  # the queued jobs ran once each
+
+
+async def _completed(repo: JobRepository, job_id: uuid.UUID) -> object:
+    job = await repo.get(job_id)
+    return job if job.status in ("completed", "failed") else None

@@ -1,0 +1,79 @@
+"""The provider breaker's decisions, on a clock the test moves (no waiting)."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.handlers.base import InvalidInput, JobTimeout, ProviderRejected, ProviderUnavailable
+from service.worker import breaker as breaker_module
+from service.worker.breaker import FIRST_PAUSE, MAX_PAUSE, THRESHOLD, ProviderBreaker
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    c = Clock()
+    monkeypatch.setattr(breaker_module.time, "monotonic", c)
+    return c
+
+
+DOWN = ProviderUnavailable("llm is unreachable", provider_wide=True)
+
+
+def test_it_opens_after_threshold_server_failures_and_probes_one_job(clock: Clock) -> None:
+    closed: list[bool] = []
+    b = ProviderBreaker("p", on_close=lambda: closed.append(True))
+    for _ in range(THRESHOLD - 1):
+        b.outcome(DOWN)
+    assert b.state == "closed" and b.claim_limit(8, 0) == 8
+    b.outcome(DOWN)
+    assert b.state == "open" and b.pause_left() == FIRST_PAUSE and b.claim_limit(8, 0) == 0
+    b.outcome(DOWN)  # claimed before the pause, failing now: the pause stands
+    assert b.pause_left() == FIRST_PAUSE
+    clock.now += FIRST_PAUSE
+    assert b.state == "probing"
+    assert b.claim_limit(8, 1) == 0  # something still in flight: no probe yet
+    assert b.claim_limit(8, 0) == 1
+    b.outcome(DOWN)  # the probe failed: twice as long
+    assert b.pause_left() == 2 * FIRST_PAUSE
+    clock.now += 2 * FIRST_PAUSE
+    b.outcome(None)
+    assert b.state == "closed" and b.claim_limit(8, 0) == 8 and closed == [True]
+
+
+def test_pauses_double_up_to_a_cap_and_honour_retry_after(clock: Clock) -> None:
+    b = ProviderBreaker("p")
+    pauses = []
+    for _ in range(THRESHOLD + 8):
+        b.outcome(DOWN)
+        if b.pause_left():
+            pauses.append(b.pause_left())
+            clock.now += b.pause_left()
+    assert pauses[:3] == [FIRST_PAUSE, 2 * FIRST_PAUSE, 4 * FIRST_PAUSE]
+    assert max(pauses) == MAX_PAUSE
+    b.outcome(None)
+    busy = ProviderUnavailable("429", retry_after=45.0, provider_wide=True)
+    for _ in range(THRESHOLD):
+        b.outcome(busy)
+    assert b.pause_left() == 45.0
+
+
+def test_only_failures_of_the_server_count_and_an_answer_closes_it(clock: Clock) -> None:
+    b = ProviderBreaker("p")
+    for other in (InvalidInput("bad"), JobTimeout("slow"), ProviderUnavailable("audio host")):
+        for _ in range(THRESHOLD):
+            b.outcome(other)
+    assert b.state == "closed"
+    for _ in range(THRESHOLD):
+        b.outcome(ProviderRejected("HTTP 401", provider_wide=True))
+    assert b.state == "open"
+    clock.now += FIRST_PAUSE
+    b.outcome(ProviderRejected("HTTP 400: bad request"))  # the server answered
+    assert b.state == "closed"
