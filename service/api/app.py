@@ -24,6 +24,7 @@ from service.api.deps import DEPENDENCIES
 from service.api.errors import handle_exception
 from service.api.health import healthz, readyz
 from service.api.hub import NotifyHub
+from service.api.media import json_body_guard
 from service.api.otel import server_span_plugins
 from service.config import Settings
 from service.db import open_database
@@ -51,7 +52,7 @@ def api_router(settings: Settings, extra_routes: Sequence[Any] = ()) -> Router:
             *status.ROUTES,
             *extra_routes,
         ],
-        guards=[bearer_guard(settings.tokens, required=settings.auth_required)],
+        guards=[bearer_guard(settings.tokens, required=settings.auth_required), json_body_guard],
         security=[{SECURITY_SCHEME: []}] if settings.auth_required else None,
     )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -136,6 +137,19 @@ async def test_malformed_json_wrong_method_and_too_large(api: Api) -> None:
         )
         assert r.status_code == 400, (body[:40], r.text)
         assert_error(r.json(), "invalid_json")
+    # bodies a web page can send cross-site without a preflight, or a `curl -d` form: refused
+    body = json.dumps(job_body()).encode()
+    for media_type in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data"):
+        r = await api.client.post(
+            "/api/v1/jobs/cancel", content=b'{"all": true}', headers={"content-type": media_type}
+        )
+        assert r.status_code == 415, (media_type, r.text)
+        assert_error(r.json(), "unsupported_media_type")
+    assert (await api.client.post("/api/v1/jobs", content=body)).status_code == 201  # none given
+    r = await api.client.post(
+        "/api/v1/jobs", content=body, headers={"content-type": "application/json; charset=utf-8"}
+    )
+    assert r.status_code == 201
     r = await api.client.delete("/api/v1/jobs")
     assert r.status_code == 405
     assert_error(r.json(), "method_not_allowed")
