@@ -1,11 +1,12 @@
-"""Request bodies are JSON: a body declared as a browser form or plain text is refused (415).
+"""Request bodies are JSON: a body sent with any other media type, or none, is refused (415).
 
-Those three media types (``text/plain``, ``application/x-www-form-urlencoded``,
-``multipart/form-data``) are the ones a web page may send to another origin without a CORS
-preflight. The API parsed any body as JSON whatever its declared type, so with
-``AI_SERVICE_TOKEN`` unset (the seed's default) a page an internal user opened could cancel
-every job with a ``text/plain`` POST. Refusing them also tells a ``curl -d`` caller who forgot
-``-H 'content-type: application/json'`` what is wrong. A missing content type is allowed.
+The API parsed any body as JSON whatever its declared type. A web page may send a body to
+another origin without a CORS preflight as ``text/plain``, form-encoded, multipart, or with no
+content type at all (a ``Blob`` or ``ArrayBuffer`` body); so with ``AI_SERVICE_TOKEN`` unset
+(the seed's default) a page an internal user opened could cancel every job. JSON media types
+always need a preflight cross-site, which the API does not grant. Refusing the rest also tells
+a ``curl -d`` caller who forgot ``-H 'content-type: application/json'`` what is wrong. A POST
+without a body (``/jobs/{id}/retry``) needs no content type.
 """
 
 from __future__ import annotations
@@ -17,19 +18,32 @@ from litestar.handlers.base import BaseRouteHandler
 
 from service.api.errors import ApiError
 
-FORM_LIKE = frozenset({"text/plain", "application/x-www-form-urlencoded", "multipart/form-data"})
+
+def is_json(media_type: str) -> bool:
+    return media_type == "application/json" or (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    )
+
+
+def _has_body(connection: ASGIConnection[Any, Any, Any, Any]) -> bool:
+    headers = connection.headers
+    if "transfer-encoding" in headers:
+        return True
+    length = headers.get("content-length", "0").strip()
+    return not (length.isdigit() and int(length) == 0)
 
 
 async def json_body_guard(
     connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
 ) -> None:
-    if connection.scope.get("method") not in ("POST", "PUT", "PATCH"):
+    if connection.scope.get("method") not in ("POST", "PUT", "PATCH") or not _has_body(connection):
         return
     declared = connection.headers.get("content-type", "")
     media_type = declared.split(";", 1)[0].strip().lower()
-    if media_type in FORM_LIKE:
+    if not is_json(media_type):
         raise ApiError(
             415,
             "unsupported_media_type",
-            f"request bodies are JSON: send Content-Type: application/json (got {media_type})",
+            "request bodies are JSON: send Content-Type: application/json "
+            f"(got {media_type or 'none'})",
         )

@@ -15,6 +15,8 @@ from typing import Any, ClassVar
 from service.jobs.model import Job
 
 Handler = Callable[[Job], Awaitable[Any]]
+# Whether a profile's inference server serves its model now; raises when it does not.
+HealthCheck = Callable[[], Awaitable[None]]
 
 # Every error category a job can end with; docs and dashboards enumerate these.
 CATEGORIES: tuple[str, ...] = (
@@ -114,6 +116,7 @@ class HandlerRegistry:
 
     def __init__(self) -> None:
         self._routes: dict[tuple[str, str], Handler] = {}
+        self._health: dict[str, HealthCheck] = {}
 
     def register(self, task_types: Iterable[str], model_profile: str, handler: Handler) -> None:
         for t in task_types:
@@ -131,3 +134,11 @@ class HandlerRegistry:
 
     def task_types(self, model_profile: str) -> list[str]:
         return [t for t, p in self._routes if p == model_profile]
+
+    def set_health_check(self, model_profile: str, check: HealthCheck) -> None:
+        """How the worker asks, without spending a job, whether the profile's inference
+        server is back after it failed (``service.worker.breaker``)."""
+        self._health[model_profile] = check
+
+    def health_check(self, model_profile: str) -> HealthCheck | None:
+        return self._health.get(model_profile)

@@ -13,7 +13,7 @@ from typing import Protocol
 
 from service.config import Settings
 from service.handlers.audio import AudioFetcher, AudioPolicy
-from service.handlers.base import HandlerRegistry
+from service.handlers.base import HandlerRegistry, HealthCheck, ProviderRejected
 from service.handlers.llm import LlmHandler
 from service.handlers.llm_input import LLM_TASK_TYPES
 from service.handlers.transcription import TranscriptionHandler
@@ -23,6 +23,21 @@ from service.providers.client import OpenAIClient
 
 class Closeable(Protocol):
     async def aclose(self) -> None: ...
+
+
+def serves(client: OpenAIClient, model: str) -> HealthCheck:
+    """The server answers its model list (with our key) and the list holds ``model``."""
+
+    async def check() -> None:
+        served = await client.models()
+        if model not in served:
+            raise ProviderRejected(
+                f"{client.name} at {client.url} does not serve {model!r} (it serves: "
+                f"{', '.join(served[:10]) or 'nothing'})",
+                provider_wide=True,
+            )
+
+    return check
 
 
 def builtin_registry(
@@ -48,6 +63,7 @@ def builtin_registry(
         )
         closeables.append(llm)
         registry.register(LLM_TASK_TYPES, settings.llm_model, LlmHandler(llm, settings.llm_model))
+        registry.set_health_check(settings.llm_model, serves(llm, settings.llm_model))
     if settings.voxtral_base_url and policy is not None:
         pool = max(max_connections, settings.claim_limit(TRANSCRIPTION_PROFILE))
         voxtral = OpenAIClient(
@@ -59,6 +75,7 @@ def builtin_registry(
         )
         fetcher = AudioFetcher(policy, timeout=settings.transcription_timeout, max_connections=pool)
         closeables += [voxtral, fetcher]
+        registry.set_health_check(TRANSCRIPTION_PROFILE, serves(voxtral, settings.voxtral_model))
         registry.register(
             TRANSCRIPTION_TASK_TYPES,
             TRANSCRIPTION_PROFILE,

@@ -100,6 +100,7 @@ def error_for_status(name: str, response: httpx.Response, scrub: Scrubber) -> Ha
             f"{name} answered HTTP {status} redirecting to {where}; set its base URL to the "
             "address it redirects to",
             loggable=f"{name} answered HTTP {status} (a redirect; where to is on the job)",
+            provider_wide=True,  # every request goes the same way
         )
     message = provider_message(response, scrub)
     retry_after = parse_retry_after(response.headers.get("retry-after"))
@@ -108,14 +109,16 @@ def error_for_status(name: str, response: httpx.Response, scrub: Scrubber) -> Ha
     if status in RETRYABLE_STATUSES:
         if status == 408:
             return JobTimeout(what, retry_after=retry_after, loggable=bare)
+        # 429/502/503: the server is busy or down for everyone. A 500 or a 504 (a proxy's
+        # timeout on a long generation) may be this request's alone.
         return ProviderUnavailable(
-            what, retry_after=retry_after, loggable=bare, provider_wide=status != 425
+            what, retry_after=retry_after, loggable=bare, provider_wide=status in (429, 502, 503)
         )
     if status < 500:
         # 401/403 (the key), 404 (the model or the base URL): every request would fail alike
         return ProviderRejected(what, loggable=bare, provider_wide=status in (401, 403, 404))
     # Other 5xx (501, 505, ...): the server failed; a later attempt may land elsewhere.
-    return ProviderUnavailable(what, retry_after=retry_after, loggable=bare, provider_wide=True)
+    return ProviderUnavailable(what, retry_after=retry_after, loggable=bare)
 
 
 def error_for_exception(name: str, url: str, exc: httpx.HTTPError, scrub: Scrubber) -> HandlerError:
@@ -131,7 +134,12 @@ def error_for_exception(name: str, url: str, exc: httpx.HTTPError, scrub: Scrubb
         return JobTimeout(f"{name} at {url} did not answer in time ({kind})")
     if isinstance(exc, httpx.TransportError):
         detail = scrub(str(exc)) or kind
-        return ProviderUnavailable(f"{name} at {url} is unreachable: {detail}", provider_wide=True)
+        # Refused or unresolvable: down for everyone. A read/protocol error on one connection
+        # (a stream cut, a connection closed as it was reused) may be this request's alone.
+        return ProviderUnavailable(
+            f"{name} at {url} is unreachable: {detail}",
+            provider_wide=isinstance(exc, httpx.ConnectError),
+        )
     if isinstance(exc, ResponseRefused):  # the server answered, with what is not read
         return InvalidOutput(f"{name} at {url} answered unreadably: {exc}")
     return ProviderUnavailable(f"{name} at {url} failed: {kind}")

@@ -26,6 +26,7 @@ import msgspec
 from service.config import Secret, Settings
 from service.providers.bounded import send_bounded
 from service.providers.errors import error_for_status
+from service.providers.pool import KEEPALIVE_EXPIRY
 from service.providers.responses import ModelList
 from service.providers.scrub import Scrubber
 from service.providers.urls import api_url, redact_url
@@ -79,7 +80,11 @@ class ProviderStatusBoard:
         self.ttl = ttl
         self.timeout = timeout
         self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout), follow_redirects=False, trust_env=False
+            timeout=httpx.Timeout(timeout),
+            follow_redirects=False,
+            trust_env=False,
+            # below vLLM's 5 s keep-alive: a probe on a connection it is closing fails
+            limits=httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY),
         )
         self._snapshot: dict[str, Any] | None = None
         self._taken_at = 0.0

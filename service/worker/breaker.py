@@ -3,13 +3,16 @@
 Without it, a vLLM restart (minutes while the weights load) or a rotated API key fails the
 whole queue: every job is claimed, fails, is retried after a short backoff and fails again
 until its attempts are spent. A failure that says the server itself is down or refuses
-everyone (connection refused or reset, 429 and 5xx, 401/403, 404 for the model: the
-handler's error is ``provider_wide``) counts; ``THRESHOLD`` of them in a row open the breaker:
-the profile's claim loop pauses (2 s, doubling to 60 s, at least the server's Retry-After),
-then claims one job as a probe. A success closes it and claiming resumes at full capacity.
+everyone (connection refused, 429/502/503, 401/403, 404 for the model, a redirect: the
+handler's error is ``provider_wide``) counts; ``THRESHOLD`` of them in a row open the breaker
+and the profile's claim loop pauses (2 s, doubling to 60 s, at least the server's
+Retry-After). After a pause the server is asked whether it serves the model again (the
+profile's health check, ``GET /v1/models``: no job is spent on it); when it does, claiming
+resumes at full capacity, and the first job that succeeds closes the breaker. A profile with
+no health check (extra handlers) claims one job as the probe instead.
 
 Jobs in flight when the server went down fail their attempt as usual (the categories are
-the providers issue's); only the jobs still queued are spared.
+the providers issue's); the queued ones keep theirs.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from service.handlers.base import HandlerError
+from service.handlers.base import HandlerError, HealthCheck, ProviderUnavailable
 
 log = logging.getLogger("ai_service.worker.breaker")
 
@@ -28,57 +31,60 @@ MAX_PAUSE = 60.0
 
 
 class ProviderBreaker:
-    def __init__(self, profile: str, *, on_close: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        profile: str,
+        *,
+        health_check: HealthCheck | None = None,
+        on_close: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.profile = profile
-        self.on_close = on_close
+        self.health_check = health_check
+        self.on_close = on_close  # told when claiming may resume at full capacity
+        self.clock = clock
         self.failures = 0  # provider-wide failures since the last success
         self.trips = 0  # times opened since the last success
-        self.opened_until = 0.0  # monotonic; claiming waits until then
+        self.opened_until = 0.0  # claiming waits until then
+        self.verified = False  # the health check passed since the last trip
         self.last_error: str | None = None
 
     @property
     def state(self) -> str:
-        if self.trips == 0:
+        if not self.trips:
             return "closed"
-        return "open" if time.monotonic() < self.opened_until else "probing"
-
-    def succeeded(self) -> None:
-        if self.trips:
-            log.info("%s: the inference server answers again; claiming resumes", self.profile)
-        was_open, self.failures, self.trips, self.last_error = self.trips > 0, 0, 0, None
-        if was_open:
-            self.on_close()
-
-    def failed(self, exc: HandlerError) -> None:
-        if not exc.provider_wide:
-            return
-        self.failures += 1
-        self.last_error = f"{exc.category}: {exc.loggable}"
-        if self.failures < THRESHOLD and not self.trips:
-            return
-        if self.trips and time.monotonic() < self.opened_until:
-            return  # a job claimed before the pause, failing now: the pause stands
-        pause = min(MAX_PAUSE, FIRST_PAUSE * 2**self.trips)
-        pause = max(pause, min(exc.retry_after or 0.0, MAX_PAUSE))
-        self.trips += 1
-        self.opened_until = time.monotonic() + pause
-        log.warning(
-            "%s: the inference server is failing (%s); claiming paused for %.0fs",
-            self.profile,
-            self.last_error,
-            pause,
-        )
+        if self.pause_left():
+            return "open"
+        return "recovering" if self.verified else "probing"
 
     def pause_left(self) -> float:
         """Seconds until claiming may resume (0: now)."""
-        return max(0.0, self.opened_until - time.monotonic()) if self.trips else 0.0
+        return max(0.0, self.opened_until - self.clock()) if self.trips else 0.0
+
+    def needs_check(self) -> bool:
+        """The pause is over and the server should be asked before any job is claimed."""
+        return bool(self.trips) and self.health_check is not None and not self.verified
 
     def claim_limit(self, free: int, in_flight: int) -> int:
-        """All free slots when closed; after a pause, one job (a probe) once nothing else of
-        the profile is in flight, and nothing more until an outcome decides."""
-        if not self.trips:
+        """All free slots when closed or once the health check passed; without a health
+        check, one job (a probe) once nothing else of the profile is in flight."""
+        if not self.trips or self.verified:
             return free
-        return min(free, 1) if in_flight == 0 and not self.pause_left() else 0
+        if self.pause_left() or self.health_check is not None:
+            return 0
+        return min(free, 1) if in_flight == 0 else 0
+
+    async def check(self) -> None:
+        """Ask the server (the pause is over): back, claiming resumes; not, a longer pause."""
+        assert self.health_check is not None
+        try:
+            await self.health_check()
+        except Exception as exc:
+            self.failed(_as_provider_wide(exc))
+            return
+        self.verified = True
+        log.info("%s: the inference server serves the model again; claiming resumes", self.profile)
+        self.on_close()
 
     def outcome(self, error: BaseException | None) -> None:
         """A job of the profile ended: ``error`` None (the server answered), or what failed
@@ -91,9 +97,49 @@ class ProviderBreaker:
             elif error.category in ("provider_rejected", "invalid_output"):
                 self.succeeded()  # the server answered (this request was wrong)
 
+    def succeeded(self) -> None:
+        was_open = self.trips > 0 and not self.verified
+        if self.trips:
+            log.info("%s: the inference server answers again", self.profile)
+        self.failures, self.trips, self.verified, self.last_error = 0, 0, False, None
+        if was_open:
+            self.on_close()
+
+    def failed(self, exc: HandlerError) -> None:
+        if not exc.provider_wide:
+            return
+        self.failures += 1
+        self.last_error = f"{exc.category}: {exc.loggable}"
+        if self.failures < THRESHOLD and not self.trips:
+            return
+        if self.trips and self.pause_left():
+            return  # a job claimed before the pause, failing now: the pause stands
+        pause = min(MAX_PAUSE, FIRST_PAUSE * 2**self.trips)
+        pause = max(pause, min(exc.retry_after or 0.0, MAX_PAUSE))
+        self.trips += 1
+        self.verified = False
+        self.opened_until = self.clock() + pause
+        log.warning(
+            "%s: the inference server is failing (%s); claiming paused for %.0fs",
+            self.profile,
+            self.last_error,
+            pause,
+        )
+
     def as_dict(self) -> dict[str, object]:
         return {
             "state": self.state,
             "paused_seconds_left": round(self.pause_left(), 3),
             "last_error": self.last_error,
         }
+
+
+def _as_provider_wide(exc: Exception) -> HandlerError:
+    if isinstance(exc, HandlerError) and exc.provider_wide:
+        return exc
+    message = str(exc) or type(exc).__name__
+    retry_after = exc.retry_after if isinstance(exc, HandlerError) else None
+    loggable = exc.loggable if isinstance(exc, HandlerError) else message
+    return ProviderUnavailable(
+        message, retry_after=retry_after, loggable=loggable, provider_wide=True
+    )

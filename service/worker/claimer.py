@@ -25,6 +25,7 @@ import anyio.lowlevel
 
 from service import metrics, tracing
 from service.db import DatabaseUnavailable
+from service.handlers.base import HealthCheck
 from service.jobs import Job, JobRepository
 from service.worker.backoff import Backoff
 from service.worker.breaker import ProviderBreaker
@@ -50,11 +51,14 @@ class ClaimLoop:
         lease_seconds: float,
         poll_interval: float,
         skip_types: Sequence[str] = (),
+        health_check: HealthCheck | None = None,
     ) -> None:
         self.profile = profile
         self.skip_types = tuple(skip_types)  # left to external workers (see JobRepository.claim)
         # The executor reports each outcome to it (through ``stats``); it pauses this loop.
-        self.breaker = stats.breaker = stats.breaker or ProviderBreaker(profile)
+        self.breaker = stats.breaker = stats.breaker or ProviderBreaker(
+            profile, health_check=health_check
+        )
         self.breaker.on_close = self.notify  # the server answers again: claim at full capacity
         self.repo = repo
         self.worker_id = worker_id
@@ -87,9 +91,13 @@ class ClaimLoop:
         backoff = Backoff(0.05, 5.0)
         while not self._stopped:
             free = self.stats.capacity - self.stats.in_flight
-            if self.breaker.pause_left():  # the inference server is down: spare the queue
-                self.stats.state = "paused"
-                await self._pause(self.breaker.pause_left())
+            if pause := self.breaker.pause_left():  # the inference server is down: spare the
+                self.stats.state = "paused"  # queue (re-checked on every wake-up: a success
+                await self._wakeup.wait(pause)  # of a job in flight closes the breaker)
+                continue
+            if self.breaker.needs_check():
+                self.stats.state = "probing"
+                await self.breaker.check()
                 continue
             limit = self.breaker.claim_limit(free, self.stats.in_flight)
             if limit > 0 and (may_have_work or self._hint or time.monotonic() >= idle_until):

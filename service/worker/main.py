@@ -173,6 +173,7 @@ class Worker:
                 lease_seconds=lease,
                 poll_interval=s.worker_poll_interval,
                 skip_types=s.worker_external_task_types,
+                health_check=self.registry.health_check(p),
             )
         keeper = self._keeper = LeaseKeeper(
             repo, self.worker_id, self.running, lease_seconds=lease,

@@ -145,7 +145,9 @@ async def test_malformed_json_wrong_method_and_too_large(api: Api) -> None:
         )
         assert r.status_code == 415, (media_type, r.text)
         assert_error(r.json(), "unsupported_media_type")
-    assert (await api.client.post("/api/v1/jobs", content=body)).status_code == 201  # none given
+    r = await api.client.post("/api/v1/jobs/cancel", content=b'{"all": true}')  # a Blob body
+    assert r.status_code == 415, r.text
+    assert "got none" in r.json()["detail"]
     r = await api.client.post(
         "/api/v1/jobs", content=body, headers={"content-type": "application/json; charset=utf-8"}
     )

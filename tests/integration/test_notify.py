@@ -133,7 +133,14 @@ async def test_claim_uses_the_partial_index(repo: JobRepository, db_url: str) ->
 
         plan = conn.execute(
             b"EXPLAIN (FORMAT TEXT) " + queries()["claim_jobs"],
-            {"model_profile": "qwen2.5-14b", "worker_id": "w", "limit": 4, "lease_seconds": 60},
+            {
+                "model_profile": "qwen2.5-14b",
+                "worker_id": "w",
+                "limit": 4,
+                "lease_seconds": 60,
+                "only_types": None,
+                "skip_types": [],
+            },
         ).fetchall()
     text = "\n".join(r[0] for r in plan)
     assert "ai_jobs_claim_idx" in text, text

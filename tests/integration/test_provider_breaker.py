@@ -2,7 +2,9 @@
 
 The worker runs the real LLM handler against a port nothing listens on (a vLLM restarting,
 loading its weights), then the simulator starts on that port: the jobs that were still
-queued must have kept their attempts, and all of them complete. Real PostgreSQL, real HTTP.
+queued must have kept their attempts — the worker asks the server (its model list) whether
+it is back rather than spending jobs on it — and all of them complete. Real PostgreSQL, real
+HTTP.
 """
 
 from __future__ import annotations
@@ -49,9 +51,13 @@ async def test_a_down_inference_server_pauses_claiming_and_spares_the_queue(
         tg.start_soon(worker.run)
         await until(lambda: provider()["state"] == "open", what="claiming to pause")
         assert "unreachable" in str(provider()["last_error"])
-        # the jobs in flight and the failures that opened it, perhaps one probe: not the queue
+        # the jobs in flight and the failures that opened it: not the queue
         spent = await attempts()
-        assert spent <= breaker.THRESHOLD + CAPACITY + 1, spent
+        assert spent <= breaker.THRESHOLD + CAPACITY, spent
+        profile = worker.status.profiles[PROFILE]
+        assert profile.breaker is not None
+        await until(lambda: profile.breaker.trips >= 2, what="a check that the server is down")
+        assert await attempts() == spent  # asking cost no job an attempt
         async with serve_simulator(port=port, chat_models=(PROFILE,), **FAST):
             for i in ids:
                 done = await until(
@@ -61,7 +67,8 @@ async def test_a_down_inference_server_pauses_claiming_and_spares_the_queue(
             assert provider()["state"] == "closed"
             await until(lambda: idle(worker), what="the worker to idle")
         worker.stop()
-    assert await attempts() <= JOBS + spent + 2  # the queued jobs ran once each
+    # every job completed on its first attempt after the outage: none was spent on probing
+    assert await attempts() == JOBS + spent
 
 
 async def _completed(repo: JobRepository, job_id: uuid.UUID) -> object:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from service.handlers.base import InvalidInput, JobTimeout, ProviderRejected, ProviderUnavailable
-from service.worker import breaker as breaker_module
 from service.worker.breaker import FIRST_PAUSE, MAX_PAUSE, THRESHOLD, ProviderBreaker
 
 
@@ -17,19 +16,12 @@ class Clock:
         return self.now
 
 
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    c = Clock()
-    monkeypatch.setattr(breaker_module.time, "monotonic", c)
-    return c
-
-
 DOWN = ProviderUnavailable("llm is unreachable", provider_wide=True)
 
 
-def test_it_opens_after_threshold_server_failures_and_probes_one_job(clock: Clock) -> None:
-    closed: list[bool] = []
-    b = ProviderBreaker("p", on_close=lambda: closed.append(True))
+def test_without_a_health_check_it_probes_with_one_job() -> None:
+    clock, closed = Clock(), []
+    b = ProviderBreaker("p", on_close=lambda: closed.append(True), clock=clock)
     for _ in range(THRESHOLD - 1):
         b.outcome(DOWN)
     assert b.state == "closed" and b.claim_limit(8, 0) == 8
@@ -38,7 +30,7 @@ def test_it_opens_after_threshold_server_failures_and_probes_one_job(clock: Cloc
     b.outcome(DOWN)  # claimed before the pause, failing now: the pause stands
     assert b.pause_left() == FIRST_PAUSE
     clock.now += FIRST_PAUSE
-    assert b.state == "probing"
+    assert b.state == "probing" and not b.needs_check()
     assert b.claim_limit(8, 1) == 0  # something still in flight: no probe yet
     assert b.claim_limit(8, 0) == 1
     b.outcome(DOWN)  # the probe failed: twice as long
@@ -48,8 +40,36 @@ def test_it_opens_after_threshold_server_failures_and_probes_one_job(clock: Cloc
     assert b.state == "closed" and b.claim_limit(8, 0) == 8 and closed == [True]
 
 
-def test_pauses_double_up_to_a_cap_and_honour_retry_after(clock: Clock) -> None:
-    b = ProviderBreaker("p")
+@pytest.mark.anyio
+async def test_with_a_health_check_no_job_is_spent_on_probing() -> None:
+    clock, closed, up = Clock(), [], [False]
+
+    async def check() -> None:
+        if not up[0]:
+            raise ProviderUnavailable("llm is unreachable")
+
+    b = ProviderBreaker("p", health_check=check, on_close=lambda: closed.append(True), clock=clock)
+    for _ in range(THRESHOLD):
+        b.outcome(DOWN)
+    clock.now += FIRST_PAUSE
+    assert b.needs_check() and b.claim_limit(8, 0) == 0  # asked first, no job probe
+    await b.check()  # still down: a longer pause
+    assert b.state == "open" and b.pause_left() == 2 * FIRST_PAUSE
+    clock.now += 2 * FIRST_PAUSE
+    up[0] = True
+    await b.check()
+    assert b.state == "recovering" and b.claim_limit(8, 0) == 8 and closed == [True]
+    b.outcome(DOWN)  # served its model list, but the jobs still fail: longer again
+    assert b.pause_left() == 4 * FIRST_PAUSE and not b.claim_limit(8, 0)
+    clock.now += 4 * FIRST_PAUSE
+    await b.check()
+    b.outcome(None)
+    assert b.state == "closed" and b.trips == 0
+
+
+def test_pauses_double_up_to_a_cap_and_honour_retry_after() -> None:
+    clock = Clock()
+    b = ProviderBreaker("p", clock=clock)
     pauses = []
     for _ in range(THRESHOLD + 8):
         b.outcome(DOWN)
@@ -65,8 +85,9 @@ def test_pauses_double_up_to_a_cap_and_honour_retry_after(clock: Clock) -> None:
     assert b.pause_left() == 45.0
 
 
-def test_only_failures_of_the_server_count_and_an_answer_closes_it(clock: Clock) -> None:
-    b = ProviderBreaker("p")
+def test_only_failures_of_the_server_count_and_an_answer_closes_it() -> None:
+    clock = Clock()
+    b = ProviderBreaker("p", clock=clock)
     for other in (InvalidInput("bad"), JobTimeout("slow"), ProviderUnavailable("audio host")):
         for _ in range(THRESHOLD):
             b.outcome(other)
