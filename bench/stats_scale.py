@@ -64,11 +64,16 @@ UPDATE ai_jobs SET status = 'completed', finished_at = now(), updated_at = now()
 """
 
 
+def claim_params(limit: int) -> dict[str, Any]:
+    """What a built-in worker sends (no task-type filter; none left to external workers)."""
+    return {"model_profile": CLAIM_PROFILE, "worker_id": "bench", "limit": limit,
+            "lease_seconds": 300.0, "only_types": None, "skip_types": []}  # fmt: skip
+
+
 def claim_latency(url: str, claims: int, limit: int) -> dict[str, float]:
     """ms per ``claim_jobs`` (the worker's statement, prepared), each claim then completed."""
     sql = queries()["claim_jobs"]
-    params = {"model_profile": CLAIM_PROFILE, "worker_id": "bench", "limit": limit,
-              "lease_seconds": 300.0}  # fmt: skip
+    params = claim_params(limit)
     ms: list[float] = []
     with psycopg.connect(url, autocommit=True, prepare_threshold=0) as conn:
         conn.execute(QUEUE, (CLAIM_PROFILE, (claims + WARMUP) * limit))
@@ -88,8 +93,7 @@ def explain_claim(url: str) -> str:
     """The plan of the worker's claim (limit 100), executed in a transaction rolled back."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(QUEUE, (CLAIM_PROFILE, 100))
-    params = {"model_profile": CLAIM_PROFILE, "worker_id": "bench", "limit": 100,
-              "lease_seconds": 300.0}  # fmt: skip
+    params = claim_params(100)
     with psycopg.connect(url) as conn:
         sql = b"EXPLAIN (ANALYZE, BUFFERS) " + queries()["claim_jobs"]
         plan = "\n".join(str(r[0]) for r in conn.execute(sql, params).fetchall())
