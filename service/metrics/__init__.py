@@ -105,6 +105,8 @@ class Workers:
             for profile, stats in status.profiles.items():
                 if metric is names.WORKER_CAPACITY:
                     value = stats.capacity if claiming else 0
+                elif metric is names.WORKERS_PAUSED:
+                    value = int(stats.breaker is not None and stats.breaker.trips > 0)
                 else:
                     value = stats.in_flight
                 totals[profile] = totals.get(profile, 0) + value
@@ -116,7 +118,7 @@ workers = Workers()
 
 
 def _observe(metric: names.Metric) -> Iterable[Observation]:
-    if metric in (names.JOBS_IN_FLIGHT, names.WORKER_CAPACITY):
+    if metric in (names.JOBS_IN_FLIGHT, names.WORKER_CAPACITY, names.WORKERS_PAUSED):
         return workers.observe(metric)
     return queue_sample.observe(metric)
 

@@ -148,6 +148,14 @@ GEN_AI_TOKENS = Metric(
     (*_GEN_AI, "gen_ai.token.type"),
     GEN_AI_TOKEN_BUCKETS,
 )
+WORKERS_PAUSED = Metric(
+    "ai_service.worker.paused",
+    "observable_up_down_counter",
+    "{worker}",
+    "Worker processes not claiming for the profile because its inference server fails (the "
+    "provider breaker is not closed); while they pause, no job fails, so failure rates fall.",
+    ("model_profile",),
+)
 GEN_AI_DURATION = Metric(
     "gen_ai.client.operation.duration",
     "histogram",
@@ -160,7 +168,7 @@ GEN_AI_DURATION = Metric(
 REGISTRY: Final[tuple[Metric, ...]] = (
     JOBS_CREATED, JOBS_COMPLETED, JOBS_FAILED, JOBS_IN_FLIGHT, WORKER_CAPACITY, PICKUP_LATENCY,
     JOB_DURATION, QUEUE_PENDING, QUEUE_DUE, QUEUE_OLDEST_AGE, LISTENER_RECONNECTS,
-    LEASES_RENEWED, LEASES_LOST, LEASES_REAPED, GEN_AI_TOKENS, GEN_AI_DURATION,
+    LEASES_RENEWED, LEASES_LOST, LEASES_REAPED, GEN_AI_TOKENS, GEN_AI_DURATION, WORKERS_PAUSED,
 )  # fmt: skip
 
 _UNITS: Final = {"s": "seconds", "ms": "milliseconds", "By": "bytes", "1": "", "%": "percent"}

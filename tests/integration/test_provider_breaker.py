@@ -13,7 +13,9 @@ import uuid
 
 import anyio
 
+from service import metrics
 from service.jobs import JobRepository, NewJob
+from service.metrics import names
 from service.simulator import serve_simulator
 from service.worker import breaker
 from service.worker.main import Worker
@@ -44,6 +46,12 @@ async def test_a_down_inference_server_pauses_claiming_and_spares_the_queue(
         state: dict[str, object] = worker.status.snapshot()["profiles"][PROFILE]["provider"]
         return state
 
+    def paused() -> float | None:
+        """What ai_service.worker.paused reports for the profile (the alert's metric)."""
+        found = [o.value for o in metrics.workers.observe(names.WORKERS_PAUSED)
+                 if o.attributes == {"model_profile": PROFILE}]  # fmt: skip
+        return sum(found) if found else None
+
     async def attempts() -> int:
         return sum([(await repo.get(i)).attempts for i in ids])
 
@@ -58,6 +66,7 @@ async def test_a_down_inference_server_pauses_claiming_and_spares_the_queue(
         assert profile.breaker is not None
         await until(lambda: profile.breaker.trips >= 2, what="a check that the server is down")
         assert await attempts() == spent  # asking cost no job an attempt
+        assert paused() == 1
         async with serve_simulator(port=port, chat_models=(PROFILE,), **FAST):
             for i in ids:
                 done = await until(
@@ -65,6 +74,7 @@ async def test_a_down_inference_server_pauses_claiming_and_spares_the_queue(
                 )
                 assert done.status == "completed"
             assert provider()["state"] == "closed"
+            assert paused() == 0
             await until(lambda: idle(worker), what="the worker to idle")
         worker.stop()
     # every job completed on its first attempt after the outage: none was spent on probing
