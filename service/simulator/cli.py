@@ -73,6 +73,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     a("--audio-model", action="append", dest="audio_models", metavar="NAME",
       help=f"transcription model to serve; repeatable (default {_D.audio_models[0]})")  # fmt: skip
+    a("--api-key", default=None, metavar="KEY",
+      help="answer 401 unless requests carry this bearer key, as vLLM's --api-key (default: "
+           "none needed; for trying a worker's key handling, not a secret)")  # fmt: skip
 
 
 def main(args: argparse.Namespace) -> int:
@@ -91,6 +94,7 @@ def main(args: argparse.Namespace) -> int:
             seed=args.seed,
             chat_models=tuple(args.chat_models or _D.chat_models),
             audio_models=tuple(args.audio_models or _D.audio_models),
+            api_key=args.api_key,
         )
     except ValueError as exc:
         raise SystemExit(f"simulate-provider: {exc}") from None

@@ -5,14 +5,15 @@ whole queue: every job is claimed, fails, is retried after a short backoff and f
 until its attempts are spent. A failure that says the server itself is down or refuses
 everyone (connection refused, 429/502/503, 401/403, 404 for the model, a redirect: the
 handler's error is ``provider_wide``) counts; ``THRESHOLD`` of them in a row open the breaker
-and the profile's claim loop pauses (2 s, doubling to 60 s, at least the server's
-Retry-After). After a pause the server is asked whether it serves the model again (the
-profile's health check, ``GET /v1/models``: no job is spent on it); when it does, claiming
-resumes at full capacity, and the first job that succeeds closes the breaker. A profile with
-no health check (extra handlers) claims one job as the probe instead.
+and the profile's claim loop pauses (2 s, doubling to 10 s, at least the server's Retry-After).
+After a pause the server is asked whether it serves the model again (the profile's health
+check, ``GET /v1/models``: no job is spent on it); when it does, claiming resumes at full
+capacity, and the first job that succeeds closes the breaker. A profile with no health check
+(extra handlers) claims one job as the probe instead, at most once a minute.
 
-Jobs in flight when the server went down fail their attempt as usual (the categories are
-the providers issue's); the queued ones keep theirs.
+Jobs in flight when the server went down, and the few claimed before ``THRESHOLD`` failures
+opened the breaker, fail their attempt as usual (the categories are the providers issue's:
+a 401 is final); the rest of the queue keeps its attempts.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ log = logging.getLogger("ai_service.worker.breaker")
 
 THRESHOLD = 3  # provider-wide failures in a row that open the breaker
 FIRST_PAUSE = 2.0
-MAX_PAUSE = 60.0
+MAX_PAUSE = 60.0  # between job probes (each may cost a job an attempt)
+MAX_CHECK_PAUSE = 10.0  # between health checks: a GET costs nothing, and the server is back
+# within 10 s of answering again rather than up to a minute
 
 
 class ProviderBreaker:
@@ -114,7 +117,8 @@ class ProviderBreaker:
             return
         if self.trips and self.pause_left():
             return  # a job claimed before the pause, failing now: the pause stands
-        pause = min(MAX_PAUSE, FIRST_PAUSE * 2**self.trips)
+        cap = MAX_CHECK_PAUSE if self.health_check is not None else MAX_PAUSE
+        pause = min(cap, FIRST_PAUSE * 2**self.trips)
         pause = max(pause, min(exc.retry_after or 0.0, MAX_PAUSE))
         self.trips += 1
         self.verified = False

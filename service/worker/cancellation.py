@@ -37,6 +37,9 @@ class RunningJob:
     job: Job
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     reason: Reason | None = None
+    # The handler has returned; its outcome is being recorded. A notification about this run
+    # now is the echo of that outcome (the worker's own retry notifies the run it took back).
+    finished: bool = False
 
     def cancel(self, reason: Reason) -> None:
         if self.reason is None:
@@ -95,6 +98,8 @@ class Running:
             started_us is not None and _micros(entry.job.started_at) != started_us
         ):
             self._remember((job_id, started_us))
+            return False
+        if entry.finished:
             return False
         self._stop(entry, reason)
         return True

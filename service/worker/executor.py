@@ -201,6 +201,7 @@ class Executor:
                     encoded = msgspec.Raw(_encoder.encode(result))
                 except (TypeError, ValueError, OverflowError) as exc:
                     error = HandlerError(f"the handler returned a result that is not JSON: {exc}")
+        entry.finished = True
         outcome = "stopped" if entry.reason else "failed" if error else "completed"
         metrics.job_ran(job, time.perf_counter() - started, outcome)
         breaker = self.status.profiles[job.model_profile].breaker

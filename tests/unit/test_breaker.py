@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from service.handlers.base import InvalidInput, JobTimeout, ProviderRejected, ProviderUnavailable
-from service.worker.breaker import FIRST_PAUSE, MAX_PAUSE, THRESHOLD, ProviderBreaker
+from service.worker.breaker import (
+    FIRST_PAUSE,
+    MAX_CHECK_PAUSE,
+    MAX_PAUSE,
+    THRESHOLD,
+    ProviderBreaker,
+)
 
 
 class Clock:
@@ -62,6 +68,15 @@ async def test_with_a_health_check_no_job_is_spent_on_probing() -> None:
     b.outcome(DOWN)  # served its model list, but the jobs still fail: longer again
     assert b.pause_left() == 4 * FIRST_PAUSE and not b.claim_limit(8, 0)
     clock.now += 4 * FIRST_PAUSE
+    up[0] = False
+    for _ in range(5):  # checks cost nothing: they stay frequent
+        await b.check()
+        clock.now += b.pause_left()
+    assert b.opened_until - clock.now == 0 and b.trips == 8
+    await b.check()
+    assert b.pause_left() == MAX_CHECK_PAUSE
+    clock.now += MAX_CHECK_PAUSE
+    up[0] = True
     await b.check()
     b.outcome(None)
     assert b.state == "closed" and b.trips == 0

@@ -153,3 +153,19 @@ async def test_a_notification_heard_before_its_run_is_added_stops_it_then(
     for _ in range(5):
         running.cancel(uuid.uuid4(), "cancelled")
     assert len(running._recent) == 3
+
+
+async def test_the_echo_of_a_runs_own_outcome_stops_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A retryable failure sends the job back to pending, which notifies the run it took
+    back: that run is this one, already finished; no "cancelling" warning, nothing kept."""
+    running = Running()
+    entry = running.add(_job())
+    assert entry.job.started_at is not None
+    us = (entry.job.started_at - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(
+        microseconds=1
+    )
+    entry.finished = True
+    assert not running.cancel(entry.job.id, "lost", started_us=us)
+    assert entry.reason is None and "cancelling" not in caplog.text and not running._recent
