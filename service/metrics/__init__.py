@@ -105,8 +105,8 @@ class Workers:
             for profile, stats in status.profiles.items():
                 if metric is names.WORKER_CAPACITY:
                     value = stats.capacity if claiming else 0
-                elif metric is names.WORKERS_PAUSED:
-                    value = int(stats.breaker is not None and stats.breaker.trips > 0)
+                elif metric is names.WORKERS_PAUSED:  # not "recovering": claiming again
+                    value = int(stats.breaker is not None and stats.breaker.paused)
                 else:
                     value = stats.in_flight
                 totals[profile] = totals.get(profile, 0) + value

@@ -60,6 +60,12 @@ class ProviderBreaker:
             return "open"
         return "recovering" if self.verified else "probing"
 
+    @property
+    def paused(self) -> bool:
+        """Claiming is held back (open, or waiting for its check or probe): what the
+        ``ai_service.worker.paused`` metric reports."""
+        return self.trips > 0 and not self.verified
+
     def pause_left(self) -> float:
         """Seconds until claiming may resume (0: now)."""
         return max(0.0, self.opened_until - self.clock()) if self.trips else 0.0

@@ -60,11 +60,12 @@ async def test_with_a_health_check_no_job_is_spent_on_probing() -> None:
     clock.now += FIRST_PAUSE
     assert b.needs_check() and b.claim_limit(8, 0) == 0  # asked first, no job probe
     await b.check()  # still down: a longer pause
-    assert b.state == "open" and b.pause_left() == 2 * FIRST_PAUSE
+    assert b.state == "open" and b.pause_left() == 2 * FIRST_PAUSE and b.paused
     clock.now += 2 * FIRST_PAUSE
     up[0] = True
     await b.check()
     assert b.state == "recovering" and b.claim_limit(8, 0) == 8 and closed == [True]
+    assert not b.paused  # claiming again (what the paused metric and its alert read)
     b.outcome(DOWN)  # served its model list, but the jobs still fail: longer again
     assert b.pause_left() == 4 * FIRST_PAUSE and not b.claim_limit(8, 0)
     clock.now += 4 * FIRST_PAUSE
