@@ -38,6 +38,11 @@ async def test_create_and_get(api: Api) -> None:
     assert job["status"] == "pending" and job["priority"] == 5 and job["max_attempts"] == 3
     got = await api.client.get(f"/api/v1/jobs/{job['id']}")
     assert got.status_code == 200 and got.json() == job
+    # read leniently, as the seed's API did (README): a number as a string, Unix seconds
+    r = await api.client.post("/api/v1/jobs", json=job_body(priority="7", run_after=1_900_000_000))
+    assert r.status_code == 201, r.text
+    assert r.json()["priority"] == 7
+    assert r.json()["run_after"].startswith("2030-03-17T17:46:40")
 
 
 async def test_idempotency_same_body_200_different_body_409(api: Api) -> None:
