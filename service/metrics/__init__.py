@@ -105,8 +105,9 @@ class Workers:
             for profile, stats in status.profiles.items():
                 if metric is names.WORKER_CAPACITY:
                     value = stats.capacity if claiming else 0
-                elif metric is names.WORKERS_PAUSED:  # not "recovering": claiming again
-                    value = int(stats.breaker is not None and stats.breaker.paused)
+                elif metric is names.WORKERS_PAUSED:
+                    paused = stats.breaker is not None and stats.breaker.paused
+                    value = int(claiming and paused)
                 else:
                     value = stats.in_flight
                 totals[profile] = totals.get(profile, 0) + value

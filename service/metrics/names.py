@@ -152,8 +152,9 @@ WORKERS_PAUSED = Metric(
     "ai_service.worker.paused",
     "observable_up_down_counter",
     "{worker}",
-    "Worker processes not claiming for the profile because its inference server fails (the "
-    "provider breaker is not closed); while they pause, no job fails, so failure rates fall.",
+    "Running worker processes holding back claims for the profile because its inference "
+    "server fails (the provider breaker is not closed: paused, checking, or one probe job at "
+    "a time); while they pause, no job fails, so failure rates fall.",
     ("model_profile",),
 )
 GEN_AI_DURATION = Metric(

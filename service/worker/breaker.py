@@ -4,12 +4,17 @@ Without it, a vLLM restart (minutes while the weights load) or a rotated API key
 whole queue: every job is claimed, fails, is retried after a short backoff and fails again
 until its attempts are spent. A failure that says the server itself is down or refuses
 everyone (connection refused, 429/502/503, 401/403, 404 for the model, a redirect: the
-handler's error is ``provider_wide``) counts; ``THRESHOLD`` of them in a row open the breaker
-and the profile's claim loop pauses (2 s, doubling to 10 s, at least the server's Retry-After).
-After a pause the server is asked whether it serves the model again (the profile's health
-check, ``GET /v1/models``: no job is spent on it); when it does, claiming resumes at full
-capacity, and the first job that succeeds closes the breaker. A profile with no health check
-(extra handlers) claims one job as the probe instead, at most once a minute.
+handler's error is ``provider_wide``) counts; ``THRESHOLD`` of them in a row open the breaker.
+
+- open: the profile's claim loop claims nothing for a pause (2 s, doubling; at least the
+  server's Retry-After, up to 60 s).
+- checking: after the pause the server is asked whether it serves the model (the profile's
+  health check, ``GET /v1/models`` with the key; no job is spent); not yet: a longer pause
+  (at most 10 s: a GET costs nothing).
+- probing: one job at a time (profiles without a health check start here, pausing up to
+  60 s between probes since each may cost a job an attempt). A job that succeeds closes the
+  breaker and claiming resumes at full capacity; one that fails server-wide opens it again;
+  one that decides nothing (a timeout, bad input) waits out the same pause again.
 
 Jobs in flight when the server went down, and the few claimed before ``THRESHOLD`` failures
 opened the breaker, fail their attempt as usual (the categories are the providers issue's:
@@ -28,9 +33,10 @@ log = logging.getLogger("ai_service.worker.breaker")
 
 THRESHOLD = 3  # provider-wide failures in a row that open the breaker
 FIRST_PAUSE = 2.0
-MAX_PAUSE = 60.0  # between job probes (each may cost a job an attempt)
-MAX_CHECK_PAUSE = 10.0  # between health checks: a GET costs nothing, and the server is back
-# within 10 s of answering again rather than up to a minute
+MAX_PAUSE = 60.0  # before a job probe (each may cost a job an attempt), and Retry-After's cap
+MAX_CHECK_PAUSE = 10.0  # before a health check: a GET costs nothing, and the server is used
+# again within 10 s of serving its model rather than up to a minute
+_MAX_DOUBLINGS = 8  # 2 s * 2**8 is past both caps; 2**trips would overflow after ~1,000 trips
 
 
 class ProviderBreaker:
@@ -49,6 +55,7 @@ class ProviderBreaker:
         self.failures = 0  # provider-wide failures since the last success
         self.trips = 0  # times opened since the last success
         self.opened_until = 0.0  # claiming waits until then
+        self.pause = 0.0  # the current pause's length
         self.verified = False  # the health check passed since the last trip
         self.last_error: str | None = None
 
@@ -58,13 +65,13 @@ class ProviderBreaker:
             return "closed"
         if self.pause_left():
             return "open"
-        return "recovering" if self.verified else "probing"
+        return "checking" if self.needs_check() else "probing"
 
     @property
     def paused(self) -> bool:
-        """Claiming is held back (open, or waiting for its check or probe): what the
+        """Claiming is held back (open, checking or probing one job at a time): what the
         ``ai_service.worker.paused`` metric reports."""
-        return self.trips > 0 and not self.verified
+        return self.trips > 0
 
     def pause_left(self) -> float:
         """Seconds until claiming may resume (0: now)."""
@@ -75,16 +82,17 @@ class ProviderBreaker:
         return bool(self.trips) and self.health_check is not None and not self.verified
 
     def claim_limit(self, free: int, in_flight: int) -> int:
-        """All free slots when closed or once the health check passed; without a health
-        check, one job (a probe) once nothing else of the profile is in flight."""
-        if not self.trips or self.verified:
+        """All free slots when closed; else nothing while open or checking, and one job (a
+        probe) once nothing else of the profile is in flight."""
+        if not self.trips:
             return free
-        if self.pause_left() or self.health_check is not None:
+        if self.pause_left() or self.needs_check():
             return 0
         return min(free, 1) if in_flight == 0 else 0
 
     async def check(self) -> None:
-        """Ask the server (the pause is over): back, claiming resumes; not, a longer pause."""
+        """Ask the server (the pause is over): serving, a job probes it; not, a longer pause.
+        Cancelled (the worker stopping), it decides nothing."""
         assert self.health_check is not None
         try:
             await self.health_check()
@@ -92,7 +100,7 @@ class ProviderBreaker:
             self.failed(_as_provider_wide(exc))
             return
         self.verified = True
-        log.info("%s: the inference server serves the model again; claiming resumes", self.profile)
+        log.info("%s: the inference server serves the model; one job probes it", self.profile)
         self.on_close()
 
     def outcome(self, error: BaseException | None) -> None:
@@ -105,14 +113,24 @@ class ProviderBreaker:
                 self.failed(error)
             elif error.category in ("provider_rejected", "invalid_output"):
                 self.succeeded()  # the server answered (this request was wrong)
+            else:
+                self._undecided()
+        else:
+            self._undecided()
 
     def succeeded(self) -> None:
-        was_open = self.trips > 0 and not self.verified
-        if self.trips:
-            log.info("%s: the inference server answers again", self.profile)
+        was_open = self.trips > 0
+        if was_open:
+            log.info("%s: the inference server answers again; claiming resumes", self.profile)
         self.failures, self.trips, self.verified, self.last_error = 0, 0, False, None
         if was_open:
             self.on_close()
+
+    def _undecided(self) -> None:
+        """A probe that says nothing of the server: the next one waits the same pause (not
+        at once: each costs a job an attempt)."""
+        if self.trips and not self.pause_left():
+            self.opened_until = self.clock() + self.pause
 
     def failed(self, exc: HandlerError) -> None:
         if not exc.provider_wide:
@@ -124,16 +142,16 @@ class ProviderBreaker:
         if self.trips and self.pause_left():
             return  # a job claimed before the pause, failing now: the pause stands
         cap = MAX_CHECK_PAUSE if self.health_check is not None else MAX_PAUSE
-        pause = min(cap, FIRST_PAUSE * 2**self.trips)
-        pause = max(pause, min(exc.retry_after or 0.0, MAX_PAUSE))
+        pause = min(cap, FIRST_PAUSE * 2 ** min(self.trips, _MAX_DOUBLINGS))
+        self.pause = max(pause, min(exc.retry_after or 0.0, MAX_PAUSE))
         self.trips += 1
         self.verified = False
-        self.opened_until = self.clock() + pause
+        self.opened_until = self.clock() + self.pause
         log.warning(
             "%s: the inference server is failing (%s); claiming paused for %.0fs",
             self.profile,
             self.last_error,
-            pause,
+            self.pause,
         )
 
     def as_dict(self) -> dict[str, object]:

@@ -70,6 +70,7 @@ class ClaimLoop:
         self._hint = False
         self._stopped = False
         self._orphans_possible = False
+        self._check_scope: anyio.CancelScope | None = None
 
     # --- signals from other parts of the worker (all synchronous, never block) -----------
     def notify(self) -> None:
@@ -83,6 +84,8 @@ class ClaimLoop:
     def stop(self) -> None:
         self._stopped = True
         self._wakeup.set()
+        if self._check_scope is not None:
+            self._check_scope.cancel()
 
     # --- the loop ---------------------------------------------------------------------------
     async def run(self) -> None:
@@ -96,8 +99,10 @@ class ClaimLoop:
                 await self._wakeup.wait(pause)  # of a job in flight closes the breaker)
                 continue
             if self.breaker.needs_check():
-                self.stats.state = "probing"
-                await self.breaker.check()
+                self.stats.state = "checking"
+                with anyio.CancelScope() as self._check_scope:  # stop() cuts it short
+                    await self.breaker.check()
+                self._check_scope = None
                 continue
             limit = self.breaker.claim_limit(free, self.stats.in_flight)
             if limit > 0 and (may_have_work or self._hint or time.monotonic() >= idle_until):

@@ -30,7 +30,8 @@ def _iso(ts: float | None) -> str | None:
 @dataclass
 class ProfileStats:
     capacity: int
-    state: str = "starting"  # claiming | full | idle | backoff | paused | stopped
+    # claiming | full | idle | backoff | paused | checking | probing | stopped
+    state: str = "starting"
     in_flight: int = 0
     claimed: int = 0
     completed: int = 0

@@ -14,6 +14,7 @@ import uuid
 import anyio
 
 from service import metrics
+from service.handlers.base import HandlerRegistry, ProviderUnavailable
 from service.jobs import JobRepository, NewJob
 from service.metrics import names
 from service.simulator import serve_simulator
@@ -21,7 +22,7 @@ from service.worker import breaker
 from service.worker.main import Worker
 from service.worker.registry import build_registry
 from tests.helpers import free_port
-from tests.integration.test_worker_runtime import idle, settings, until
+from tests.integration.test_worker_runtime import idle, running_worker, settings, until
 
 PROFILE = f"breaker-{uuid.uuid4().hex[:8]}"
 FAST = {"latency_ms": 1.0, "per_token_ms": 0.0, "per_audio_second_ms": 0.0}
@@ -84,3 +85,29 @@ async def test_a_down_inference_server_pauses_claiming_and_spares_the_queue(
 async def _completed(repo: JobRepository, job_id: uuid.UUID) -> object:
     job = await repo.get(job_id)
     return job if job.status in ("completed", "failed") else None
+
+
+async def test_a_worker_stops_at_once_while_it_checks_a_server_that_never_answers(
+    repo: JobRepository, db_url: str
+) -> None:
+    """The check is bounded by the client's timeout; stopping must not wait for it either."""
+    hung = anyio.Event()
+
+    async def handler(job: object) -> object:
+        raise ProviderUnavailable("llm is unreachable", provider_wide=True)
+
+    async def check() -> None:
+        hung.set()
+        await anyio.sleep_forever()
+
+    registry = HandlerRegistry()
+    registry.register(["llm_chat"], PROFILE, handler)
+    registry.set_health_check(PROFILE, check)
+    new = NewJob(owner_service="t", task_type="llm_chat", model_profile=PROFILE, max_attempts=5)
+    async with running_worker(db_url, registry, [PROFILE], worker_claim_limit=1) as worker:
+        await repo.create_batch([new] * breaker.THRESHOLD)
+        with anyio.fail_after(60):  # bounds a hang only: the first pause is 2 s
+            await hung.wait()
+        assert worker.status.profiles[PROFILE].state == "checking"
+        worker.stop()
+        await until(lambda: worker.status.state == "stopped", what="the worker to stop")
