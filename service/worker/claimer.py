@@ -30,6 +30,7 @@ from service.jobs import Job, JobRepository
 from service.worker.backoff import Backoff
 from service.worker.breaker import ProviderBreaker
 from service.worker.executor import Executor
+from service.worker.shutdown import release_orphans
 from service.worker.status import ProfileStats
 from service.worker.wakeup import Wakeup
 
@@ -159,15 +160,8 @@ class ClaimLoop:
     async def _release_orphans(self) -> None:
         with anyio.CancelScope(shield=True):
             known = self.executor.held_ids()
-            released = await self.repo.release_orphans(self.worker_id, self.profile, known)
+            await release_orphans(self.repo, self.worker_id, self.profile, self.stats, known)
         self._orphans_possible = False
-        if released:
-            self.stats.released += len(released)
-            log.warning(
-                "released %d %s jobs claimed by a claim whose reply was lost",
-                len(released),
-                self.profile,
-            )
 
     async def _idle_seconds(self) -> float:
         """Until the earliest pending job is due, capped by the fallback poll interval."""

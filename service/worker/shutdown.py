@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
+from uuid import UUID
 
 import anyio
 
@@ -15,7 +17,7 @@ from service.db import DatabaseUnavailable
 from service.jobs import Job, JobRepository
 from service.worker.backoff import Backoff
 from service.worker.cancellation import Running
-from service.worker.status import WorkerStatus
+from service.worker.status import ProfileStats, WorkerStatus
 
 log = logging.getLogger("ai_service.worker.shutdown")
 
@@ -55,17 +57,29 @@ async def release(
     log.info("released %d jobs to pending", len(released))
 
 
+async def release_orphans(
+    repo: JobRepository,
+    worker_id: str,
+    profile: str,
+    stats: ProfileStats,
+    known: Sequence[UUID] = (),
+) -> None:
+    """Hand back ``profile``'s jobs the database says this process holds but it does not
+    know (``known``): those of a claim that committed while its reply was lost."""
+    released = await repo.release_orphans(worker_id, profile, known)
+    if released:
+        stats.released += len(released)
+        log.warning(
+            "released %d %s jobs claimed by a claim whose reply was lost", len(released), profile
+        )
+
+
 async def release_unknown(repo: JobRepository, worker_id: str, status: WorkerStatus) -> None:
-    """Hand back what the database says this process still holds after the release: jobs of a
-    claim whose reply was lost as the worker stopped (no claim loop runs again to release
-    them). The worker id is unique to this process, so nothing of another is touched."""
+    """After the final release, the orphans of every profile: a claim whose reply was lost
+    as the worker stopped (no claim loop runs again to release them). The worker id is
+    unique to this process, so nothing of another is touched."""
     for profile, stats in status.profiles.items():
         try:
-            released = await repo.release_orphans(worker_id, profile, [])
+            await release_orphans(repo, worker_id, profile, stats)
         except Exception as exc:  # DatabaseUnavailable or anything else: the leases remain
             log.warning("releasing %s jobs left by a lost claim failed: %s", profile, exc)
-            continue
-        if released:
-            stats.released += len(released)
-            log.warning("released %d %s jobs claimed by a claim whose reply was lost",
-                        len(released), profile)  # fmt: skip
