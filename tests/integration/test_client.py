@@ -89,7 +89,9 @@ async def test_sync_client(db_url: str) -> None:
                 assert [j.id for j in ai.list()] == [job.id]
                 assert ai.stats().totals["completed"] == 1
                 with pytest.raises(ApiError) as err:
-                    ai.get("not-a-uuid")
+                    ai.get("0190a5a0-0000-7000-8000-000000000000")  # no such job
                 assert err.value.status_code == 404 and err.value.code == "not_found"
+                with pytest.raises(ValueError, match="must be a UUID"):
+                    ai.get("not-a-uuid")  # refused before it is sent
 
         await anyio.to_thread.run_sync(use_it)

@@ -1,6 +1,7 @@
 """The client against a real HTTP server that misbehaves on purpose: 503s and dropped
-connections during a rollout, long-polls answered early, and the inputs a caller gets wrong
-(a token read from a file with its newline, a single filter value given as a string)."""
+connections during a rollout, long-polls answered early, redirects and foreign answers, and
+the inputs a caller gets wrong (a token read from a file with its newline, a single filter
+value given as a string, an empty filter list, a job id that is not one)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ import msgspec
 import pytest
 
 from service.api.schemas import ErrorBody
-from service.client import ApiError, AsyncClient, Client, _Call, _request_kwargs, _WaitLoop
+from service.client import ApiError, AsyncClient, Client
+from service.client.calls import Call, request_kwargs
+from service.client.policy import LONG_POLL_CHUNK, WaitLoop
 from service.jobs import Job
 from tests.helpers import lifespan, running_job, serve_asgi
 
@@ -36,10 +39,11 @@ class Script:
         if await lifespan(scope, receive, send):
             return
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
-        self.requests.append({"path": scope["path"], "query": scope["query_string"].decode(),
+        self.requests.append({"method": scope["method"], "path": scope["path"],
+                              "query": scope["query_string"].decode(),
                               "authorization": headers.get("authorization")})  # fmt: skip
         status, body, extra = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
-        payload = msgspec.json.encode(body)
+        payload = body if isinstance(body, bytes) else msgspec.json.encode(body)
         head = [(b"content-type", b"application/json")]
         head += [(k.encode(), v.encode()) for k, v in extra.items()]
         await send({"type": "http.response.start", "status": status, "headers": head})
@@ -94,14 +98,14 @@ async def test_wait_rides_out_a_refused_connection_until_its_deadline() -> None:
 
 
 def test_wait_pauses_only_after_an_early_unfinished_answer() -> None:
-    loop = _WaitLoop(timeout=None, now=0.0)
+    loop = WaitLoop(timeout=None, now=0.0)
     asked = loop.ask(0.0)
     assert loop.answered(PENDING, asked, took=0.01, now=0.01) == 1.0  # answered early: pause
     assert loop.answered(PENDING, asked, took=asked, now=asked) == 0.0  # the poll ran out
     assert loop.answered(DONE, asked, took=0.01, now=0.01) is None
-    timed = _WaitLoop(timeout=2.0, now=0.0)
+    timed = WaitLoop(timeout=2.0, now=0.0)
     assert timed.answered(PENDING, timed.ask(0.0), took=2.0, now=2.0) is None  # time is up
-    early = _WaitLoop(timeout=30.0, now=0.0)  # the last poll, answered early: time is left
+    early = WaitLoop(timeout=30.0, now=0.0)  # the last poll, answered early: time is left
     assert early.answered(PENDING, early.ask(0.0), took=0.01, now=0.01) == 1.0
 
 
@@ -125,8 +129,8 @@ async def test_a_filter_value_given_as_a_string_is_one_value() -> None:
 
 
 def test_long_polls_may_wait_for_a_pooled_connection_as_long_as_they_hold_one() -> None:
-    call = _Call("GET", "/x", Job, read_timeout=30.0)
-    timeout = _request_kwargs(call, httpx.Timeout(1.0))["timeout"]
+    call = Call("GET", "/x", Job, read_timeout=30.0)
+    timeout = request_kwargs(call, httpx.Timeout(1.0))["timeout"]
     assert (timeout.read, timeout.pool) == (31.0, 31.0)
 
 
@@ -136,3 +140,113 @@ def test_api_errors_survive_pickling() -> None:
     assert (back.status_code, back.code, back.detail, back.status, back.retry_after) == (
         409, "conflict", "held", "running", 2.0
     )  # fmt: skip
+
+
+class Counting(httpx.AsyncHTTPTransport):
+    """A real transport that counts the requests it was asked to send."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.sent += 1
+        return await super().handle_async_request(request)
+
+
+async def test_reads_and_keyed_creates_are_retried_after_503s_and_nothing_else() -> None:
+    later = error(503, "database_unavailable", **{"Retry-After": "0"})
+    async with served(Script(later, job(DONE))) as url, AsyncClient(url) as ac:
+        assert (await ac.get(DONE.id)).status == "completed"
+    async with served(app := Script(later, job(DONE))) as url, AsyncClient(url) as ac:
+        await ac.create("svc", "llm_chat", "qwen2.5-14b", {"user": "x"}, idempotency_key="k-1")
+    assert [r["method"] for r in app.requests] == ["POST", "POST"]
+    for send in (
+        lambda ac: ac.create("svc", "llm_chat", "qwen2.5-14b", {"user": "x"}),  # no key
+        lambda ac: ac.cancel(DONE.id),
+        lambda ac: ac.complete(DONE.id, "w-1", {"ok": True}),
+        lambda ac: ac.claim("w-1", "qwen2.5-14b"),
+    ):
+        async with served(app := Script(later, job(DONE))) as url, AsyncClient(url) as ac:
+            with pytest.raises(ApiError) as err:
+                await send(ac)
+        assert err.value.status_code == 503 and len(app.requests) == 1
+    async with served(app := Script(later, job(DONE))) as url:
+        async with AsyncClient(url, retries=0) as ac:
+            with pytest.raises(ApiError):
+                await ac.get(DONE.id)
+        with Client(url) as c:  # the blocking client follows the same rules
+            assert (await anyio.to_thread.run_sync(lambda: c.get(DONE.id))).id == DONE.id
+
+
+async def test_a_long_retry_after_is_left_to_the_caller() -> None:
+    app = Script(error(503, "database_unavailable", **{"Retry-After": "120"}), job(DONE))
+    async with served(app) as url, AsyncClient(url) as ac:
+        with pytest.raises(ApiError) as err:
+            await ac.get(DONE.id)
+    assert err.value.retry_after == 120.0 and len(app.requests) == 1
+
+
+async def test_a_request_that_never_reached_the_server_is_sent_again_whatever_it_is() -> None:
+    async with served(Script(job(DONE))) as url:
+        pass  # the server is gone: its port refuses connections
+    transport = Counting()
+    async with AsyncClient(url, retries=2, transport=transport) as ac:
+        with pytest.raises(httpx.ConnectError):
+            await ac.claim("w-1", "qwen2.5-14b")
+    assert transport.sent == 3
+
+
+async def test_redirects_and_foreign_answers_are_api_errors() -> None:
+    moved = (308, b"", {"Location": "https://ai.example.com/api/v1/jobs/x"})
+    async with served(app := Script(moved)) as url, AsyncClient(url) as ac:
+        with pytest.raises(ApiError) as err:
+            await ac.get(DONE.id)
+    assert err.value.code == "redirect" and "https://ai.example.com" in err.value.detail
+    assert len(app.requests) == 1
+    for body in (b"<html>welcome to nginx</html>", b'{"hello": "world"}'):
+        async with served(Script((200, body, {}))) as url, AsyncClient(url) as ac:
+            with pytest.raises(ApiError) as err:
+                await ac.get(DONE.id)
+        assert err.value.code == "invalid_response" and "base_url" in err.value.detail
+
+
+async def test_empty_filters_and_bad_job_ids_are_refused_before_sending() -> None:
+    app = Script(job(DONE))
+    async with served(app) as url, AsyncClient(url) as ac:
+        for empty in ({"ids": []}, {"status": ()}, {"task_type": []}):
+            with pytest.raises(ValueError, match="must not be empty"):
+                [j async for j in ac.list(**empty)]
+            with pytest.raises(ValueError, match="must not be empty"):
+                await ac.cancel_where(**empty)
+        for bad in ("../stats", "", "42"):
+            with pytest.raises(ValueError, match="job_id must be a UUID"):
+                await ac.get(bad)
+            with pytest.raises(ValueError, match="job_id must be a UUID"):
+                await ac.complete(bad, "w-1")
+        assert (await ac.get(str(DONE.id).upper())).id == DONE.id  # any UUID spelling
+    assert len(app.requests) == 1
+
+
+async def test_list_with_a_limit_asks_for_no_more_than_it_returns() -> None:
+    page = {"items": [DONE] * 5, "next_cursor": "more"}
+    async with served(app := Script((200, page, {}))) as url, AsyncClient(url) as ac:
+        got = [j async for j in ac.list(limit=5)]
+        assert len(got) == 5 and len(app.requests) == 1
+        assert parse_qs(app.requests[0]["query"])["limit"] == ["5"]
+        assert [j async for j in ac.list(limit=0)] == [] and len(app.requests) == 1
+        got = [j async for j in ac.list(limit=7, page_size=5)]  # 5, then the 2 left
+    assert len(got) == 7 and parse_qs(app.requests[-1]["query"])["limit"] == ["2"]
+
+
+async def test_wait_does_not_ride_out_a_misconfiguration() -> None:
+    async with AsyncClient("ftp://127.0.0.1:1") as ac:
+        with anyio.fail_after(60):  # riding it out would take 5 minutes
+            with pytest.raises(httpx.UnsupportedProtocol):
+                await ac.wait(DONE.id)
+
+
+def test_wait_polls_in_chunks_under_common_proxy_idle_timeouts() -> None:
+    loop = WaitLoop(timeout=None, now=0.0)
+    assert loop.ask(0.0) == LONG_POLL_CHUNK < 60.0
+    assert WaitLoop(timeout=20.0, now=0.0).ask(0.0) == 20.0
