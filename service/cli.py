@@ -78,15 +78,15 @@ def _require_db(settings: Settings) -> str:
         _die(str(exc))
 
 
-def _migrate_on_start(settings: Settings, url: str) -> None:
-    """Migrate (``MIGRATE_ON_START``), or else make sure someone did: a process on a schema
-    that lacks a migration would report ready and then fail every statement."""
+def _migrate_on_start(url: str, apply: bool) -> None:
+    """Migrate (``apply``: ``MIGRATE_ON_START``), or else make sure someone did: a process
+    on a schema that lacks a migration would report ready and then fail every statement."""
     import psycopg
 
     from service.db.migrate import MigrationError, migrate, pending_migrations
 
     try:
-        if settings.migrate_on_start:
+        if apply:
             for m in migrate(url):
                 log.info("applied migration %04d_%s", m.version, m.name)
             return
@@ -112,7 +112,7 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     from service.serve import make_server
 
     url = _require_db(settings)
-    _migrate_on_start(settings, url)
+    _migrate_on_start(url, settings.migrate_on_start)
     app = create_app(settings, database_url=url)
     server = make_server(app, settings.http_host, settings.http_port,
                          on_shutdown=partial(close_long_polls, app))  # fmt: skip
@@ -124,15 +124,34 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     url = _require_db(settings)
     from service.worker.main import run_worker_process
 
-    _migrate_on_start(settings, url)
+    _migrate_on_start(url, settings.migrate_on_start)
     profiles = args.profile or list(settings.worker_profiles)
     return run_worker_process(settings, url, profiles)
 
 
 def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
     from service.dev import run_dev
+    from service.worker.registry import check_extra_handlers
 
-    return run_dev(settings)
+    try:  # before the embedded PostgreSQL starts: a typo should not cost an initdb
+        check_extra_handlers()
+    except ConfigError as exc:
+        _die(f"configuration error: {exc}")
+
+    def prepare(url: str, embedded: bool) -> None:  # the embedded database is ours to migrate
+        _migrate_on_start(url, embedded or settings.migrate_on_start)
+
+    return run_dev(settings, prepare)
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 0-65535, got {text!r}")
+    return port
 
 
 def _vllm_pair(text: str) -> tuple[str, str]:
@@ -172,7 +191,7 @@ def _add_infra_sidecar(sub: Any) -> None:
         "The API relays it at GET /api/v1/infra/status (INFRA_STATUS_URL).",
     )
     p.add_argument("--host", default="0.0.0.0", help="listen address (default 0.0.0.0)")
-    p.add_argument("--port", type=int, default=9400, help="port (default 9400)")
+    p.add_argument("--port", type=_port, default=9400, help="port (default 9400)")
     p.add_argument(
         "--vllm",
         action="append",

@@ -11,10 +11,14 @@ worker drains, the servers stop, and the embedded PostgreSQL is stopped last, so
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -30,7 +34,14 @@ log = logging.getLogger("ai_service.dev")
 NO_EMBEDDED = 2  # the exit code of a configuration error
 
 
-def run_dev(settings: Settings) -> int:
+def _migrate(url: str, embedded: bool) -> None:
+    for m in migrate(url):
+        log.info("applied migration %04d_%s", m.version, m.name)
+
+
+def run_dev(settings: Settings, prepare: Callable[[str, bool], None] | None = None) -> int:
+    """``prepare(url, embedded)`` readies the schema (the CLI's: migrates the embedded database,
+    honours ``MIGRATE_ON_START`` on another, and turns failures into one line and an exit)."""
     embedded: EmbeddedPostgres | None = None
     try:
         if settings.database_url is None:
@@ -61,13 +72,46 @@ def run_dev(settings: Settings) -> int:
             )
         else:
             url = settings.require_database_url()
-        for m in migrate(url):
-            log.info("applied migration %04d_%s", m.version, m.name)
+        (prepare or _migrate)(url, embedded is not None)
         return anyio.run(_serve_all, settings, url)
     finally:
         if embedded is not None:
+            _stop(embedded)
+
+
+def _stop(embedded: EmbeddedPostgres) -> None:
+    from service.db.embedded import EmbeddedError
+
+    with _signals_held():
+        try:
             embedded.close()
-            log.info("embedded PostgreSQL stopped")
+        except EmbeddedError as exc:
+            log.error("stopping the embedded PostgreSQL failed: %s", exc)
+            return
+    log.info("embedded PostgreSQL stopped")
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """While the embedded PostgreSQL stops (``pg_ctl stop``, bounded at 60 s): the event loop
+    has handed SIGTERM back to its default, and a second Ctrl-C or SIGTERM would kill this
+    process mid-stop and leave a ``postgres`` behind. Noted in the log instead."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def note(signum: int, frame: Any) -> None:
+        log.warning(
+            "stopping the embedded PostgreSQL first (%s noted)", signal.Signals(signum).name
+        )
+
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, note) for s in held}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 async def _serve_all(settings: Settings, url: str) -> int:

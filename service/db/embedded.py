@@ -221,8 +221,10 @@ class EmbeddedPostgres:
             (self.data_dir / OWNER_FILE).unlink(missing_ok=True)
 
     def close(self) -> None:
-        self.stop()
-        shutil.rmtree(self.socket_dir, ignore_errors=True)
+        try:
+            self.stop()
+        finally:
+            shutil.rmtree(self.socket_dir, ignore_errors=True)
 
     def url_for(self, database: str = "postgres") -> str:
         return f"postgresql://postgres@/{database}?host={self.socket_dir}&port={self.port}"

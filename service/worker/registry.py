@@ -38,6 +38,12 @@ def load_extra_handlers(registry: HandlerRegistry, spec: str) -> None:
         register(registry)
 
 
+def check_extra_handlers() -> None:
+    """Load ``AI_SERVICE_EXTRA_HANDLERS`` into a scratch registry: a ``ConfigError`` now rather
+    than after a database was started for a worker that cannot be built."""
+    load_extra_handlers(HandlerRegistry(), os.environ.get(EXTRA_HANDLERS_ENV, ""))
+
+
 def _builtin(settings: Settings) -> tuple[HandlerRegistry, list[Any]]:
     try:
         from service.handlers.builtin import builtin_registry

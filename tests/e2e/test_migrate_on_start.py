@@ -31,7 +31,7 @@ PROFILE = "test-a"
 
 
 class ServiceProcess:
-    """``python -m service api|worker`` (the ``ai-service`` entry point) with a clean
+    """``python -m service api|worker|dev`` (the ``ai-service`` entry point) with a clean
     environment: no setting is inherited from the shell, so an unset one takes its default."""
 
     def __init__(self, command: str, db_url: str, tmp: Path, **env: str) -> None:
@@ -41,8 +41,10 @@ class ServiceProcess:
         self.invocations = tmp / "invocations.log"
         clean = {k: v for k, v in os.environ.items() if k not in {f.env for f in FIELDS}}
         args = [sys.executable, "-m", "service", command]
-        if command == "api":
+        if command in ("api", "dev"):
             own = {"HTTP_HOST": "127.0.0.1", "HTTP_PORT": str(self.port)}
+            if command == "dev":  # (its worker: a port of its own)
+                own.update(WORKER_HTTP_HOST="127.0.0.1", WORKER_HTTP_PORT=str(free_port()))
         else:
             args += ["--profile", PROFILE]
             own = {
@@ -136,7 +138,7 @@ def test_by_default_a_process_migrates_an_empty_database_before_it_is_ready(
     assert p.stop() == 0, p.log()
 
 
-@pytest.mark.parametrize("command", ["api", "worker"])
+@pytest.mark.parametrize("command", ["api", "worker", "dev"])
 def test_with_migrate_on_start_false_a_process_refuses_an_unmigrated_database(
     command: str, empty_db_url: str, tmp_path: Path, processes: list[ServiceProcess]
 ) -> None:

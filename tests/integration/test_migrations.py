@@ -156,10 +156,11 @@ def test_cli_migrate_check_exit_codes(empty_db_url: str) -> None:
     assert clean.returncode == 0, clean.stderr
 
 
-@pytest.mark.parametrize("args", [["migrate"], ["migrate", "--check"]])
+@pytest.mark.parametrize("args", [["migrate"], ["migrate", "--check"], ["dev"]])
 def test_cli_migrate_on_an_unreachable_database_says_so_in_one_line(args: list[str]) -> None:
     """The migrate Job and the init container's ``--check`` fail and are retried by
-    Kubernetes; their log should say why, not hold a traceback."""
+    Kubernetes; their log should say why, not hold a traceback. ``dev`` on a DATABASE_URL
+    that does not answer, the same."""
     url = f"postgresql://nobody@127.0.0.1:{free_port()}/nothing?connect_timeout=5"
     env = {**os.environ, "DATABASE_URL": url}
     cmd = [sys.executable, "-m", "service", *args]

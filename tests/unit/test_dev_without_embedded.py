@@ -1,15 +1,21 @@
-"""``ai-service dev`` where the embedded PostgreSQL is not installed (the production image,
-or a ``pip install ai-service`` without the ``embedded`` extra): one clear line naming the
-two ways out, exit code 2, and nothing started."""
+"""``ai-service dev`` before anything starts: without the embedded PostgreSQL installed (the
+production image, or a ``pip install ai-service`` without the ``embedded`` extra) one clear
+line naming the two ways out, exit code 2; a bad setting refused before a database is started;
+and the embedded server's stop protected from a second signal."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from service.config import Settings
-from service.dev import NO_EMBEDDED, run_dev
+from service.cli import build_parser
+from service.config import FIELDS, Settings
+from service.dev import NO_EMBEDDED, _signals_held, run_dev
 
 
 def test_dev_without_the_embedded_extra_says_how_to_get_it(
@@ -19,3 +25,38 @@ def test_dev_without_the_embedded_extra_says_how_to_get_it(
     with caplog.at_level("ERROR", logger="ai_service.dev"):
         assert run_dev(Settings()) == NO_EMBEDDED == 2
     assert "pip install 'ai-service[embedded]'" in caplog.text and "DATABASE_URL" in caplog.text
+
+
+def test_dev_refuses_bad_extra_handlers_before_starting_postgres(tmp_path: Path) -> None:
+    """A typo in AI_SERVICE_EXTRA_HANDLERS is a configuration error (one line, exit 2) found
+    before an embedded PostgreSQL is initialised for a worker that could not be built."""
+    data = tmp_path / "pgdata"
+    clean = {k: v for k, v in os.environ.items() if k not in {f.env for f in FIELDS}}
+    env = {**clean, "EMBEDDED_PG_DATA": str(data), "AI_SERVICE_EXTRA_HANDLERS": "no_such:mod"}
+    done = subprocess.run([sys.executable, "-m", "service", "dev"], env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("ai-service: configuration error: AI_SERVICE_EXTRA_HANDLERS")
+    assert "Traceback" not in done.stderr and not data.exists()
+
+
+def test_signals_during_the_embedded_stop_are_noted_not_fatal(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A second Ctrl-C or SIGTERM while ``pg_ctl stop`` runs would kill the process and leave
+    a ``postgres`` behind; it is logged instead, and the handlers are put back afterwards."""
+    before = signal.getsignal(signal.SIGTERM)
+    with caplog.at_level("WARNING", logger="ai_service.dev"), _signals_held():
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(100):  # (Python runs handlers between bytecodes: let it)
+            if caplog.text.count("stopping the embedded PostgreSQL first") == 2:
+                break
+    assert "(SIGTERM noted)" in caplog.text and "(SIGINT noted)" in caplog.text
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_infra_sidecar_port_is_checked() -> None:
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["infra-sidecar", "--port", "70000"])
+    assert exit_.value.code == 2
