@@ -144,8 +144,14 @@ def jobs_created(jobs: Iterable[Any]) -> None:
 
 # --- worker -----------------------------------------------------------------------------------
 def watch_worker(status: Any) -> None:
-    """Report this worker's in-flight jobs and capacity (a ``WorkerStatus``) while it lives."""
+    """Report this worker's in-flight jobs and capacity (a ``WorkerStatus``) while it lives.
+    The counters that alerts watch for a first event start at 0: a series that appears at 1
+    has no ``increase()`` in Prometheus (it counts from a series' first sample), so the one
+    lease reaped after a worker's OOM kill would never fire AiServiceWorkersLost."""
     workers.watch(status)
+    _i[names.LISTENER_RECONNECTS.name].add(0)
+    for outcome in ("requeued", "failed"):
+        _i[names.LEASES_REAPED.name].add(0, {"outcome": outcome})
 
 
 def jobs_claimed(jobs: Iterable[Any]) -> None:

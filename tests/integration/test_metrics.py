@@ -123,6 +123,12 @@ async def test_metrics_endpoints_serve_the_job_counters(repo: JobRepository, db_
     lost = {"model_profile": DEAD, "error_category": "lease_expired"}
     assert value(reaped, "ai_service_jobs_failed_total", **lost, outcome="retry") == 1
     assert value(reaped, "ai_service_jobs_failed_total", **lost, outcome="final") == 1
+    # the counters alerts watch for a first event exist at 0 from the start (increase()
+    # would not count a series that appeared at 1)
+    for outcome in ("requeued", "failed"):
+        assert value(w, "ai_service_leases_reaped_total", outcome=outcome) == 0
+        assert value(reaped, "ai_service_leases_reaped_total", outcome=outcome) == 1
+    assert value(w, "ai_service_listener_reconnects_total") == 0
     assert value(w, "ai_service_jobs_pickup_latency_seconds_count", **job) == 2
     assert value(w, "ai_service_jobs_duration_seconds_count", **job, outcome="completed") == 1
     assert value(w, "ai_service_jobs_duration_seconds_count", **job, outcome="failed") == 1

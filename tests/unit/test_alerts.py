@@ -5,6 +5,8 @@ fires, which no one notices until the outage it was for)."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from typing import Any
 
 import yaml
@@ -59,3 +61,17 @@ def test_prometheus_loads_the_rules_and_the_local_stack_mounts_them() -> None:
     compose = yaml.safe_load((ROOT / "deploy" / "local" / "compose.yaml").read_text())
     mounts = compose["services"]["prometheus"]["volumes"]
     assert "../../observability/alerts.yml:/etc/prometheus/alerts.yml:ro" in mounts
+
+
+def test_prometheus_rule_carries_exactly_the_alert_file() -> None:
+    """What a cluster with the Prometheus Operator loads is the file the tests above check."""
+    script = ROOT / "deploy" / "tools" / "prometheusrule.py"
+    out = subprocess.run(
+        [sys.executable, str(script), "--namespace", "ops", "--label", "release=prometheus"],
+        capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    rule = yaml.safe_load(out.stdout)
+    assert (rule["apiVersion"], rule["kind"]) == ("monitoring.coreos.com/v1", "PrometheusRule")
+    assert rule["metadata"]["namespace"] == "ops"
+    assert rule["metadata"]["labels"]["release"] == "prometheus"
+    assert rule["spec"]["groups"] == yaml.safe_load(ALERTS.read_text())["groups"]
