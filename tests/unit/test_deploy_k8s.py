@@ -257,7 +257,12 @@ def test_api_deployment_service_pdb_and_probes(objs: list[Obj]) -> None:
     assert svc["spec"]["selector"].items() <= pod_labels.items()
     pdb = find(objs, "PodDisruptionBudget", "ai-service-api")
     assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
-    assert api["spec"]["replicas"] > pdb["spec"]["minAvailable"]
+    assert pdb["spec"]["maxUnavailable"] == 1 < api["spec"]["replicas"]
+    # stopping: routing drains during preStop, then uvicorn (10 s) and the flushes (10 s)
+    pre_stop = c["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep" and int(pre_stop[1]) >= 5
+    grace = api["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace >= int(pre_stop[1]) + 10 + 10
 
 
 def test_one_worker_deployment_per_channel(objs: list[Obj]) -> None:
@@ -295,6 +300,14 @@ def test_network_policies_cover_api_and_workers(objs: list[Obj]) -> None:
     assert {53, 5432, 4317} <= egress_ports
     for p in policies:
         assert p["spec"]["podSelector"]["matchLabels"], "never select every pod of the namespace"
+    # audio downloads reach public addresses only: not the metadata service, not the cluster
+    (rule,) = find(objs, "NetworkPolicy", "ai-service-worker-audio-download")["spec"]["egress"]
+    blocks = {b["ipBlock"]["cidr"]: set(b["ipBlock"]["except"]) for b in rule["to"]}
+    assert {"169.254.0.0/16", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"} <= blocks[
+        "0.0.0.0/0"
+    ]
+    assert {"fc00::/7", "fe80::/10"} <= blocks["::/0"]
+    assert {p["port"] for p in rule["ports"]} == {80, 443}
 
 
 # --- KEDA -----------------------------------------------------------------------------------
