@@ -9,6 +9,11 @@ Run alone: ``python -m bench.stats_scale [--quick]``. The history is generated w
 Claim latency is the worker's own prepared ``claim_jobs`` statement (limit 1, then limit 100)
 on a separate profile with a fresh queue of pending jobs, each claim followed by completing
 what it took, so the table keeps its size. ``--quick`` stops at 200,000 rows (a smoke run).
+
+Reported beside them (no target): the built-in worker's claim when jobs of a task type left to
+external workers (``WORKER_EXTERNAL_TASK_TYPES``) pile up ahead of its own in the same profile
+— an external consumer that is down. The claim index has no ``task_type``, so the claim steps
+over them one by one.
 """
 
 from __future__ import annotations
@@ -89,6 +94,40 @@ def claim_latency(url: str, claims: int, limit: int) -> dict[str, float]:
     return summary(ms)
 
 
+EXTERNAL_PROFILE = "bench-external"
+EXTERNAL = b"""
+INSERT INTO ai_jobs (id, owner_service, task_type, model_profile, run_after)
+SELECT gen_random_uuid(), 'bench', %s, %s, now() - make_interval(secs => %s)
+FROM generate_series(1, %s)
+"""
+
+
+def external_backlog(url: str, backlogs: list[int], claims: int) -> dict[str, dict[str, float]]:
+    """ms per built-in claim (limit 1, ``tg_analysis`` left to external workers) with
+    ``backlog`` such jobs older than every job of its own, in the same profile."""
+    sql = queries()["claim_jobs"]
+    params = {**claim_params(1), "model_profile": EXTERNAL_PROFILE, "skip_types": ["tg_analysis"]}
+    out: dict[str, dict[str, float]] = {}
+    with psycopg.connect(url, autocommit=True, prepare_threshold=0) as conn:
+        for backlog in backlogs:
+            conn.execute(b"DELETE FROM ai_jobs WHERE model_profile = %s", (EXTERNAL_PROFILE,))
+            conn.execute(EXTERNAL, ("tg_analysis", EXTERNAL_PROFILE, 3600, backlog))
+            conn.execute(EXTERNAL, ("llm_chat", EXTERNAL_PROFILE, 60, claims + WARMUP))
+            conn.execute(b"ANALYZE ai_jobs")
+            ms: list[float] = []
+            for i in range(claims + WARMUP):
+                t0 = time.perf_counter()
+                rows = conn.execute(sql, params).fetchall()
+                elapsed = (time.perf_counter() - t0) * 1000
+                assert len(rows) == 1, len(rows)
+                conn.execute(COMPLETE, ([r[0] for r in rows],))
+                if i >= WARMUP:
+                    ms.append(elapsed)
+            out[str(backlog)] = summary(ms)
+        conn.execute(b"DELETE FROM ai_jobs WHERE model_profile = %s", (EXTERNAL_PROFILE,))
+    return out
+
+
 def explain_claim(url: str) -> str:
     """The plan of the worker's claim (limit 100), executed in a transaction rolled back."""
     with psycopg.connect(url, autocommit=True) as conn:
@@ -144,12 +183,19 @@ def main() -> int:
                   f"stats p50 {st['p50']:.1f} ms", flush=True)  # fmt: skip
         out["first_stats_response"] = first
         out["explain_claim"] = explain_claim(url)
+        backlogs = [0, 10_000] if args.quick else [0, 10_000, 100_000]
+        out["external_backlog_claim_ms"] = ext = external_backlog(url, backlogs, claims)
         out["server"] = server_info(url)
     print(table(
         "claim (prepared claim_jobs, limit 1 and 100) and GET /api/v1/stats, ms",
         ["rows", "claim1 p50", "claim1 p99", "claim100 p50", "claim100 p99", "stats p50",
          "stats p99"],
         rows_out,
+    ))  # fmt: skip
+    print(table(
+        "built-in claim (limit 1) behind jobs left to external workers, same profile, ms",
+        ["external jobs ahead", "p50", "p99"],
+        [[int(b), v["p50"], v["p99"]] for b, v in ext.items()],
     ))  # fmt: skip
     print(f"EXPLAIN (ANALYZE, BUFFERS) of claim_jobs (limit 100) at {total} rows:")
     print(out["explain_claim"])
