@@ -153,7 +153,18 @@ def scale() -> list[Row]:
          verdict(ratio <= 1.2), run],
         [f"GET /stats at {sizes[-1]:,} rows (p99)", "< 200 ms", ms(big["stats_ms"]["p99"]),
          f"p50 {ms(big['stats_ms']['p50'])}", verdict(big["stats_ms"]["p99"] < 200), run],
+        *_external(d, run),
     ]  # fmt: skip
+
+
+def _external(d: dict[str, Any], run: str) -> list[Row]:
+    ext = d.get("external_backlog_claim_ms")
+    if not ext:
+        return []
+    most = max(ext, key=int)
+    return [[f"Built-in claim (p50, limit 1) behind {int(most):,} jobs left to external workers",
+             "(reported)", ms(ext[most]["p50"]), f"none ahead: {ms(ext['0']['p50'])}", "—",
+             run]]  # fmt: skip
 
 
 def memory() -> list[Row]:

@@ -75,16 +75,64 @@ ORDER BY id DESC;
 -- Batch claim for one profile: due pending jobs by priority, SKIP LOCKED. Expired leases are
 -- not taken here: the reaper returns them to pending (which NOTIFYs), so this statement, on
 -- the path of every pickup, stays one index probe of the pending partial index.
--- only_types: an external worker's task types (NULL: any); skip_types: the task types a
--- built-in worker leaves to external workers (empty: none).
 WITH picked AS (
     SELECT id FROM ai_jobs
     WHERE status = 'pending' AND model_profile = %(model_profile)s AND run_after <= now()
-      AND (%(only_types)b::text[] IS NULL OR task_type = ANY(%(only_types)b::text[]))
-      AND NOT task_type = ANY(%(skip_types)b::text[])
     ORDER BY priority DESC, run_after, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
+)
+UPDATE ai_jobs AS j
+SET status = 'running',
+    attempts = j.attempts + 1,
+    worker_id = %(worker_id)s,
+    lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
+    started_at = now(),
+    updated_at = now()
+FROM picked
+WHERE j.id = picked.id
+RETURNING j.*;
+
+-- name: claim_jobs_of_types
+-- claim_jobs restricted by task type: only_types, an external worker's types (NULL: any);
+-- skip_types, the types a built-in worker leaves to external workers. Jobs of the other types
+-- may fill the head of the profile's queue (an external consumer that is down), so instead of
+-- stepping over them this reads the head of each wanted type's queue (ai_jobs_claim_type_idx,
+-- migration 0006) and keeps the best `limit` of those heads:
+--   types: the task types with pending jobs in the profile, one index probe each (a loose
+--     index scan of ai_jobs_status_idx);
+--   heads: per wanted type, its first `limit` due jobs, locked SKIP LOCKED (rows locked but
+--     not kept are free again when the statement ends, as every claim runs alone);
+--   picked: the best `limit` of all heads, in the claim order.
+-- The type is matched as a range (>= and <=), not with =: equal to an outer value, the planner
+-- drops task_type from the ORDER BY as redundant and may then walk ai_jobs_claim_idx past the
+-- other types; as a range the order only ai_jobs_claim_type_idx gives is required.
+WITH RECURSIVE types(task_type) AS (
+    (SELECT task_type FROM ai_jobs
+     WHERE status = 'pending' AND model_profile = %(model_profile)s
+     ORDER BY task_type LIMIT 1)
+    UNION ALL
+    SELECT (SELECT n.task_type FROM ai_jobs AS n
+            WHERE n.status = 'pending' AND n.model_profile = %(model_profile)s
+              AND n.task_type > t.task_type
+            ORDER BY n.task_type LIMIT 1)
+    FROM types AS t
+    WHERE t.task_type IS NOT NULL
+), heads AS (
+    SELECT h.id, h.priority, h.run_after
+    FROM types AS t, LATERAL (
+        SELECT id, priority, run_after FROM ai_jobs
+        WHERE status = 'pending' AND model_profile = %(model_profile)s AND run_after <= now()
+          AND task_type >= t.task_type AND task_type <= t.task_type
+        ORDER BY task_type, priority DESC, run_after, id
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ) AS h
+    WHERE t.task_type IS NOT NULL
+      AND (%(only_types)b::text[] IS NULL OR t.task_type = ANY(%(only_types)b::text[]))
+      AND NOT t.task_type = ANY(%(skip_types)b::text[])
+), picked AS (
+    SELECT id FROM heads ORDER BY priority DESC, run_after, id LIMIT %(limit)s
 )
 UPDATE ai_jobs AS j
 SET status = 'running',

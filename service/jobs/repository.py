@@ -284,18 +284,19 @@ class JobRepository:
         given (an external worker's), never of ``skip_types`` (left to external workers)."""
         if limit <= 0:
             return []
-        rows = await self.db.fetch(
-            "claim_jobs",
-            {
-                "model_profile": model_profile,
-                "worker_id": worker_id,
-                "limit": limit,
-                "lease_seconds": lease_seconds,
-                "only_types": list(only_types) if only_types is not None else None,
-                "skip_types": list(skip_types),
-            },
-            traced=False,  # serves many jobs, never inside a span: see ``Session``
-        )
+        params: dict[str, object] = {
+            "model_profile": model_profile,
+            "worker_id": worker_id,
+            "limit": limit,
+            "lease_seconds": lease_seconds,
+        }
+        query = "claim_jobs"
+        if only_types is not None or skip_types:  # (see claim_jobs_of_types for why apart)
+            query = "claim_jobs_of_types"
+            params["only_types"] = list(only_types) if only_types is not None else None
+            params["skip_types"] = list(skip_types)
+        # serves many jobs, never inside a span: see ``Session``
+        rows = await self.db.fetch(query, params, traced=False)
         jobs: list[Job] = []
         for row in rows:
             job, problem = _claimed_job(row)

@@ -138,8 +138,6 @@ async def test_claim_uses_the_partial_index(repo: JobRepository, db_url: str) ->
                 "worker_id": "w",
                 "limit": 4,
                 "lease_seconds": 60,
-                "only_types": None,
-                "skip_types": [],
             },
         ).fetchall()
     text = "\n".join(r[0] for r in plan)
