@@ -97,16 +97,19 @@ RETURNING j.*;
 -- claim_jobs restricted by task type: only_types, an external worker's types (NULL: any);
 -- skip_types, the types a built-in worker leaves to external workers. Jobs of the other types
 -- may fill the head of the profile's queue (an external consumer that is down), so instead of
--- stepping over them this reads the head of each wanted type's queue (ai_jobs_claim_type_idx,
--- migration 0006) and keeps the best `limit` of those heads:
---   types: the task types with pending jobs in the profile, one index probe each (a loose
---     index scan of ai_jobs_status_idx);
---   heads: per wanted type, its first `limit` due jobs, locked SKIP LOCKED (rows locked but
---     not kept are free again when the statement ends, as every claim runs alone);
---   picked: the best `limit` of all heads, in the claim order.
--- The type is matched as a range (>= and <=), not with =: equal to an outer value, the planner
--- drops task_type from the ORDER BY as redundant and may then walk ai_jobs_claim_idx past the
--- other types; as a range the order only ai_jobs_claim_type_idx gives is required.
+-- stepping over them this reads the due head of each (task type, priority) group of the
+-- wanted types through ai_jobs_claim_type_idx (migration 0006, which says why its key is an
+-- expression) and keeps the best `limit` of those heads:
+--   types: the task types with pending jobs in the profile, one probe each (a loose index
+--     scan of ai_jobs_status_idx);
+--   groups: the priorities of each wanted type, highest first, one probe each;
+--   heads: per group, its first `limit` due jobs by run_after, locked SKIP LOCKED; the scan
+--     stops at the first job not yet due. Rows locked but not kept are free again when the
+--     statement ends; a claim running meanwhile skips them and may come back short, which
+--     callers treat as "look again shortly" (the worker's 10 ms retry while jobs are due,
+--     the claim endpoint's own retries);
+--   picked: the best `limit` of all heads, in the claim order. The UPDATE takes the ids as an
+--     array: joined to the CTE, a generic plan (the limit unknown) hashed the whole table.
 WITH RECURSIVE types(task_type) AS (
     (SELECT task_type FROM ai_jobs
      WHERE status = 'pending' AND model_profile = %(model_profile)s
@@ -118,19 +121,32 @@ WITH RECURSIVE types(task_type) AS (
             ORDER BY n.task_type LIMIT 1)
     FROM types AS t
     WHERE t.task_type IS NOT NULL
+), groups(key, priority) AS (
+    SELECT k.key, (SELECT g.priority FROM ai_jobs AS g
+                   WHERE g.status = 'pending' AND ARRAY[g.model_profile, g.task_type] = k.key
+                   ORDER BY g.priority DESC LIMIT 1)
+    FROM (SELECT ARRAY[%(model_profile)s::text, t.task_type] AS key FROM types AS t
+          WHERE t.task_type IS NOT NULL
+            AND (%(only_types)b::text[] IS NULL OR t.task_type = ANY(%(only_types)b::text[]))
+            AND NOT t.task_type = ANY(%(skip_types)b::text[])) AS k
+    UNION ALL
+    SELECT g.key, (SELECT n.priority FROM ai_jobs AS n
+                   WHERE n.status = 'pending' AND ARRAY[n.model_profile, n.task_type] = g.key
+                     AND n.priority < g.priority
+                   ORDER BY n.priority DESC LIMIT 1)
+    FROM groups AS g
+    WHERE g.priority IS NOT NULL
 ), heads AS (
     SELECT h.id, h.priority, h.run_after
-    FROM types AS t, LATERAL (
+    FROM groups AS g, LATERAL (
         SELECT id, priority, run_after FROM ai_jobs
-        WHERE status = 'pending' AND model_profile = %(model_profile)s AND run_after <= now()
-          AND task_type >= t.task_type AND task_type <= t.task_type
-        ORDER BY task_type, priority DESC, run_after, id
+        WHERE status = 'pending' AND ARRAY[model_profile, task_type] = g.key
+          AND priority = g.priority AND run_after <= now()
+        ORDER BY run_after, id
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
     ) AS h
-    WHERE t.task_type IS NOT NULL
-      AND (%(only_types)b::text[] IS NULL OR t.task_type = ANY(%(only_types)b::text[]))
-      AND NOT t.task_type = ANY(%(skip_types)b::text[])
+    WHERE g.priority IS NOT NULL
 ), picked AS (
     SELECT id FROM heads ORDER BY priority DESC, run_after, id LIMIT %(limit)s
 )
@@ -141,8 +157,7 @@ SET status = 'running',
     lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
     started_at = now(),
     updated_at = now()
-FROM picked
-WHERE j.id = picked.id
+WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
 RETURNING j.*;
 
 -- name: heartbeat_jobs

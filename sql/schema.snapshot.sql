@@ -38,7 +38,7 @@ ai_jobs ai_jobs_times_readable CHECK ((((run_after >= '0001-01-02 00:00:00+00'::
 ai_service_migrations ai_service_migrations_pkey PRIMARY KEY (version)
 -- indexes
 CREATE INDEX ai_jobs_claim_idx ON public.ai_jobs USING btree (model_profile, priority DESC, run_after, id) WHERE (status = 'pending'::text)
-CREATE INDEX ai_jobs_claim_type_idx ON public.ai_jobs USING btree (model_profile, task_type, priority DESC, run_after, id) WHERE (status = 'pending'::text)
+CREATE INDEX ai_jobs_claim_type_idx ON public.ai_jobs USING btree ((ARRAY[model_profile, task_type]), priority DESC, run_after, id) WHERE (status = 'pending'::text)
 CREATE INDEX ai_jobs_errors_idx ON public.ai_jobs USING btree (error_category, updated_at) WHERE (error_category IS NOT NULL)
 CREATE INDEX ai_jobs_finished_idx ON public.ai_jobs USING btree (finished_at) WHERE (finished_at IS NOT NULL)
 CREATE UNIQUE INDEX ai_jobs_idempotency_idx ON public.ai_jobs USING btree (owner_service, idempotency_key) WHERE (idempotency_key IS NOT NULL)

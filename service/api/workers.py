@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
+import anyio
 from litestar import Request, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
@@ -26,6 +27,9 @@ from service.config import Settings
 from service.jobs import Job, JobRepository, StateConflict
 from service.jobs.model import MAX_JSON_DEPTH, too_deep
 from service.jobs.states import allowed
+
+TYPED_RETRIES = 2  # an empty claim by task type looks again this many times ...
+TYPED_RETRY_PAUSE = 0.01  # ... this many seconds apart (a claim lasts about a millisecond)
 
 
 @post(
@@ -50,7 +54,7 @@ async def claim_jobs(
     lease = data.lease_seconds or settings.worker_lease_timeout
     profiles, only = data.profiles(), data.task_types()
 
-    async def claim() -> list[Job] | None:
+    async def claim_once() -> list[Job]:
         jobs: list[Job] = []
         for profile in profiles:
             left = data.limit - len(jobs)
@@ -59,6 +63,18 @@ async def claim_jobs(
             jobs += await repo.claim(
                 profile, data.worker_id, limit=left, lease_seconds=lease, only_types=only
             )
+        return jobs
+
+    async def claim() -> list[Job] | None:
+        jobs = await claim_once()
+        # A claim by task type locks the head of every (type, priority) group it reads and
+        # keeps the best; one running meanwhile may find every due job locked for that moment
+        # and come back empty, and no NOTIFY would come for those jobs: look again shortly.
+        for _ in range(TYPED_RETRIES if only is not None else 0):
+            if jobs:
+                break
+            await anyio.sleep(TYPED_RETRY_PAUSE)
+            jobs = await claim_once()
         return jobs or None
 
     if data.wait_seconds <= 0:

@@ -18,6 +18,7 @@ Keepalives and ``tcp_user_timeout`` are ignored on Unix sockets.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,6 +33,7 @@ NETWORK_DEFAULTS: dict[str, Any] = {
     "tcp_user_timeout": 30_000,  # ms that sent data may stay unacknowledged
 }
 SESSION_TIMEOUTS = ("statement_timeout", "idle_in_transaction_session_timeout")
+_SETS_JIT = re.compile(r"\bjit\s*=")
 
 
 def connect_params(url: str) -> dict[str, Any]:
@@ -43,13 +45,19 @@ def connect_params(url: str) -> dict[str, Any]:
 def session_settings(
     url: str, statement_timeout: float | None, env: Mapping[str, str] | None = None
 ) -> dict[str, str]:
-    """Settings to ``SET`` on a new pooled session: ``statement_timeout`` (seconds; 0 or None:
-    none) as both timeouts — a process stalled inside a transaction must not hold its row and
-    advisory locks longer than a statement may run — except those the URL's ``options`` or
-    ``PGOPTIONS`` set."""
-    if not statement_timeout:
-        return {}
+    """Settings to ``SET`` on a new pooled session, except those the URL's ``options`` or
+    ``PGOPTIONS`` set: ``statement_timeout`` (seconds; 0 or None: none) as both timeouts — a
+    process stalled inside a transaction must not hold its row and advisory locks longer than
+    a statement may run — and ``jit = off``.
+
+    Why no JIT: the service's statements are short, and a server built with LLVM (the
+    CloudNativePG images, Debian's packages) compiles any plan whose estimated cost passes
+    ``jit_above_cost``. A prepared claim's generic plan can pass it with the limit unknown:
+    measured on PostgreSQL 15, 13.7 ms of compilation on every execution of a 0.7 ms claim."""
     env = os.environ if env is None else env
     theirs = f"{conninfo_to_dict(url).get('options') or ''} {env.get('PGOPTIONS', '')}"
-    ms = str(max(1, round(statement_timeout * 1000)))
-    return {name: ms for name in SESSION_TIMEOUTS if name not in theirs}
+    out = {} if _SETS_JIT.search(theirs) else {"jit": "off"}
+    if statement_timeout:
+        ms = str(max(1, round(statement_timeout * 1000)))
+        out.update({name: ms for name in SESSION_TIMEOUTS if name not in theirs})
+    return out

@@ -22,25 +22,26 @@ async def rows(db: Database, query: str) -> list[dict[str, object]]:
         return await cur.fetchall()
 
 
-async def show(db_url: str, statement_timeout: float | None) -> tuple[str, str]:
+async def show(db_url: str, statement_timeout: float | None) -> tuple[str, str, str]:
     db = await open_database(db_url, max_size=1, statement_timeout=statement_timeout)
     try:
         got = await rows(
             db,
             "SELECT current_setting('statement_timeout') AS s, "
-            "current_setting('idle_in_transaction_session_timeout') AS i",
+            "current_setting('idle_in_transaction_session_timeout') AS i, "
+            "current_setting('jit') AS j",
         )
     finally:
         await db.close()
-    return str(got[0]["s"]), str(got[0]["i"])
+    return str(got[0]["s"]), str(got[0]["i"]), str(got[0]["j"])
 
 
-async def test_pooled_sessions_carry_the_timeouts(db_url: str) -> None:
-    assert await show(db_url, 60) == ("1min", "1min")
-    assert await show(db_url, 0.25) == ("250ms", "250ms")
-    assert await show(db_url, 0) == ("0", "0")
-    own = make_conninfo(db_url, options="-c statement_timeout=7s")
-    assert await show(own, 60) == ("7s", "1min")
+async def test_pooled_sessions_carry_the_timeouts_and_no_jit(db_url: str) -> None:
+    assert await show(db_url, 60) == ("1min", "1min", "off")
+    assert await show(db_url, 0.25) == ("250ms", "250ms", "off")
+    assert await show(db_url, 0) == ("0", "0", "off")
+    own = make_conninfo(db_url, options="-c statement_timeout=7s -c jit=on")
+    assert await show(own, 60) == ("7s", "1min", "on")
 
 
 async def test_a_statement_over_the_timeout_is_database_unavailable(db_url: str) -> None:
@@ -70,12 +71,20 @@ def test_url_parameters_and_pgoptions_win() -> None:
     params = connect_params(url)
     assert "connect_timeout" not in params and "options" not in params  # (PgBouncer, PGOPTIONS)
     assert params["keepalives_idle"] == 10
-    assert session_settings(url, 60, env={}) == {"idle_in_transaction_session_timeout": "60000"}
+    off = {"jit": "off"}
+    assert session_settings(url, 60, env={}) == {
+        "idle_in_transaction_session_timeout": "60000",
+        **off,
+    }
     plain = "postgresql://u@db.example/app"
-    assert session_settings(plain, 0.25, env={}) == dict.fromkeys(SESSION_TIMEOUTS, "250")
-    pgoptions = {"PGOPTIONS": "-c idle_in_transaction_session_timeout=0"}
+    assert session_settings(plain, 0.25, env={}) == {
+        **dict.fromkeys(SESSION_TIMEOUTS, "250"),
+        **off,
+    }
+    pgoptions = {"PGOPTIONS": "-c idle_in_transaction_session_timeout=0 -c jit=on"}
     assert session_settings(plain, 60, env=pgoptions) == {"statement_timeout": "60000"}
-    assert session_settings(plain, 0, env={}) == {}
+    assert session_settings(plain, 0, env={}) == off
+    assert session_settings(plain, 0, env={"PGOPTIONS": "-c jit_above_cost=10"}) == off
 
 
 async def test_the_api_names_the_statement_timeout(db_url: str) -> None:
