@@ -24,6 +24,9 @@ from service.api.schemas import BatchResult, ClaimResult, CountIds, JobPage, Sta
 from service.jobs.model import Job
 
 T = TypeVar("T")
+# ``wait`` and ``claim`` long-poll at most this long per request: under the 60 s idle timeout of
+# common proxies and load balancers (ingress-nginx, AWS ALB), which would answer 504.
+LONG_POLL_CHUNK = 50.0
 TOKEN_CHARS = re.compile(r"[\x21-\x7e]+")  # what an HTTP header value may carry unquoted
 JOBS = "/api/v1/jobs"
 
@@ -179,6 +182,9 @@ class Calls:
         wait_seconds: float,
         task_type: str | Sequence[str] | None = None,
     ) -> Call[ClaimResult]:
+        # Capped like wait()'s polls: a claim cut by a proxy's 60 s idle timeout (a 504) may
+        # have leased jobs this worker never sees; they would wait out their leases.
+        wait_seconds = min(wait_seconds, LONG_POLL_CHUNK)
         profiles = model_profile if isinstance(model_profile, str) else list(model_profile)
         types = task_type if task_type is None or isinstance(task_type, str) else list(task_type)
         body = _clean(

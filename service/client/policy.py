@@ -13,6 +13,7 @@ import random
 
 import httpx
 
+from service.client.calls import LONG_POLL_CHUNK
 from service.client.errors import ApiError
 from service.jobs.model import Job
 
@@ -21,10 +22,6 @@ LATER = frozenset({429, 502, 503, 504})
 LOST = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
 # Never reached the server: safe to send again whatever the request.
 UNSENT = (httpx.ConnectError, httpx.ConnectTimeout)
-LONG_POLL_MAX = 60.0  # the server's limit on wait_seconds
-# ``wait`` polls in chunks under the 60 s idle timeout of common proxies and load balancers
-# (ingress-nginx, AWS ALB): a chunk that outlived it would come back as a 504.
-LONG_POLL_CHUNK = 50.0
 RETRY_WITHOUT_DEADLINE = 300.0  # how long ``wait()`` without a timeout rides out errors
 LONGEST_HINT = 10.0  # a Retry-After longer than this is the caller's to decide on
 

@@ -134,9 +134,12 @@ class EmbeddedPostgres:
     def _run(self, exe: str, *args: str, timeout: float = 120) -> str:
         cmd = [str(BIN / exe), *args]
         try:
+            # A session of its own: a second Ctrl-C at the terminal (sent to our whole process
+            # group) must not kill `pg_ctl stop` half-way; this process decides what to stop.
             done = subprocess.run(  # noqa: S603 - fixed binaries, our own arguments
-                cmd, check=False, capture_output=True, text=True, user=self._user, timeout=timeout
-            )
+                cmd, check=False, capture_output=True, text=True, user=self._user,
+                timeout=timeout, start_new_session=True,
+            )  # fmt: skip
         except subprocess.TimeoutExpired as exc:
             raise EmbeddedError(f"{exe} timed out after {timeout:g}s") from exc
         if done.returncode != 0:

@@ -35,12 +35,16 @@ def load_extra_handlers(registry: HandlerRegistry, spec: str) -> None:
             register = getattr(importlib.import_module(module_name), func_name)
         except (ImportError, AttributeError) as exc:
             raise ConfigError(f"{EXTRA_HANDLERS_ENV}: cannot load {item!r}: {exc}") from exc
-        register(registry)
+        try:
+            register(registry)
+        except Exception as exc:  # the operator's one line, not a traceback from their code
+            raise ConfigError(f"{EXTRA_HANDLERS_ENV}: {item!r} failed: {exc!r}") from exc
 
 
 def check_extra_handlers() -> None:
     """Load ``AI_SERVICE_EXTRA_HANDLERS`` into a scratch registry: a ``ConfigError`` now rather
-    than after a database was started for a worker that cannot be built."""
+    than after a database was started for a worker that cannot be built. (Each ``register``
+    function then runs twice in ``ai-service dev``: it should only register handlers.)"""
     load_extra_handlers(HandlerRegistry(), os.environ.get(EXTRA_HANDLERS_ENV, ""))
 
 

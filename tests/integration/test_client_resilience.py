@@ -19,7 +19,7 @@ import pytest
 
 from service.api.schemas import ErrorBody
 from service.client import ApiError, AsyncClient, Client
-from service.client.calls import Call, request_kwargs
+from service.client.calls import Call, Calls, request_kwargs
 from service.client.policy import LONG_POLL_CHUNK, WaitLoop
 from service.jobs import Job
 from tests.helpers import lifespan, running_job, serve_asgi
@@ -246,7 +246,11 @@ async def test_wait_does_not_ride_out_a_misconfiguration() -> None:
                 await ac.wait(DONE.id)
 
 
-def test_wait_polls_in_chunks_under_common_proxy_idle_timeouts() -> None:
+def test_long_polls_stay_under_common_proxy_idle_timeouts() -> None:
     loop = WaitLoop(timeout=None, now=0.0)
     assert loop.ask(0.0) == LONG_POLL_CHUNK < 60.0
     assert WaitLoop(timeout=20.0, now=0.0).ask(0.0) == 20.0
+    # a claim cut by a proxy would leave the jobs it leased to wait out their leases
+    claim = Calls.claim("w-1", "qwen2.5-14b", 4, None, wait_seconds=60.0)
+    assert claim.body["wait_seconds"] == LONG_POLL_CHUNK and claim.read_timeout == LONG_POLL_CHUNK
+    assert Calls.claim("w-1", "qwen2.5-14b", 4, None, wait_seconds=5.0).body["wait_seconds"] == 5.0

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from service.cli import build_parser
-from service.config import FIELDS, Settings
+from service.config import FIELDS, ConfigError, Settings
 from service.dev import NO_EMBEDDED, _signals_held, run_dev
+from service.worker.registry import EXTRA_HANDLERS_ENV, check_extra_handlers
 
 
 def test_dev_without_the_embedded_extra_says_how_to_get_it(
@@ -60,3 +61,22 @@ def test_infra_sidecar_port_is_checked() -> None:
     with pytest.raises(SystemExit) as exit_:
         build_parser().parse_args(["infra-sidecar", "--port", "70000"])
     assert exit_.value.code == 2
+
+
+def test_extra_handler_specs_fail_as_configuration_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A malformed spec, a missing module or function, and a register function that raises
+    are each one ConfigError line naming the variable, not a traceback from the operator's
+    code."""
+    cases = {
+        "no_colon": "expected module:function",
+        "no_such_module:register": "cannot load",
+        "tests.worker_handlers:no_such_function": "cannot load",
+        "json:loads": "failed",  # a callable that raises on a registry
+    }
+    for spec, message in cases.items():
+        monkeypatch.setenv(EXTRA_HANDLERS_ENV, spec)
+        with pytest.raises(ConfigError, match=message) as err:
+            check_extra_handlers()
+        assert str(err.value).startswith(EXTRA_HANDLERS_ENV)
+    monkeypatch.setenv(EXTRA_HANDLERS_ENV, "tests.worker_handlers:register")
+    check_extra_handlers()  # a good one loads
