@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import anyio
+import anyio.lowlevel
 import psycopg
 import pytest
 
@@ -118,3 +120,65 @@ def test_typed_claim_reads_group_heads_not_the_jobs_around_them(
         if n["Node Type"].startswith("Index"):
             pages = n["Shared Hit Blocks"] + n["Shared Read Blocks"]
             assert pages < 100 * n["Actual Loops"], n
+
+
+async def test_concurrent_typed_and_plain_claims_take_every_job_exactly_once(
+    repo: JobRepository, db_url: str
+) -> None:
+    """Built-in claimers (leaving tg_analysis to others), external claimers (tg_analysis only)
+    and an unfiltered claimer, all at once on one queue of three types and three priorities:
+    every job is claimed once, by a claimer allowed to take it, and none is left pending."""
+    queue(
+        db_url,
+        *[
+            (t, p, 60 - p, 150)
+            for t in ("llm_chat", "call_analysis", "tg_analysis")
+            for p in (0, 5, 9)
+        ],
+        profile="mixed",
+    )
+    taken: dict[str, list[str]] = {}
+    claimers = {
+        "builtin-1": {"skip_types": ["tg_analysis"]},
+        "builtin-2": {"skip_types": ["tg_analysis"]},
+        "external-1": {"only_types": ["tg_analysis"]},
+        "external-2": {"only_types": ["tg_analysis", "call_analysis"]},
+        "plain": {},
+    }
+
+    def left_for(filters: dict[str, Any]) -> int:
+        with psycopg.connect(db_url) as conn:
+            row = conn.execute(
+                b"SELECT count(*) FROM ai_jobs WHERE model_profile = 'mixed' "
+                b"AND status = 'pending' AND (%s::text[] IS NULL OR task_type = ANY(%s)) "
+                b"AND NOT task_type = ANY(%s)",
+                (filters.get("only_types"), filters.get("only_types"),
+                 filters.get("skip_types", [])),
+            ).fetchone()  # fmt: skip
+        assert row is not None
+        return int(row[0])
+
+    async def run(worker: str, filters: dict[str, Any]) -> None:
+        mine = taken.setdefault(worker, [])
+        while True:
+            jobs = await repo.claim("mixed", worker, limit=7, lease_seconds=60, **filters)
+            if not jobs and left_for(filters) == 0:  # (empty while others held the heads)
+                return
+            for job in jobs:
+                if "only_types" in filters:
+                    assert job.task_type in filters["only_types"]
+                if "skip_types" in filters:
+                    assert job.task_type not in filters["skip_types"]
+                mine.append(str(job.id))
+            await anyio.lowlevel.checkpoint()
+
+    async with anyio.create_task_group() as tg:
+        for worker, filters in claimers.items():
+            tg.start_soon(run, worker, filters)
+    claimed = [job_id for ids in taken.values() for job_id in ids]
+    assert len(claimed) == len(set(claimed)) == 3 * 3 * 150
+    with psycopg.connect(db_url) as conn:
+        left = conn.execute(
+            b"SELECT count(*) FROM ai_jobs WHERE model_profile = 'mixed' AND status = 'pending'"
+        ).fetchone()
+    assert left == (0,)
