@@ -7,7 +7,7 @@
 -- 100,000 of them ahead (an external consumer that is down) a one-job claim took ~33 ms
 -- instead of ~0.5, and every claim of the profile paid it. With this index the claim reads the
 -- due head of each (task type, priority) group of the wanted types (claim_jobs_of_types in
--- sql/queries.sql): ~0.4-0.7 ms whatever waits ahead or waits to be due.
+-- sql/queries.sql): 0.35-0.75 ms whatever waits ahead or waits to be due.
 --
 -- Why the key is an expression, ARRAY[model_profile, task_type]: a per-group lookup written
 -- with model_profile = ... AND task_type = ... can also be served by ai_jobs_claim_idx (the

@@ -13,7 +13,8 @@
 ``state_conflict``, …), its sentence, the offending ``fields`` and, for conflicts, the job's
 current ``status``; no answer at all (connection refused, timed out) raises httpx's
 ``TransportError``. Reads and creates with an idempotency key are retried after a
-429/502/503/504 or a lost connection (``retries=2``); nothing else is sent twice.
+429/502/503/504 or a lost connection (``retries=2``); any other request only when its
+connection was never made.
 
 Modules: ``calls`` (the request of each method), ``errors`` (``ApiError``, reading answers),
 ``policy`` (retries and ``wait``'s loop), ``aio`` and ``sync`` (the two clients).

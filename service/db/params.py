@@ -33,7 +33,7 @@ NETWORK_DEFAULTS: dict[str, Any] = {
     "tcp_user_timeout": 30_000,  # ms that sent data may stay unacknowledged
 }
 SESSION_TIMEOUTS = ("statement_timeout", "idle_in_transaction_session_timeout")
-_SETS_JIT = re.compile(r"\bjit\s*=")
+_SETS_JIT = re.compile(r"jit\s*=")  # -c jit=on, -cjit=on (not jit_above_cost=)
 
 
 def connect_params(url: str) -> dict[str, Any]:

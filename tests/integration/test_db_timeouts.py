@@ -85,6 +85,7 @@ def test_url_parameters_and_pgoptions_win() -> None:
     assert session_settings(plain, 60, env=pgoptions) == {"statement_timeout": "60000"}
     assert session_settings(plain, 0, env={}) == off
     assert session_settings(plain, 0, env={"PGOPTIONS": "-c jit_above_cost=10"}) == off
+    assert session_settings(plain, 0, env={"PGOPTIONS": "-cjit=on"}) == {}
 
 
 async def test_the_api_names_the_statement_timeout(db_url: str) -> None:
