@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from service.config import Settings
-from service.db.migrate import migrate
 from service.runtime import Service, http_service, supervise
 from service.serve import make_server
 
@@ -34,12 +33,7 @@ log = logging.getLogger("ai_service.dev")
 NO_EMBEDDED = 2  # the exit code of a configuration error
 
 
-def _migrate(url: str, embedded: bool) -> None:
-    for m in migrate(url):
-        log.info("applied migration %04d_%s", m.version, m.name)
-
-
-def run_dev(settings: Settings, prepare: Callable[[str, bool], None] | None = None) -> int:
+def run_dev(settings: Settings, prepare: Callable[[str, bool], None]) -> int:
     """``prepare(url, embedded)`` readies the schema (the CLI's: migrates the embedded database,
     honours ``MIGRATE_ON_START`` on another, and turns failures into one line and an exit)."""
     embedded: EmbeddedPostgres | None = None
@@ -72,7 +66,7 @@ def run_dev(settings: Settings, prepare: Callable[[str, bool], None] | None = No
             )
         else:
             url = settings.require_database_url()
-        (prepare or _migrate)(url, embedded is not None)
+        prepare(url, embedded is not None)
         return anyio.run(_serve_all, settings, url)
     finally:
         if embedded is not None:

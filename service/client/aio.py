@@ -10,9 +10,9 @@ import anyio
 import httpx
 
 from service.api.schemas import BatchResult, CountIds, Stats
-from service.client.calls import Call, Calls, _filter, headers, request_kwargs, timeouts
+from service.client.calls import Call, Calls, _filter, client_options, request_kwargs, timeouts
 from service.client.errors import ApiError, decode
-from service.client.policy import Retries, WaitLoop
+from service.client.policy import Pager, Retries, WaitLoop
 from service.jobs.model import Job
 
 T = TypeVar("T")
@@ -39,12 +39,8 @@ class AsyncClient:
     ) -> None:
         self._timeout = timeouts(timeout)
         self._retries = retries
-        self._http = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"),
-            headers=headers(token),
-            timeout=self._timeout,
-            transport=transport,
-        )
+        options = client_options(base_url, token, self._timeout)
+        self._http = httpx.AsyncClient(**options, transport=transport)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -118,18 +114,10 @@ class AsyncClient:
         self, *, page_size: int = 100, limit: int | None = None, **filters: Any
     ) -> AsyncIterator[Job]:
         """Iterate matching jobs newest first, fetching pages as needed (at most ``limit``)."""
-        flt = _filter(**filters)
-        cursor: str | None = None
-        seen = 0
-        while limit is None or seen < limit:
-            size = page_size if limit is None else min(page_size, limit - seen)
-            page = await self._send(Calls.page(size, cursor, flt))
-            for job in page.items[:size]:
-                seen += 1
+        pager = Pager(page_size, limit, _filter(**filters))
+        while (call := pager.next_call()) is not None:
+            for job in pager.take(await self._send(call)):
                 yield job
-            cursor = page.next_cursor
-            if cursor is None:
-                return
 
     async def retry(self, job_id: UUID | str) -> Job:
         return await self._send(Calls.retry(job_id))

@@ -246,6 +246,11 @@ def headers(token: str | None) -> dict[str, str]:
     return out
 
 
+def client_options(base_url: str, token: str | None, timeout: httpx.Timeout) -> dict[str, Any]:
+    """What both clients give their httpx client."""
+    return {"base_url": base_url.rstrip("/"), "headers": headers(token), "timeout": timeout}
+
+
 def timeouts(seconds: float) -> httpx.Timeout:
     """``seconds`` for reads, writes and pool waits; connecting gets at most 10 s (a host that
     does not answer a SYN in 10 s will not in 75)."""

@@ -10,10 +10,12 @@ error — nor any other answer.
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import httpx
 
-from service.client.calls import LONG_POLL_CHUNK
+from service.api.schemas import JobPage
+from service.client.calls import LONG_POLL_CHUNK, Call, Calls
 from service.client.errors import ApiError
 from service.jobs.model import Job
 
@@ -97,3 +99,30 @@ class WaitLoop:
         self.failures += 1
         hint = exc.retry_after if isinstance(exc, ApiError) else None
         return min(hint or min(5.0, 0.25 * 2**self.failures), limit - now)
+
+
+class Pager:
+    """``list``'s paging: the next page to ask for (no more jobs than ``limit`` wants), and the
+    jobs of each page to hand out."""
+
+    def __init__(self, page_size: int, limit: int | None, flt: dict[str, Any]) -> None:
+        self.page_size, self.limit, self.flt = page_size, limit, flt
+        self.cursor: str | None = None
+        self.seen = 0
+        self.size = page_size
+        self.done = limit is not None and limit <= 0
+
+    def next_call(self) -> Call[JobPage] | None:
+        """The request of the next page, or None: every wanted job was handed out."""
+        if self.done:
+            return None
+        size = self.page_size if self.limit is None else min(self.page_size, self.limit - self.seen)
+        self.size = size
+        return Calls.page(size, self.cursor, self.flt)
+
+    def take(self, page: JobPage) -> list[Job]:
+        jobs = page.items[: self.size]
+        self.seen += len(jobs)
+        self.cursor = page.next_cursor
+        self.done = self.cursor is None or (self.limit is not None and self.seen >= self.limit)
+        return jobs

@@ -10,9 +10,9 @@ from uuid import UUID
 import httpx
 
 from service.api.schemas import BatchResult, CountIds, Stats
-from service.client.calls import Call, Calls, _filter, headers, request_kwargs, timeouts
+from service.client.calls import Call, Calls, _filter, client_options, request_kwargs, timeouts
 from service.client.errors import ApiError, decode
-from service.client.policy import Retries, WaitLoop
+from service.client.policy import Pager, Retries, WaitLoop
 from service.jobs.model import Job
 
 T = TypeVar("T")
@@ -34,12 +34,8 @@ class Client:
     ) -> None:
         self._timeout = timeouts(timeout)
         self._retries = retries
-        self._http = httpx.Client(
-            base_url=base_url.rstrip("/"),
-            headers=headers(token),
-            timeout=self._timeout,
-            transport=transport,
-        )
+        options = client_options(base_url, token, self._timeout)
+        self._http = httpx.Client(**options, transport=transport)
 
     def __enter__(self) -> Client:
         return self
@@ -103,18 +99,9 @@ class Client:
     def list(
         self, *, page_size: int = 100, limit: int | None = None, **filters: Any
     ) -> Iterator[Job]:
-        flt = _filter(**filters)
-        cursor: str | None = None
-        seen = 0
-        while limit is None or seen < limit:
-            size = page_size if limit is None else min(page_size, limit - seen)
-            page = self._send(Calls.page(size, cursor, flt))
-            for job in page.items[:size]:
-                seen += 1
-                yield job
-            cursor = page.next_cursor
-            if cursor is None:
-                return
+        pager = Pager(page_size, limit, _filter(**filters))
+        while (call := pager.next_call()) is not None:
+            yield from pager.take(self._send(call))
 
     def retry(self, job_id: UUID | str) -> Job:
         return self._send(Calls.retry(job_id))

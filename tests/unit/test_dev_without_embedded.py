@@ -24,7 +24,7 @@ def test_dev_without_the_embedded_extra_says_how_to_get_it(
 ) -> None:
     monkeypatch.setitem(sys.modules, "service.db.embedded", None)  # import fails, as uninstalled
     with caplog.at_level("ERROR", logger="ai_service.dev"):
-        assert run_dev(Settings()) == NO_EMBEDDED == 2
+        assert run_dev(Settings(), prepare=lambda url, ours: None) == NO_EMBEDDED == 2
     assert "pip install 'ai-service[embedded]'" in caplog.text and "DATABASE_URL" in caplog.text
 
 
