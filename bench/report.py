@@ -162,9 +162,14 @@ def _external(d: dict[str, Any], run: str) -> list[Row]:
     if not ext:
         return []
     most = max(ext, key=int)
-    return [[f"Built-in claim (p50, limit 1) behind {int(most):,} jobs left to external workers",
+    rows = [[f"Built-in claim (p50, limit 1) behind {int(most):,} jobs left to external workers",
              "(reported)", ms(ext[most]["p50"]), f"none ahead: {ms(ext['0']['p50'])}", "—",
              run]]  # fmt: skip
+    if idle := d.get("external_backlog_next_due_ms"):
+        rows.append([f"Idle worker's next-due lookup (p50), {int(most):,} external jobs pending",
+                     "(reported)", ms(idle[most]["p50"]), f"none pending: {ms(idle['0']['p50'])}",
+                     "—", run])  # fmt: skip
+    return rows
 
 
 def memory() -> list[Row]:

@@ -14,7 +14,9 @@ Reported beside them (no target): the built-in worker's claim (``claim_jobs_of_t
 jobs of a task type left to external workers (``WORKER_EXTERNAL_TASK_TYPES``) pile up ahead of
 its own in the same profile — an external consumer that is down. Through the claim index alone
 it stepped over them one by one (~33 ms a claim with 100,000 ahead); migration 0006's index
-lets it read the head of each wanted type's queue instead.
+lets it read the head of each wanted type's queue instead. With them, the lookup an idle
+built-in worker makes each time its queue runs dry (``next_due_in``: when is the next job of
+its own due?), which read every pending job of the profile (~10 ms at 100,000).
 """
 
 from __future__ import annotations
@@ -103,13 +105,17 @@ FROM generate_series(1, %s)
 """
 
 
-def external_backlog(url: str, backlogs: list[int], claims: int) -> dict[str, dict[str, float]]:
+def external_backlog(
+    url: str, backlogs: list[int], claims: int
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
     """ms per built-in claim (limit 1, ``tg_analysis`` left to external workers) with
-    ``backlog`` such jobs older than every job of its own, in the same profile."""
+    ``backlog`` such jobs older than every job of its own, in the same profile; and ms per
+    idle lookup of its next due job once its own queue is empty (the backlog still there)."""
     sql = queries()["claim_jobs_of_types"]
     params = {**claim_params(1), "model_profile": EXTERNAL_PROFILE, "only_types": None,
               "skip_types": ["tg_analysis"]}  # fmt: skip
     out: dict[str, dict[str, float]] = {}
+    idle: dict[str, dict[str, float]] = {}
     with psycopg.connect(url, autocommit=True, prepare_threshold=0) as conn:
         for backlog in backlogs:
             conn.execute(b"DELETE FROM ai_jobs WHERE model_profile = %s", (EXTERNAL_PROFILE,))
@@ -126,8 +132,17 @@ def external_backlog(url: str, backlogs: list[int], claims: int) -> dict[str, di
                 if i >= WARMUP:
                     ms.append(elapsed)
             out[str(backlog)] = summary(ms)
+            lookup = queries()["next_due_in"]
+            ms = []
+            for i in range(claims + WARMUP):
+                t0 = time.perf_counter()
+                ((due,),) = conn.execute(lookup, params).fetchall()
+                if i >= WARMUP:
+                    ms.append((time.perf_counter() - t0) * 1000)
+            assert due is None, due  # only the external jobs are left
+            idle[str(backlog)] = summary(ms)
         conn.execute(b"DELETE FROM ai_jobs WHERE model_profile = %s", (EXTERNAL_PROFILE,))
-    return out
+    return out, idle
 
 
 def explain_claim(url: str) -> str:
@@ -186,7 +201,8 @@ def main() -> int:
         out["first_stats_response"] = first
         out["explain_claim"] = explain_claim(url)
         backlogs = [0, 10_000] if args.quick else [0, 10_000, 100_000]
-        out["external_backlog_claim_ms"] = ext = external_backlog(url, backlogs, claims)
+        ext, idle = external_backlog(url, backlogs, claims)
+        out["external_backlog_claim_ms"], out["external_backlog_next_due_ms"] = ext, idle
         out["server"] = server_info(url)
     print(table(
         "claim (prepared claim_jobs, limit 1 and 100) and GET /api/v1/stats, ms",
@@ -198,6 +214,11 @@ def main() -> int:
         "built-in claim (limit 1) behind jobs left to external workers, same profile, ms",
         ["external jobs ahead", "p50", "p99"],
         [[int(b), v["p50"], v["p99"]] for b, v in ext.items()],
+    ))  # fmt: skip
+    print(table(
+        "idle built-in worker's next-due lookup (next_due_in) behind the same jobs, ms",
+        ["external jobs pending", "p50", "p99"],
+        [[int(b), v["p50"], v["p99"]] for b, v in idle.items()],
     ))  # fmt: skip
     print(f"EXPLAIN (ANALYZE, BUFFERS) of claim_jobs (limit 100) at {total} rows:")
     print(out["explain_claim"])

@@ -93,24 +93,9 @@ FROM picked
 WHERE j.id = picked.id
 RETURNING j.*;
 
--- name: claim_jobs_of_types
--- claim_jobs restricted by task type: only_types, an external worker's types (NULL: any);
--- skip_types, the types a built-in worker leaves to external workers. Jobs of the other types
--- may fill the head of the profile's queue (an external consumer that is down), so instead of
--- stepping over them this reads the due head of each (task type, priority) group of the
--- wanted types through ai_jobs_claim_type_idx (migration 0006, which says why its key is an
--- expression) and keeps the best `limit` of those heads:
---   types: the task types with pending jobs in the profile, one probe each (a loose index
---     scan of ai_jobs_status_idx);
---   groups: the priorities of each wanted type, highest first, one probe each;
---   heads: per group, its first `limit` due jobs by run_after, locked SKIP LOCKED; the scan
---     stops at the first job not yet due. Rows locked but not kept are free again when the
---     statement ends; a claim running meanwhile skips them and may come back short, which
---     callers treat as "look again shortly" (the worker's 10 ms retry while jobs are due,
---     the claim endpoint's own retries);
---   picked: the best `limit` of all heads, in the claim order. The UPDATE takes the ids as an
---     array: joined to the CTE, a generic plan (the limit unknown) hashed the whole table.
-WITH RECURSIVE types(task_type) AS (
+-- name: _pending_types
+-- The body of a recursive CTE types(task_type): the task types with pending jobs in the
+-- profile, one probe each (a loose index scan of ai_jobs_status_idx); the last row is NULL.
     (SELECT task_type FROM ai_jobs
      WHERE status = 'pending' AND model_profile = %(model_profile)s
      ORDER BY task_type LIMIT 1)
@@ -121,7 +106,12 @@ WITH RECURSIVE types(task_type) AS (
             ORDER BY n.task_type LIMIT 1)
     FROM types AS t
     WHERE t.task_type IS NOT NULL
-), groups(key, priority) AS (
+
+-- name: _type_groups
+-- The body of a recursive CTE groups(key, priority) over types: for each wanted type
+-- (only_types, NULL: any; never one of skip_types), its key in ai_jobs_claim_type_idx
+-- (migration 0006) and its priorities with pending jobs, highest first, one probe each; each
+-- key's last row has a NULL priority.
     SELECT k.key, (SELECT g.priority FROM ai_jobs AS g
                    WHERE g.status = 'pending' AND ARRAY[g.model_profile, g.task_type] = k.key
                    ORDER BY g.priority DESC LIMIT 1)
@@ -136,7 +126,25 @@ WITH RECURSIVE types(task_type) AS (
                    ORDER BY n.priority DESC LIMIT 1)
     FROM groups AS g
     WHERE g.priority IS NOT NULL
-), heads AS (
+
+-- name: claim_jobs_of_types
+-- claim_jobs restricted by task type: only_types, an external worker's types (NULL: any);
+-- skip_types, the types a built-in worker leaves to external workers. Jobs of the other types
+-- may fill the head of the profile's queue (an external consumer that is down), so instead of
+-- stepping over them this reads the due head of each (task type, priority) group of the
+-- wanted types through ai_jobs_claim_type_idx (migration 0006, which says why its key is an
+-- expression) and keeps the best `limit` of those heads:
+--   types, groups: the fragments above (also read by next_due_in);
+--   heads: per group, its first `limit` due jobs by run_after, locked SKIP LOCKED; the scan
+--     stops at the first job not yet due. Rows locked but not kept are free again when the
+--     statement ends; a claim running meanwhile skips them and may come back short, which
+--     callers treat as "look again shortly" (the worker's 10 ms retry while jobs are due,
+--     the claim endpoint's own retries);
+--   picked: the best `limit` of all heads, in the claim order. The UPDATE takes the ids as an
+--     array: joined to the CTE, a generic plan (the limit unknown) hashed the whole table.
+WITH RECURSIVE types(task_type) AS {{ _pending_types }},
+groups(key, priority) AS {{ _type_groups }},
+heads AS (
     SELECT h.id, h.priority, h.run_after
     FROM groups AS g, LATERAL (
         SELECT id, priority, run_after FROM ai_jobs
@@ -293,11 +301,6 @@ WITH old AS (
     FOR UPDATE SKIP LOCKED
 )
 DELETE FROM ai_jobs AS j USING old WHERE j.id = old.id;
-
--- name: next_run_after
--- When the earliest pending job of a profile becomes due (the idle worker sleeps until then).
-SELECT min(run_after) AS next_run_after
-FROM ai_jobs WHERE status = 'pending' AND model_profile = %(model_profile)s;
 
 -- name: stats_counts
 SELECT status, model_profile, task_type, count(*) AS count

@@ -252,17 +252,14 @@ class JobRepository:
         jobs = _jobs(rows[:limit])
         return jobs, (jobs[-1].id if listed > len(jobs) else None)
 
-    async def next_run_after(self, model_profile: str) -> datetime | None:
-        row = await self.db.fetchrow("next_run_after", {"model_profile": model_profile})
-        return row["next_run_after"] if row else None
-
     async def seconds_until_due(
         self, model_profile: str, *, skip_types: Sequence[str] = ()
     ) -> float | None:
         """Seconds until the earliest pending job of a profile is due (<= 0: due now), on the
         database's clock; None when nothing is pending. The idle worker sleeps this long."""
         row = await self.db.fetchrow(
-            "next_due_in", {"model_profile": model_profile, "skip_types": list(skip_types)}
+            "next_due_in",
+            {"model_profile": model_profile, "only_types": None, "skip_types": list(skip_types)},
         )
         return None if row is None or row["seconds"] is None else float(row["seconds"])
 

@@ -1,7 +1,8 @@
 """Claims restricted by task type (``claim_jobs_of_types``, migration 0006): the same jobs in
 the same order as an unrestricted claim would take of the wanted types, and a plan that reads
 the head of each wanted type's queue instead of stepping over the jobs of other types queued
-ahead (a down external consumer's backlog made every built-in claim of the profile slow)."""
+ahead (a down external consumer's backlog made every built-in claim of the profile slow).
+The idle worker's lookup of its next due job reads the same group heads."""
 
 from __future__ import annotations
 
@@ -182,3 +183,59 @@ async def test_concurrent_typed_and_plain_claims_take_every_job_exactly_once(
             b"SELECT count(*) FROM ai_jobs WHERE model_profile = 'mixed' AND status = 'pending'"
         ).fetchone()
     assert left == (0,)
+
+
+# --- the idle worker's lookup of the next due job (next_due_in) ----------------------------
+async def test_next_due_is_the_earliest_job_of_the_wanted_types_over_all_priorities(
+    repo: JobRepository, db_url: str
+) -> None:
+    """The earliest job is in neither the first group in claim order (priority 9) nor the
+    largest one; the skipped type's long-overdue jobs count only when nothing is skipped."""
+    queue(
+        db_url,
+        ("tg_analysis", 0, 7200, 50),  # left to external workers, 2 h overdue
+        ("llm_chat", 0, -3600, 50),
+        ("llm_chat", 5, -1800, 20),  # the earliest of the wanted types: due in 30 min
+        ("call_analysis", 9, -5400, 10),
+    )
+    skipping = await repo.seconds_until_due(PROFILE, skip_types=["tg_analysis"])
+    everything = await repo.seconds_until_due(PROFILE)
+    assert skipping is not None and 1700 < skipping <= 1800
+    assert everything is not None and -7300 < everything <= -7200
+    assert await repo.seconds_until_due(PROFILE, skip_types=["tg_analysis", "llm_chat"]) == (
+        pytest.approx(5400, abs=100)
+    )
+    everyone = ["tg_analysis", "llm_chat", "call_analysis"]
+    assert await repo.seconds_until_due(PROFILE, skip_types=everyone) is None
+    assert await repo.seconds_until_due("no-such-profile") is None
+
+
+@pytest.mark.parametrize("skip_types", [[], ["tg_analysis"]], ids=["all-types", "skipping"])
+@pytest.mark.parametrize(
+    "backlog",
+    [
+        ("tg_analysis", 0, 3600, 100_000),  # a skipped type's backlog, due
+        ("call_analysis", 3, -3600, 100_000),  # jobs scheduled for later (run_after)
+    ],
+    ids=["skipped-due", "scheduled"],
+)
+def test_next_due_lookup_reads_group_heads_not_the_queue(
+    db_url: str, backlog: tuple[str, int, float, int], skip_types: list[str]
+) -> None:
+    """The idle worker runs this each time its queue runs dry; a plain min(run_after) read
+    every pending job of the profile (~10 ms at 100,000). Generic plan, as prepared."""
+    queue(db_url, backlog, ("llm_chat", 0, -60, 50), ("llm_chat", 7, -120, 50), profile="p")
+    params = {"model_profile": "p", "only_types": None, "skip_types": skip_types}
+    lookup = queries()["next_due_in"]
+    with psycopg.connect(db_url, autocommit=True) as conn, conn.transaction(force_rollback=True):
+        conn.execute(b"SET LOCAL plan_cache_mode = force_generic_plan")
+        ((doc,),) = conn.execute(b"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + lookup, params)
+    plan = (doc if isinstance(doc, list) else json.loads(doc))[0]["Plan"]
+    nodes = _nodes(plan)
+    assert any(n.get("Index Name") == "ai_jobs_claim_type_idx" for n in nodes), nodes
+    assert not any(n["Node Type"] in {"Seq Scan", "Bitmap Heap Scan"} for n in nodes), nodes
+    assert max(n.get("Rows Removed by Filter", 0) for n in nodes) < 100, nodes
+    for n in nodes:
+        if n["Node Type"].startswith("Index"):
+            pages = n["Shared Hit Blocks"] + n["Shared Read Blocks"]
+            assert pages < 100 * n["Actual Loops"], n
