@@ -116,6 +116,10 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     app = create_app(settings, database_url=url)
     server = make_server(app, settings.http_host, settings.http_port,
                          on_shutdown=partial(close_long_polls, app))  # fmt: skip
+    try:
+        server.listen("HTTP_HOST, HTTP_PORT")
+    except ConfigError as exc:
+        _die(f"configuration error: {exc}")
     log.info("API listening on %s:%d", settings.http_host, settings.http_port)
     return anyio.run(supervise, [http_service("api", server)])
 
@@ -141,7 +145,10 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
     def prepare(url: str, embedded: bool) -> None:  # the embedded database is ours to migrate
         _migrate_on_start(url, embedded or settings.migrate_on_start)
 
-    return run_dev(settings, prepare)
+    try:
+        return run_dev(settings, prepare)
+    except ConfigError as exc:  # a port taken after run_dev checked it was free
+        _die(f"configuration error: {exc}")
 
 
 def _port(text: str) -> int:
@@ -172,6 +179,10 @@ def cmd_infra_sidecar(args: argparse.Namespace, settings: Settings) -> int:
     vllm = dict(args.vllm or [])
     app = create_sidecar_app(vllm, args.docker_socket)
     server = make_server(app, args.host, args.port)
+    try:
+        server.listen("--host, --port")
+    except ConfigError as exc:
+        _die(f"configuration error: {exc}")
     log.info(
         "infra sidecar on %s:%d (vLLM metrics: %s; Docker socket %s)",
         args.host,

@@ -24,7 +24,7 @@ import anyio
 
 from service.config import Settings
 from service.runtime import Service, http_service, supervise
-from service.serve import make_server
+from service.serve import listen, make_server
 
 if TYPE_CHECKING:
     from service.db.embedded import EmbeddedPostgres
@@ -36,6 +36,7 @@ NO_EMBEDDED = 2  # the exit code of a configuration error
 def run_dev(settings: Settings, prepare: Callable[[str, bool], None]) -> int:
     """``prepare(url, embedded)`` readies the schema (the CLI's: migrates the embedded database,
     honours ``MIGRATE_ON_START`` on another, and turns failures into one line and an exit)."""
+    _check_ports(settings)  # before an initdb or a start of PostgreSQL is spent
     embedded: EmbeddedPostgres | None = None
     try:
         if settings.database_url is None:
@@ -71,6 +72,19 @@ def run_dev(settings: Settings, prepare: Callable[[str, bool], None]) -> int:
     finally:
         if embedded is not None:
             _stop(embedded)
+
+
+def _check_ports(settings: Settings) -> None:
+    """``ConfigError`` naming the setting when the API's or the worker's port is taken."""
+    for host, port, setting in (
+        (settings.http_host, settings.http_port, "HTTP_HOST, HTTP_PORT"),
+        (
+            settings.worker_http_host,
+            settings.worker_http_port,
+            "WORKER_HTTP_HOST, WORKER_HTTP_PORT",
+        ),
+    ):
+        listen(host, port, setting).close()
 
 
 def _stop(embedded: EmbeddedPostgres) -> None:
@@ -118,11 +132,16 @@ async def _serve_all(settings: Settings, url: str) -> int:
     app = create_app(settings, database_url=url)
     api = make_server(app, settings.http_host, settings.http_port,
                       on_shutdown=partial(close_long_polls, app))  # fmt: skip
+    api.listen("HTTP_HOST, HTTP_PORT")
     services.append(http_service("api", api))
     worker = _worker(settings, url)
     if worker is not None:
         services.append(worker)
-    log.info("API on http://%s:%d  (Ctrl-C to stop)", settings.http_host, settings.http_port)
+    log.info(
+        "API on http://%s:%d, worker endpoints on http://%s:%d  (Ctrl-C to stop)",
+        settings.http_host, settings.http_port, settings.worker_http_host,
+        settings.worker_http_port,
+    )  # fmt: skip
     return await supervise(services)
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import anyio
 
-from service.serve import EmbeddedServer
+from service.serve import EmbeddedServer, StartupFailed
 
 log = logging.getLogger("ai_service.runtime")
 
@@ -41,7 +41,7 @@ def http_service(name: str, server: EmbeddedServer) -> Service:
     async def serve() -> None:
         try:
             await server.serve()
-        except SystemExit:  # uvicorn exits when it cannot listen, having logged why
+        except StartupFailed:  # uvicorn has logged why
             raise ServiceFailed(f"{name} could not start (see the error above)") from None
 
     return Service(name, serve, stop)

@@ -25,8 +25,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from service import spans, telemetry
 from service.jobs import Job
-from service.serve import EmbeddedServer, make_server
-from service.simulator.server import listen
+from service.serve import EmbeddedServer, listen, make_server
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")

@@ -10,9 +10,10 @@ from __future__ import annotations
 import socket
 
 from service.runtime import Service
+from service.serve import listen
 from service.simulator.app import create_app
 from service.simulator.config import SimulatorConfig
-from service.simulator.server import base_url, listen, make_simulator_server
+from service.simulator.server import base_url, make_simulator_server
 
 
 async def simulator_service(config: SimulatorConfig | None = None) -> tuple[Service, str]:

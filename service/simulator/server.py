@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from typing import Any
 import anyio
 import uvicorn
 
-from service.serve import EmbeddedServer
+from service.serve import EmbeddedServer, listen
 from service.simulator.app import Simulator, create_app
 from service.simulator.config import SimulatorConfig
 
@@ -34,17 +33,6 @@ class RunningSimulator:
 
     def __str__(self) -> str:
         return self.url
-
-
-def listen(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY only on sockets that say they are
-    # TCP, and without it every response waits ~40 ms for a delayed ACK.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(1024)
-    return sock
 
 
 def make_simulator_server(app: Any, config: SimulatorConfig, log_level: str) -> EmbeddedServer:

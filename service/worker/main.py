@@ -77,6 +77,7 @@ class Worker:
         self.server: EmbeddedServer = make_worker_server(
             self, settings.worker_http_host, settings.worker_http_port, metrics_routes(settings)
         )
+        self.server.listen("WORKER_HTTP_HOST, WORKER_HTTP_PORT")  # a busy port: one line, now
         self._db: Database | None = None
         self._loops: dict[str, ClaimLoop] = {}
         self._stop_deadline: float | None = None

@@ -100,3 +100,31 @@ def test_a_second_signal_exits_at_once_with_128_plus_the_signal() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+async def test_a_server_whose_start_up_fails_is_a_failed_service_not_a_process_exit() -> None:
+    """uvicorn calls ``sys.exit`` when the app's start-up fails; let through, the
+    ``SystemExit`` tore through the event loop (whose shutdown could then hang on other
+    tasks). The supervisor sees a failed service and stops the others: exit code 1."""
+    from service.runtime import http_service
+    from service.serve import StartupFailed, make_server
+
+    async def app(scope: dict[str, object], receive: object, send: object) -> None:
+        assert scope["type"] == "lifespan"
+        raise RuntimeError("start-up failed")
+
+    server = make_server(app, "127.0.0.1", 0)
+    server.listen("test")
+    try:
+        await server.serve()
+    except StartupFailed:
+        pass
+    else:
+        raise AssertionError("serve() returned")
+    rec = Recorder()
+    other, _ = service("worker", 0, rec)
+    failing = make_server(app, "127.0.0.1", 0)
+    failing.listen("test")
+    with anyio.fail_after(30):
+        assert await supervise([http_service("api", failing), other]) == 1
+    assert rec.events == ["worker asked to stop", "worker finished"]
