@@ -30,9 +30,10 @@ import logging
 import os
 from typing import Any
 
-from litestar import Response, get
+from litestar import Request, Response, get
 from opentelemetry import metrics as otel
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest, start_http_server
+from prometheus_client import REGISTRY, start_http_server
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder
 
 from service import telemetry
 from service.config import ConfigError, Settings
@@ -151,11 +152,16 @@ def _listen(role: str, settings: Settings) -> None:
     opt={"public": True},
     tags=["health"],
     summary="Prometheus metrics (text format)",
-    media_type=CONTENT_TYPE_LATEST,
+    media_type=CONTENT_TYPE_PLAIN_0_0_4,
     sync_to_thread=False,
 )
-def metrics_endpoint() -> Response[bytes]:
-    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+def metrics_endpoint(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """The format the scraper's ``Accept`` asks for, as the dedicated listener answers it
+    (OpenMetrics, text 1.0.0, else text 0.0.4). The content type goes in as a header: as a
+    media type, Litestar appends its own charset to the one it already has, and Prometheus 3
+    refuses a content type with a parameter twice."""
+    encode, content_type = choose_encoder(request.headers.get("accept", ""))
+    return Response(encode(REGISTRY), headers={"content-type": content_type})
 
 
 def metrics_routes(settings: Settings) -> list[Any]:

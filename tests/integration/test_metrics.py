@@ -35,10 +35,27 @@ DEAD = f"dead-{uuid.uuid4().hex[:8]}"  # claimed by a worker that died: the reap
 FAST = {"latency_ms": 1.0, "per_token_ms": 0.0, "per_audio_second_ms": 0.0}
 
 
+# What Prometheus 3 sends; it refuses a content type it cannot parse (a parameter twice).
+PROMETHEUS_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.5,"
+    "application/openmetrics-text;version=0.0.1;q=0.4,"
+    "text/plain;version=1.0.0;escaping=allow-utf-8;q=0.3,text/plain;version=0.0.4;q=0.2,*/*;q=0.1"
+)
+
+
+def parameters(content_type: str) -> list[str]:
+    return [p.split("=")[0].strip().lower() for p in content_type.split(";")[1:]]
+
+
 async def scrape(client: httpx.AsyncClient, url: str) -> Samples:
     r = await client.get(url)
     assert r.status_code == 200, r.text
-    assert r.headers["content-type"].startswith("text/plain")
+    assert r.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    asked = await client.get(url, headers={"accept": PROMETHEUS_ACCEPT})
+    kind = asked.headers["content-type"]
+    assert kind.startswith("application/openmetrics-text; version=1.0.0"), kind
+    assert len(parameters(kind)) == len(set(parameters(kind))), kind
+    assert asked.text.rstrip().endswith("# EOF")
     return [
         (s.name, s.labels, s.value)
         for family in text_string_to_metric_families(r.text)
