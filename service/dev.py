@@ -3,9 +3,9 @@
 Embedded PostgreSQL when DATABASE_URL is unset (data kept in EMBEDDED_PG_DATA and reused),
 migrations, the API, a worker for every configured profile, and — unless LLM_BASE_URL /
 VOXTRAL_BASE_URL point at real servers — a local SIMULATED inference endpoint, labelled as
-such in the logs and in every response (``x-simulated: true``). On Ctrl-C or SIGTERM the
-worker drains, the servers stop, and the embedded PostgreSQL is stopped last, so no
-``postgres`` process outlives the command.
+such in the logs and in every response of the simulator (``x-simulated: true``). On Ctrl-C or
+SIGTERM the worker drains, the servers stop, and the embedded PostgreSQL is stopped last, so
+no ``postgres`` process outlives the command.
 """
 
 from __future__ import annotations
