@@ -10,6 +10,7 @@ than a traceback deep inside a worker loop.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import socket
@@ -180,6 +181,15 @@ def _str(text: str) -> str:
 
 def _list(text: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in text.split(",") if p.strip())
+
+
+def _networks(text: str) -> tuple[str, ...]:
+    """IP networks or addresses, checked here so every process refuses a bad one at start-up
+    (the API judges literal audio_url addresses with them too, not only the workers)."""
+    entries = _list(text)
+    for entry in entries:
+        ipaddress.ip_network(entry, strict=False)  # ValueError: the usual one-line error
+    return entries
 
 
 def _limits(text: str) -> dict[str, int]:
@@ -533,7 +543,7 @@ FIELDS: Final[tuple[Field, ...]] = (
     Field(
         "AUDIO_URL_ALLOWED_NETWORKS",
         "audio_url_allowed_networks",
-        _list,
+        _networks,
         "",
         "comma-separated IP networks like 10.2.3.0/24",
         "non-public networks audio_url may reach (loopback/private/link-local are refused)",

@@ -26,6 +26,7 @@ from litestar.exceptions import (
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.openapi.datastructures import ResponseSpec
 
+from service.api.naming import nul_field, parameter_name, plain_message
 from service.api.schemas import ErrorBody, FieldError
 from service.db import DatabaseUnavailable, IntegrityViolation, StatementTimeout, ValueRefused
 from service.jobs import IdempotencyConflict, JobNotFound, StateConflict
@@ -75,6 +76,7 @@ def invalid(field: str, message: str, *, code: str = "validation_error") -> ApiE
     )
 
 
+_PARAMETERS = ("query", "path", "header", "cookie")
 _MSGSPEC_AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
 
 
@@ -104,7 +106,9 @@ def _lower_first(s: str) -> str:
     return s[:1].lower() + s[1:] if s else s
 
 
-def _validation_fields(exc: ValidationException) -> list[FieldError]:
+def _validation_fields(
+    exc: ValidationException, request: Request[Any, Any, Any]
+) -> list[FieldError]:
     out: list[FieldError] = []
     extra: Any = exc.extra
     items = extra if isinstance(extra, list) else []
@@ -113,8 +117,11 @@ def _validation_fields(exc: ValidationException) -> list[FieldError]:
             continue
         message = str(item.get("message", "invalid value"))
         key = str(item.get("key", "") or "")
-        source = str(item.get("source", "") or "")
+        source = getattr(item.get("source"), "value", item.get("source")) or ""
         fe = _msgspec_field(message)
+        if source in _PARAMETERS:  # named as the caller wrote it, its value judged as text
+            key = parameter_name(request, key)
+            fe = FieldError(field=fe.field, message=plain_message(fe.message))
         # Litestar gives the location as ``key`` (``jobs[1].priority``; ``data`` is the whole
         # body); an unknown or missing field's own name is in the message.
         base = "" if key in ("", "data") else key
@@ -191,6 +198,10 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
         )
     if isinstance(exc, IntegrityViolation):
         return error_response(422, "constraint_violation", f"the database refused the write: {exc}")
+    if _is_data_error(exc) and (field := nul_field(request)):
+        message = "must not contain the NUL character (\\u0000): PostgreSQL cannot store it"
+        fields = [FieldError(field=field, message=message)]
+        return error_response(422, "validation_error", _sentence(fields, message), fields=fields)
     if _is_data_error(exc):
         first_line = (str(exc).strip().splitlines() or ["invalid value"])[0]
         return error_response(422, "invalid_value", f"a value cannot be stored: {first_line}")
@@ -209,7 +220,7 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
             400, "invalid_json", "the request body is empty; a JSON object is expected"
         )
     if isinstance(exc, ValidationException):
-        fields = _validation_fields(exc)
+        fields = _validation_fields(exc, request)
         if fields and all(f.message.startswith("json is malformed") for f in fields):
             return error_response(400, "invalid_json", "the request body is not valid JSON")
         return error_response(

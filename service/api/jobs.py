@@ -170,8 +170,10 @@ def _one(name: str, values: list[str] | None) -> str | None:
     return values[0]
 
 
+# ``{job_id:str}`` and a ``UUID`` argument, not ``{job_id:uuid}``: a malformed id is then a 422
+# naming job_id (the argument's conversion fails) instead of a 404 from no route matching.
 @get(
-    "/jobs/{job_id:uuid}",
+    "/jobs/{job_id:str}",
     summary="Get a job (optionally wait until it finishes)",
     description="With `wait_seconds` > 0 the request returns as soon as the job is completed, "
     "failed or cancelled (woken by a NOTIFY), or when the time is up — whatever its state.",
@@ -236,11 +238,11 @@ async def cancel_jobs(data: JSONBody[FilterBody], repo: NamedDependency[JobRepos
 
 
 @post(
-    "/jobs/{job_id:uuid}/retry",
+    "/jobs/{job_id:str}/retry",
     status_code=200,
     summary="Retry one failed or running job",
     description="Resets the attempt budget; a running job's worker loses its lease.",
-    responses=responses(404, 409),
+    responses=responses(404, 409, 422),
     tags=["jobs"],
 )
 async def retry_job(job_id: FromPath[UUID], repo: NamedDependency[JobRepository]) -> Job:
@@ -248,10 +250,10 @@ async def retry_job(job_id: FromPath[UUID], repo: NamedDependency[JobRepository]
 
 
 @post(
-    "/jobs/{job_id:uuid}/cancel",
+    "/jobs/{job_id:str}/cancel",
     status_code=200,
     summary="Cancel one pending or running job",
-    responses=responses(404, 409),
+    responses=responses(404, 409, 422),
     tags=["jobs"],
 )
 async def cancel_job(job_id: FromPath[UUID], repo: NamedDependency[JobRepository]) -> Job:

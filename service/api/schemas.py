@@ -90,21 +90,30 @@ class BatchResult(msgspec.Struct, kw_only=True):
 
 class FilterBody(_Body):
     """Selects jobs for retry/cancel by filter. All given fields must match (AND); a list
-    matches any of its values. An empty filter is refused unless ``all`` is true."""
+    matches any of its values, and a single value is read as a list of one (as ``claim`` and
+    the query of ``GET /jobs`` take one; an empty list is still refused). An empty filter is
+    refused unless ``all`` is true."""
 
-    ids: IdList | None = None
-    status: StatusList | None = None
+    ids: UUID | IdList | None = None
+    status: Status | StatusList | None = None
     owner_service: Name | None = None
     owner_ref: Ref | None = None
-    task_type: FilterList | None = None
-    model_profile: FilterList | None = None
-    error_category: FilterList | None = None
+    task_type: str | FilterList | None = None
+    model_profile: str | FilterList | None = None
+    error_category: str | FilterList | None = None
     created_after: Instant | None = None
     created_before: Instant | None = None
     all: bool = False
 
     def to_filter(self) -> JobFilter:
-        return JobFilter(**{f: getattr(self, f) for f in JobFilter.__struct_fields__})
+        values = {f: getattr(self, f) for f in JobFilter.__struct_fields__}
+        for f in _LIST_FILTERS:
+            if values[f] is not None and not isinstance(values[f], list):
+                values[f] = [values[f]]
+        return JobFilter(**values)
+
+
+_LIST_FILTERS = ("ids", "status", "task_type", "model_profile", "error_category")
 
 
 class CountIds(msgspec.Struct, kw_only=True):

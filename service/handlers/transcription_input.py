@@ -3,8 +3,9 @@
 Kept apart from the handler (which needs the HTTP clients and the audio fetcher) because the
 API checks the same rules at submission: a job it accepts is one the handler can read. Keys
 other than these are the caller's metadata and are ignored. Whether ``audio_url`` may be
-fetched (scheme, host, address) is decided when the job runs (``audio.AudioPolicy``), since
-DNS answers can change between submission and the download.
+fetched is ``audio.AudioPolicy``'s to say: the API asks it at submission what it can answer
+without DNS (scheme, host list, a literal address), and the worker asks it again, with the
+addresses the host resolves to then, since DNS answers can change until the download.
 """
 
 from __future__ import annotations

@@ -165,33 +165,54 @@ async def test_malformed_json_wrong_method_and_too_large(api: Api) -> None:
     assert_error(r.json(), "request_too_large")
 
 
-async def test_bad_or_unknown_ids_are_404(api: Api) -> None:
-    for path in ["/api/v1/jobs/not-a-uuid", "/api/v1/jobs/1234", f"/api/v1/jobs/{MISSING}"]:
-        r = await api.client.get(path)
-        assert r.status_code == 404, path
-        assert_error(r.json(), "not_found")
-        r = await api.client.post(path + "/retry")
-        assert r.status_code == 404, path
+async def test_unknown_ids_are_404_malformed_ones_422_naming_job_id(api: Api) -> None:
+    r = await api.client.get(f"/api/v1/jobs/{MISSING}")
+    assert r.status_code == 404
+    assert_error(r.json(), "not_found")
+    assert r.json()["job_id"] == MISSING
+    r = await api.client.post(f"/api/v1/jobs/{MISSING}/retry")
+    assert r.status_code == 404
+    for job_id in ("not-a-uuid", "1234"):
+        for method, path, body in [
+            ("GET", "", None),
+            ("POST", "/retry", None),
+            ("POST", "/cancel", None),
+            ("POST", "/heartbeat", {"worker_id": "w"}),
+            ("POST", "/complete", {"worker_id": "w"}),
+            ("POST", "/fail", {"worker_id": "w", "error_category": "x"}),
+        ]:
+            r = await api.client.request(method, f"/api/v1/jobs/{job_id}{path}", json=body)
+            assert r.status_code == 422, (method, path, r.text)
+            assert_error(r.json(), "validation_error", "job_id")
+            assert r.json()["detail"] == "job_id: invalid UUID"
     r = await api.client.get("/api/v1/nothing")
     assert r.status_code == 404
+    r = await api.client.get("/api/v1/jobs/batch")  # a route of its own, for POST only
+    assert r.status_code == 405
 
 
-async def test_bad_query_values_are_422(api: Api) -> None:
-    for query, field in [
-        ("limit=0", "limit"),
-        ("limit=501", "limit"),
-        ("status=bogus", "status"),
-        ("cursor=xyz", "cursor"),
-        ("id=xyz", "id"),
-        ("created_after=notadate", "created_after"),
-        ("created_before=2030-01-01T12:00:00", "created_before"),
+async def test_bad_query_values_are_422_named_as_sent(api: Api) -> None:
+    for query, field, message in [
+        ("limit=0", "limit", "must be an integer >= 1"),
+        ("limit=501", "limit", "must be an integer <= 500"),
+        ("limit=1.5", "limit", "must be an integer"),
+        ("limit=ten", "limit", "must be an integer"),
+        ("status=bogus", "status", "invalid enum value 'bogus'"),
+        ("cursor=xyz", "cursor", "invalid UUID"),
+        ("id=nope", "id", "invalid UUID"),
+        (f"id={MISSING}&id=nope", "id", "invalid UUID"),
+        ("created_after=notadate", "created_after", "invalid RFC3339 encoded datetime"),
+        ("created_before=2030-01-01T12:00:00", "created_before", "expected `datetime` with a"),
     ]:
         r = await api.client.get(f"/api/v1/jobs?{query}")
         assert r.status_code == 422, query
-        assert r.json()["error"] == "validation_error"
-        assert r.json()["fields"][0]["field"] in (field, "ids"), r.json()
-    r = await api.client.get(f"/api/v1/jobs/{MISSING}?wait_seconds=61")
-    assert r.status_code == 422
+        assert_error(r.json(), "validation_error", field)
+        assert r.json()["detail"].startswith(f"{field}: {message}"), (query, r.json())
+    for query, message in [("wait_seconds=61", "must be a number <= 60.0"),
+                           ("wait_seconds=soon", "must be a number")]:  # fmt: skip
+        r = await api.client.get(f"/api/v1/jobs/{MISSING}?{query}")
+        assert r.status_code == 422
+        assert r.json()["fields"] == [{"field": "wait_seconds", "message": message}]
 
 
 async def test_batch_defaults_overrides_and_idempotency(api: Api) -> None:
@@ -346,17 +367,82 @@ async def test_single_cancel_and_retry_conflicts(api: Api) -> None:
     assert r.status_code == 404
 
 
-async def test_values_postgres_cannot_store_are_422_not_500(api: Api) -> None:
-    r = await api.client.post("/api/v1/jobs", json=job_body(input={"user": "a\u0000b"}))
-    assert r.status_code == 422 and r.json()["error"] == "invalid_value"
-    r = await api.client.post("/api/v1/jobs", json=job_body(owner_ref="a\u0000b"))
-    assert r.status_code == 422 and r.json()["error"] == "invalid_value"
-    r = await api.client.get("/api/v1/jobs", params={"owner_ref": "a\u0000b"})
-    assert r.status_code == 422 and r.json()["error"] == "invalid_value"
-    # The same values inside a batch's (binary) arrays.
-    for bad in (job_body(input={"user": "a\u0000b"}), job_body(owner_ref="a\u0000b")):
-        r = await api.client.post("/api/v1/jobs/batch", json={"jobs": [job_body(), bad]})
-        assert r.status_code == 422 and r.json()["error"] == "invalid_value", r.text
+async def test_nul_characters_are_422_naming_the_field(api: Api) -> None:
+    """PostgreSQL text and jsonb cannot hold a NUL (U+0000): the refusal names where it was."""
+    nul = "a\u0000b"
+    for body, field in [
+        (job_body(input={"user": nul}), "input.user"),
+        (
+            job_body(task_type="tg", input={"meta": [{"ok": 1}, {nul: 1}]}),
+            "input.meta[1].a\\u0000b",
+        ),
+        (job_body(owner_ref=nul), "owner_ref"),
+        (job_body(owner_service=nul), "owner_service"),
+        (job_body(idempotency_key=nul), "idempotency_key"),
+    ]:
+        r = await api.client.post("/api/v1/jobs", json=body)
+        assert r.status_code == 422, r.text
+        assert_error(r.json(), "validation_error", field)
+        assert "NUL" in r.json()["detail"]
+        r = await api.client.post("/api/v1/jobs/batch", json={"jobs": [job_body(), body]})
+        assert r.status_code == 422, r.text
+        assert_error(r.json(), "validation_error", f"jobs[1].{field}")
+    r = await api.client.post("/api/v1/jobs/batch", json={"defaults": {"owner_ref": nul},
+                                                          "jobs": [job_body()]})  # fmt: skip
+    assert_error(r.json(), "validation_error", "defaults.owner_ref")
+    for params, field in [
+        ({"owner_ref": nul}, "owner_ref"),
+        ({"task_type": ["x", nul]}, "task_type"),
+    ]:
+        r = await api.client.get("/api/v1/jobs", params=params)
+        assert r.status_code == 422, r.text
+        assert_error(r.json(), "validation_error", field)
+    for body, field in [({"owner_service": nul}, "owner_service"),
+                        ({"task_type": ["x", nul]}, "task_type[1]"),
+                        ({"error_category": nul}, "error_category")]:  # fmt: skip
+        for path in ("/api/v1/jobs/cancel", "/api/v1/jobs/retry"):
+            r = await api.client.post(path, json=body)
+            assert r.status_code == 422, r.text
+            assert_error(r.json(), "validation_error", field)
+    claim = {"worker_id": "w", "model_profile": "qwen2.5-14b", "task_type": nul}
+    r = await api.client.post("/api/v1/jobs/claim", json=claim)
+    assert_error(r.json(), "validation_error", "task_type")
+    assert (await api.client.get("/api/v1/jobs")).json()["items"] == []
+    # a backslash and "u0000" are text like any other
+    r = await api.client.post("/api/v1/jobs", json=job_body(input={"user": "\\u0000"}))
+    assert r.status_code == 201, r.text
+
+
+async def test_filter_bodies_take_one_value_where_they_take_a_list(api: Api) -> None:
+    """As ``claim`` takes one model_profile and ``GET /jobs`` one ``status``: a single value
+    is a list of one; an empty list stays refused, and one-value fields stay one value."""
+    bodies = [
+        job_body(),
+        job_body(task_type="tg", model_profile="vision"),
+        job_body(task_type="tg"),
+    ]
+    ids = [(await api.client.post("/api/v1/jobs", json=b)).json()["id"] for b in bodies]
+    r = await api.client.post("/api/v1/jobs/cancel", json={"model_profile": "vision"})
+    assert r.status_code == 200, r.text
+    assert r.json()["ids"] == [ids[1]]
+    r = await api.client.post(
+        "/api/v1/jobs/cancel", json={"task_type": "tg", "status": "pending", "ids": ids[2]}
+    )
+    assert r.json()["ids"] == [ids[2]]
+    r = await api.client.post("/api/v1/jobs/retry", json={"error_category": "timeout"})
+    assert r.status_code == 200 and r.json()["count"] == 0
+    r = await api.client.post("/api/v1/jobs/retry", json={"status": "cancelled"})
+    assert r.status_code == 200 and r.json()["count"] == 0  # cancelled jobs are not retried
+    for body, field in [({"model_profile": []}, "model_profile"), ({"ids": []}, "ids"),
+                        ({"status": "bogus"}, "status"), ({"ids": "nope"}, "ids"),
+                        ({"owner_service": ["telephony"]}, "owner_service"),
+                        ({"task_type": 5}, "task_type")]:  # fmt: skip
+        for path in ("/api/v1/jobs/cancel", "/api/v1/jobs/retry"):
+            r = await api.client.post(path, json=body)
+            assert r.status_code == 422, (path, body, r.text)
+            assert_error(r.json(), "validation_error", field)
+    r = await api.client.get("/api/v1/jobs", params={"status": "pending"})
+    assert [j["id"] for j in r.json()["items"]] == [ids[0]]
 
 
 async def test_times_need_an_offset_everywhere_and_keep_it(api: Api) -> None:

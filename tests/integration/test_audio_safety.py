@@ -245,6 +245,11 @@ def test_settings_feed_the_policy() -> None:
         ConfigError, match=r"AUDIO_URL_ALLOWED_NETWORKS='10\.0\.0\.0/33' is invalid"
     ):
         parse_networks(["10.0.0.0/33"])
+    # read with the settings, so every process (the API checks audio_url too) refuses it
+    with pytest.raises(
+        ConfigError, match=r"AUDIO_URL_ALLOWED_NETWORKS='10\.2\.3\.0/24, 10\.0\.0\.0/33' is"
+    ):
+        Settings.from_env({"AUDIO_URL_ALLOWED_NETWORKS": "10.2.3.0/24, 10.0.0.0/33"})
 
 
 async def test_a_download_over_its_time_is_a_timeout() -> None:
