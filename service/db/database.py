@@ -18,6 +18,7 @@ from psycopg.types.json import Jsonb, JsonbBinaryDumper, set_json_dumps, set_jso
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from service.db.params import connect_params, session_settings
+from service.db.pool import ReconnectingPool
 from service.db.queries import queries
 
 Row = dict[str, Any]
@@ -200,8 +201,10 @@ class Database:
             yield Session(conn)
 
     async def ping(self) -> None:
-        """Raise ``DatabaseUnavailable`` unless a round trip to the server succeeds."""
-        async with _translate_errors(), self._pool.connection(timeout=5) as conn:
+        """Raise ``DatabaseUnavailable`` unless a round trip to the server succeeds. Bounded
+        at 2 s: readiness probes give up after 3 s (``deploy/k8s``) and should read the
+        answer's reason, not time out."""
+        async with _translate_errors(), self._pool.connection(timeout=2) as conn:
             await conn.execute("SELECT 1")
 
     async def close(self) -> None:
@@ -222,7 +225,7 @@ async def open_database(
     is down no connection comes, so this is how long an API request hangs before its 503:
     psycopg_pool's default (30 s) outlasts most callers' own timeouts. ``statement_timeout``
     and the network bounds: see ``params``."""
-    pool: AsyncConnectionPool[psycopg.AsyncConnection[Row]] = AsyncConnectionPool(
+    pool: AsyncConnectionPool[psycopg.AsyncConnection[Row]] = ReconnectingPool(
         url,
         min_size=min(min_size, max_size),
         max_size=max_size,

@@ -71,7 +71,9 @@ class ProviderUnavailable(HandlerError):
 
 
 class ProviderRejected(HandlerError):
-    """Any other 4xx: the request itself is wrong; retrying cannot help."""
+    """Any other 4xx: the request itself is wrong; retrying cannot help. Except when it is
+    ``provider_wide`` (401/403, 404 for the model, a redirect: every request is refused
+    alike), which the worker retries: the job is fine, the deployment is not."""
 
     category = "provider_rejected"
     retryable = False

@@ -227,7 +227,11 @@ class Executor:
     async def _fail(self, entry: RunningJob, exc: Exception) -> None:
         job = entry.job
         if isinstance(exc, HandlerError):
-            category, retryable, retry_after = exc.category, exc.retryable, exc.retry_after
+            category, retry_after = exc.category, exc.retry_after
+            # A server down or refusing everyone (a wrong key, a model not served, a base URL
+            # that redirects) is the deployment's fault, not this job's: tried again later,
+            # while the breaker pauses claims, instead of failing every job it was sent.
+            retryable = exc.retryable or exc.provider_wide
             message = str(exc) or type(exc).__name__
             logged = message if telemetry.capture_content() else exc.loggable or message
             if retryable and exc.retry_once and job.error_category == category:

@@ -239,10 +239,14 @@ class Worker:
                 await completer.drain()
         left = {j.id: j for j in (*executor.to_release, *(e.job for e in self.running))}
         left.update((job.id, job) for job in completer.queued_jobs())
+        released = False
         with anyio.move_on_after(half):
             await shutdown.release(repo, self.worker_id, list(left.values()), self.status)
+            released = True
             executor.to_release.clear()
             await shutdown.release_unknown(repo, self.worker_id, self.status)
+        if not released:
+            shutdown.report_stranded(list(left.values()), self.settings.worker_lease_timeout)
 
     def _cancel(self, job_id: UUID, started_us: int | None) -> None:
         if started_us is None:

@@ -57,6 +57,23 @@ async def release(
     log.info("released %d jobs to pending", len(released))
 
 
+def report_stranded(jobs: Sequence[Job], lease_seconds: float) -> None:
+    """The final release did not get through (the database did not answer in time): say so,
+    naming the jobs, since they stay ``running`` under this dead worker until their leases
+    expire and then run again (the attempt counted), and their results are not stored."""
+    if not jobs:
+        return
+    shown = ", ".join(str(j.id) for j in jobs[:20]) + (", …" if len(jobs) > 20 else "")
+    log.error(
+        "could not hand back %d jobs before exiting (the database did not answer): they stay "
+        "running until their leases expire (at most %gs; WORKER_LEASE_TIMEOUT), then run "
+        "again: %s",
+        len(jobs),
+        lease_seconds,
+        shown,
+    )
+
+
 async def release_orphans(
     repo: JobRepository,
     worker_id: str,

@@ -279,6 +279,62 @@ async def test_stopping_releases_a_job_whose_result_cannot_be_stored(
     assert (released.status, released.attempts, released.worker_id) == ("pending", 0, None)
 
 
+async def test_jobs_that_cannot_be_handed_back_at_exit_are_named_in_the_log(
+    repo: JobRepository,
+    db_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """SIGTERM while the database is down: the release cannot get through within the
+    final-writes time. The jobs then wait out their leases and run again; that used to happen
+    with no line saying so (the pool's own wait used up the time before any warning)."""
+    monkeypatch.setattr("service.worker.shutdown.FINAL_WRITES_TIMEOUT", 1.0)
+
+    async def release(self: JobRepository, worker_id: str, ids: Any) -> set[UUID]:
+        raise DatabaseUnavailable("connection refused")
+
+    monkeypatch.setattr(JobRepository, "release", release)
+
+    async def handler(job: Job) -> Any:
+        await anyio.sleep_forever()
+
+    caplog.set_level(logging.INFO)
+    async with running_worker(db_url, registry(handler), worker_shutdown_grace=0.1) as worker:
+        job, _ = await repo.create(nj())
+        await until(lambda: worker.status.profiles[PROFILE].in_flight == 1, what="the job")
+        worker.stop()
+        await until(lambda: worker.status.state == "stopped", what="the worker to stop")
+    assert "could not hand back 1 jobs before exiting" in caplog.text
+    assert str(job.id) in caplog.text and "WORKER_LEASE_TIMEOUT" in caplog.text
+    assert (await repo.get(job.id)).status == "running"  # until its lease expires
+
+
+async def test_a_provider_refusing_everyone_is_retried_a_bad_request_is_final(
+    repo: JobRepository, db_url: str
+) -> None:
+    """A 401 (a wrong or rotated key) says nothing about the job: it goes back to pending and
+    completes once the server accepts again. It used to fail for good, with every other job
+    in flight, until someone retried them by hand. A 400 is this job's own: final."""
+    request = httpx.Request("POST", "http://llm.test/v1/chat/completions")
+    calls: dict[UUID, int] = {}
+
+    async def handler(job: Job) -> Any:
+        calls[job.id] = calls.get(job.id, 0) + 1
+        if job.input.get("status") and calls[job.id] == 1:
+            response = httpx.Response(job.input["status"], json={"detail": "no"}, request=request)
+            raise error_for_status("llm", response, Scrubber()) or AssertionError("2xx")
+        return {"ok": True}
+
+    async with running_worker(db_url, registry(handler)):
+        unauthorized, _ = await repo.create(nj(input={"status": 401}))
+        bad_request, _ = await repo.create(nj(input={"status": 400}))
+        done = await until(lambda: finished(repo, unauthorized.id), what="the 401 job")
+        refused = await until(lambda: finished(repo, bad_request.id), what="the 400 job")
+    assert (done.status, done.attempts) == ("completed", 2)
+    assert (refused.status, refused.attempts) == ("failed", 1)
+    assert refused.error_category == "provider_rejected"
+
+
 async def test_a_claim_whose_reply_was_lost_releases_what_it_claimed(
     repo: JobRepository, db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

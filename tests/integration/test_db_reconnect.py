@@ -1,0 +1,35 @@
+"""The pool's reconnection pace (``service/db/pool.py``): after a lost server it tries again
+1 s, then 2 s, then every 2 s — not 4, 8, 16 … s, which kept workers failing for up to ~45 s
+after a PostgreSQL restart. Driven through psycopg_pool's own reconnection code (real
+connection attempts to a port nobody listens on), so an upgrade of psycopg-pool that stops
+calling the hook shows here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from service.db.pool import RECONNECT_MAX_DELAY, ReconnectingPool
+from tests.helpers import free_port
+
+
+async def test_reconnection_attempts_keep_a_steady_pace(monkeypatch: pytest.MonkeyPatch) -> None:
+    pool = ReconnectingPool(
+        f"host=127.0.0.1 port={free_port()} user=nobody connect_timeout=2", open=False
+    )
+    scheduled: list[tuple[Any, float]] = []
+
+    async def schedule_task(task: Any, delay: float) -> None:  # instead of waiting that long
+        scheduled.append((task, delay))
+
+    monkeypatch.setattr(pool, "schedule_task", schedule_task)
+    await pool._add_connection(None)  # what the pool runs when it needs a connection
+    for _ in range(6):  # the server stays away: each retry is scheduled again
+        task, _delay = scheduled[-1]
+        await pool._add_connection(task.attempt, growing=task.growing)
+    delays = [delay for _task, delay in scheduled]
+    assert len(delays) == 7, delays
+    assert 0.8 <= delays[0] <= 1.2, delays  # psycopg_pool's first pause (jittered)
+    assert all(d <= RECONNECT_MAX_DELAY for d in delays), delays
+    assert delays[2:] == [RECONNECT_MAX_DELAY] * 5, delays  # 4, 8, 16, … without the cap
