@@ -88,7 +88,8 @@ def setup_logging(level: str = "info", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # uvicorn's access log is replaced by our own request logging (without headers).
+    # uvicorn's access log is off: the API logs each error answer itself (method, path,
+    # status, code; never headers or values: service/api/errors.py), successes are not logged.
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         lg = logging.getLogger(name)
         lg.handlers[:] = []

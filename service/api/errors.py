@@ -167,7 +167,30 @@ def _is_data_error(exc: Exception) -> bool:
 
 
 def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
-    """The app's only exception handler (registered for ``Exception``)."""
+    """The app's only exception handler (registered for ``Exception``). Every error answer
+    gets one log line — method, path, status, code and the fields named, never headers,
+    query values or bodies — since uvicorn's access log is off: without it a caller refused
+    (a wrong token, a bad body) or a 503 left no trace unless tracing was on."""
+    response = _error_for(request, exc)
+    body = response.content
+    status = response.status_code or 500
+    level = logging.WARNING if status >= 500 or status in (401, 403) else logging.INFO
+    if log.isEnabledFor(level) and isinstance(body, ErrorBody):
+        named = f" ({', '.join(f.field for f in body.fields)})" if body.fields else ""
+        log.log(
+            level,
+            "%s %s answered %d %s%s",
+            request.method,
+            request.url.path,
+            status,
+            body.error,
+            named,
+            extra={"http_status": status, "error": body.error},
+        )
+    return response
+
+
+def _error_for(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
     if isinstance(exc, ApiError):
         return error_response(exc.status_code, exc.code, exc.detail, fields=exc.fields)
     if isinstance(exc, JobNotFound):

@@ -74,7 +74,15 @@ async def test_tokens_rotation_and_401s(db_url: str, caplog: pytest.LogCaptureFi
         schema = (await c.get("/schema/openapi.json")).text
         assert OLD not in schema and NEW not in schema
         assert '"BearerToken"' in schema
+        bad = job_body(priority="not a number", owner_ref="REF-VALUE-123")
+        r = await c.post("/api/v1/jobs", json=bad, headers={"Authorization": f"Bearer {NEW}"})
+        assert r.status_code == 422
     assert OLD not in caplog.text and NEW not in caplog.text
+    # every refusal has its line (uvicorn's access log is off), without headers or values
+    assert "POST /api/v1/jobs answered 401 unauthorized" in caplog.text
+    assert "GET /api/v1/stats answered 401 unauthorized" in caplog.text
+    assert "POST /api/v1/jobs answered 422 validation_error (priority)" in caplog.text
+    assert "REF-VALUE-123" not in caplog.text and "not a number" not in caplog.text
     assert "AI_SERVICE_TOKEN is not set" not in caplog.text
 
 
