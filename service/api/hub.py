@@ -96,6 +96,8 @@ class NotifyHub:
                 self.connects += 1
                 connected, self._connected_event = self._connected_event, anyio.Event()
                 connected.set()
+                if self.connects > 1 or delay > 0.05:  # not worth a line on a clean start
+                    log.info("long-poll listener connected again")
                 delay = 0.05
                 self._wake_all()  # catch-up: notifications sent while disconnected are gone
                 await self._receive(conn)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 
+import anyio
 import psycopg
 import pytest
 
@@ -93,7 +95,7 @@ async def test_stats_failures_other_than_the_database_stay_a_group(db: Database)
 
 
 async def test_a_request_while_the_database_is_down_answers_503_after_the_pool_timeout(
-    db_url: str,
+    db_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """``DB_POOL_TIMEOUT`` bounds the wait for a connection that cannot come. It was
     psycopg_pool's 30 s, longer than most callers wait: they saw a hang, not a 503. The
@@ -102,6 +104,8 @@ async def test_a_request_while_the_database_is_down_answers_503_after_the_pool_t
     dbname = psycopg.conninfo.conninfo_to_dict(db_url)["dbname"]
     admin = psycopg.conninfo.make_conninfo(db_url, dbname="postgres")
     async with running_api(db_url, settings) as api:
+        await api.hub.until_connected()
+        connects = api.hub.connects
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS false')
             conn.execute(
@@ -110,6 +114,7 @@ async def test_a_request_while_the_database_is_down_answers_503_after_the_pool_t
             )
             gone = "SELECT NOT EXISTS (SELECT FROM pg_stat_activity WHERE datname = %s)"
             wait_for(lambda: conn.execute(gone, [dbname]).fetchone() == (True,), what="kills")
+        caplog.set_level(logging.INFO, logger="ai_service.api")
         try:
             for path in ("/api/v1/jobs", "/api/v1/stats", "/readyz"):
                 r = await api.client.get(path, timeout=20)
@@ -119,6 +124,10 @@ async def test_a_request_while_the_database_is_down_answers_503_after_the_pool_t
         finally:
             with psycopg.connect(admin, autocommit=True) as conn:
                 conn.execute(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS true')
+        with anyio.fail_after(60):  # the long-poll listener is back
+            await api.hub.until_connected(connects + 1)
+        assert "long-poll listener connected again" in caplog.text
+        assert (await api.client.get("/api/v1/stats", timeout=20)).status_code == 200
 
 
 async def test_queue_waits_count_from_when_a_job_was_created_at_the_earliest(
