@@ -266,7 +266,7 @@ SELECT pg_try_advisory_xact_lock(%(key)s) AS locked;
 -- name: reap_expired
 -- Expired leases go back to pending, or to failed when the attempts are used up.
 WITH expired AS (
-    SELECT id FROM ai_jobs
+    SELECT id, worker_id AS lost_worker FROM ai_jobs
     WHERE status = 'running' AND lease_expires_at < now()
     ORDER BY lease_expires_at
     LIMIT %(limit)s
@@ -287,7 +287,7 @@ SET status = CASE WHEN j.attempts >= j.max_attempts THEN 'failed' ELSE 'pending'
     updated_at = now()
 FROM expired
 WHERE j.id = expired.id
-RETURNING j.id, j.status, j.model_profile, j.task_type;
+RETURNING j.id, j.status, j.model_profile, j.task_type, expired.lost_worker;
 
 -- name: purge_finished
 -- Retention: the oldest finished jobs past JOB_RETENTION, a batch at a time (by the partial

@@ -45,12 +45,14 @@ def new_id() -> UUID:
 
 class Reaped(NamedTuple):
     """A job the reaper took back: ``status`` is pending (requeued) or failed (no attempts
-    left); profile and task type label the failed-attempt metric."""
+    left); profile and task type label the failed-attempt metric; ``lost_worker`` is the
+    worker whose lease expired (for the log line)."""
 
     id: UUID
     status: str
     model_profile: str
     task_type: str
+    lost_worker: str | None = None
 
 
 def _jobs(rows: list[Row]) -> list[Job]:
@@ -434,7 +436,10 @@ class JobRepository:
             if not lock or not lock["locked"]:
                 return None
             rows = await tx.fetch("reap_expired", {"limit": limit})
-        return [Reaped(r["id"], r["status"], r["model_profile"], r["task_type"]) for r in rows]
+        return [
+            Reaped(r["id"], r["status"], r["model_profile"], r["task_type"], r["lost_worker"])
+            for r in rows
+        ]
 
     async def purge_finished(self, *, older_than: float, limit: int = 1000) -> int:
         """Delete up to ``limit`` jobs that finished more than ``older_than`` seconds ago."""

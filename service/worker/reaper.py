@@ -19,6 +19,7 @@ import anyio
 from service import metrics
 from service.db import DatabaseUnavailable
 from service.jobs import JobRepository
+from service.jobs.repository import Reaped
 
 log = logging.getLogger("ai_service.worker.reaper")
 
@@ -58,13 +59,7 @@ class Reaper:
             metrics.leases_reaped(len(reaped) - failed, failed)
             for r in reaped:  # a lease that expired is a failed attempt, like any other
                 metrics.job_failed(r, "lease_expired", final=r.status == "failed")
-            if reaped:
-                log.warning(
-                    "reaped %d expired leases (%d back to pending, %d failed: lease_expired)",
-                    len(reaped),
-                    len(reaped) - failed,
-                    failed,
-                )
+            _log_reaped(reaped)
             if len(reaped) < BATCH:
                 return total
 
@@ -79,3 +74,25 @@ class Reaper:
         if total:
             log.info("deleted %d jobs that finished more than %gs ago", total, self.retention)
         return total
+
+
+def _log_reaped(reaped: list[Reaped]) -> None:
+    """One line per (profile, worker whose leases expired): which jobs, and where they went.
+    Any process's reaper takes any profile's leases, so the line says whose they were."""
+    groups: dict[tuple[str, str | None], list[Reaped]] = {}
+    for r in reaped:
+        groups.setdefault((r.model_profile, r.lost_worker), []).append(r)
+    for (profile, worker), jobs in groups.items():
+        failed = [r for r in jobs if r.status == "failed"]
+        shown = ", ".join(str(r.id) for r in jobs[:20]) + (", …" if len(jobs) > 20 else "")
+        log.warning(
+            "reaped %d expired leases of %s held by worker %s (it stopped renewing them): "
+            "%d back to pending, %d failed (lease_expired, no attempts left): %s",
+            len(jobs),
+            profile,
+            worker or "?",
+            len(jobs) - len(failed),
+            len(failed),
+            shown,
+            extra={"model_profile": profile, "lost_worker": worker or ""},
+        )

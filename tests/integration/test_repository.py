@@ -445,8 +445,11 @@ async def test_reaper_returns_expired_to_pending_or_failed(
     await repo.claim("qwen2.5-14b", "dead", limit=2, lease_seconds=60)
     assert await repo.reap() == []
     expire_leases(db_url)
-    reaped = {r.id: (r.status, r.model_profile) for r in await repo.reap() or []}
-    assert reaped == {one.id: ("failed", "qwen2.5-14b"), two.id: ("pending", "qwen2.5-14b")}
+    reaped = {r.id: (r.status, r.model_profile, r.lost_worker) for r in await repo.reap() or []}
+    assert reaped == {
+        one.id: ("failed", "qwen2.5-14b", "dead"),
+        two.id: ("pending", "qwen2.5-14b", "dead"),
+    }
     gone = await repo.get(one.id)
     assert gone.error_category == "lease_expired" and "dead" in (gone.error_message or "")
 

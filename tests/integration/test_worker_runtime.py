@@ -9,6 +9,7 @@ from NOTIFY (or the catch-up claim), never from polling.
 from __future__ import annotations
 
 import inspect
+import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -333,8 +334,9 @@ async def test_a_lost_lease_cancels_the_handler_and_drops_its_result(
 
 
 async def test_an_expired_lease_of_a_dead_worker_is_reaped_and_rerun(
-    repo: JobRepository, db_url: str
+    repo: JobRepository, db_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="ai_service.worker.reaper")
     job, _ = await repo.create(nj())
     [claimed] = await repo.claim(PROFILE, "dead-worker", limit=1, lease_seconds=1)
     assert claimed.id == job.id
@@ -343,6 +345,9 @@ async def test_an_expired_lease_of_a_dead_worker_is_reaped_and_rerun(
         done = await until(lambda: finished(repo, job.id), what="the reaped job to rerun")
     assert (done.status, done.attempts) == ("completed", 2)
     assert done.worker_id != "dead-worker"
+    # the line names the profile, whose leases they were and the jobs
+    assert f"reaped 1 expired leases of {PROFILE} held by worker dead-worker" in caplog.text
+    assert str(job.id) in caplog.text
 
 
 # --- listener -----------------------------------------------------------------------------
