@@ -71,9 +71,21 @@ def build_registry(settings: Settings) -> tuple[HandlerRegistry, list[Any]]:
 def resolve_profiles(
     profiles: Iterable[str], settings: Settings, registry: HandlerRegistry
 ) -> list[str]:
-    """``--profile`` flags, else ``WORKER_PROFILES``, else every profile with a handler."""
-    chosen = list(profiles) or list(settings.worker_profiles) or registry.profiles()
-    return list(dict.fromkeys(chosen))
+    """``--profile`` flags, else ``WORKER_PROFILES``, else every profile with a handler.
+
+    A profile named but served by no handler here is refused (``ConfigError``): the worker
+    would claim every job of it and fail each as ``unsupported_task`` — a typo, or a profile
+    whose jobs a domain service's own workers take, would have its queue emptied."""
+    chosen = list(dict.fromkeys(list(profiles) or list(settings.worker_profiles)))
+    served = registry.profiles()
+    if unknown := [p for p in chosen if p not in served]:
+        raise ConfigError(
+            f"no handler here serves the model profile(s) {', '.join(unknown)} "
+            f"(--profile / WORKER_PROFILES); this worker's handlers serve: "
+            f"{', '.join(served) or 'none'} (LLM_BASE_URL and LLM_MODEL, VOXTRAL_BASE_URL, "
+            "AI_SERVICE_EXTRA_HANDLERS)"
+        )
+    return chosen or served
 
 
 async def close_all(clients: Iterable[Any]) -> None:
