@@ -98,3 +98,7 @@ def setup_logging(level: str = "info", fmt: str = "json") -> None:
     # httpx logs every request at INFO with its full URL, which may carry credentials
     # (userinfo, signed query strings of audio URLs).
     logging.getLogger("httpx").setLevel("WARNING")
+    # psycopg_pool warns on every failed connection attempt (each pooled connection every
+    # ~2 s while the server is down: ~180 lines from four processes in a 2-minute outage). The
+    # callers already say it once per failed operation (a claim's retry, an API 503).
+    logging.getLogger("psycopg.pool").setLevel("ERROR")

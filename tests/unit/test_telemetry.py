@@ -122,7 +122,7 @@ def test_log_lines_carry_trace_span_and_job_ids() -> None:
     assert {"trace_id", "span_id", "job_id"}.isdisjoint(json.loads(JsonFormatter().format(outside)))
 
 
-def test_httpx_info_lines_are_silenced() -> None:
+def test_httpx_info_lines_and_the_pools_connection_attempts_are_silenced() -> None:
     from service.logs import setup_logging
 
     root = logging.getLogger()
@@ -130,6 +130,9 @@ def test_httpx_info_lines_are_silenced() -> None:
     try:
         setup_logging("debug", "json")
         assert not logging.getLogger("httpx").isEnabledFor(logging.INFO)
+        # one warning per failed attempt of each pooled connection while the database is down
+        assert not logging.getLogger("psycopg.pool").isEnabledFor(logging.WARNING)
+        assert logging.getLogger("psycopg.pool").isEnabledFor(logging.ERROR)
     finally:
         root.handlers[:] = handlers
         root.setLevel(level)
