@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 from uuid import UUID
 
+import anyio
 from litestar import Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
@@ -17,7 +18,7 @@ from service import metrics, tracing
 from service.api.deps import unless_gone
 from service.api.errors import ApiError, invalid, responses
 from service.api.hub import FINISHED_CHANNEL, NotifyHub
-from service.api.inputs import input_problem
+from service.api.inputs import carries_large_audio, input_problem
 from service.api.schemas import (
     BatchItem,
     BatchResult,
@@ -53,7 +54,11 @@ async def create_job(
     repo: NamedDependency[JobRepository],
     settings: NamedDependency[Settings],
 ) -> Response[Job]:
-    if problem := submission_problem(data) or input_problem(settings, data):
+    def check() -> tuple[str, str] | None:
+        return submission_problem(data) or input_problem(settings, data)
+
+    on_loop = not carries_large_audio(data.input)
+    if problem := check() if on_loop else await anyio.to_thread.run_sync(check):
         raise invalid(*problem)
     with tracing.send(data.model_profile) as sent:
         job, created = await repo.create(data, trace_context=sent.trace_context)
@@ -83,7 +88,12 @@ async def create_batch(
             f"at most {settings.max_batch_size} jobs per batch (got {len(data.jobs)})",
             code="batch_too_large",
         )
-    news = [_merge(i, data.defaults, item, settings) for i, item in enumerate(data.jobs)]
+
+    def merge_all() -> list[NewJob]:
+        return [_merge(i, data.defaults, item, settings) for i, item in enumerate(data.jobs)]
+
+    heavy = carries_large_audio(data.defaults.input, *(item.input for item in data.jobs))
+    news = await anyio.to_thread.run_sync(merge_all) if heavy else merge_all()
     with tracing.send_batch(news, settings.otel_create_spans_max_batch) as sent:
         results = await repo.create_batch(news, trace_contexts=sent.trace_contexts)
         sent.created(results)

@@ -9,10 +9,12 @@ from typing import Any
 
 import pytest
 
+from service.api.inputs import carries_large_audio
 from service.config import Settings
 from service.handlers.base import InvalidInput
 from service.handlers.builtin import builtin_registry
 from service.jobs import JobRepository, NewJob
+from tests.helpers import wav_base64
 from tests.integration.api_server import Api, job_body, running_api
 
 VOXTRAL = {"task_type": "transcribe", "model_profile": "voxtral-small"}
@@ -86,3 +88,30 @@ async def _rows_written_another_way_still_fail_in_the_worker(api: Api) -> None:
     finally:
         for c in closeables:
             await c.aclose()
+
+
+async def test_large_inline_audio_is_checked_off_the_event_loop_with_the_same_answers(
+    db_url: str,
+) -> None:
+    """Past INLINE_AUDIO_ON_LOOP the check runs in a worker thread (decoding 25 MiB holds the
+    loop ~75 ms); single creates and batches still refuse and accept as on the loop."""
+    settings = Settings.from_env({**SETTINGS, "AUDIO_MAX_BYTES": str(1024 * 1024)})
+    good = wav_base64(10.0)  # ~160 KB of WAV, ~213 KB of base64
+    assert carries_large_audio({"audio_base64": good}) and not carries_large_audio({"x": good})
+    refused = [
+        ({"audio_base64": "!" * 100_000}, "is not valid base64"),
+        ({"audio_base64": base64.b64encode(bytes(1024 * 1024 + 1)).decode()}, "AUDIO_MAX_BYTES"),
+    ]
+    async with running_api(db_url, settings) as api:
+        for source, words in refused:
+            r = await api.client.post("/api/v1/jobs", json=body(source))
+            assert r.status_code == 422, r.text
+            assert words in r.json()["detail"]
+            batch = {"jobs": [body({"audio_base64": good}), body(source)]}
+            r = await api.client.post("/api/v1/jobs/batch", json=batch)
+            assert r.status_code == 422, r.text
+            assert [f["field"] for f in r.json()["fields"]] == ["jobs[1].input.audio_base64"]
+        r = await api.client.post("/api/v1/jobs", json=body({"audio_base64": good}))
+        assert r.status_code == 201, r.text
+        batch = {"jobs": [body({"audio_base64": good})] * 2}
+        assert (await api.client.post("/api/v1/jobs/batch", json=batch)).status_code == 201
