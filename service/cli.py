@@ -12,11 +12,14 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from service import telemetry
 from service.config import ConfigError, Settings
 from service.logs import setup_logging
+
+if TYPE_CHECKING:
+    from service.serve import EmbeddedServer
 
 log = logging.getLogger("ai_service")
 
@@ -116,12 +119,17 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     app = create_app(settings, database_url=url)
     server = make_server(app, settings.http_host, settings.http_port,
                          on_shutdown=partial(close_long_polls, app))  # fmt: skip
-    try:
-        server.listen("HTTP_HOST, HTTP_PORT")
-    except ConfigError as exc:
-        _die(f"configuration error: {exc}")
+    _listen(server, "HTTP_HOST, HTTP_PORT")
     log.info("API listening on %s:%d", settings.http_host, settings.http_port)
     return anyio.run(supervise, [http_service("api", server)])
+
+
+def _listen(server: EmbeddedServer, setting: str) -> None:
+    """Bind now: a port taken is one line and exit 2, not uvicorn's exit mid-start."""
+    try:
+        server.listen(setting)
+    except ConfigError as exc:
+        _die(f"configuration error: {exc}")
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
@@ -179,10 +187,7 @@ def cmd_infra_sidecar(args: argparse.Namespace, settings: Settings) -> int:
     vllm = dict(args.vllm or [])
     app = create_sidecar_app(vllm, args.docker_socket)
     server = make_server(app, args.host, args.port)
-    try:
-        server.listen("--host, --port")
-    except ConfigError as exc:
-        _die(f"configuration error: {exc}")
+    _listen(server, "--host, --port")
     log.info(
         "infra sidecar on %s:%d (vLLM metrics: %s; Docker socket %s)",
         args.host,

@@ -14,7 +14,7 @@ import ipaddress
 import os
 import re
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -183,12 +183,28 @@ def _list(text: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in text.split(",") if p.strip())
 
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(values: Iterable[str]) -> tuple[IPNetwork, ...]:
+    """``AUDIO_URL_ALLOWED_NETWORKS`` entries as networks; ``ConfigError`` names a bad one."""
+    out: list[IPNetwork] = []
+    for v in values:
+        try:
+            out.append(ipaddress.ip_network(v.strip(), strict=False))
+        except ValueError:
+            raise ConfigError(
+                f"AUDIO_URL_ALLOWED_NETWORKS={v!r} is invalid: expected an IP network like "
+                "10.2.3.0/24 or an address like 10.2.3.7"
+            ) from None
+    return tuple(out)
+
+
 def _networks(text: str) -> tuple[str, ...]:
     """IP networks or addresses, checked here so every process refuses a bad one at start-up
     (the API judges literal audio_url addresses with them too, not only the workers)."""
     entries = _list(text)
-    for entry in entries:
-        ipaddress.ip_network(entry, strict=False)  # ValueError: the usual one-line error
+    parse_networks(entries)  # ConfigError is a ValueError: the usual one-line error
     return entries
 
 

@@ -24,7 +24,7 @@ import anyio
 
 from service.config import Settings
 from service.runtime import Service, http_service, supervise
-from service.serve import listen, make_server
+from service.serve import listen_all, make_server
 
 if TYPE_CHECKING:
     from service.db.embedded import EmbeddedPostgres
@@ -84,7 +84,8 @@ def _check_ports(settings: Settings) -> None:
             "WORKER_HTTP_HOST, WORKER_HTTP_PORT",
         ),
     ):
-        listen(host, port, setting).close()
+        for sock in listen_all(host, port, setting):
+            sock.close()
 
 
 def _stop(embedded: EmbeddedPostgres) -> None:

@@ -8,10 +8,11 @@ its trace in Tempo), and every line emitted while a job runs carries ``job_id``.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
@@ -81,6 +82,17 @@ class ConsoleFormatter(logging.Formatter):
         return base
 
 
+class _NoAttemptWarnings(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("error connecting in")
+
+
+def id_list(ids: Iterable[object], limit: int = 20) -> str:
+    """Ids for a log line that names the jobs it is about, at most ``limit`` of them."""
+    shown = [str(i) for i in itertools.islice(ids, limit + 1)]
+    return ", ".join(shown[:limit]) + (", …" if len(shown) > limit else "")
+
+
 def setup_logging(level: str = "info", fmt: str = "json") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else ConsoleFormatter())
@@ -100,5 +112,8 @@ def setup_logging(level: str = "info", fmt: str = "json") -> None:
     logging.getLogger("httpx").setLevel("WARNING")
     # psycopg_pool warns on every failed connection attempt (each pooled connection every
     # ~2 s while the server is down: ~180 lines from four processes in a 2-minute outage). The
-    # callers already say it once per failed operation (a claim's retry, an API 503).
-    logging.getLogger("psycopg.pool").setLevel("ERROR")
+    # callers already say it once per failed operation (a claim's retry, an API 503); its
+    # other warnings (a reconnection given up after 5 minutes) stay.
+    pool_log = logging.getLogger("psycopg.pool")
+    pool_log.filters[:] = [f for f in pool_log.filters if not isinstance(f, _NoAttemptWarnings)]
+    pool_log.addFilter(_NoAttemptWarnings())

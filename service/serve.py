@@ -27,21 +27,49 @@ class StartupFailed(Exception):
     """uvicorn could not start (it has logged why) and would have exited the process."""
 
 
+def listen_all(host: str, port: int, setting: str = "the port") -> list[socket.socket]:
+    """A listening TCP socket on every address ``host`` stands for (``localhost``: 127.0.0.1
+    and ::1, as uvicorn binds them; port 0: any free port); ``ConfigError`` naming ``setting``
+    (what chose the address) when one is taken, not ours to bind, or the name does not resolve."""
+    try:
+        infos = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise ConfigError(f"cannot listen on {host}:{port} ({setting}): {exc}") from None
+    addresses = list(dict.fromkeys((info[0], info[4]) for info in infos))
+    sockets: list[socket.socket] = []
+    try:
+        for family, address in addresses:
+            sockets.append(_bound(family, address, f"{host}:{port} ({setting})"))
+    except ConfigError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
 def listen(host: str, port: int, setting: str = "the port") -> socket.socket:
-    """A listening TCP socket on ``host:port`` (port 0: any free port); ``ConfigError`` naming
-    ``setting`` (what chose the port) when the address is taken or not ours to bind."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    """One listening socket, for an address literal (``127.0.0.1``): see ``listen_all``."""
+    first, *others = listen_all(host, port, setting)
+    for sock in others:
+        sock.close()
+    return first
+
+
+def _bound(family: int, address: Any, shown: str) -> socket.socket:
     # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY only on sockets that say they are
     # TCP, and without it every response waits ~40 ms for a delayed ACK.
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
+        if family == socket.AF_INET6:  # "::" means IPv6 only, as asyncio binds it
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
         sock.listen(2048)  # uvicorn's default backlog
     except OSError as exc:
         sock.close()
-        reason = exc.strerror or str(exc)
-        raise ConfigError(f"cannot listen on {host}:{port} ({setting}): {reason}") from None
+        raise ConfigError(f"cannot listen on {shown}: {exc.strerror or exc}") from None
     return sock
 
 
@@ -49,24 +77,24 @@ class EmbeddedServer(uvicorn.Server):
     # Called as shutdown begins, before uvicorn waits (up to timeout_graceful_shutdown) for the
     # open requests: long-polls are told to answer now (see ``NotifyHub.close_waiters``).
     on_shutdown: Callable[[], None] | None = None
-    _socket: socket.socket | None = None
+    _sockets: list[socket.socket] | None = None
 
     def listen(self, setting: str) -> None:
         """Bind the configured host and port now (see the module docstring); ``serve`` then
-        serves this socket. Raises ``ConfigError`` naming ``setting``."""
-        if self._socket is None:
-            self._socket = listen(self.config.host, self.config.port, setting)
+        serves these sockets. Raises ``ConfigError`` naming ``setting``."""
+        if self._sockets is None:
+            self._sockets = listen_all(self.config.host, self.config.port, setting)
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
-        if sockets is None and self._socket is not None:
-            sockets = [self._socket]
+        if sockets is None and self._sockets is not None:
+            sockets = self._sockets
         try:
             await super().serve(sockets)
         except SystemExit:  # it cannot listen, or the app's start-up failed: logged above
             raise StartupFailed("the server could not start (see the error above)") from None
         finally:
-            if self._socket is not None:
-                self._socket.close()
+            for sock in self._sockets or ():
+                sock.close()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:

@@ -15,6 +15,7 @@ the installed version, so an upgrade that changes it fails there rather than in 
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
@@ -26,7 +27,9 @@ RECONNECT_MAX_DELAY = 2.0  # seconds between attempts while the server stays unr
 class _SteadyAttempt(AttemptWithBackoff):
     def update_delay(self, now: float) -> None:
         super().update_delay(now)
-        self.delay = min(self.delay, RECONNECT_MAX_DELAY)
+        if self.delay > RECONNECT_MAX_DELAY:  # jittered as psycopg_pool's first pause is, so
+            # the pooled connections of many processes do not all knock at the same instant
+            self.delay = RECONNECT_MAX_DELAY * random.uniform(0.9, 1.0)
 
 
 class ReconnectingPool(AsyncConnectionPool[Any]):

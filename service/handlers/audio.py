@@ -40,31 +40,16 @@ import anyio
 import httpcore
 import httpx
 
-from service.config import ConfigError, Settings
+from service.config import IPNetwork, Settings, parse_networks
 from service.handlers.base import InvalidInput, JobTimeout, ProviderUnavailable
 from service.providers.errors import parse_retry_after
 from service.providers.multipart import AudioUpload
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 MAX_REDIRECTS = 5
 CHUNK = 64 * 1024
 SPOOL_BYTES = 1024 * 1024
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
-
-
-def parse_networks(values: Iterable[str]) -> tuple[IPNetwork, ...]:
-    """``AUDIO_URL_ALLOWED_NETWORKS`` entries as networks; ``ConfigError`` names a bad one."""
-    out: list[IPNetwork] = []
-    for v in values:
-        try:
-            out.append(ipaddress.ip_network(v.strip(), strict=False))
-        except ValueError:
-            raise ConfigError(
-                f"AUDIO_URL_ALLOWED_NETWORKS={v!r} is invalid: expected an IP network like "
-                "10.2.3.0/24 or an address like 10.2.3.7"
-            ) from None
-    return tuple(out)
 
 
 def _kind(ip: IPAddress) -> str | None:

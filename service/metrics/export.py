@@ -33,10 +33,13 @@ from typing import Any
 from litestar import Request, Response, get
 from opentelemetry import metrics as otel
 from prometheus_client import REGISTRY, start_http_server
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder
+from prometheus_client.exposition import choose_encoder
 
 from service import telemetry
 from service.config import ConfigError, Settings
+
+# prometheus-client names it CONTENT_TYPE_PLAIN_0_0_4 only from 0.23 (we accept 0.20).
+TEXT_0_0_4 = "text/plain; version=0.0.4; charset=utf-8"
 
 log = logging.getLogger("ai_service.metrics")
 
@@ -152,7 +155,7 @@ def _listen(role: str, settings: Settings) -> None:
     opt={"public": True},
     tags=["health"],
     summary="Prometheus metrics (text format)",
-    media_type=CONTENT_TYPE_PLAIN_0_0_4,
+    media_type=TEXT_0_0_4,
     sync_to_thread=False,
 )
 def metrics_endpoint(request: Request[Any, Any, Any]) -> Response[bytes]:

@@ -17,8 +17,8 @@ handler's error is ``provider_wide``) counts; ``THRESHOLD`` of them in a row ope
   one that decides nothing (a timeout, bad input) waits out the same pause again.
 
 Jobs in flight when the server went down, and the few claimed before ``THRESHOLD`` failures
-opened the breaker, fail their attempt as usual (the categories are the providers issue's:
-a 401 is final); the rest of the queue keeps its attempts.
+opened the breaker, spend their attempt and go back to pending (a failure of the server for
+everyone is retried, even a 401: ``Executor._fail``); the rest of the queue keeps its attempts.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from service import metrics
 from service.config import ConfigError, Settings
 from service.db import Database, DatabaseUnavailable, open_database
 from service.handlers.base import HandlerRegistry
-from service.jobs import JobRepository
+from service.jobs import Job, JobRepository
 from service.metrics.export import metrics_routes
 from service.runtime import Service, supervise
 from service.serve import EmbeddedServer, bound_port
@@ -86,6 +86,7 @@ class Worker:
         self._completer: Completer | None = None
         self._repo: JobRepository | None = None
         self._keeper: LeaseKeeper | None = None
+        self._stranded: list[Job] = []  # jobs the last final writes could not hand back
 
     # --- control ----------------------------------------------------------------------------
     def stop(self) -> None:
@@ -138,6 +139,7 @@ class Worker:
         finally:
             with anyio.CancelScope(shield=True):
                 await self._final_writes()
+                shutdown.report_stranded(self._stranded, self.settings.worker_lease_timeout)
                 if self._db is not None:
                     with anyio.move_on_after(5):
                         await self._db.close()
@@ -245,8 +247,7 @@ class Worker:
             released = True
             executor.to_release.clear()
             await shutdown.release_unknown(repo, self.worker_id, self.status)
-        if not released:
-            shutdown.report_stranded(list(left.values()), self.settings.worker_lease_timeout)
+        self._stranded = [] if released else list(left.values())  # reported once, at exit
 
     def _cancel(self, job_id: UUID, started_us: int | None) -> None:
         if started_us is None:

@@ -20,6 +20,7 @@ from service import metrics
 from service.db import DatabaseUnavailable
 from service.jobs import JobRepository
 from service.jobs.repository import Reaped
+from service.logs import id_list
 
 log = logging.getLogger("ai_service.worker.reaper")
 
@@ -84,7 +85,6 @@ def _log_reaped(reaped: list[Reaped]) -> None:
         groups.setdefault((r.model_profile, r.lost_worker), []).append(r)
     for (profile, worker), jobs in groups.items():
         failed = [r for r in jobs if r.status == "failed"]
-        shown = ", ".join(str(r.id) for r in jobs[:20]) + (", …" if len(jobs) > 20 else "")
         log.warning(
             "reaped %d expired leases of %s held by worker %s (it stopped renewing them): "
             "%d back to pending, %d failed (lease_expired, no attempts left): %s",
@@ -93,6 +93,6 @@ def _log_reaped(reaped: list[Reaped]) -> None:
             worker or "?",
             len(jobs) - len(failed),
             len(failed),
-            shown,
+            id_list(r.id for r in jobs),
             extra={"model_profile": profile, "lost_worker": worker or ""},
         )

@@ -15,6 +15,7 @@ import anyio
 
 from service.db import DatabaseUnavailable
 from service.jobs import Job, JobRepository
+from service.logs import id_list
 from service.worker.backoff import Backoff
 from service.worker.cancellation import Running
 from service.worker.status import ProfileStats, WorkerStatus
@@ -63,14 +64,13 @@ def report_stranded(jobs: Sequence[Job], lease_seconds: float) -> None:
     expire and then run again (the attempt counted), and their results are not stored."""
     if not jobs:
         return
-    shown = ", ".join(str(j.id) for j in jobs[:20]) + (", …" if len(jobs) > 20 else "")
     log.error(
         "could not hand back %d jobs before exiting (the database did not answer): they stay "
         "running until their leases expire (at most %gs; WORKER_LEASE_TIMEOUT), then run "
         "again: %s",
         len(jobs),
         lease_seconds,
-        shown,
+        id_list(j.id for j in jobs),
     )
 
 

@@ -304,7 +304,8 @@ async def test_jobs_that_cannot_be_handed_back_at_exit_are_named_in_the_log(
         await until(lambda: worker.status.profiles[PROFILE].in_flight == 1, what="the job")
         worker.stop()
         await until(lambda: worker.status.state == "stopped", what="the worker to stop")
-    assert "could not hand back 1 jobs before exiting" in caplog.text
+    # once, after the last try (the final writes run at the end of the drain and at exit)
+    assert caplog.text.count("could not hand back 1 jobs before exiting") == 1
     assert str(job.id) in caplog.text and "WORKER_LEASE_TIMEOUT" in caplog.text
     assert (await repo.get(job.id)).status == "running"  # until its lease expires
 

@@ -128,3 +128,36 @@ async def test_a_server_whose_start_up_fails_is_a_failed_service_not_a_process_e
     with anyio.fail_after(30):
         assert await supervise([http_service("api", failing), other]) == 1
     assert rec.events == ["worker asked to stop", "worker finished"]
+
+
+def test_servers_bind_what_the_host_names_as_uvicorn_would() -> None:
+    """``listen_all`` binds before uvicorn starts (a taken port: one line, exit 2), so it
+    must bind what uvicorn would have: every address of a name, IPv6 alone for an IPv6
+    address (asyncio sets IPV6_V6ONLY), and say which setting a failure comes from."""
+    import socket
+
+    import pytest
+
+    from service.config import ConfigError
+    from service.serve import listen_all
+
+    names = {info[4][0] for info in socket.getaddrinfo("localhost", 0, type=socket.SOCK_STREAM)}
+    local = listen_all("localhost", 0, "HTTP_HOST")
+    try:
+        assert {s.getsockname()[0] for s in local} == names
+    finally:
+        for s in local:
+            s.close()
+    if socket.has_ipv6:
+        try:
+            [v6] = listen_all("::1", 0, "HTTP_HOST")
+        except ConfigError:  # no IPv6 loopback on this machine
+            pass
+        else:
+            with v6:
+                assert v6.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
+    with pytest.raises(ConfigError, match=r"no-such-host\.invalid:0 \(HTTP_HOST\)"):
+        listen_all("no-such-host.invalid", 0, "HTTP_HOST")
+    [taken] = listen_all("127.0.0.1", 0, "HTTP_PORT")
+    with taken, pytest.raises(ConfigError, match=r"\(HTTP_PORT\): Address already in use"):
+        listen_all("127.0.0.1", taken.getsockname()[1], "HTTP_PORT")

@@ -131,8 +131,16 @@ def test_httpx_info_lines_and_the_pools_connection_attempts_are_silenced() -> No
         setup_logging("debug", "json")
         assert not logging.getLogger("httpx").isEnabledFor(logging.INFO)
         # one warning per failed attempt of each pooled connection while the database is down
-        assert not logging.getLogger("psycopg.pool").isEnabledFor(logging.WARNING)
-        assert logging.getLogger("psycopg.pool").isEnabledFor(logging.ERROR)
+        # is dropped; psycopg_pool's other warnings are not
+        pool = logging.getLogger("psycopg.pool")
+
+        def warning(msg: str, *args: object) -> logging.LogRecord:
+            return pool.makeRecord(pool.name, logging.WARNING, __file__, 1, msg, args, None)
+
+        assert not pool.filter(warning("error connecting in %r: %s", "ai-service", "refused"))
+        assert pool.filter(warning("reconnection attempt in pool %r failed after %s sec", "x", 300))
+        setup_logging("debug", "json")  # set up again: still one filter
+        assert len(pool.filters) == 1
     finally:
         root.handlers[:] = handlers
         root.setLevel(level)
