@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 import msgspec
 import psycopg
 from psycopg.rows import dict_row
@@ -171,6 +172,7 @@ class Database:
     def __init__(self, pool: AsyncConnectionPool[psycopg.AsyncConnection[Row]], url: str) -> None:
         self._pool = pool
         self.url = url
+        self._checking = False
 
     async def fetch(
         self, name: str, params: Params = None, *, prepare: Prepare = None, traced: bool = True
@@ -193,12 +195,37 @@ class Database:
     @asynccontextmanager
     async def session(self) -> AsyncIterator[Session]:
         async with _translate_errors(), self._pool.connection() as conn:
-            yield Session(conn)
+            try:
+                yield Session(conn)
+            except (DatabaseUnavailable, psycopg.OperationalError):  # (translated or not)
+                if conn.broken:
+                    await self._drop_stale()
+                raise
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Session]:
-        async with _translate_errors(), self._pool.connection() as conn, conn.transaction():
-            yield Session(conn)
+        async with _translate_errors(), self._pool.connection() as conn:
+            try:
+                async with conn.transaction():
+                    yield Session(conn)
+            except (DatabaseUnavailable, psycopg.OperationalError):  # (translated or not)
+                if conn.broken:
+                    await self._drop_stale()
+                raise
+
+    async def _drop_stale(self) -> None:
+        """A pooled connection turned out broken (the server restarted, failed over, or
+        killed it): its idle siblings most likely are too, and each would fail one more
+        request (a 503, a failed claim) before the pool replaced it. Test them all now, once
+        at a time and bounded, so the next requests get live connections."""
+        if self._checking:
+            return
+        self._checking = True
+        try:
+            with anyio.move_on_after(2):
+                await self._pool.check()
+        finally:
+            self._checking = False
 
     async def ping(self) -> None:
         """Raise ``DatabaseUnavailable`` unless a round trip to the server succeeds. Bounded

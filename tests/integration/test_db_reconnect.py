@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg
 import pytest
 from psycopg_pool.pool_async import AddConnection
 
+from service.db import DatabaseUnavailable, open_database
 from service.db.pool import RECONNECT_MAX_DELAY, ReconnectingPool
-from tests.helpers import free_port
+from tests.helpers import free_port, wait_for
 
 
 async def test_reconnection_attempts_keep_a_steady_pace(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -36,3 +38,32 @@ async def test_reconnection_attempts_keep_a_steady_pace(monkeypatch: pytest.Monk
     assert all(d <= RECONNECT_MAX_DELAY for d in delays), delays
     steady = delays[2:]  # 4, 8, 16, … without the cap
     assert all(d >= 0.9 * RECONNECT_MAX_DELAY for d in steady), delays
+
+
+async def test_after_the_server_drops_every_connection_one_request_fails_not_one_each(
+    db_url: str,
+) -> None:
+    """A restart or failover breaks every pooled connection, and each idle one used to fail
+    one more request (an API 503, a failed claim) before the pool replaced it: up to
+    DB_POOL_SIZE failures. The first broken one now has its idle siblings tested at once."""
+    db = await open_database(db_url, max_size=4, min_size=4, timeout=10)
+    dbname = psycopg.conninfo.conninfo_to_dict(db_url)["dbname"]
+    admin = psycopg.conninfo.make_conninfo(db_url, dbname="postgres")
+    try:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            gone = "SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
+            wait_for(lambda: conn.execute(gone, [dbname]).fetchone() == (4,), what="4 open")
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                [dbname],
+            )
+            wait_for(lambda: conn.execute(gone, [dbname]).fetchone() == (0,), what="kills")
+        failures = 0
+        for _ in range(4):
+            try:
+                await db.fetch("stats_counts")
+            except DatabaseUnavailable:
+                failures += 1
+        assert failures == 1
+    finally:
+        await db.close()
