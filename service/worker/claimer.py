@@ -176,9 +176,11 @@ class ClaimLoop:
         return min(self.poll_interval, due_in + DUE_SLACK)
 
     async def _pause(self, seconds: float) -> None:
-        """Back off, but stop at once when asked to."""
+        """Back off after a failed claim, but stop at once when asked to, and claim at once on
+        a notification or a listener reconnect: either means the database answers again (the
+        backoff grows to 5 s; a job submitted as the database came back waited it out)."""
         deadline = time.monotonic() + seconds
-        while not self._stopped and time.monotonic() < deadline:
+        while not self._stopped and not self._hint and time.monotonic() < deadline:
             await self._wakeup.wait(deadline - time.monotonic())
 
     async def _release(self, jobs: list[Job]) -> None:

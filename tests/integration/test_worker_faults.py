@@ -336,6 +336,48 @@ async def test_a_provider_refusing_everyone_is_retried_a_bad_request_is_final(
     assert refused.error_category == "provider_rejected"
 
 
+async def test_a_notification_ends_the_backoff_after_a_failed_claim(
+    repo: JobRepository, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim failed (the database was down) and the loop backs off (up to 5 s; an hour
+    here). A NOTIFY means the database answers again: the job it announces is claimed at
+    once, not after the backoff (a job submitted as PostgreSQL came back waited it out)."""
+
+    class LongBackoff:
+        def __init__(self, *args: Any) -> None:
+            pass
+
+        def next(self) -> float:
+            return 3600.0
+
+        def reset(self) -> None:
+            pass
+
+    monkeypatch.setattr("service.worker.claimer.Backoff", LongBackoff)
+    real = JobRepository.claim
+    armed: list[bool] = []  # the next claim fails (once the worker idles)
+
+    async def claim(self: JobRepository, *args: Any, **kwargs: Any) -> list[Job]:
+        if armed and armed.pop():
+            raise DatabaseUnavailable("server closed the connection unexpectedly")
+        return await real(self, *args, **kwargs)
+
+    monkeypatch.setattr(JobRepository, "claim", claim)
+
+    async def handler(job: Job) -> Any:
+        return {"ok": True}
+
+    async with running_worker(db_url, registry(handler)) as worker:
+        armed.append(True)
+        first, _ = await repo.create(nj())
+        await until(lambda: worker.status.profiles[PROFILE].state == "backoff",
+                    what="the failed claim's backoff")  # fmt: skip
+        second, _ = await repo.create(nj())  # its NOTIFY: the database answers again
+        done = [await until(lambda i=i: finished(repo, i), what="the jobs, within the backoff")
+                for i in (first.id, second.id)]  # fmt: skip
+    assert [j.status for j in done] == ["completed", "completed"]
+
+
 async def test_a_claim_whose_reply_was_lost_releases_what_it_claimed(
     repo: JobRepository, db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
