@@ -194,20 +194,22 @@ class Database:
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[Session]:
-        async with _translate_errors(), self._pool.connection() as conn:
-            try:
-                yield Session(conn)
-            except (DatabaseUnavailable, psycopg.OperationalError):  # (translated or not)
-                if conn.broken:
-                    await self._drop_stale()
-                raise
+        async with _translate_errors(), self._connection() as conn:
+            yield Session(conn)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Session]:
-        async with _translate_errors(), self._pool.connection() as conn:
+        async with _translate_errors(), self._connection() as conn, conn.transaction():
+            yield Session(conn)
+
+    @asynccontextmanager
+    async def _connection(
+        self, timeout: float | None = None
+    ) -> AsyncIterator[psycopg.AsyncConnection[Row]]:
+        """A pooled connection; one found broken has its idle siblings tested (``_drop_stale``)."""
+        async with self._pool.connection(timeout=timeout) as conn:
             try:
-                async with conn.transaction():
-                    yield Session(conn)
+                yield conn
             except (DatabaseUnavailable, psycopg.OperationalError):  # (translated or not)
                 if conn.broken:
                     await self._drop_stale()
@@ -231,7 +233,7 @@ class Database:
         """Raise ``DatabaseUnavailable`` unless a round trip to the server succeeds. Bounded
         at 2 s: readiness probes give up after 3 s (``deploy/k8s``) and should read the
         answer's reason, not time out."""
-        async with _translate_errors(), self._pool.connection(timeout=2) as conn:
+        async with _translate_errors(), self._connection(timeout=2) as conn:
             await conn.execute("SELECT 1")
 
     async def close(self) -> None:
