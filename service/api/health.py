@@ -6,20 +6,35 @@ from __future__ import annotations
 
 import logging
 
-from litestar import Response, get
+from litestar import Response, route
 from litestar.datastructures import State
 
 from service.db import Database, DatabaseUnavailable
 
 log = logging.getLogger("ai_service.api.health")
 
+# HEAD as well: load balancers and `curl -I` probe with it; uvicorn sends the headers only.
+PROBE_METHODS = ["GET", "HEAD"]
 
-@get("/healthz", opt={"public": True}, tags=["health"], summary="Process health")
+
+@route(
+    "/healthz",
+    http_method=PROBE_METHODS,
+    opt={"public": True},
+    tags=["health"],
+    summary="Process health",
+)
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@get("/readyz", opt={"public": True}, tags=["health"], summary="PostgreSQL readiness")
+@route(
+    "/readyz",
+    http_method=PROBE_METHODS,
+    opt={"public": True},
+    tags=["health"],
+    summary="PostgreSQL readiness",
+)
 async def readyz(state: State) -> Response[dict[str, str]]:
     db: Database = state.db
     try:

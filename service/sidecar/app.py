@@ -12,7 +12,7 @@ from typing import Any
 
 import anyio
 import httpx
-from litestar import Litestar, get
+from litestar import Litestar, get, route
 
 from service.sidecar import SOURCE_DEADLINE_S
 from service.sidecar.containers import read_containers
@@ -27,7 +27,7 @@ def create_sidecar_app(vllm_metrics: dict[str, str], docker_socket: str) -> Lite
     last: dict[str, Any] = {}
     last_at = -FRESH_FOR_S
 
-    @get("/healthz")
+    @route("/healthz", http_method=["GET", "HEAD"])
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 

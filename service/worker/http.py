@@ -2,7 +2,7 @@
 
 - ``GET /healthz``: the process serves HTTP.
 - ``GET /readyz``: PostgreSQL answers and the listener is connected (503 otherwise, and while
-  draining), so a worker that cannot hear NOTIFY is visibly degraded.
+  draining), so a worker that cannot hear NOTIFY is visibly degraded. Both answer HEAD too.
 - ``GET /worker/status``: worker_id, per-profile capacity and counters, listener state, last
   notification time, uptime, version.
 - ``GET /metrics``: Prometheus text, when METRICS_PORT is set (``extra_routes``).
@@ -20,7 +20,7 @@ from http import HTTPStatus
 from typing import Any, Protocol
 
 import uvicorn
-from litestar import Litestar, Request, Response, get
+from litestar import Litestar, Request, Response, get, route
 from litestar.exceptions import HTTPException, MethodNotAllowedException, NotFoundException
 
 from service.serve import EmbeddedServer
@@ -57,11 +57,11 @@ def _error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str
 
 
 def create_worker_app(worker: Observable, extra_routes: Sequence[Any] = ()) -> Litestar:
-    @get("/healthz", summary="Process health")
+    @route("/healthz", http_method=["GET", "HEAD"], summary="Process health")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @get("/readyz", summary="Database and listener readiness")
+    @route("/readyz", http_method=["GET", "HEAD"], summary="Database and listener readiness")
     async def readyz() -> Response[dict[str, Any]]:
         ready, body = await worker.readiness()
         return Response(body, status_code=200 if ready else 503)

@@ -48,6 +48,9 @@ async def test_tokens_rotation_and_401s(db_url: str, caplog: pytest.LogCaptureFi
         c = api.client
         for path in ("/healthz", "/readyz", "/schema", "/schema/openapi.json"):
             assert (await c.get(path)).status_code == 200, path
+        for path in ("/healthz", "/readyz"):  # load balancers and `curl -I` use HEAD
+            head = await c.head(path)
+            assert (head.status_code, head.content) == (200, b""), path
         routes = api_routes(api.app)
         assert {("GET", "/api/v1/stats"), ("POST", "/api/v1/jobs/claim")} <= set(routes)
         for headers in (

@@ -121,6 +121,7 @@ async def test_a_request_while_the_database_is_down_answers_503_after_the_pool_t
                 assert r.status_code == 503, (path, r.text)
                 assert r.json()["error"] == "database_unavailable"
                 assert dbname not in r.text and "connection" not in r.text, r.text
+            assert (await api.client.head("/readyz", timeout=20)).status_code == 503
         finally:
             with psycopg.connect(admin, autocommit=True) as conn:
                 conn.execute(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS true')

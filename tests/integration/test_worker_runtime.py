@@ -441,6 +441,9 @@ async def test_http_endpoints(repo: JobRepository, db_url: str) -> None:
             ready = await client.get("/readyz")
             assert ready.status_code == 200, ready.text
             assert ready.json()["listener"] == "connected"
+            for path in ("/healthz", "/readyz"):  # load balancers and `curl -I` use HEAD
+                head = await client.head(path)
+                assert (head.status_code, head.content) == (200, b""), path
             status = (await client.get("/worker/status")).json()
     assert status["worker_id"] == worker.worker_id
     assert status["worker_id"].startswith("test/")
