@@ -8,13 +8,14 @@ import logging
 
 from litestar import Response, route
 from litestar.datastructures import State
+from litestar.enums import HttpMethod
 
 from service.db import Database, DatabaseUnavailable
 
 log = logging.getLogger("ai_service.api.health")
 
 # HEAD as well: load balancers and `curl -I` probe with it; uvicorn sends the headers only.
-PROBE_METHODS = ["GET", "HEAD"]
+PROBE_METHODS = (HttpMethod.GET, HttpMethod.HEAD)
 
 
 @route(
