@@ -137,7 +137,12 @@ class ClaimLoop:
                     await anyio.lowlevel.checkpoint()  # let the handlers start first
                     idle_until = time.monotonic() + await self._idle_seconds()
                 continue
-            self.stats.state = "full" if free <= 0 else "idle" if limit else "probing"
+            if free <= 0:
+                self.stats.state = "full"
+            elif not limit:
+                self.stats.state = "probing"  # one job out to a recovering server
+            else:  # nothing due: "idle" only when nothing runs either
+                self.stats.state = "waiting" if self.stats.in_flight else "idle"
             timeout = None if limit <= 0 else idle_until - time.monotonic()
             await self._wakeup.wait(timeout)
         self.stats.state = "stopped"

@@ -455,6 +455,23 @@ async def test_http_endpoints(repo: JobRepository, db_url: str) -> None:
     assert status["version"] and status["uptime_seconds"] >= 0
 
 
+async def test_status_says_waiting_while_jobs_run_and_idle_once_none_do(
+    repo: JobRepository, db_url: str
+) -> None:
+    probe = Probe()
+    async with running_worker(db_url, registry_for(probe)) as worker:
+        stats = worker.status.profiles[PROFILE]
+        await until(lambda: stats.state == "idle", what="idle before any job")
+        job, _ = await repo.create(nj(input={"gate": "g"}))
+        await probe.started[job.id].wait()
+        # one of four slots taken, nothing else due: waiting for work, not idle
+        await until(lambda: stats.state == "waiting", what="waiting while the job runs")
+        assert stats.in_flight == 1
+        probe.gates["g"].set()
+        await until(lambda: finished(repo, job.id), what="the job")
+        await until(lambda: stats.state == "idle", what="idle once it finished")
+
+
 @pytest.fixture(autouse=True)
 def _quiet_uvicorn(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level("WARNING", logger="uvicorn")
