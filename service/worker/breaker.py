@@ -11,6 +11,9 @@ handler's error is ``provider_wide``) counts; ``THRESHOLD`` of them in a row ope
 - checking: after the pause the server is asked whether it serves the model (the profile's
   health check, ``GET /v1/models`` with the key; no job is spent); not yet: a longer pause
   (at most 10 s: a GET costs nothing).
+- at start-up, a profile with a health check asks it before its first claim: a wrong URL,
+  key or model name, or a server still loading, opens the breaker at once instead of failing
+  the first jobs (each spending an attempt) until ``THRESHOLD`` failures have.
 - probing: one job at a time (profiles without a health check start here, pausing up to
   60 s between probes since each may cost a job an attempt). A job that succeeds closes the
   breaker and claiming resumes at full capacity; one that fails server-wide opens it again;
@@ -57,10 +60,13 @@ class ProviderBreaker:
         self.opened_until = 0.0  # claiming waits until then
         self.pause = 0.0  # the current pause's length
         self.verified = False  # the health check passed since the last trip
+        self.unchecked = health_check is not None  # not asked yet since start-up
         self.last_error: str | None = None
 
     @property
     def state(self) -> str:
+        if self.unchecked:
+            return "checking"
         if not self.trips:
             return "closed"
         if self.pause_left():
@@ -79,11 +85,15 @@ class ProviderBreaker:
 
     def needs_check(self) -> bool:
         """The pause is over and the server should be asked before any job is claimed."""
+        if self.unchecked:
+            return True
         return bool(self.trips) and self.health_check is not None and not self.verified
 
     def claim_limit(self, free: int, in_flight: int) -> int:
         """All free slots when closed; else nothing while open or checking, and one job (a
         probe) once nothing else of the profile is in flight."""
+        if self.unchecked:
+            return 0
         if not self.trips:
             return free
         if self.pause_left() or self.needs_check():
@@ -97,7 +107,15 @@ class ProviderBreaker:
         try:
             await self.health_check()
         except Exception as exc:
+            if self.unchecked:  # at start-up one failure is enough: nothing was claimed yet
+                self.unchecked = False
+                self.failures = THRESHOLD - 1
             self.failed(_as_provider_wide(exc))
+            return
+        if self.unchecked:
+            self.unchecked = False
+            log.info("%s: the inference server serves the model; claiming", self.profile)
+            self.on_close()
             return
         self.verified = True
         log.info("%s: the inference server serves the model; one job probes it", self.profile)

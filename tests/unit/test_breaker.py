@@ -58,6 +58,11 @@ async def test_with_a_health_check_no_job_is_spent_while_the_server_is_down() ->
             raise ProviderUnavailable("llm is unreachable")
 
     b = ProviderBreaker("p", health_check=check, on_close=lambda: closed.append(True), clock=clock)
+    up[0] = True
+    await b.check()  # at start-up it served; then it went down
+    up[0] = False
+    assert b.state == "closed" and closed == [True]
+    closed.clear()
     for _ in range(THRESHOLD):
         b.outcome(DOWN)
     clock.now += FIRST_PAUSE
@@ -78,6 +83,34 @@ async def test_with_a_health_check_no_job_is_spent_while_the_server_is_down() ->
     await b.check()
     b.outcome(None)
     assert b.state == "closed" and b.trips == 0 and not b.paused and b.claim_limit(8, 0) == 8
+
+
+@pytest.mark.anyio
+async def test_at_start_up_the_server_is_asked_before_the_first_claim() -> None:
+    clock, closed, answers = Clock(), [], ["HTTP 401", None]
+
+    async def check() -> None:
+        if problem := answers.pop(0):
+            raise ProviderRejected(problem, provider_wide=True)
+
+    b = ProviderBreaker("p", health_check=check, on_close=lambda: closed.append(True), clock=clock)
+    assert b.state == "checking" and b.needs_check() and b.claim_limit(8, 0) == 0
+    assert not b.paused  # held back, but not for a failure yet
+    await b.check()  # a wrong key: one answer is enough (nothing was claimed to fail)
+    assert b.state == "open" and b.pause_left() == FIRST_PAUSE and b.paused
+    assert "401" in str(b.last_error) and b.claim_limit(8, 0) == 0 and closed == []
+    clock.now += FIRST_PAUSE
+    await b.check()  # the key was fixed: one job probes it, as after any outage
+    assert b.state == "probing" and b.claim_limit(8, 0) == 1 and closed == [True]
+
+    fine = ProviderBreaker("p", health_check=_serves, on_close=lambda: closed.append(True))
+    await fine.check()
+    assert fine.state == "closed" and fine.claim_limit(8, 0) == 8 and not fine.paused
+    assert not fine.needs_check() and closed == [True, True]  # the claim loop is woken
+
+
+async def _serves() -> None:
+    return None
 
 
 def test_pauses_double_up_to_a_cap_and_honour_retry_after_up_to_a_minute() -> None:
