@@ -153,10 +153,16 @@ def _secret(text: str) -> Secret:
     return Secret(text.strip())
 
 
+PLACEHOLDER_TOKENS = frozenset({"change-me", "changeme"})  # deploy/k8s/secret.example.yaml's
+
+
 def _tokens(text: str) -> Secret:
-    """Bearer tokens. A set value that names none (``,``) is refused: read as "auth on" it
-    would accept nothing, read as "off" it would open the API the operator meant to close."""
-    if not _list(text):
+    """Bearer tokens. A set value that names none (``""``, ``,``) is refused: read as "auth
+    on" it would accept nothing, read as "off" it would open the API the operator meant to
+    close (an empty key of a Kubernetes Secret sets the variable to ""). So is the example
+    Secret's placeholder, left unedited."""
+    tokens = _list(text)
+    if not tokens or any(t.lower() in PLACEHOLDER_TOKENS for t in tokens):
         raise ValueError(text)
     return Secret(text.strip())
 
@@ -242,6 +248,7 @@ class Field:
     expects: str
     help: str
     secret: bool = False
+    blank_is_unset: bool = True  # "" reads as unset (for a token it would mean "auth off")
 
 
 _MiB = 1024 * 1024
@@ -255,9 +262,11 @@ FIELDS: Final[tuple[Field, ...]] = (
         "api_tokens",
         _tokens,
         None,
-        "comma-separated bearer tokens (at least one)",
+        "comma-separated bearer tokens (at least one, not the example's CHANGE-ME; unset "
+        "the variable to run without authentication)",
         "required bearer token(s) for /api/v1/*; several for rotation",
         secret=True,
+        blank_is_unset=False,
     ),
     Field(
         "MAX_BATCH_SIZE",
@@ -636,7 +645,7 @@ class Settings:
         errors: list[str] = []
         for f in FIELDS:
             raw = source.get(f.env)
-            if raw is None or (raw.strip() == "" and f.default is None):
+            if raw is None or (raw.strip() == "" and f.default is None and f.blank_is_unset):
                 if f.default is None:
                     continue
                 raw = f.default

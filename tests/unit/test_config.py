@@ -118,11 +118,14 @@ def test_a_bad_url_is_shown_without_its_credentials() -> None:
 
 def test_a_token_variable_that_names_no_token_is_refused() -> None:
     # Set but empty after splitting: "auth on" with nothing to accept used to let all in.
-    for value in (",", " , ", ",, ,"):
+    # Blank too: an empty key of a Kubernetes Secret sets the variable to "", and reading that
+    # as "unset" turned authentication off. And the example Secret's placeholder, unedited.
+    for value in (",", " , ", ",, ,", "", "  ", "CHANGE-ME", "tok-1,change-me"):
         with pytest.raises(ConfigError) as err:
             Settings.from_env({"AI_SERVICE_TOKEN": value})
         assert "AI_SERVICE_TOKEN=<hidden> is invalid: expected comma-separated" in str(err.value)
-    assert Settings.from_env({"AI_SERVICE_TOKEN": " "}).auth_required is False  # blank: unset
+        assert "unset the variable to run without authentication" in str(err.value)
+    assert Settings.from_env({}).auth_required is False  # unset: open, as the seed
     on = Settings.from_env({"AI_SERVICE_TOKEN": " tok-1 ,"})
     assert on.auth_required and on.tokens == ("tok-1",)
     done = _cli({"AI_SERVICE_TOKEN": " , "}, "migrate")
