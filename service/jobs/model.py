@@ -15,10 +15,13 @@ import msgspec
 Status = Literal["pending", "running", "completed", "failed", "cancelled"]
 STATUSES: tuple[Status, ...] = ("pending", "running", "completed", "failed", "cancelled")
 
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^\S(.*\S)?$")]
+# ``$(?!\n)``: Python's ``$`` also matches before a final newline ("sec\n" passed); the
+# lookahead pins the very end in Python and in the ECMA regexes the OpenAPI schema is read by.
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^\S(.*\S)?$(?!\n)")]
 # A profile names a NOTIFY channel ("ai_jobs:<profile>", at most 63 bytes): ASCII, <= 55 chars.
 Profile = Annotated[
-    str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,54}$", examples=["qwen2.5-14b"])
+    str,
+    msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,54}$(?!\n)", examples=["qwen2.5-14b"]),
 ]
 Ref = Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
 Priority = Annotated[int, msgspec.Meta(ge=-1000, le=1000)]

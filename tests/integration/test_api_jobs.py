@@ -67,6 +67,10 @@ BAD_BODIES: list[tuple[dict[str, Any], str]] = [
     (job_body(priority="high"), "priority"),
     (job_body(priority=10_000), "priority"),
     (job_body(model_profile="no spaces"), "model_profile"),
+    # a final newline: Python's `$` matched before it, and "sec\n" was stored
+    (job_body(model_profile="qwen2.5-14b\n"), "model_profile"),
+    (job_body(owner_service="telephony\n"), "owner_service"),
+    (job_body(task_type="llm_chat\n"), "task_type"),
     (job_body(input=[1, 2]), "input"),
     ({"owner_service": "t", "task_type": "x"}, "model_profile"),
     (job_body(max_attempts=0), "max_attempts"),
