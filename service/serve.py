@@ -21,6 +21,7 @@ from typing import Any
 import uvicorn
 
 from service.config import ConfigError
+from service.http_limits import BoundedHttpToolsProtocol
 
 
 class StartupFailed(Exception):
@@ -126,6 +127,7 @@ def make_server(
         # Longer than clients keep idle connections (httpx: 5 s, uvicorn's own default), so
         # the server is never the side that closes one just as a request is sent on it.
         timeout_keep_alive=75,
+        http=BoundedHttpToolsProtocol,  # a bounded request head, received in bounded time
     )
     server = EmbeddedServer(config)
     server.on_shutdown = on_shutdown

@@ -23,6 +23,7 @@ import uvicorn
 from litestar import Litestar, Request, Response, get, route
 from litestar.exceptions import HTTPException, MethodNotAllowedException, NotFoundException
 
+from service.http_limits import BoundedHttpToolsProtocol
 from service.serve import EmbeddedServer
 from service.worker.status import WorkerStatus
 
@@ -93,5 +94,6 @@ def make_worker_server(
         lifespan="off",
         server_header=False,
         timeout_graceful_shutdown=2,
+        http=BoundedHttpToolsProtocol,  # the port is open to probes: bound what it holds
     )
     return EmbeddedServer(config)

@@ -1,0 +1,114 @@
+"""The API's HTTP server bounds a request's head: its size (431) and the time it may take to
+arrive (408, or a plain close for a connection that never sent anything). Raw sockets against
+a real server (uvicorn, the app, PostgreSQL), since clients like httpx would not send such
+requests. The worker's port uses the same protocol class."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import anyio
+import pytest
+from anyio.abc import SocketStream
+
+from service.http_limits import MAX_HEAD_BYTES, BoundedHttpToolsProtocol
+from service.serve import make_server
+from service.worker.http import make_worker_server
+from service.worker.status import WorkerStatus
+from tests.integration.api_server import Api, running_api
+
+
+@pytest.fixture
+async def api(db_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Api]:
+    # A short deadline so the test does not idle for 30 s; the tests wait for the server to
+    # act (a generous bound below only stops a hang), they do not time it.
+    monkeypatch.setattr(BoundedHttpToolsProtocol, "head_timeout_s", 1.0)
+    async with running_api(db_url) as api:
+        yield api
+
+
+async def connect(api: Api) -> SocketStream:
+    host, port = api.url.removeprefix("http://").split(":")
+    return await anyio.connect_tcp(host, int(port))
+
+
+async def read_all(stream: SocketStream) -> bytes:
+    """Everything until the server closes the connection."""
+    out = b""
+    with anyio.fail_after(60):
+        while True:
+            try:
+                out += await stream.receive()
+            except (anyio.EndOfStream, anyio.BrokenResourceError):
+                return out
+
+
+def answer(raw: bytes) -> tuple[int, dict[str, str]]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert b"connection: close" in head.lower(), head
+    return int(head.split(b" ")[1]), json.loads(body)
+
+
+async def test_a_head_over_the_limit_is_431_and_the_server_goes_on(api: Api) -> None:
+    stream = await connect(api)
+    big = b"x" * (MAX_HEAD_BYTES + 1)
+    await stream.send(b"GET /healthz HTTP/1.1\r\nhost: t\r\nx-big: " + big + b"\r\n\r\n")
+    status, body = answer(await read_all(stream))
+    assert status == 431
+    assert body["error"] == "request_header_fields_too_large"
+    assert str(MAX_HEAD_BYTES) in body["detail"]
+    # many headers adding up count too, and a head just under the limit is served
+    stream = await connect(api)
+    many = b"".join(b"x-h%d: %s\r\n" % (i, b"y" * 1000) for i in range(70))
+    await stream.send(b"GET /healthz HTTP/1.1\r\nhost: t\r\n" + many + b"\r\n")
+    assert answer(await read_all(stream))[0] == 431
+    fits = b"x" * (MAX_HEAD_BYTES - 200)
+    r = await api.client.get("/healthz", headers={"x-fits": fits.decode()})
+    assert r.status_code == 200
+
+
+async def test_a_head_that_never_completes_is_408_and_closed(api: Api) -> None:
+    stream = await connect(api)
+    await stream.send(b"GET /healthz HTTP/1.1\r\nhost: t\r\nx-slow: ")  # and nothing more
+    status, body = answer(await read_all(stream))
+    assert (status, body["error"]) == (408, "request_timeout")
+
+
+async def test_a_connection_that_sends_nothing_is_closed(api: Api) -> None:
+    stream = await connect(api)
+    assert await read_all(stream) == b""  # closed by the server, without an answer
+
+
+async def test_a_kept_alive_connection_still_serves_its_next_request(api: Api) -> None:
+    """The deadline covers a head, not the time between requests (the keep-alive timeout's)
+    nor a long request: a long-poll outlives it."""
+    stream = await connect(api)
+    get = b"GET /api/v1/jobs/%s?wait_seconds=2 HTTP/1.1\r\nhost: t\r\n\r\n"
+    created = await api.client.post(
+        "/api/v1/jobs",
+        json={"owner_service": "t", "task_type": "x", "model_profile": "p", "input": {}},
+    )
+    job_id = created.json()["id"].encode()
+    for _ in range(2):  # each waits its 2 s (the job stays pending), past the 1 s deadline
+        await stream.send(get % job_id)
+        with anyio.fail_after(60):
+            got = b""
+            while b"\r\n\r\n" not in got or not got.rstrip().endswith(b"}"):
+                got += await stream.receive()
+        assert got.startswith(b"HTTP/1.1 200"), got
+    await stream.aclose()
+
+
+def test_every_server_of_the_service_uses_the_bounded_protocol() -> None:
+    api = make_server(object(), "127.0.0.1", 0)  # type: ignore[arg-type]
+    worker = make_worker_server(_Observable(), "127.0.0.1", 0)
+    assert api.config.http is BoundedHttpToolsProtocol
+    assert worker.config.http is BoundedHttpToolsProtocol
+
+
+class _Observable:
+    status = WorkerStatus(worker_id="w", profiles={})
+
+    async def readiness(self) -> tuple[bool, dict[str, object]]:
+        return True, {}
