@@ -20,6 +20,7 @@ from service.db import Database, open_database
 from service.db.embedded import FAST_SETTINGS, EmbeddedPostgres
 from service.db.migrate import migrate
 from service.jobs import JobRepository
+from service.metrics import labels
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -106,3 +107,12 @@ async def db(db_url: str) -> AsyncIterator[Database]:
 @pytest.fixture
 def repo(db: Database) -> JobRepository:
     return JobRepository(db, backoff_base=0.0, backoff_max=0.0)
+
+
+@pytest.fixture(autouse=True)
+def _metric_label_bounds_per_test() -> None:
+    """Each test meets its metric attribute bounds afresh: the whole session creates far more
+    (unique) profiles than one process would, and a test asserting its own profile's series
+    must not find it reported as ``other`` because earlier tests used up the bound."""
+    labels.profiles.seen.clear()
+    labels.task_types.seen.clear()

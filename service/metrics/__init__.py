@@ -19,6 +19,7 @@ from opentelemetry import metrics as otel
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
 from service.metrics import names
+from service.metrics.labels import profiles, task_types
 from service.tracing import error_type
 
 METER_NAME = "ai_service"
@@ -51,35 +52,60 @@ def build_instruments(meter: Meter, observe: Observe) -> dict[str, Any]:
 
 
 class QueueSnapshot:
-    """The latest per-profile queue sample (``service.metrics.queue``), read at collection."""
+    """The latest per-profile queue sample (``service.metrics.queue``), read at collection.
+
+    A profile whose queue drained reads 0 (so a graph and an alert see it reach 0) for
+    ``KEEP_DRAINED_S``, then its series ends, unless it is one this process expects (served or
+    configured): profiles are caller-chosen names, and each one ever queued would otherwise
+    stay a series for the process's life."""
 
     STALE_AFTER = 60.0  # a sampler that stopped answering must not freeze the gauges
+    KEEP_DRAINED_S = 900.0
 
     def __init__(self) -> None:
         self.rows: dict[str, dict[str, float]] = {}
         self.at = 0.0
+        self.expected: set[str] = set()
+        self._last_queued: dict[str, float] = {}
 
     def expect(self, profiles: Iterable[str]) -> None:
         """Profiles reported (as 0) before any job of theirs has been pending: an idle system
         otherwise has no queue series, and the dashboard's profile list comes out empty."""
         for profile in profiles:
-            self.rows.setdefault(profile, {})
+            self.expected.add(profile)
+            self.rows.setdefault(profile, _drained())
 
-    def update(self, rows: Iterable[dict[str, Any]]) -> None:
-        fresh = {str(r["model_profile"]): r for r in rows}
-        for profile in self.rows.keys() | fresh.keys():  # a drained profile reads 0, not gone
-            r = fresh.get(profile, {})
-            self.rows[profile] = {
-                names.QUEUE_PENDING.name: float(r.get("pending") or 0),
-                names.QUEUE_DUE.name: float(r.get("due") or 0),
-                names.QUEUE_OLDEST_AGE.name: float(r.get("oldest_pending_age_seconds") or 0),
-            }
+    def update(self, rows: Iterable[dict[str, Any]], *, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        fresh: dict[str, dict[str, float]] = {}
+        for r in rows:
+            profile = profiles(str(r["model_profile"]))  # past the bound: summed as "other"
+            v = fresh.setdefault(profile, _drained())
+            v[names.QUEUE_PENDING.name] += float(r.get("pending") or 0)
+            v[names.QUEUE_DUE.name] += float(r.get("due") or 0)
+            age = float(r.get("oldest_pending_age_seconds") or 0)
+            v[names.QUEUE_OLDEST_AGE.name] = max(v[names.QUEUE_OLDEST_AGE.name], age)
+            self._last_queued[profile] = now
+        for profile in self.rows.keys() | fresh.keys():
+            if profile in fresh:
+                self.rows[profile] = fresh[profile]
+            elif profile in self.expected or (
+                now - self._last_queued.get(profile, now) < self.KEEP_DRAINED_S
+            ):
+                self.rows[profile] = _drained()
+            else:
+                del self.rows[profile]
+                self._last_queued.pop(profile, None)
         self.at = time.monotonic()
 
     def observe(self, metric: names.Metric) -> Iterable[Observation]:
         if time.monotonic() - self.at > self.STALE_AFTER:
             return []
         return [Observation(v[metric.name], {"model_profile": p}) for p, v in self.rows.items()]
+
+
+def _drained() -> dict[str, float]:
+    return {m.name: 0.0 for m in (names.QUEUE_PENDING, names.QUEUE_DUE, names.QUEUE_OLDEST_AGE)}
 
 
 class Workers:
@@ -128,7 +154,7 @@ _i = build_instruments(otel.get_meter(METER_NAME), _observe)
 
 
 def _job(job: Any) -> dict[str, str]:
-    return {"model_profile": job.model_profile, "task_type": job.task_type}
+    return {"model_profile": profiles(job.model_profile), "task_type": task_types(job.task_type)}
 
 
 # --- API --------------------------------------------------------------------------------------
@@ -136,7 +162,7 @@ def jobs_created(jobs: Iterable[Any]) -> None:
     """Count newly inserted jobs (anything with model_profile and task_type), grouped."""
     counts: dict[tuple[str, str], int] = {}
     for j in jobs:
-        key = (j.model_profile, j.task_type)
+        key = (profiles(j.model_profile), task_types(j.task_type))
         counts[key] = counts.get(key, 0) + 1
     for (profile, task_type), n in counts.items():
         _i[names.JOBS_CREATED.name].add(n, {"model_profile": profile, "task_type": task_type})
@@ -190,7 +216,7 @@ def leases_renewed(count: int) -> None:
 
 
 def lease_lost(profile: str) -> None:
-    _i[names.LEASES_LOST.name].add(1, {"model_profile": profile})
+    _i[names.LEASES_LOST.name].add(1, {"model_profile": profiles(profile)})
 
 
 def leases_reaped(requeued: int, failed: int) -> None:
