@@ -142,6 +142,15 @@ def _url(text: str) -> str:
     return v.rstrip("/")
 
 
+def _base_url(text: str) -> str:
+    """An inference server's base URL: ``/v1/...`` paths are appended to it, so a query or
+    fragment would end up in the middle of every request's URL (keys go in *_API_KEY)."""
+    v = _url(text)
+    if "?" in v or "#" in v:
+        raise ValueError(text)
+    return v
+
+
 def _db_url(text: str) -> Secret:
     v = text.strip()
     if not (v.startswith(("postgresql://", "postgres://")) or "=" in v):
@@ -366,7 +375,14 @@ FIELDS: Final[tuple[Field, ...]] = (
         "idempotency keys go with them); 0 keeps every job, as the seed service did",
     ),
     # --- Inference providers ---------------------------------------------------------------
-    Field("LLM_BASE_URL", "llm_base_url", _url, None, "an http(s) URL", "primary LLM endpoint"),
+    Field(
+        "LLM_BASE_URL",
+        "llm_base_url",
+        _base_url,
+        None,
+        "an http(s) URL without a query (a key goes in LLM_API_KEY)",
+        "primary LLM endpoint",
+    ),
     Field("LLM_API_KEY", "llm_api_key", _secret, None, "a key", "LLM API key", secret=True),
     Field("LLM_MODEL", "llm_model", _str, "qwen2.5-14b", "a model name", "LLM model/profile"),
     Field(
@@ -377,7 +393,14 @@ FIELDS: Final[tuple[Field, ...]] = (
         "a duration like 5m",
         "timeout of one LLM call",
     ),
-    Field("VOXTRAL_BASE_URL", "voxtral_base_url", _url, None, "an http(s) URL", "Voxtral endpoint"),
+    Field(
+        "VOXTRAL_BASE_URL",
+        "voxtral_base_url",
+        _base_url,
+        None,
+        "an http(s) URL without a query (a key goes in VOXTRAL_API_KEY)",
+        "Voxtral endpoint",
+    ),
     Field(
         "VOXTRAL_MODEL",
         "voxtral_model",

@@ -31,15 +31,21 @@ def root_url(base_url: str, path: str) -> str:
 
 
 def redact_url(url: str) -> str:
-    """The URL without user/password, safe for logs, errors and status pages."""
+    """The URL without user/password and with its query's values masked (``?token=***``), safe
+    for logs, errors and status pages: a token in a query string is as secret as a password."""
     parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = host + (f":{parts.port}" if parts.port is not None else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    if parts.username is None and parts.password is None and not parts.query:
+        return url if not parts.fragment else urlunsplit(parts._replace(fragment=""))
+    netloc = parts.netloc
+    if parts.username is not None or parts.password is not None:
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = host + (f":{parts.port}" if parts.port is not None else "")
+    query = "&".join(
+        f"{field.partition('=')[0]}=***" if field else "" for field in parts.query.split("&")
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
 def env_proxies() -> bool:
