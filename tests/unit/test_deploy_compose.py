@@ -34,9 +34,15 @@ VOXTRAL_MODEL = "mistralai/Voxtral-Small-24B-2507"
 Obj = dict[str, Any]
 
 
-def run_compose(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+VLLM_KEY = {"VLLM_API_KEY": "k-for-the-test"}  # required: vLLM must not accept any caller
+
+
+def run_compose(
+    cwd: Path, *args: str, env_vars: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     # A clean environment: the developer's shell must not change what the files resolve to.
     env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp")}
+    env.update(VLLM_KEY if env_vars is None else env_vars)
     return subprocess.run(
         [str(BINARY), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
     )
@@ -54,6 +60,19 @@ def files(*names: str) -> list[str]:
 
 
 AI_BASE = resolved(AI_SERVER, *files("docker-compose.yml"))
+
+
+def test_the_ai_server_refuses_to_start_vllm_without_a_key() -> None:
+    """vLLM without --api-key/VLLM_API_KEY serves anyone who reaches the published port."""
+    for args in (files("docker-compose.yml"), [*files(*SEED_FILES), "--profile", "voxtral-small"]):
+        for value in ({}, {"VLLM_API_KEY": ""}):
+            done = run_compose(AI_SERVER, *args, "config", env_vars=value)
+            assert done.returncode != 0 and "set VLLM_API_KEY" in done.stderr, done.stderr
+    for svc in AI_BASE["services"].values():
+        if "VLLM_API_KEY" in (svc.get("environment") or {}):
+            assert svc["environment"]["VLLM_API_KEY"] == VLLM_KEY["VLLM_API_KEY"]
+
+
 AI_AUDIO = resolved(AI_SERVER, *files(*SEED_FILES), "--profile", "voxtral-small")
 LOCAL_STACK = resolved(LOCAL.parent, "-f", LOCAL.name)
 
