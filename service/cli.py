@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -142,7 +143,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
-    from service.dev import run_dev
+    from service.dev import local_hosts, run_dev
     from service.worker.registry import check_extra_handlers
 
     try:  # before the embedded PostgreSQL starts: a typo should not cost an initdb
@@ -154,7 +155,7 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
         _migrate_on_start(url, embedded or settings.migrate_on_start)
 
     try:
-        return run_dev(settings, prepare)
+        return run_dev(local_hosts(settings, os.environ), prepare)
     except ConfigError as exc:  # a port taken after run_dev checked it was free
         _die(f"configuration error: {exc}")
 

@@ -14,7 +14,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -31,6 +31,22 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ai_service.dev")
 NO_EMBEDDED = 2  # the exit code of a configuration error
+
+
+LOOPBACK = "127.0.0.1"
+
+
+def local_hosts(settings: Settings, env: Mapping[str, str]) -> Settings:
+    """``dev`` listens on this machine only unless ``HTTP_HOST``/``WORKER_HTTP_HOST`` say
+    otherwise: it runs without a token by default, beside a PostgreSQL that trusts local
+    users, and ``make run`` on a laptop must not open those to the network it is on. (The
+    services' own default, the seed's ``0.0.0.0``, is for containers.)"""
+    changes = {
+        attr: LOOPBACK
+        for name, attr in (("HTTP_HOST", "http_host"), ("WORKER_HTTP_HOST", "worker_http_host"))
+        if name not in env
+    }
+    return settings.replace(**changes) if changes else settings
 
 
 def run_dev(settings: Settings, prepare: Callable[[str, bool], None]) -> int:
@@ -139,9 +155,11 @@ async def _serve_all(settings: Settings, url: str) -> int:
     if worker is not None:
         services.append(worker)
     log.info(
-        "API on http://%s:%d, worker endpoints on http://%s:%d  (Ctrl-C to stop)",
+        "API on http://%s:%d, worker endpoints on http://%s:%d%s  (Ctrl-C to stop)",
         settings.http_host, settings.http_port, settings.worker_http_host,
         settings.worker_http_port,
+        " (this machine only: HTTP_HOST=0.0.0.0 accepts others)"
+        if settings.http_host == LOOPBACK else "",
     )  # fmt: skip
     return await supervise(services)
 

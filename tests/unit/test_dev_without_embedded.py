@@ -15,7 +15,7 @@ import pytest
 
 from service.cli import build_parser
 from service.config import FIELDS, ConfigError, Settings
-from service.dev import NO_EMBEDDED, _signals_held, run_dev
+from service.dev import NO_EMBEDDED, _signals_held, local_hosts, run_dev
 from service.worker.registry import EXTRA_HANDLERS_ENV, check_extra_handlers
 
 
@@ -80,3 +80,14 @@ def test_extra_handler_specs_fail_as_configuration_errors(monkeypatch: pytest.Mo
         assert str(err.value).startswith(EXTRA_HANDLERS_ENV)
     monkeypatch.setenv(EXTRA_HANDLERS_ENV, "tests.worker_handlers:register")
     check_extra_handlers()  # a good one loads
+
+
+def test_dev_listens_on_this_machine_only_unless_told_otherwise() -> None:
+    """No token and a PostgreSQL that trusts local users: `make run` must not open them to
+    the network; the services' own default (0.0.0.0, for containers) stays as it is."""
+    assert (Settings().http_host, Settings().worker_http_host) == ("0.0.0.0", "0.0.0.0")
+    local = local_hosts(Settings(), {})
+    assert (local.http_host, local.worker_http_host) == ("127.0.0.1", "127.0.0.1")
+    env = {"HTTP_HOST": "0.0.0.0", "WORKER_HTTP_HOST": "::"}
+    chosen = local_hosts(Settings.from_env(env), env)
+    assert (chosen.http_host, chosen.worker_http_host) == ("0.0.0.0", "::")
