@@ -28,6 +28,7 @@ import base64
 import binascii
 import io
 import ipaddress
+import logging
 import socket
 import wave
 from collections.abc import AsyncIterator, Iterable
@@ -44,6 +45,8 @@ from service.config import IPNetwork, Settings, parse_networks
 from service.handlers.base import InvalidInput, JobTimeout, ProviderUnavailable
 from service.providers.errors import parse_retry_after
 from service.providers.multipart import AudioUpload
+
+log = logging.getLogger("ai_service.handlers.audio")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 MAX_REDIRECTS = 5
@@ -125,12 +128,25 @@ class AudioPolicy:
         kind = _kind(ip)
         if kind is None or any(ip in net for net in self.allowed_networks):
             return
-        shown = host if host == str(ip) else f"{host!r}, which resolves to {ip},"
         article = "an" if kind[0] in "aeiou" else "a"
+        if _is_literal(host):
+            shown = f"host {host} is"
+        else:  # the address goes to the log only: callers need not learn internal DNS answers
+            shown = f"host {host!r} resolves to"
+            log.warning("%s host %r resolves to %s, %s %s address: refused",
+                        what, host, ip, article, kind)  # fmt: skip
         raise InvalidInput(
-            f"{what} host {shown} is {article} {kind} address; only public addresses may be "
+            f"{what} {shown} {article} {kind} address; only public addresses may be "
             "fetched (add its network to AUDIO_URL_ALLOWED_NETWORKS to allow it)"
         )
+
+
+def _is_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
 
 
 class GuardedBackend(httpcore.AsyncNetworkBackend):
