@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import inspect
 import os
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -41,18 +43,24 @@ def with_dbname(url: str, dbname: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """URL of a PostgreSQL server the tests may create databases on."""
+def pg_admin_url() -> Iterator[str]:
+    """URL of a PostgreSQL server the tests may create databases on.
+
+    Its data directory is not under pytest's tmp_path: every pytest session that starts on
+    the machine resets ``/tmp/pytest-of-<user>`` to mode 0700, which, when the tests run as
+    root, locks the server's own system user out of its data mid-run (seen: teardown errors
+    ``could not access directory ... Permission denied`` while another session started)."""
     external = os.environ.get("TEST_DATABASE_URL")
     if external:
         yield external
         return
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data", settings=FAST_SETTINGS)
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.close()
+    with tempfile.TemporaryDirectory(prefix="aisvc-pg-") as tmp:
+        server = EmbeddedPostgres(Path(tmp) / "data", settings=FAST_SETTINGS)
+        server.start()
+        try:
+            yield server.url
+        finally:
+            server.close()
 
 
 @pytest.fixture(scope="session")

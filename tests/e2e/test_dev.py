@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -97,8 +98,14 @@ def _run_until_ready_then_signal(data_dir: Path, sig: signal.Signals, *, jobs: b
     return out
 
 
-def test_dev_serves_reuses_data_and_leaves_no_postgres_behind(tmp_path: Path) -> None:
-    data_dir = tmp_path / "pgdata"
+def test_dev_serves_reuses_data_and_leaves_no_postgres_behind() -> None:
+    # Not under tmp_path: another pytest session resets that tree to 0700, locking out the
+    # server's system user when the tests run as root (tests/conftest.py, pg_admin_url).
+    with tempfile.TemporaryDirectory(prefix="aisvc-dev-") as tmp:
+        _serve_twice(Path(tmp) / "pgdata")
+
+
+def _serve_twice(data_dir: Path) -> None:
     first = _run_until_ready_then_signal(data_dir, signal.SIGTERM, jobs=True)
     assert "initialised and started" in first
     assert "SIMULATED" in first  # make run says plainly that results are synthetic

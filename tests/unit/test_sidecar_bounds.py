@@ -87,7 +87,10 @@ async def test_credentials_in_a_metrics_url_are_never_shown() -> None:
         assert out["url"] == f"{url}/metrics"
 
 
-async def test_status_requests_share_one_collection_while_it_is_fresh() -> None:
+async def test_status_requests_share_one_collection_while_it_is_fresh(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sidecar_app, "FRESH_FOR_S", 3600.0)  # "fresh" must not hang on the clock
     page = Page("ok")
     async with serve_asgi(page) as url:
         app = sidecar_app.create_sidecar_app({"llm": f"{url}/metrics"}, "/nonexistent.sock")
