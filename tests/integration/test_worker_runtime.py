@@ -52,6 +52,10 @@ class Probe:
         try:
             if "gate" in inp:
                 await self.gates[inp["gate"]].wait()
+            if "shielded_gate" in inp:  # a handler that finishes even when told to stop
+                with anyio.CancelScope(shield=True):
+                    await self.gates[inp["shielded_gate"]].wait()
+                return {"late": True}
             if inp.get("block"):
                 await anyio.sleep_forever()
             if inp.get("raise") and job.attempts in inp.get("on_attempts", [job.attempts]):
@@ -315,20 +319,41 @@ async def test_retrying_a_running_job_stops_the_run_that_held_it(
     assert (done.status, done.attempts, done.worker_id) == ("completed", 1, worker.worker_id)
 
 
-async def test_a_lost_lease_cancels_the_handler_and_drops_its_result(
-    repo: JobRepository, db_url: str
-) -> None:
+async def steal(db_url: str, job_id: UUID) -> None:
+    """Another worker holds the job now (as after a reap and a new claim)."""
+    async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+        await conn.execute(
+            "UPDATE ai_jobs SET worker_id = 'thief', lease_expires_at = now() + interval '1h'"
+            " WHERE id = %s",
+            (job_id,),
+        )
+
+
+async def test_a_lost_lease_cancels_the_handler(repo: JobRepository, db_url: str) -> None:
     probe = Probe()
     async with running_worker(db_url, registry_for(probe), worker_lease_timeout=3.0):
         job, _ = await repo.create(nj(input={"block": True}))
         await probe.started[job.id].wait()
-        async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
-            await conn.execute(
-                "UPDATE ai_jobs SET worker_id = 'thief', lease_expires_at = now() + interval '1h'"
-                " WHERE id = %s",
-                (job.id,),
-            )
+        await steal(db_url, job.id)
         await until(lambda: job.id in probe.cancelled, what="the heartbeat to notice")
+    stolen = await repo.get(job.id)
+    assert (stolen.status, stolen.worker_id, stolen.result) == ("running", "thief", None)
+
+
+async def test_a_result_that_arrives_after_the_lease_was_lost_is_dropped(
+    repo: JobRepository, db_url: str
+) -> None:
+    """A handler that returns anyway (it ignored the cancellation) must not overwrite the job
+    another worker now holds: its result is discarded, the holder's run is untouched."""
+    probe = Probe()
+    async with running_worker(db_url, registry_for(probe)) as worker:
+        job, _ = await repo.create(nj(input={"shielded_gate": "late"}))
+        await probe.started[job.id].wait()
+        await steal(db_url, job.id)
+        probe.gates["late"].set()  # it returns {"late": true} now, for a job no longer its own
+        stats = worker.status.profiles[PROFILE]
+        await until(lambda: stats.discarded == 1, what="the late result to be discarded")
+        assert stats.completed == 0
     stolen = await repo.get(job.id)
     assert (stolen.status, stolen.worker_id, stolen.result) == ("running", "thief", None)
 
