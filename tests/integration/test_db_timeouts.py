@@ -91,7 +91,7 @@ def test_url_parameters_and_pgoptions_win() -> None:
 async def test_the_api_names_the_statement_timeout(db_url: str) -> None:
     """A cancel by filter that cannot finish within DB_STATEMENT_TIMEOUT (here it waits on a
     row another session holds) is rolled back and answered 503 ``statement_timeout``."""
-    settings = Settings(db_statement_timeout=0.3)
+    settings = Settings(db_statement_timeout=2.0)
     async with running_api(db_url, settings) as api:
         r = await api.client.post("/api/v1/jobs", json=job_body(owner_service="held"))
         job_id = r.json()["id"]

@@ -221,9 +221,16 @@ async def test_simulator_runs_capacity_requests_and_queues_the_rest() -> None:
     ):
         gpu = sim.state.gpus[CHAT]
         answers: list[str] = []
+        hanging = anyio.CancelScope()
+
+        async def hang_two() -> None:
+            with hanging:
+                async with anyio.create_task_group() as both:
+                    for _ in range(2):
+                        both.start_soon(lambda: client.chat(model=CHAT, messages=hang, timeout=60))
+
         async with anyio.create_task_group() as tg:
-            for _ in range(2):
-                tg.start_soon(lambda: client.chat(model=CHAT, messages=hang, timeout=60))
+            tg.start_soon(hang_two)
             await until(gpu, lambda g: g.running == 2)
 
             async def normal() -> None:
@@ -236,6 +243,7 @@ async def test_simulator_runs_capacity_requests_and_queues_the_rest() -> None:
             assert 'vllm:num_requests_running{engine="0",model_name="qwen2.5-14b"} 2.0' in metrics
             assert 'vllm:num_requests_waiting{engine="0",model_name="qwen2.5-14b"} 1.0' in metrics
             assert answers == []
-            # Abandon the hanging requests: their slots go to the queued one.
-            tg.cancel_scope.cancel()
+            # Abandon the hanging requests: their slots go to the queued one, which completes.
+            hanging.cancel()
+        assert answers == ["stop"]
         await until(gpu, lambda g: g.running == 0 and g.waiting == 0)

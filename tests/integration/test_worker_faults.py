@@ -258,7 +258,7 @@ async def test_stopping_releases_a_job_whose_result_cannot_be_stored(
 ) -> None:
     """The results are flushed within half the final-writes time; a job whose result is still
     refused is handed back to pending (attempt not counted), not left to its lease."""
-    monkeypatch.setattr("service.worker.shutdown.FINAL_WRITES_TIMEOUT", 2.0)
+    monkeypatch.setattr("service.worker.shutdown.FINAL_WRITES_TIMEOUT", 6.0)  # half for release
 
     async def complete_many(
         self: JobRepository, worker_id: str, items: Any, started: Any = None

@@ -426,7 +426,7 @@ async def test_stop_lets_jobs_finish_then_releases_the_rest(
     repo: JobRepository, db_url: str
 ) -> None:
     probe = Probe()
-    worker = Worker(settings(worker_shutdown_grace=2.0), db_url, [PROFILE], registry_for(probe))
+    worker = Worker(settings(worker_shutdown_grace=10.0), db_url, [PROFILE], registry_for(probe))
     # A bound on the whole run: a stop that never returns fails here, not at the suite's timeout.
     with anyio.fail_after(60):
         async with anyio.create_task_group() as tg:

@@ -181,11 +181,14 @@ def test_configmap_values_parse_as_settings(objs: list[Obj]) -> None:
 def test_secrets_never_in_the_configmap(objs: list[Obj]) -> None:
     secret_names = {f.env for f in FIELDS if f.secret}
     assert not secret_names & set(configmap_data(objs, "ai-service-config"))
+    seen = []
     for obj in objs:
         for c in containers(obj):
             for e in c.get("env", []):
                 if e["name"] in secret_names:
                     assert "secretKeyRef" in e.get("valueFrom", {}), e["name"]
+                    seen.append(e["name"])
+    assert {"DATABASE_URL", "AI_SERVICE_TOKEN"} <= set(seen), seen  # the loop saw secrets
 
 
 def test_secret_template_covers_every_secret_the_pods_read() -> None:
