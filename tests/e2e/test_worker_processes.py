@@ -297,6 +297,14 @@ def test_postgresql_restart_under_load_loses_and_duplicates_nothing(
         inserter = threading.Thread(target=keep_inserting, daemon=True)
         inserter.start()
         assert enough_before_restart.wait(60)
+        # Two jobs surely in flight across the outage, finishing while PostgreSQL is down:
+        # their results must be stored once it is back, each run once (not left to luck).
+        release = tmp_path / "release-held"
+        held = [insert_jobs(url, p, [{"wait_for_file": str(release)}])[0] for p in (A, B)]
+        wait_for(
+            lambda: set(held) <= {j for j, _, _ in read_invocations(procs[0].invocations)},
+            what="the held jobs to run",
+        )
         server.stop()
         wait_for(
             lambda: all(w.status()["listener"]["state"] == "disconnected" for w in procs),
@@ -309,14 +317,29 @@ def test_postgresql_restart_under_load_loses_and_duplicates_nothing(
             assert ready.json()["database"] == "unavailable"
             assert ready.json()["error"] == "not_ready"
             assert "LISTEN connection is down" in ready.json()["detail"]
+        release.touch()  # the held jobs finish now, with nowhere to store their results yet
+        holders = {pid for j, _, pid in read_invocations(procs[0].invocations) if j in held}
+        for w in (w for w in procs if w.proc.pid in holders):
+            wait_for(lambda w=w: w.status()["pending_completions"] >= 1, what="results queued")
+            failed = w.log().count("results failed, will retry")
+            # two more failed stores: the second surely began after the held results queued
+            wait_for(
+                lambda w=w, n=failed: w.log().count("results failed, will retry") >= n + 2,
+                what=f"{w.name} to fail storing the held results",
+            )
         server.start()
         for w in procs:
             wait_for(partial(http_ok, f"{w.url}/readyz"), what=f"{w.name} ready again")
         inserter.join(120)
         assert len(inserted) == total
         wait_for(
-            lambda: counts(url).get("completed") == total, timeout=120, what="every job to complete"
+            lambda: counts(url).get("completed") == total + len(held),
+            timeout=120,
+            what="every job to complete",
         )
+        assert [(job(url, j)["status"], job(url, j)["attempts"]) for j in held] == [
+            ("completed", 1)
+        ] * 2
         listeners = [w.status()["listener"] for w in procs]
         assert [(x["state"], x["reconnects"] >= 1) for x in listeners] == [("connected", True)] * 2
         for w in procs:
@@ -324,7 +347,7 @@ def test_postgresql_restart_under_load_loses_and_duplicates_nothing(
         assert [w.wait_exit() for w in procs] == [0, 0]
         calls = read_invocations(procs[0].invocations)
         per_job = Counter(job_id for job_id, _, _ in calls)
-        assert len(per_job) == total
+        assert len(per_job) == total + len(held)
         assert [j for j, n in per_job.items() if n > 1] == []
     finally:
         stop_inserting.set()
