@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import io
-import socket
 import subprocess
 import time
 import uuid
@@ -24,6 +23,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from service import spans, telemetry
+from service.db.embedded import free_port as embedded_free_port
 from service.jobs import Job
 from service.serve import EmbeddedServer, listen, make_server
 
@@ -47,9 +47,9 @@ def running_job(**fields: Any) -> Job:
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port for a child process to bind: below the ephemeral range, so no outgoing
+    connection of the test run can take it before the child binds it."""
+    return embedded_free_port()
 
 
 def wait_for(check: Callable[[], T | None], *, timeout: float = 60.0, what: str = "condition") -> T:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import pwd
+import random
 import shutil
 import socket
 import stat
@@ -78,10 +79,33 @@ class EmbeddedError(RuntimeError):
     """The embedded server could not be initialised, started or stopped."""
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free port on 127.0.0.1 for a server that binds it later (PostgreSQL, a child process).
+
+    Chosen below the kernel's ephemeral range: between this check and the server's bind, an
+    outgoing connection may take any ephemeral port (which is where ``bind(0)`` picks from),
+    but never one outside that range; a stop and start of the same server reuses the port."""
+    low = _ephemeral_low()
+    if low > 4096:
+        pick = random.Random()
+        for _ in range(200):
+            port = pick.randint(max(1024, low - 16384), low - 1)
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default; other systems: 49152, still above what we pick
 
 
 # In the data directory: the PID of the process whose ``start()`` runs its server.
@@ -124,7 +148,7 @@ class EmbeddedPostgres:
         settings: dict[str, str] | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).expanduser().resolve()
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.settings = {**DEFAULT_SETTINGS, **(settings or {})}
         self.socket_dir = Path(tempfile.mkdtemp(prefix="aisvc-pg-"))
         self._user = SYSTEM_USER if os.geteuid() == 0 else None
