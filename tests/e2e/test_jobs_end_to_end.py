@@ -27,6 +27,7 @@ from service.simulator.server import RunningSimulator
 from service.worker.main import Worker
 from tests.integration.api_server import running_api
 from tests.integration.test_audio_safety import AUDIO, audio_server
+from tests.integration.test_worker_runtime import until
 
 pytestmark = pytest.mark.anyio
 
@@ -238,3 +239,25 @@ async def test_invalid_output_is_retried_once(db_url: str) -> None:
     assert once_job["status"] == "completed"
     assert once_job["attempts"] == 2
     assert once_job["result"]["content"].startswith("{")
+
+
+async def test_cancel_over_http_stops_the_running_call_to_the_inference_server(
+    db_url: str,
+) -> None:
+    """POST /api/v1/jobs/cancel on a running job: the worker hears it (NOTIFY), cancels the
+    handler, and the request to the GPU server is dropped there (its slot is free again)."""
+    async with stack(db_url, LLM_TIMEOUT="1h") as s:
+        gpu = s.sim.state.gpus[LLM]
+        job_id = await s.submit("llm_chat", LLM, {"user": "Hi [simulate:timeout]"})
+        with anyio.fail_after(60):
+            await gpu.wait_until(lambda g: g.running == 1)  # the call is on the "GPU"
+        r = await s.api.post("/api/v1/jobs/cancel", json={"ids": [job_id]})
+        assert r.status_code == 200, r.text
+        job = await s.outcome(job_id)
+        with anyio.fail_after(60):
+            await gpu.wait_until(lambda g: g.running == 0 and g.waiting == 0)
+        stats = s.worker.status.profiles[LLM]
+        # the handler was stopped and its result (none) dropped
+        await until(lambda: stats.discarded == 1, what="the handler to be stopped")
+    assert (job["status"], job["attempts"], job["result"]) == ("cancelled", 1, None)
+    assert stats.completed == 0 and stats.failed == 0
