@@ -9,7 +9,9 @@
 #
 # Not built in this repository's CI (no Docker engine there); `docker compose build` on the
 # AI server builds it on first start.
-ARG VLLM_TAG=v0.10.2
+# v0.11.0 (v0.10.2 before): advisories GHSA-3f6c-7fw2-ppm4 and GHSA-wr9h-g72x-mwhm are
+# reported fixed there. Not run here: this repository's machines have no GPU.
+ARG VLLM_TAG=v0.11.0
 FROM vllm/vllm-openai:${VLLM_TAG}
 ARG VLLM_EXTRAS=""
 RUN python3 -c "import opentelemetry.sdk.trace, opentelemetry.exporter.otlp.proto.grpc.trace_exporter" \
