@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from service.handlers.base import InvalidInput
 
 LLM_TASK_TYPES = ("llm_chat", "chat_completion", "call_analysis")
@@ -30,6 +32,10 @@ MESSAGE_KEYS = ("role", "content", "name")
 RESPONSE_FORMATS = ("text", "json_object", "json_schema")
 MAX_TOKENS_LIMIT = 1_000_000
 MAX_MESSAGES = 10_000
+# A response schema is compiled into a grammar on the GPU server for every request: a huge one
+# costs it more than the generation (schema-driven decoding is a known crash and DoS area of
+# inference servers). Real schemas are a few KiB; OpenAI's own limits are smaller still.
+MAX_SCHEMA_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -177,6 +183,12 @@ def _response_format(raw: Any) -> dict[str, Any] | None:
             raise InvalidInput(
                 "response_format of type json_schema needs json_schema: "
                 '{"name": "<non-empty string>", "schema": {...}}',
+                field="response_format.json_schema",
+            )
+        if len(msgspec.json.encode(spec["schema"])) > MAX_SCHEMA_BYTES:
+            raise InvalidInput(
+                f"response_format.json_schema.schema is over {MAX_SCHEMA_BYTES // 1024} KiB "
+                "as JSON",
                 field="response_format.json_schema",
             )
     return dict(raw)

@@ -98,6 +98,9 @@ def test_chat_refuses_unknown_fields_by_name(task_type: str) -> None:
 
 UNNAMED_SCHEMA = {"type": "json_schema", "json_schema": {"schema": {}}}
 NUMBER_NAMED_SCHEMA = {"type": "json_schema", "json_schema": {"name": 7, "schema": {}}}
+PROPERTIES = {f"p{i}": {"type": "string"} for i in range(3000)}  # ~80 KiB as JSON
+HUGE = {"type": "object", "properties": PROPERTIES}
+HUGE_SCHEMA = {"type": "json_schema", "json_schema": {"name": "n", "schema": HUGE}}
 
 
 @pytest.mark.parametrize(
@@ -127,6 +130,7 @@ NUMBER_NAMED_SCHEMA = {"type": "json_schema", "json_schema": {"name": 7, "schema
         ({"user": "x", "response_format": {"type": "json_schema"}}, "needs json_schema"),
         ({"user": "x", "response_format": UNNAMED_SCHEMA}, '"name": "<non-empty string>"'),
         ({"user": "x", "response_format": NUMBER_NAMED_SCHEMA}, "needs json_schema"),
+        ({"user": "x", "response_format": HUGE_SCHEMA}, "schema is over 64 KiB as JSON"),
     ],
 )
 def test_bad_chat_fields_are_named(data: dict[str, Any], expected: str) -> None:
