@@ -20,7 +20,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from service import metrics
 from service.api import jobs, stats, status, workers
 from service.api.auth import bearer_guard
-from service.api.bodygate import LargeBodyGate
+from service.api.bodygate import body_gate_of
 from service.api.deps import DEPENDENCIES
 from service.api.errors import handle_exception
 from service.api.health import healthz, readyz
@@ -127,7 +127,8 @@ def create_app(
         dependencies=DEPENDENCIES,
         exception_handlers={Exception: handle_exception},
         request_max_body_size=settings.max_request_bytes,
-        middleware=[LargeBodyGate],  # a burst of large batches waits instead of an OOM kill
+        # a burst of large batches waits its turn instead of an OOM kill
+        middleware=[body_gate_of(settings)],
         openapi_config=openapi,
         lifespan=[lifespan],
         # Logging is set up once per process (service/logs.py); Litestar's default config

@@ -155,8 +155,9 @@ async def test_batches_taking_the_same_keys_in_opposite_orders_do_not_deadlock(
 
 
 async def test_large_batches_sent_together_all_land(api: Api) -> None:
-    """Bodies over 1 MiB take turns at the gate (service/api/bodygate.py, two at a time):
-    five sent at once all complete, none lost or refused while waiting."""
+    """Bodies over 1 MiB pass the gate (service/api/bodygate.py) in a real server: read there
+    first, replayed to the app whole; five sent at once all complete, none lost or refused
+    while waiting (the turns themselves: tests/unit/test_body_gate.py)."""
     pad = "x" * 480
     body = {"defaults": job_body(), "jobs": [{"owner_ref": f"r{i}-{pad}"} for i in range(3000)]}
     assert len(json.dumps(body)) > LARGE_BYTES  # each waits its turn

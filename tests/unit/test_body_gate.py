@@ -1,6 +1,7 @@
-"""Large request bodies take turns (two at a time); small ones never wait. The gate is driven
-with ASGI calls directly: what it guards is any app, here one that records how many requests
-are inside it at once and holds them until the test lets go."""
+"""Large request bodies take turns (two at a time per process, across routes); small ones,
+unauthorised ones and slow uploads never hold a turn. The gate is driven with ASGI calls: what
+it guards is any app, here one that records how many requests are inside it at once and holds
+them until the test lets go; the requests' bodies come from queues the test feeds."""
 
 from __future__ import annotations
 
@@ -10,16 +11,23 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from service.api.bodygate import SLOTS, LargeBodyGate
+from service.api.bodygate import LARGE_BYTES, SLOTS, body_gate
 
 pytestmark = pytest.mark.anyio
 
+LARGE = [(b"content-length", b"%d" % (2 * LARGE_BYTES))]
+TOKEN = "tok-123"
+AUTH = [(b"authorization", b"Bearer " + TOKEN.encode())]
+
 
 class Held:
+    """The app behind the gate: reads the whole body, then waits until released."""
+
     def __init__(self) -> None:
         self.inside = 0
         self.most = 0
         self.entered = 0
+        self.bodies: list[bytes] = []
         self.release = anyio.Event()
         self._entry = anyio.Event()
 
@@ -35,6 +43,12 @@ class Held:
         self._entry.set()
         self._entry = anyio.Event()
         try:
+            body, more = b"", True
+            while more:
+                message = await receive()
+                body += message.get("body", b"")
+                more = message.get("more_body", False)
+            self.bodies.append(body)
             await self.release.wait()
         finally:
             self.inside -= 1
@@ -44,31 +58,72 @@ def scope(headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
     return {"type": "http", "headers": headers}
 
 
-async def nothing() -> dict[str, Any]:
-    return {}
+def body(parts: list[bytes]) -> Any:
+    """A receive() that hands out ``parts`` as one request body."""
+    pending = list(parts)
+
+    async def receive() -> dict[str, Any]:
+        chunk = pending.pop(0)
+        return {"type": "http.request", "body": chunk, "more_body": bool(pending)}
+
+    return receive
+
+
+def stalled() -> Any:
+    """A receive() of an upload that sends one chunk and then nothing."""
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": b"x" * 1000, "more_body": True}
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    return receive
 
 
 async def ignore(message: Any) -> None:
     return None
 
 
-async def test_large_bodies_take_turns_and_small_ones_pass() -> None:
+async def test_large_bodies_take_turns_across_routes_and_others_pass() -> None:
+    gate = body_gate(max_bytes=10 * LARGE_BYTES, tokens=[TOKEN], auth_required=True)
     app = Held()
-    gate = LargeBodyGate(app)
-    large = [(b"content-length", b"%d" % (2 * 1024 * 1024))]
-    chunked = [(b"transfer-encoding", b"chunked")]
-    small = [(b"content-length", b"512")]
+    routes = [gate(app), gate(app)]  # Litestar makes one gate per route: they share the slots
+    chunks = [b"a" * LARGE_BYTES, b"b" * LARGE_BYTES]
     with anyio.fail_after(30):
         async with anyio.create_task_group() as tg:
-            for headers in [large] * 4 + [chunked]:
-                tg.start_soon(gate, scope(headers), nothing, ignore)
+            for _ in range(2):  # slow uploads: no turn while their bodies are not in
+                tg.start_soon(routes[0], scope(LARGE + AUTH), stalled(), ignore)
+            for i in range(4):  # four complete large bodies, two routes
+                tg.start_soon(routes[i % 2], scope(LARGE + AUTH), body(chunks), ignore)
             await app.until_entered(SLOTS)
-            for _ in range(3):  # small requests and requests without a body go straight in
-                tg.start_soon(gate, scope(small), nothing, ignore)
-            tg.start_soon(gate, scope([]), nothing, ignore)
+            for _ in range(3):  # small requests go straight in
+                tg.start_soon(routes[1], scope([(b"content-length", b"512"), *AUTH]),
+                              body([b"{}"]), ignore)  # fmt: skip
+            tg.start_soon(routes[0], scope(LARGE), body(chunks), ignore)  # no token: to its 401
             await app.until_entered(SLOTS + 4)
             for _ in range(50):  # the waiting large ones stay out, however long we look
                 await anyio.lowlevel.checkpoint()
-            assert app.inside == SLOTS + 4 and app.entered == SLOTS + 4
+            assert app.inside == SLOTS + 4
             app.release.set()
-    assert app.entered == 9 and app.most == SLOTS + 4
+            await app.until_entered(8)
+            tg.cancel_scope.cancel()  # the stalled uploads never finish
+    assert app.most == SLOTS + 4
+    assert app.bodies.count(b"".join(chunks)) == 5  # replayed whole to the app
+
+
+async def test_a_body_over_the_limit_goes_on_to_its_413_without_a_turn() -> None:
+    gate = body_gate(max_bytes=LARGE_BYTES, tokens=(), auth_required=False)
+    app = Held()
+    route = gate(app)
+    big = [b"a" * LARGE_BYTES, b"b" * LARGE_BYTES, b"c"]
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            for _ in range(SLOTS + 2):
+                tg.start_soon(route, scope(LARGE), body(list(big)), ignore)
+            await app.until_entered(SLOTS + 2)  # none waited for a turn
+            app.release.set()
+    assert app.bodies == [b"".join(big)] * (SLOTS + 2)  # nothing read here was lost
