@@ -3,14 +3,24 @@
 uvicorn's httptools protocol sets no limit on the size of a request's head (request line and
 headers) and no deadline for receiving it: one 300 MB header kept the API busy for 110 s and
 grew it by ~370 MB, and connections that send half a head stay open for ever (the keep-alive
-timeout only runs between requests). Both are open to anyone who reaches the port, token or
-not, since headers are read before any route or guard runs. nginx and Envoy bound the same
-(``large_client_header_buffers``, ``client_header_timeout``).
+timeout only runs between requests, and any byte, even a bare CRLF, stops it). Both are open
+to anyone who reaches the port, token or not, since headers are read before any route or guard
+runs. nginx and Envoy bound the same (``large_client_header_buffers``, ``client_header_timeout``).
 
-``BoundedHttpToolsProtocol`` adds both: a head over ``MAX_HEAD_BYTES`` gets 431 and the
-connection is closed; a head not complete within ``HEAD_TIMEOUT_S`` of the connection opening
-(or of the request's first byte, for later requests on a kept-alive connection) gets 408 and
-is closed. Everything else is uvicorn's httptools protocol unchanged.
+``BoundedHttpToolsProtocol`` adds both:
+
+- size: a head over ``MAX_HEAD_BYTES`` gets 431 and the connection is closed. The request line
+  and each complete header are counted exactly as the parser hands them over; since httptools
+  gathers one header's bytes itself before handing it over, the bytes received while a head is
+  incomplete are counted too, with one socket read of slack (a read may also hold the end of the
+  previous request's body), so no single header can grow past ``MAX_HEAD_BYTES + READ_SLACK``.
+- time: a head not complete within ``HEAD_TIMEOUT_S`` of the connection opening, or of the
+  first byte after a response (any byte), gets 408 (or, if nothing of a request came, a close).
+  No head is timed while a response is being produced: a client pipelining its next request
+  behind a long-poll is not cut off (uvicorn's keep-alive timeout takes over after it).
+
+Everything else is uvicorn's httptools protocol unchanged; the tests exercise it through a real
+server, so an incompatible uvicorn fails them.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 log = logging.getLogger("ai_service.http")
 
 MAX_HEAD_BYTES = 64 * 1024  # request line + headers; ours are < 1 KiB (token, traceparent)
+READ_SLACK = 256 * 1024  # asyncio's socket read size
 HEAD_TIMEOUT_S = 30.0
 
 
@@ -35,33 +46,60 @@ class _HeadTooLarge(Exception):
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     max_head_bytes = MAX_HEAD_BYTES
+    read_slack = READ_SLACK
     head_timeout_s = HEAD_TIMEOUT_S
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._head_bytes = 0
+        self._head_bytes = 0  # exact: the request line and complete headers of this head
+        self._fed_in_head = 0  # coarse: bytes received while a head was incomplete
+        self._in_head = True  # a head has not completed since the last one (or ever)
+        self._began = False  # a request's first byte came (so a timeout gets a 408)
         self._head_too_large = False
         self._head_timer: asyncio.TimerHandle | None = None
 
-    # --- the deadline -------------------------------------------------------------------
+    # --- reading ----------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm()  # a connection that never sends a request is closed too
 
+    def data_received(self, data: bytes) -> None:
+        if self._head_timer is None and self._idle():
+            self._arm()  # bytes after a response (even a bare CRLF) start the head's clock
+        super().data_received(data)
+        if not self._in_head or self.transport.is_closing():
+            return
+        self._fed_in_head += len(data)
+        if self._fed_in_head > self.max_head_bytes + self.read_slack:
+            self._head_too_large = True
+            self.send_400_response("")
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._head_bytes = 0
-        if self._head_timer is None:
+        self._in_head = self._began = True
+        if self._head_timer is None and self._idle():
             self._arm()
 
     def on_headers_complete(self) -> None:
         self._disarm()
+        self._in_head, self._began, self._fed_in_head = False, False, 0
         super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._in_head = True  # what comes next belongs to the next head
+        super().on_message_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         super().connection_lost(exc)
 
+    def _idle(self) -> bool:
+        """No response is being produced on this connection."""
+        cycle = getattr(self, "cycle", None)
+        return cycle is None or bool(cycle.response_complete)
+
+    # --- the deadline -----------------------------------------------------------------------
     def _arm(self) -> None:
         self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
 
@@ -72,9 +110,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
-        if self.transport.is_closing():
+        if self.transport.is_closing() or not self._idle():
             return
-        if self._head_bytes or getattr(self, "url", None):  # a request began: say why
+        if self._began:  # a request had begun: say why it is cut off
             log.warning("request head not received within %gs: closed", self.head_timeout_s)
             self._answer(408, "request_timeout", "the request head did not arrive in time")
         else:
@@ -100,12 +138,17 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             super().send_400_response(msg)
             return
         self._disarm()
+        if not self._idle():  # a pipelined head behind a response being sent: no answer fits
+            self.transport.close()
+            return
         log.warning("request head over %d bytes: answered 431", self.max_head_bytes)
         detail = f"the request line and headers exceed {self.max_head_bytes} bytes"
         self._answer(431, "request_header_fields_too_large", detail)
 
     def _answer(self, status: int, code: str, detail: str) -> None:
         """The service's error shape, then close (the rest of the request is not read)."""
+        if self.transport.is_closing():
+            return
         body = json.dumps({"error": code, "detail": detail}).encode()
         reason = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}[status]
         head = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]

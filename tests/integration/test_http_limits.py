@@ -12,7 +12,7 @@ import anyio
 import pytest
 from anyio.abc import SocketStream
 
-from service.http_limits import MAX_HEAD_BYTES, BoundedHttpToolsProtocol
+from service.http_limits import MAX_HEAD_BYTES, READ_SLACK, BoundedHttpToolsProtocol
 from service.serve import make_server
 from service.worker.http import make_worker_server
 from service.worker.status import WorkerStatus
@@ -68,6 +68,18 @@ async def test_a_head_over_the_limit_is_431_and_the_server_goes_on(api: Api) -> 
     assert r.status_code == 200
 
 
+async def test_one_header_never_ended_is_431_once_it_outgrows_the_bound(api: Api) -> None:
+    """httptools gathers one header's bytes itself before the protocol sees it: a header that
+    never ends is cut off by the bytes received, not buffered until the deadline."""
+    stream = await connect(api)
+    start = b"GET /healthz HTTP/1.1\r\nhost: t\r\nx-big: "
+    # Just past the bound, and no more: bytes the server never reads would make its close a
+    # reset, which discards the answer on the way.
+    await stream.send(start + b"x" * (MAX_HEAD_BYTES + READ_SLACK + 16 - len(start)))
+    raw = await read_all(stream)
+    assert answer(raw)[0] == 431, raw[:200]
+
+
 async def test_a_head_that_never_completes_is_408_and_closed(api: Api) -> None:
     stream = await connect(api)
     await stream.send(b"GET /healthz HTTP/1.1\r\nhost: t\r\nx-slow: ")  # and nothing more
@@ -78,6 +90,21 @@ async def test_a_head_that_never_completes_is_408_and_closed(api: Api) -> None:
 async def test_a_connection_that_sends_nothing_is_closed(api: Api) -> None:
     stream = await connect(api)
     assert await read_all(stream) == b""  # closed by the server, without an answer
+    stream = await connect(api)
+    await stream.send(b"G")  # the first letter of a method: a request began
+    assert answer(await read_all(stream))[0] == 408
+
+
+async def test_stray_bytes_after_a_response_do_not_hold_the_connection(api: Api) -> None:
+    """Any byte stops uvicorn's keep-alive timer, and a bare CRLF starts no request."""
+    stream = await connect(api)
+    await stream.send(b"GET /healthz HTTP/1.1\r\nhost: t\r\n\r\n")
+    got = b""
+    with anyio.fail_after(60):
+        while not got.endswith(b'{"status":"ok"}'):
+            got += await stream.receive()
+    await stream.send(b"\r\n")
+    assert await read_all(stream) == b""  # closed once the head's deadline passed
 
 
 async def test_a_kept_alive_connection_still_serves_its_next_request(api: Api) -> None:
@@ -97,6 +124,29 @@ async def test_a_kept_alive_connection_still_serves_its_next_request(api: Api) -
             while b"\r\n\r\n" not in got or not got.rstrip().endswith(b"}"):
                 got += await stream.receive()
         assert got.startswith(b"HTTP/1.1 200"), got
+    await stream.aclose()
+
+
+async def test_a_request_pipelined_behind_a_long_poll_is_not_cut_off(api: Api) -> None:
+    """No head is timed while a response is produced: the second request's head, incomplete
+    until the 2 s long-poll (past the 1 s deadline) has been answered, is not cut off."""
+    created = await api.client.post(
+        "/api/v1/jobs",
+        json={"owner_service": "t", "task_type": "x", "model_profile": "p", "input": {}},
+    )
+    job_id = created.json()["id"].encode()
+    stream = await connect(api)
+    poll = b"GET /api/v1/jobs/%s?wait_seconds=2 HTTP/1.1\r\nhost: t\r\n\r\n" % job_id
+    await stream.send(poll + b"GET /healthz HTTP/1.1\r\nhost: t\r\n")  # not yet ended
+    got = b""
+    with anyio.fail_after(60):
+        while not got.rstrip().endswith(b"}"):  # the long-poll's answer, a job
+            got += await stream.receive()
+        assert got.startswith(b"HTTP/1.1 200") and b"408" not in got, got
+        await stream.send(b"\r\n")  # the second head ends now
+        while not got.endswith(b'{"status":"ok"}'):
+            got += await stream.receive()
+    assert got.count(b"HTTP/1.1 200") == 2 and b"HTTP/1.1 408" not in got, got
     await stream.aclose()
 
 
