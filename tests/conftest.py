@@ -122,5 +122,5 @@ def _metric_label_bounds_per_test() -> None:
     """Each test meets its metric attribute bounds afresh: the whole session creates far more
     (unique) profiles than one process would, and a test asserting its own profile's series
     must not find it reported as ``other`` because earlier tests used up the bound."""
-    labels.profiles.seen.clear()
-    labels.task_types.seen.clear()
+    labels.profiles.reset()
+    labels.task_types.reset()

@@ -29,6 +29,8 @@ from service.api.media import json_body_guard
 from service.api.otel import server_span_plugins
 from service.config import Settings
 from service.db import open_database
+from service.handlers.llm_input import LLM_TASK_TYPES
+from service.handlers.transcription_input import TRANSCRIPTION_TASK_TYPES
 from service.jobs import JobRepository
 from service.jobs.stats import StatsRepository
 from service.metrics.export import metrics_enabled, metrics_routes
@@ -93,6 +95,7 @@ def create_app(
                 tg.start_soon(hub.run)
                 if metrics_enabled():
                     metrics.queue_sample.expect(served_profiles(settings))
+                    metrics.labels.task_types.allow(BUILTIN_TASK_TYPES)
                     tg.start_soon(sample_queue, db)
                 try:
                     yield
@@ -144,6 +147,9 @@ def close_long_polls(app: Litestar) -> None:
     hub: NotifyHub | None = getattr(app.state, "hub", None)
     if hub is not None:
         hub.close_waiters()
+
+
+BUILTIN_TASK_TYPES = (*LLM_TASK_TYPES, *TRANSCRIPTION_TASK_TYPES)
 
 
 def served_profiles(settings: Settings) -> list[str]:

@@ -18,8 +18,7 @@ from typing import Any
 from opentelemetry import metrics as otel
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
-from service.metrics import names
-from service.metrics.labels import profiles, task_types
+from service.metrics import labels, names
 from service.tracing import error_type
 
 METER_NAME = "ai_service"
@@ -74,34 +73,39 @@ class QueueSnapshot:
         for profile in profiles:
             self.expected.add(profile)
             self.rows.setdefault(profile, _drained())
+        labels.profiles.allow(self.expected)
 
     def update(self, rows: Iterable[dict[str, Any]], *, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
         fresh: dict[str, dict[str, float]] = {}
         for r in rows:
-            profile = profiles(str(r["model_profile"]))  # past the bound: summed as "other"
+            profile = labels.profiles(str(r["model_profile"]))  # past the bound: as "other"
             v = fresh.setdefault(profile, _drained())
             v[names.QUEUE_PENDING.name] += float(r.get("pending") or 0)
             v[names.QUEUE_DUE.name] += float(r.get("due") or 0)
             age = float(r.get("oldest_pending_age_seconds") or 0)
             v[names.QUEUE_OLDEST_AGE.name] = max(v[names.QUEUE_OLDEST_AGE.name], age)
             self._last_queued[profile] = now
+        rows_now: dict[str, dict[str, float]] = {}
         for profile in self.rows.keys() | fresh.keys():
             if profile in fresh:
-                self.rows[profile] = fresh[profile]
+                rows_now[profile] = fresh[profile]
             elif profile in self.expected or (
                 now - self._last_queued.get(profile, now) < self.KEEP_DRAINED_S
             ):
-                self.rows[profile] = _drained()
+                rows_now[profile] = _drained()
             else:
-                del self.rows[profile]
                 self._last_queued.pop(profile, None)
+        # one assignment: a collection on another thread (METRICS_PORT's own listener) reads
+        # either the old rows or the new, never a dict changing under it
+        self.rows = rows_now
         self.at = time.monotonic()
 
     def observe(self, metric: names.Metric) -> Iterable[Observation]:
         if time.monotonic() - self.at > self.STALE_AFTER:
             return []
-        return [Observation(v[metric.name], {"model_profile": p}) for p, v in self.rows.items()]
+        rows = self.rows
+        return [Observation(v[metric.name], {"model_profile": p}) for p, v in rows.items()]
 
 
 def _drained() -> dict[str, float]:
@@ -154,7 +158,10 @@ _i = build_instruments(otel.get_meter(METER_NAME), _observe)
 
 
 def _job(job: Any) -> dict[str, str]:
-    return {"model_profile": profiles(job.model_profile), "task_type": task_types(job.task_type)}
+    return {
+        "model_profile": labels.profiles(job.model_profile),
+        "task_type": labels.task_types(job.task_type),
+    }
 
 
 # --- API --------------------------------------------------------------------------------------
@@ -162,7 +169,7 @@ def jobs_created(jobs: Iterable[Any]) -> None:
     """Count newly inserted jobs (anything with model_profile and task_type), grouped."""
     counts: dict[tuple[str, str], int] = {}
     for j in jobs:
-        key = (profiles(j.model_profile), task_types(j.task_type))
+        key = (labels.profiles(j.model_profile), labels.task_types(j.task_type))
         counts[key] = counts.get(key, 0) + 1
     for (profile, task_type), n in counts.items():
         _i[names.JOBS_CREATED.name].add(n, {"model_profile": profile, "task_type": task_type})
@@ -216,7 +223,7 @@ def leases_renewed(count: int) -> None:
 
 
 def lease_lost(profile: str) -> None:
-    _i[names.LEASES_LOST.name].add(1, {"model_profile": profiles(profile)})
+    _i[names.LEASES_LOST.name].add(1, {"model_profile": labels.profiles(profile)})
 
 
 def leases_reaped(requeued: int, failed: int) -> None:

@@ -11,6 +11,7 @@ deployments have a handful of profiles and task types; 100 leaves room for many 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 log = logging.getLogger("ai_service.metrics")
 
@@ -23,12 +24,25 @@ class BoundedValues:
         self.attribute = attribute
         self.limit = limit
         self.seen: set[str] = set()
+        self._counted = 0  # values taken from callers, against the limit
+        self._warned = False
+
+    def allow(self, values: Iterable[str]) -> None:
+        """Values this process serves or is configured with: reported as they are, always,
+        and outside the limit (a profile served here must never read as ``other``, however
+        many callers' names came first)."""
+        self.seen.update(values)
+
+    def reset(self) -> None:
+        self.seen.clear()
+        self._counted = 0
         self._warned = False
 
     def __call__(self, value: str) -> str:
         if value in self.seen:
             return value
-        if len(self.seen) < self.limit:
+        if self._counted < self.limit:
+            self._counted += 1
             self.seen.add(value)
             return value
         if not self._warned:

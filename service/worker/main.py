@@ -71,6 +71,8 @@ class Worker:
             {p: ProfileStats(capacity=settings.claim_limit(p)) for p in self.profiles},
         )
         metrics.watch_worker(self.status)
+        metrics.labels.profiles.allow(self.profiles)  # served here: never reported as "other"
+        metrics.labels.task_types.allow(t for p in self.profiles for t in registry.task_types(p))
         if not (settings.worker_notify and self.profiles):
             self.status.listener.state = "disabled"
         self.running = Running()

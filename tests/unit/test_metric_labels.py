@@ -43,8 +43,26 @@ def test_a_drained_caller_profile_reads_0_for_a_while_then_its_series_ends() -> 
 def test_profiles_past_the_bound_are_summed_into_other(monkeypatch: pytest.MonkeyPatch) -> None:
     import service.metrics as metrics
 
-    monkeypatch.setattr(metrics, "profiles", BoundedValues("model_profile", limit=2))
+    monkeypatch.setattr(metrics.labels, "profiles", BoundedValues("model_profile", limit=2))
     q = QueueSnapshot()
     q.update([row("a", 1), row("b", 2), row("c", 3, age=9.0), row("d", 4, age=4.0)], now=0.0)
     assert set(q.rows) == {"a", "b", OTHER}
     assert q.rows[OTHER][PENDING] == 7 and q.rows[OTHER][OLDEST] == 9.0
+
+
+def test_a_served_profile_keeps_its_name_however_many_callers_came_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The bound is for callers' names: queue alerts on a served profile must not go quiet
+    because 100 other names were queued before it (the database's order decides that)."""
+    import service.metrics as metrics
+
+    bound = BoundedValues("model_profile", limit=2)
+    monkeypatch.setattr(metrics.labels, "profiles", bound)
+    q = QueueSnapshot()
+    q.update([row("x1", 1), row("x2", 1), row("x3", 1)], now=0.0)  # the bound is used up
+    q.expect(["qwen2.5-14b"])
+    q.update([row("x1", 1), row("x2", 1), row("x3", 1), row("qwen2.5-14b", 500)], now=1.0)
+    assert q.rows["qwen2.5-14b"][PENDING] == 500 and q.rows[OTHER][PENDING] == 1
+    bound.allow(["served-later"])  # allowed values never count against the limit
+    assert bound("served-later") == "served-later" and bound("x4") == OTHER
