@@ -42,10 +42,16 @@ def redact_url(url: str) -> str:
         if ":" in host:
             host = f"[{host}]"
         netloc = host + (f":{parts.port}" if parts.port is not None else "")
-    query = "&".join(
-        f"{field.partition('=')[0]}=***" if field else "" for field in parts.query.split("&")
-    )
+    query = "&".join(_masked(field) for field in parts.query.split("&"))
     return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def _masked(field: str) -> str:
+    """``key=value`` → ``key=***``; a bare value (``?sk-123``) may itself be the secret."""
+    if not field:
+        return ""
+    key, eq, _ = field.partition("=")
+    return f"{key}=***" if eq else "***"
 
 
 def env_proxies() -> bool:

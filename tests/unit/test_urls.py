@@ -14,6 +14,7 @@ def test_user_password_and_query_values_are_hidden() -> None:
     shown = redact_url("http://sidecar:9400/infra/status?token=INFRASECRET&x=1#frag")
     assert shown == "http://sidecar:9400/infra/status?token=***&x=***"
     assert redact_url("http://u:pw@[::1]:9/x?k=v") == "http://[::1]:9/x?k=***"
+    assert redact_url("http://h/status?sk-secret123&a=1") == "http://h/status?***&a=***"
 
 
 def test_an_inference_base_url_with_a_query_is_refused() -> None:
