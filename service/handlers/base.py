@@ -18,6 +18,12 @@ Handler = Callable[[Job], Awaitable[Any]]
 # Whether a profile's inference server serves its model now; raises when it does not.
 HealthCheck = Callable[[], Awaitable[None]]
 
+
+class CheckUnsupported(Exception):
+    """A health check that cannot be made against this server (an OpenAI-compatible gateway
+    without ``GET /v1/models``): the breaker then works as for a handler without one."""
+
+
 # Every error category a job can end with; docs and dashboards enumerate these.
 CATEGORIES: tuple[str, ...] = (
     "timeout",
@@ -46,9 +52,11 @@ class HandlerError(Exception):
         retry_after: float | None = None,
         loggable: str | None = None,
         provider_wide: bool = False,
+        status: int | None = None,
     ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.status = status  # the HTTP status that meant this failure, if one did
         # The inference server itself is down or refuses everyone (not this job's request):
         # the worker pauses claiming for the profile (``service.worker.breaker``).
         self.provider_wide = provider_wide

@@ -13,7 +13,12 @@ from typing import Protocol
 
 from service.config import Settings
 from service.handlers.audio import AudioFetcher, AudioPolicy
-from service.handlers.base import HandlerRegistry, HealthCheck, ProviderRejected
+from service.handlers.base import (
+    CheckUnsupported,
+    HandlerRegistry,
+    HealthCheck,
+    ProviderRejected,
+)
 from service.handlers.llm import LlmHandler
 from service.handlers.llm_input import LLM_TASK_TYPES
 from service.handlers.transcription import TranscriptionHandler
@@ -29,7 +34,12 @@ def serves(client: OpenAIClient, model: str) -> HealthCheck:
     """The server answers its model list (with our key) and the list holds ``model``."""
 
     async def check() -> None:
-        served = await client.models()
+        try:
+            served = await client.models()
+        except ProviderRejected as exc:
+            if exc.status in (404, 405):  # no model list here (a gateway): nothing to ask
+                raise CheckUnsupported(f"{client.name} at {client.url}: {exc.loggable}") from exc
+            raise
         if model not in served:
             raise ProviderRejected(
                 f"{client.name} at {client.url} does not serve {model!r} (it serves: "

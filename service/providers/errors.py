@@ -116,7 +116,9 @@ def error_for_status(name: str, response: httpx.Response, scrub: Scrubber) -> Ha
         )
     if status < 500:
         # 401/403 (the key), 404 (the model or the base URL): every request would fail alike
-        return ProviderRejected(what, loggable=bare, provider_wide=status in (401, 403, 404))
+        return ProviderRejected(
+            what, loggable=bare, provider_wide=status in (401, 403, 404), status=status
+        )
     # Other 5xx (501, 505, ...): the server failed; a later attempt may land elsewhere.
     return ProviderUnavailable(what, retry_after=retry_after, loggable=bare)
 

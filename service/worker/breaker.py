@@ -30,7 +30,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from service.handlers.base import HandlerError, HealthCheck, ProviderUnavailable
+from service.handlers.base import CheckUnsupported, HandlerError, HealthCheck, ProviderUnavailable
 
 log = logging.getLogger("ai_service.worker.breaker")
 
@@ -106,6 +106,13 @@ class ProviderBreaker:
         assert self.health_check is not None
         try:
             await self.health_check()
+        except CheckUnsupported as exc:
+            log.warning("%s: cannot ask the inference server whether it serves the model (%s); "
+                        "jobs probe it instead", self.profile, exc)  # fmt: skip
+            self.health_check = None  # from now on as for a handler without a check
+            self.unchecked = False
+            self.on_close()  # at start-up: claim; after a trip: one job probes it
+            return
         except Exception as exc:
             if self.unchecked:  # at start-up one failure is enough: nothing was claimed yet
                 self.unchecked = False

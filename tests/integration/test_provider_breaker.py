@@ -9,7 +9,9 @@ HTTP.
 
 from __future__ import annotations
 
+import json
 import uuid
+from typing import Any
 
 import anyio
 
@@ -21,7 +23,7 @@ from service.simulator import serve_simulator
 from service.worker import breaker
 from service.worker.main import Worker
 from service.worker.registry import build_registry
-from tests.helpers import free_port
+from tests.helpers import free_port, lifespan, serve_asgi
 from tests.integration.test_worker_runtime import idle, running_worker, settings, until
 
 PROFILE = f"breaker-{uuid.uuid4().hex[:8]}"
@@ -116,3 +118,50 @@ async def test_a_worker_stops_at_once_while_it_checks_a_server_that_never_answer
         assert worker.status.profiles[PROFILE].state == "checking"
         worker.stop()
         await until(lambda: worker.status.state == "stopped", what="the worker to stop")
+
+
+class Gateway:
+    """An OpenAI-compatible gateway that serves chat completions but has no model list."""
+
+    def __init__(self) -> None:
+        self.models_asked = 0
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if await lifespan(scope, receive, send):
+            return
+        while (await receive()).get("more_body"):
+            pass
+        if scope["path"].endswith("/models"):
+            self.models_asked += 1
+            status, body = 404, b'{"detail": "Not Found"}'
+        else:
+            status, body = 200, json.dumps({
+                "id": "c1", "object": "chat.completion", "model": PROFILE,
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": "hi"}}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+            }).encode()  # fmt: skip
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json")]})  # fmt: skip
+        await send({"type": "http.response.body", "body": body})
+
+
+async def test_a_server_without_a_model_list_is_used_without_the_check(
+    repo: JobRepository, db_url: str
+) -> None:
+    """The start-up check cannot be made (GET /v1/models is 404 there): the worker claims as
+    before, rather than never (a gateway that does not list its models)."""
+    gateway = Gateway()
+    async with serve_asgi(gateway) as url:
+        s = settings(llm_base_url=url, llm_model=PROFILE, worker_claim_limit=CAPACITY)
+        registry, clients = build_registry(s)
+        worker = Worker(s, db_url, [PROFILE], registry, clients=clients)
+        new = NewJob(owner_service="t", task_type="llm_chat", model_profile=PROFILE,
+                     input={"user": "hi"})  # fmt: skip
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(worker.run)
+            job, _ = await repo.create(new)
+            done = await until(lambda: _completed(repo, job.id), what="the job to complete")
+            worker.stop()
+    assert done.status == "completed" and done.attempts == 1  # type: ignore[attr-defined]
+    assert gateway.models_asked == 1  # asked once at start-up, then not again

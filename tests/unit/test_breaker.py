@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from service.handlers.base import InvalidInput, JobTimeout, ProviderRejected, ProviderUnavailable
+from service.handlers.base import (
+    CheckUnsupported,
+    InvalidInput,
+    JobTimeout,
+    ProviderRejected,
+    ProviderUnavailable,
+)
 from service.worker.breaker import (
     FIRST_PAUSE,
     MAX_CHECK_PAUSE,
@@ -148,3 +154,22 @@ def test_only_failures_of_the_server_count_and_an_answer_closes_it() -> None:
     clock.now += FIRST_PAUSE
     b.outcome(ProviderRejected("HTTP 400: bad request"))  # the server answered
     assert b.state == "closed"
+
+
+@pytest.mark.anyio
+async def test_a_server_that_cannot_be_asked_is_probed_with_jobs_instead() -> None:
+    clock, closed = Clock(), []
+
+    async def no_model_list() -> None:
+        raise CheckUnsupported("llm: GET /v1/models answered HTTP 404")
+
+    b = ProviderBreaker(
+        "p", health_check=no_model_list, on_close=lambda: closed.append(True), clock=clock
+    )
+    await b.check()  # at start-up: claims as if there were no check
+    assert b.state == "closed" and b.claim_limit(8, 0) == 8 and closed == [True]
+    assert b.health_check is None and not b.needs_check()
+    for _ in range(THRESHOLD):
+        b.outcome(DOWN)
+    clock.now += FIRST_PAUSE
+    assert b.state == "probing" and b.claim_limit(8, 0) == 1  # a job asks, as without a check
