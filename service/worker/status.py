@@ -30,7 +30,7 @@ def _iso(ts: float | None) -> str | None:
 @dataclass
 class ProfileStats:
     capacity: int
-    # The claim loop's: claiming; full (no free capacity); waiting (capacity free, nothing due,
+    # The claim loop's: starting; claiming; full (no free capacity); waiting (capacity free, nothing due,
     # jobs running); idle (nothing due, nothing running); backoff (claims failing); paused,
     # checking, probing (the inference server is down or recovering); stopped.
     state: str = "starting"
