@@ -30,9 +30,10 @@ def _iso(ts: float | None) -> str | None:
 @dataclass
 class ProfileStats:
     capacity: int
-    # The claim loop's: starting; claiming; full (no free capacity); waiting (capacity free, nothing due,
-    # jobs running); idle (nothing due, nothing running); backoff (claims failing); paused,
-    # checking, probing (the inference server is down or recovering); stopped.
+    # The claim loop's: starting; claiming; full (no free capacity); waiting (capacity free,
+    # nothing due, jobs running); idle (nothing due, nothing running); backoff (claims
+    # failing); paused, checking, probing (the inference server is down or recovering);
+    # stopped.
     state: str = "starting"
     in_flight: int = 0
     claimed: int = 0
