@@ -5,6 +5,7 @@ has the API's error shape and names no host, user or driver message (those are l
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 from litestar import Response, route
 from litestar.datastructures import State
@@ -14,28 +15,19 @@ from service.db import Database, DatabaseUnavailable
 
 log = logging.getLogger("ai_service.api.health")
 
-# HEAD as well: load balancers and `curl -I` probe with it; uvicorn sends the headers only.
-PROBE_METHODS = (HttpMethod.GET, HttpMethod.HEAD)
-
-
-@route(
-    "/healthz",
-    http_method=PROBE_METHODS,
-    opt={"public": True},
-    tags=["health"],
-    summary="Process health",
+# GET and HEAD (load balancers and `curl -I` probe with it; uvicorn sends the headers only),
+# open (no token), tagged for the OpenAPI document.
+probe = partial(
+    route, http_method=(HttpMethod.GET, HttpMethod.HEAD), opt={"public": True}, tags=["health"]
 )
+
+
+@probe("/healthz", summary="Process health")
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@route(
-    "/readyz",
-    http_method=PROBE_METHODS,
-    opt={"public": True},
-    tags=["health"],
-    summary="PostgreSQL readiness",
-)
+@probe("/readyz", summary="PostgreSQL readiness")
 async def readyz(state: State) -> Response[dict[str, str]]:
     db: Database = state.db
     try:
