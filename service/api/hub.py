@@ -130,14 +130,15 @@ class NotifyHub:
         self._dirty = False
         now = time.monotonic()
         wanted = {FINISHED_CHANNEL} | {ch for ch, by in self._waiters.items() if by}
-        for ch in sorted(wanted - self._listening):
-            await conn.listen(ch)
-            self._listening.add(ch)
-        for ch in sorted(self._listening - wanted):
-            if now - self._idle_since.get(ch, now) >= IDLE_UNLISTEN:
-                await conn.unlisten(ch)
-                self._listening.discard(ch)
-                self._idle_since.pop(ch, None)
+        new = sorted(wanted - self._listening)
+        await conn.listen(*new)
+        self._listening.update(new)
+        idle = [ch for ch in sorted(self._listening - wanted)
+                if now - self._idle_since.get(ch, now) >= IDLE_UNLISTEN]  # fmt: skip
+        await conn.unlisten(*idle)
+        self._listening.difference_update(idle)
+        for ch in idle:
+            self._idle_since.pop(ch, None)
         synced, self._synced = self._synced, anyio.Event()
         synced.set()
 

@@ -8,7 +8,7 @@ reconnects and, because NOTIFY is only a hint, claims once to catch up on what i
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any, NamedTuple
 
 import psycopg
@@ -16,6 +16,8 @@ from psycopg import sql
 
 from service.db.database import DatabaseUnavailable, _translate_errors
 from service.db.params import connect_params
+
+BATCH = 500  # channels per round trip
 
 
 class Notification(NamedTuple):
@@ -35,19 +37,27 @@ class ListenConnection:
                 url, autocommit=True, application_name="ai-service-listener", **connect_params(url)
             )
         self = cls(conn)
-        for ch in channels:
-            await self.listen(ch)
+        await self.listen(*channels)
         return self
 
-    async def listen(self, channel: str) -> None:
-        async with _translate_errors():
-            await self._conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
-        self.channels.add(channel)
+    async def listen(self, *channels: str) -> None:
+        await self._each("LISTEN", channels)
+        self.channels.update(channels)
 
-    async def unlisten(self, channel: str) -> None:
-        async with _translate_errors():
-            await self._conn.execute(sql.SQL("UNLISTEN {}").format(sql.Identifier(channel)))
-        self.channels.discard(channel)
+    async def unlisten(self, *channels: str) -> None:
+        await self._each("UNLISTEN", channels)
+        self.channels.difference_update(channels)
+
+    async def _each(self, command: str, channels: Sequence[str]) -> None:
+        """One round trip per ``BATCH`` channels (statements joined by ``;``, sent without
+        parameters as one simple query): the API's hub may need thousands at once (long-poll
+        claims name up to 50 profiles each), one LISTEN per round trip took seconds."""
+        for i in range(0, len(channels), BATCH):
+            statements = sql.SQL("; ").join(
+                sql.SQL(command + " {}").format(sql.Identifier(c)) for c in channels[i : i + BATCH]
+            )
+            async with _translate_errors():
+                await self._conn.execute(statements)
 
     async def notifications(self, timeout: float | None = None) -> AsyncIterator[Notification]:
         """Yield notifications as they arrive; stop after ``timeout`` seconds of silence

@@ -165,3 +165,25 @@ async def test_listen_connection_receives_and_reports_loss(db_url: str) -> None:
         async for _ in conn.notifications(timeout=30):
             pass
     await conn.close()
+
+
+async def test_a_listen_connection_takes_many_channels_in_few_round_trips(db_url: str) -> None:
+    """The API's hub may need thousands of channels at once: they go in batches (several
+    round trips here: 1,200 over BATCH 500), every one is listened to, and all go again."""
+    from service.db.listen import BATCH, ListenConnection
+
+    channels = [f"ai_jobs:many-{i}" for i in range(2 * BATCH + 200)]
+    conn = await ListenConnection.connect(db_url, channels)
+    try:
+        count = "SELECT count(*) FROM pg_listening_channels()"
+        assert (await (await conn._conn.execute(count)).fetchone()) == (len(channels),)
+        with psycopg.connect(db_url, autocommit=True) as other:
+            other.execute("SELECT pg_notify(%s, 'x')", [channels[-1]])
+        async for n in conn.notifications(timeout=60):
+            assert (n.channel, n.payload) == (channels[-1], "x")
+            break
+        await conn.unlisten(*channels)
+        assert (await (await conn._conn.execute(count)).fetchone()) == (0,)
+        assert conn.channels == set()
+    finally:
+        await conn.close()
