@@ -14,6 +14,9 @@ runs. nginx and Envoy bound the same (``large_client_header_buffers``, ``client_
   gathers one header's bytes itself before handing it over, the bytes received while a head is
   incomplete are counted too, with one socket read of slack (a read may also hold the end of the
   previous request's body), so no single header can grow past ``MAX_HEAD_BYTES + READ_SLACK``.
+  After the head, bytes that are not body (a chunked body's trailers, which httptools gathers
+  the same way) are bounded alike: that many in a row, after the read that brought the last
+  body bytes, close the connection (no answer fits: the request is still unread).
 - time: a head not complete within ``HEAD_TIMEOUT_S`` of the connection opening, or of the
   first byte after a response (any byte), gets 408 (or, if nothing of a request came, a close).
   No head is timed while a response is being produced: a client pipelining its next request
@@ -53,6 +56,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._head_bytes = 0  # exact: the request line and complete headers of this head
         self._fed_in_head = 0  # coarse: bytes received while a head was incomplete
+        self._not_body = 0  # coarse: bytes since the head that brought no body (trailers)
+        self._body_came = False
         self._in_head = True  # a head has not completed since the last one (or ever)
         self._began = False  # a request's first byte came (so a timeout gets a 408)
         self._head_too_large = False
@@ -66,13 +71,28 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._head_timer is None and self._idle():
             self._arm()  # bytes after a response (even a bare CRLF) start the head's clock
+        self._body_came = False
         super().data_received(data)
-        if not self._in_head or self.transport.is_closing():
+        if self.transport.is_closing():
             return
-        self._fed_in_head += len(data)
-        if self._fed_in_head > self.max_head_bytes + self.read_slack:
-            self._head_too_large = True
-            self.send_400_response("")
+        bound = self.max_head_bytes + self.read_slack
+        if self._in_head:
+            self._fed_in_head += len(data)
+            if self._fed_in_head > bound:
+                self._head_too_large = True
+                self.send_400_response("")
+        elif self._body_came:
+            self._not_body = 0
+        else:
+            self._not_body += len(data)
+            if self._not_body > bound:
+                log.warning("over %d bytes after a request's head that are not its body "
+                            "(trailers): closed", bound)  # fmt: skip
+                self.transport.close()
+
+    def on_body(self, body: bytes) -> None:
+        self._body_came = True
+        super().on_body(body)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -83,7 +103,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._disarm()
-        self._in_head, self._began, self._fed_in_head = False, False, 0
+        self._in_head, self._began = False, False
+        self._head_bytes = self._fed_in_head = self._not_body = 0
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
@@ -124,7 +145,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._count(len(name) + len(value) + 4)  # ": " and CRLF
+        if self._in_head:  # not a trailer: those are bounded as bytes that are not body
+            self._count(len(name) + len(value) + 4)  # ": " and CRLF
         super().on_header(name, value)
 
     def _count(self, n: int) -> None:

@@ -5,6 +5,7 @@ requests. The worker's port uses the same protocol class."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator
 
@@ -78,6 +79,20 @@ async def test_one_header_never_ended_is_431_once_it_outgrows_the_bound(api: Api
     await stream.send(start + b"x" * (MAX_HEAD_BYTES + READ_SLACK + 16 - len(start)))
     raw = await read_all(stream)
     assert answer(raw)[0] == 431, raw[:200]
+
+
+async def test_a_trailer_that_never_ends_closes_the_connection(api: Api) -> None:
+    """A chunked body's trailers are gathered like headers, after the head was counted: bytes
+    that are not body are bounded as well (no answer fits: the request is still unread)."""
+    stream = await connect(api)
+    head = b"POST /api/v1/jobs HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n"
+    chunked = b"transfer-encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\nx-trailer: "
+    # the bound, plus one read of slack: the read that brought the body may hold trailer bytes
+    trailer = b"x" * (MAX_HEAD_BYTES + 2 * READ_SLACK + 16)
+    with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+        await stream.send(head + chunked + trailer)  # the server may close while we send
+    assert b"HTTP/1.1" not in await read_all(stream)  # closed (or reset), never answered
+    assert (await api.client.get("/healthz")).status_code == 200
 
 
 async def test_a_head_that_never_completes_is_408_and_closed(api: Api) -> None:
