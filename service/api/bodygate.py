@@ -1,47 +1,63 @@
-"""At most ``SLOTS`` large request bodies are processed at once per API process.
+"""At most ``SLOTS`` large request bodies are handled, and ``READERS`` held, per API process.
 
 A batch of 10,000 jobs is ~10 MB of JSON and ~60 MB of Python objects, parameter arrays and
 answers while it is handled: ten sent together took an API from 315 to 935 MB (measured), past
 the 512 MiB limit of its pod, so a burst of large batches could OOM-kill it and fail every
 request in flight. A request whose body is over ``LARGE_BYTES`` (by ``Content-Length``, or
-chunked) is therefore read in full first — raw bytes, at most ``MAX_REQUEST_BYTES`` — and only
-then waits for a slot to be decoded and handled; small requests, the many single creates and
-long-polls, never wait.
+chunked) first waits for one of ``READERS`` places, then is read in full — raw bytes, at most
+``MAX_REQUEST_BYTES``, within ``READ_TIMEOUT_S`` (else 408) — and only then waits for one of
+``SLOTS`` to be decoded and handled. So at most ``READERS`` raw bodies are held (~80 MiB at the
+defaults) and ``SLOTS`` decoded; small requests, the many single creates and long-polls, never
+wait.
 
-Reading before waiting keeps a slow upload from holding a slot (uvicorn has no body deadline);
-a request without a valid token is not read here at all but passed on, so the guard refuses it
-as usual; a body over the size limit is passed on too, to get its 413. Litestar builds
-app-level middleware once per route: ``body_gate`` makes every route's gate share one set of
-slots, so the bound is the process's.
+Reading before taking a slot keeps a slow upload from holding one (uvicorn has no body
+deadline); a request without a valid token is not read here at all but passed on, so the guard
+refuses it as usual; a body over the size limit, or a client gone while it was read, is passed
+on too (to its 413, or to the disconnect). Litestar builds app-level middleware once per route:
+``body_gate`` makes every route's gate share one ``Slots``, so the bounds are the process's.
 """
 
 from __future__ import annotations
 
+import json
+from collections import deque
 from collections.abc import Callable, Sequence
 
 import anyio
 from litestar.enums import ScopeType
-from litestar.types import ASGIApp, Receive, ReceiveMessage, Scope, Send
+from litestar.types import (
+    ASGIApp,
+    HTTPResponseBodyEvent,
+    HTTPResponseStartEvent,
+    Receive,
+    ReceiveMessage,
+    Scope,
+    Send,
+)
 
 from service.api.auth import token_from_header, token_matches
 from service.config import Settings
 
 LARGE_BYTES = 1024 * 1024
 SLOTS = 2
+READERS = 8
+READ_TIMEOUT_S = 120.0  # 10 MiB at ~85 KiB/s
 
 
 class Slots:
-    """The process's slots; the semaphore is made on first use, in the server's event loop."""
+    """The process's places (held while a body is read, and on until it is handled) and slots
+    (while it is handled); made on first use, in the server's event loop."""
 
-    def __init__(self, count: int = SLOTS) -> None:
+    def __init__(self, count: int = SLOTS, readers: int = READERS) -> None:
         self.count = count
-        self._semaphore: anyio.Semaphore | None = None
+        self.readers = readers
+        self._semaphores: tuple[anyio.Semaphore, anyio.Semaphore] | None = None
 
     @property
-    def semaphore(self) -> anyio.Semaphore:
-        if self._semaphore is None:
-            self._semaphore = anyio.Semaphore(self.count)
-        return self._semaphore
+    def semaphores(self) -> tuple[anyio.Semaphore, anyio.Semaphore]:
+        if self._semaphores is None:
+            self._semaphores = (anyio.Semaphore(self.readers), anyio.Semaphore(self.count))
+        return self._semaphores
 
 
 def body_gate(
@@ -84,21 +100,32 @@ class LargeBodyGate:
         if scope["type"] != ScopeType.HTTP or not self._large(scope) or not self._authorized(scope):
             await self.app(scope, receive, send)  # and a declared size over the limit: its 413
             return
-        head: list[ReceiveMessage] = []
+        reading, handling = self.slots.semaphores
+        async with reading:
+            with anyio.move_on_after(READ_TIMEOUT_S) as deadline:
+                read, size = await self._read(receive)
+            if deadline.cancelled_caught:
+                await _answer_408(send)
+                return
+            replay = _Replay(read, receive)
+            del read  # the replay holds the only reference: chunks go as the app reads them
+            if replay.gone or size > self.max_bytes:  # to the disconnect, or to its 413
+                await self.app(scope, replay, send)
+                return
+            async with handling:
+                await self.app(scope, replay, send)
+
+    async def _read(self, receive: Receive) -> tuple[deque[ReceiveMessage], int]:
+        read: deque[ReceiveMessage] = deque()
         size, more = 0, True
         while more and size <= self.max_bytes:
             message = await receive()
-            head.append(message)
+            read.append(message)
             if message["type"] != "http.request":
-                break  # the client left: the app sees it as it would have
+                break  # the client left
             size += len(message.get("body", b""))
             more = message.get("more_body", False)
-        replay = _replay(head, receive)
-        if size > self.max_bytes:  # to its 413, without a slot
-            await self.app(scope, replay, send)
-            return
-        async with self.slots.semaphore:
-            await self.app(scope, replay, send)
+        return read, size
 
     def _large(self, scope: Scope) -> bool:
         for name, value in scope["headers"]:
@@ -121,13 +148,27 @@ class LargeBodyGate:
         return False
 
 
-def _replay(head: list[ReceiveMessage], receive: Receive) -> Receive:
-    """The messages already read, then whatever the client still sends."""
-    pending = list(head)
+class _Replay:
+    """A receive(): the messages already read, each handed over once, then the client's."""
 
-    async def replay() -> ReceiveMessage:
-        if pending:
-            return pending.pop(0)
-        return await receive()
+    def __init__(self, read: deque[ReceiveMessage], receive: Receive) -> None:
+        self._read = read
+        self._receive = receive
+        self.gone = bool(read) and read[-1]["type"] != "http.request"
 
-    return replay
+    async def __call__(self) -> ReceiveMessage:
+        if self._read:
+            return self._read.popleft()
+        return await self._receive()
+
+
+async def _answer_408(send: Send) -> None:
+    body = json.dumps({"error": "request_timeout", "detail": "the request body did not arrive "
+                       f"within {READ_TIMEOUT_S:g} s"}).encode()  # fmt: skip
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
+               (b"connection", b"close")]  # fmt: skip
+    start: HTTPResponseStartEvent = {"type": "http.response.start", "status": 408,
+                                     "headers": headers}  # fmt: skip
+    await send(start)
+    end: HTTPResponseBodyEvent = {"type": "http.response.body", "body": body, "more_body": False}
+    await send(end)

@@ -5,13 +5,15 @@ them until the test lets go; the requests' bodies come from queues the test feed
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import anyio
 import anyio.lowlevel
 import pytest
 
-from service.api.bodygate import LARGE_BYTES, SLOTS, body_gate
+from service.api import bodygate
+from service.api.bodygate import LARGE_BYTES, SLOTS, Slots, body_gate
 
 pytestmark = pytest.mark.anyio
 
@@ -128,3 +130,77 @@ async def test_a_body_over_the_limit_goes_on_to_its_413_without_a_turn() -> None
             await app.until_entered(4)  # none waited for a turn (SLOTS is 2)
             app.release.set()
     assert app.bodies == [b"".join(big)] * 4  # nothing read here was lost
+
+
+class Reads:
+    """receive() factories that note which requests had their body read at all."""
+
+    def __init__(self) -> None:
+        self.started = 0
+
+    def body(self, parts: list[bytes]) -> Any:
+        inner = body(parts)
+        first = True
+
+        async def receive() -> dict[str, Any]:
+            nonlocal first
+            if first:
+                first = False
+                self.started += 1
+            message: dict[str, Any] = await inner()
+            return message
+
+        return receive
+
+
+async def test_only_so_many_bodies_are_held_at_once() -> None:
+    """Past READERS large requests (read or being handled), the next is not even read: a
+    burst holds at most that many raw bodies, not one per request."""
+    slots = Slots(count=2, readers=3)
+    gate = body_gate(max_bytes=10 * LARGE_BYTES, tokens=(), auth_required=False, slots=slots)
+    app, reads = Held(), Reads()
+    route = gate(app)
+    chunks = [b"a" * LARGE_BYTES, b"b" * LARGE_BYTES]
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            for _ in range(5):
+                tg.start_soon(route, scope(LARGE), reads.body(list(chunks)), ignore)
+            await app.until_entered(2)
+            for _ in range(50):
+                await anyio.lowlevel.checkpoint()
+            assert (app.inside, reads.started) == (2, 3)  # a third read, waiting; two unread
+            app.release.set()
+    assert (app.entered, reads.started) == (5, 5)
+
+
+async def test_a_body_not_in_within_the_deadline_is_408(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bodygate, "READ_TIMEOUT_S", 0.05)  # the gate's own deadline, shortened
+    gate = body_gate(max_bytes=10 * LARGE_BYTES, tokens=(), auth_required=False)
+    app, sent = Held(), []
+
+    async def keep(message: Any) -> None:
+        sent.append(message)
+
+    with anyio.fail_after(30):
+        await gate(app)(scope(LARGE), stalled(), keep)
+    assert app.entered == 0
+    assert sent[0]["status"] == 408 and (b"connection", b"close") in sent[0]["headers"]
+    assert json.loads(sent[1]["body"])["error"] == "request_timeout"
+
+
+async def test_a_client_gone_while_its_body_was_read_takes_no_turn() -> None:
+    slots = Slots(count=1)
+    gate = body_gate(max_bytes=10 * LARGE_BYTES, tokens=(), auth_required=False, slots=slots)
+    app = Held()
+    route = gate(app)
+
+    async def gone() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(route, scope(LARGE), body([b"a" * LARGE_BYTES]), ignore)
+            await app.until_entered(1)  # the only slot is taken
+            tg.start_soon(route, scope(LARGE), gone, ignore)
+            await app.until_entered(2)  # and the gone client still reaches the app
+            app.release.set()
