@@ -107,11 +107,16 @@ class ProviderBreaker:
         try:
             await self.health_check()
         except CheckUnsupported as exc:
+            if not self.unchecked:  # it listed its models before: now a failure, as any 404
+                self.failed(_as_provider_wide(exc.__cause__ or exc))  # type: ignore[arg-type]
+                return
+            # At start-up: a gateway without a model list, or a wrong base URL; either way the
+            # jobs tell, as before the check existed (a wrong URL then trips the breaker).
             log.warning("%s: cannot ask the inference server whether it serves the model (%s); "
-                        "jobs probe it instead", self.profile, exc)  # fmt: skip
+                        "claiming without the check", self.profile, exc)  # fmt: skip
             self.health_check = None  # from now on as for a handler without a check
             self.unchecked = False
-            self.on_close()  # at start-up: claim; after a trip: one job probes it
+            self.on_close()
             return
         except Exception as exc:
             if self.unchecked:  # at start-up one failure is enough: nothing was claimed yet

@@ -173,3 +173,24 @@ async def test_a_server_that_cannot_be_asked_is_probed_with_jobs_instead() -> No
         b.outcome(DOWN)
     clock.now += FIRST_PAUSE
     assert b.state == "probing" and b.claim_limit(8, 0) == 1  # a job asks, as without a check
+
+
+@pytest.mark.anyio
+async def test_a_model_list_gone_after_start_up_counts_as_a_failure() -> None:
+    """A server that listed its models at start-up and answers 404 later is failing (a route
+    gone, a wrong server behind the name): not a reason to stop asking."""
+    clock, answers = Clock(), [None, "gone"]
+
+    async def check() -> None:
+        if answers.pop(0):
+            raise CheckUnsupported("llm: GET /v1/models answered HTTP 404") from ProviderRejected(
+                "llm answered HTTP 404", provider_wide=True, status=404
+            )
+
+    b = ProviderBreaker("p", health_check=check, clock=clock)
+    await b.check()
+    for _ in range(THRESHOLD):
+        b.outcome(DOWN)
+    clock.now += FIRST_PAUSE
+    await b.check()
+    assert b.state == "open" and b.health_check is check and "404" in str(b.last_error)
