@@ -8,9 +8,11 @@ reconnects and, because NOTIFY is only a hint, claims once to catch up on what i
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any, NamedTuple
 
+import anyio
 import psycopg
 from psycopg import sql
 
@@ -37,7 +39,13 @@ class ListenConnection:
                 url, autocommit=True, application_name="ai-service-listener", **connect_params(url)
             )
         self = cls(conn)
-        await self.listen(*channels)
+        try:
+            await self.listen(*channels)
+        except BaseException:
+            # a connection that could not listen is not handed out, nor left open
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await self.close()
+            raise
         return self
 
     async def listen(self, *channels: str) -> None:
