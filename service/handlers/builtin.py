@@ -30,14 +30,17 @@ class Closeable(Protocol):
     async def aclose(self) -> None: ...
 
 
-def serves(client: OpenAIClient, model: str) -> HealthCheck:
-    """The server answers its model list (with our key) and the list holds ``model``."""
+def serves(client: OpenAIClient, model: str, api_path: str) -> HealthCheck:
+    """The server answers its model list (with our key) and the list holds ``model``. Without
+    a model list (404/405), the API the jobs use (``api_path``) must at least exist there: a
+    gateway that lists no models cannot be asked (``CheckUnsupported``), while a wrong base
+    URL, where that is 404 too, fails the check."""
 
     async def check() -> None:
         try:
             served = await client.models()
         except ProviderRejected as exc:
-            if exc.status in (404, 405):  # no model list here (a gateway): nothing to ask
+            if exc.status in (404, 405) and await client.serves_api_at(api_path):
                 raise CheckUnsupported(f"{client.name} at {client.url}: {exc.loggable}") from exc
             raise
         if model not in served:
@@ -73,7 +76,9 @@ def builtin_registry(
         )
         closeables.append(llm)
         registry.register(LLM_TASK_TYPES, settings.llm_model, LlmHandler(llm, settings.llm_model))
-        registry.set_health_check(settings.llm_model, serves(llm, settings.llm_model))
+        registry.set_health_check(
+            settings.llm_model, serves(llm, settings.llm_model, "chat/completions")
+        )
     if settings.voxtral_base_url and policy is not None:
         pool = max(max_connections, settings.claim_limit(TRANSCRIPTION_PROFILE))
         voxtral = OpenAIClient(
@@ -85,7 +90,10 @@ def builtin_registry(
         )
         fetcher = AudioFetcher(policy, timeout=settings.transcription_timeout, max_connections=pool)
         closeables += [voxtral, fetcher]
-        registry.set_health_check(TRANSCRIPTION_PROFILE, serves(voxtral, settings.voxtral_model))
+        registry.set_health_check(
+            TRANSCRIPTION_PROFILE,
+            serves(voxtral, settings.voxtral_model, "audio/transcriptions"),
+        )
         registry.register(
             TRANSCRIPTION_TASK_TYPES,
             TRANSCRIPTION_PROFILE,

@@ -22,7 +22,7 @@ from opentelemetry import trace
 
 from service import spans, telemetry, tracing
 from service.config import Secret
-from service.handlers.base import InvalidOutput, JobTimeout
+from service.handlers.base import HandlerError, InvalidOutput, JobTimeout
 from service.metrics import GenAiCall
 from service.providers.errors import error_for_exception, error_for_status
 from service.providers.multipart import AudioUpload, MultipartBody
@@ -182,6 +182,18 @@ class OpenAIClient:
         """Model ids served (``GET /v1/models``)."""
         response = await self._send("GET", api_url(self._base, "models"), timeout=timeout)
         return [m.id for m in self._decode(response, ModelList, "model list").data]
+
+    async def serves_api_at(self, path: str, *, timeout: float = PROBE_TIMEOUT_S) -> bool:
+        """Whether ``POST /v1/<path>`` exists here: an empty request is refused as invalid
+        (400, 415, 422), or as unauthorised, by an OpenAI-compatible server, and answered
+        404 by anything else (a wrong base URL, an ingress's default backend)."""
+        headers = {"content-type": "application/json"}
+        try:
+            await self._send("POST", api_url(self._base, path), timeout=timeout,
+                             headers=headers, content=b"{}")  # fmt: skip
+        except HandlerError as exc:
+            return exc.status != 404
+        return True
 
     async def metrics(self, *, timeout: float = PROBE_TIMEOUT_S) -> str:
         """The raw Prometheus text of ``GET /metrics`` (vLLM serves it at the root)."""

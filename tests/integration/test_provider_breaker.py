@@ -121,18 +121,20 @@ async def test_a_worker_stops_at_once_while_it_checks_a_server_that_never_answer
 
 
 class Gateway:
-    """An OpenAI-compatible gateway that serves chat completions but has no model list."""
+    """An OpenAI-compatible gateway that serves chat completions but has no model list; with
+    ``nothing``, a server that answers 404 to everything (a wrong base URL, an ingress)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, nothing: bool = False) -> None:
         self.models_asked = 0
+        self.nothing = nothing
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if await lifespan(scope, receive, send):
             return
         while (await receive()).get("more_body"):
             pass
-        if scope["path"].endswith("/models"):
-            self.models_asked += 1
+        if scope["path"].endswith("/models") or self.nothing:
+            self.models_asked += scope["path"].endswith("/models")
             status, body = 404, b'{"detail": "Not Found"}'
         else:
             status, body = 200, json.dumps({
@@ -165,3 +167,23 @@ async def test_a_server_without_a_model_list_is_used_without_the_check(
             worker.stop()
     assert done.status == "completed" and done.attempts == 1  # type: ignore[attr-defined]
     assert gateway.models_asked == 1  # asked once at start-up, then not again
+
+
+async def test_a_wrong_base_url_fails_the_start_up_check(repo: JobRepository, db_url: str) -> None:
+    """404 for the model list and for the API itself: not a gateway without a model list but
+    the wrong place; the profile pauses and no job is spent."""
+    async with serve_asgi(Gateway(nothing=True)) as url:
+        s = settings(llm_base_url=url + "/api", llm_model=PROFILE, worker_claim_limit=CAPACITY)
+        registry, clients = build_registry(s)
+        worker = Worker(s, db_url, [PROFILE], registry, clients=clients)
+        new = NewJob(owner_service="t", task_type="llm_chat", model_profile=PROFILE,
+                     input={"user": "hi"})  # fmt: skip
+        job, _ = await repo.create(new)
+        stats = worker.status.profiles[PROFILE]
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(worker.run)
+            await until(lambda: stats.as_dict()["provider"]["state"] == "open", what="a pause")
+            assert "404" in str(stats.as_dict()["provider"]["last_error"])
+            worker.stop()
+    untouched = await repo.get(job.id)
+    assert (untouched.status, untouched.attempts) == ("pending", 0)
