@@ -181,7 +181,18 @@ def memory() -> list[Row]:
          verdict(d["idle_hwm_mib"] < 120), run],
         [f"Worker peak RSS, drain of {d['jobs']:,}", "(reported)", f"{d['load_hwm_mib']:.0f} MiB",
          "", "—", run],
+        *_api_memory(d, run),
     ]  # fmt: skip
+
+
+def _api_memory(d: dict[str, Any], run: str) -> list[Row]:
+    api = d.get("api")
+    if api is None:
+        return []
+    return [[f"API peak RSS, {api['batches']} batches of {api['jobs_per_batch']:,} at once",
+             "< 512 MiB (pod limit)", f"{api['hwm_mib']:.0f} MiB",
+             f"idle {api['idle_rss_mib']:.0f} MiB; before the large-body gate ~520 MiB",
+             verdict(api["hwm_mib"] < 512), run]]  # fmt: skip
 
 
 def tracing() -> list[Row]:
