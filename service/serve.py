@@ -19,9 +19,14 @@ from collections.abc import Callable, Generator
 from typing import Any
 
 import uvicorn
+from litestar.enums import HttpMethod
 
 from service.config import ConfigError
 from service.http_limits import BoundedHttpToolsProtocol
+
+# The methods of every probe route (/healthz, /readyz) on every server: load balancers and
+# `curl -I` probe with HEAD; uvicorn sends the headers only.
+PROBE_METHODS = (HttpMethod.GET, HttpMethod.HEAD)
 
 
 class StartupFailed(Exception):

@@ -9,17 +9,14 @@ from functools import partial
 
 from litestar import Response, route
 from litestar.datastructures import State
-from litestar.enums import HttpMethod
 
 from service.db import Database, DatabaseUnavailable
+from service.serve import PROBE_METHODS
 
 log = logging.getLogger("ai_service.api.health")
 
-# GET and HEAD (load balancers and `curl -I` probe with it; uvicorn sends the headers only),
-# open (no token), tagged for the OpenAPI document.
-probe = partial(
-    route, http_method=(HttpMethod.GET, HttpMethod.HEAD), opt={"public": True}, tags=["health"]
-)
+# GET and HEAD, open (no token), tagged for the OpenAPI document.
+probe = partial(route, http_method=PROBE_METHODS, opt={"public": True}, tags=["health"])
 
 
 @probe("/healthz", summary="Process health")

@@ -14,6 +14,7 @@ import anyio
 import httpx
 from litestar import Litestar, get, route
 
+from service.serve import PROBE_METHODS
 from service.sidecar import SOURCE_DEADLINE_S
 from service.sidecar.containers import read_containers
 from service.sidecar.gpu import read_gpus
@@ -27,7 +28,7 @@ def create_sidecar_app(vllm_metrics: dict[str, str], docker_socket: str) -> Lite
     last: dict[str, Any] = {}
     last_at = -FRESH_FOR_S
 
-    @route("/healthz", http_method=["GET", "HEAD"])
+    @route("/healthz", http_method=PROBE_METHODS)
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 

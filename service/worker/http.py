@@ -24,7 +24,7 @@ from litestar import Litestar, Request, Response, get, route
 from litestar.exceptions import HTTPException, MethodNotAllowedException, NotFoundException
 
 from service.http_limits import BoundedHttpToolsProtocol
-from service.serve import EmbeddedServer
+from service.serve import PROBE_METHODS, EmbeddedServer
 from service.worker.status import WorkerStatus
 
 log = logging.getLogger("ai_service.worker.http")
@@ -58,11 +58,11 @@ def _error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str
 
 
 def create_worker_app(worker: Observable, extra_routes: Sequence[Any] = ()) -> Litestar:
-    @route("/healthz", http_method=["GET", "HEAD"], summary="Process health")
+    @route("/healthz", http_method=PROBE_METHODS, summary="Process health")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @route("/readyz", http_method=["GET", "HEAD"], summary="Database and listener readiness")
+    @route("/readyz", http_method=PROBE_METHODS, summary="Database and listener readiness")
     async def readyz() -> Response[dict[str, Any]]:
         ready, body = await worker.readiness()
         return Response(body, status_code=200 if ready else 503)
