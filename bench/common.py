@@ -14,6 +14,7 @@ import platform
 import signal
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -141,6 +142,21 @@ def commit_times(url: str, xids: Sequence[str]) -> list[float] | None:
             (list(xids),),
         ).fetchall()
     return [float(r[0]) for r in rows]
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def spawn_service(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """``python -m service <args>`` from the repository, its output appended to ``log``."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "service", *args],
+            env=env,
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def wait_http(url: str, proc: subprocess.Popen[bytes], ok: Any = None, timeout: float = 60) -> Any:

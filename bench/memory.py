@@ -26,8 +26,14 @@ import psutil
 import psycopg
 
 from bench import noop, throughput
-from bench.common import bench_database, stop_process, table, wait_http, write_result
-from bench.tracing import _spawn
+from bench.common import (
+    bench_database,
+    spawn_service,
+    stop_process,
+    table,
+    wait_http,
+    write_result,
+)
 from service.config import FIELDS
 from tests.helpers import free_port
 
@@ -84,7 +90,7 @@ def api_under_batches(url: str, quick: bool) -> dict[str, Any]:
     env = {**clean, "DATABASE_URL": url, "MIGRATE_ON_START": "false", "HTTP_HOST": "127.0.0.1",
            "HTTP_PORT": str(port), "LOG_LEVEL": "warning"}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
-        api = _spawn(["api"], env, Path(tmp) / "api.log")
+        api = spawn_service(["api"], env, Path(tmp) / "api.log")
         try:
             base = f"http://127.0.0.1:{port}"
             wait_http(f"{base}/readyz", api)

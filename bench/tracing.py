@@ -17,7 +17,6 @@ import argparse
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,7 +26,15 @@ import httpx
 import psutil
 import psycopg
 
-from bench.common import bench_database, server_info, stop_process, table, wait_http, write_result
+from bench.common import (
+    bench_database,
+    server_info,
+    spawn_service,
+    stop_process,
+    table,
+    wait_http,
+    write_result,
+)
 from service.config import FIELDS
 from tests.helpers import free_port
 from tests.otlp_receiver import OtlpReceiver
@@ -38,18 +45,6 @@ BATCH = 500
 # Jobs in flight: beyond a few dozen, httpcore's pool (it polls every pooled socket for each
 # request it assigns) becomes the bottleneck and would hide what tracing costs.
 CLAIM_LIMIT = "16"
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "service", *args],
-            env=env,
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
 
 
 def _cpu(*procs: subprocess.Popen[bytes]) -> float:
@@ -81,10 +76,10 @@ def one_round(
         **otel,
     }
     api_port, worker_port = free_port(), free_port()
-    api = _spawn(
+    api = spawn_service(
         ["api"], {**env, "HTTP_HOST": "127.0.0.1", "HTTP_PORT": str(api_port)}, tmp / "api.log"
     )
-    worker = _spawn(
+    worker = spawn_service(
         ["worker"],
         {**env, "WORKER_HTTP_HOST": "127.0.0.1", "WORKER_HTTP_PORT": str(worker_port)},
         tmp / "worker.log",
@@ -156,7 +151,7 @@ def main() -> None:
     sim_port = free_port()
     with tempfile.TemporaryDirectory(prefix="aisvc-bench-tracing-") as tmpdir:
         tmp = Path(tmpdir)
-        sim = _spawn(
+        sim = spawn_service(
             [
                 "simulate-provider",
                 "--port",
