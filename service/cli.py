@@ -143,7 +143,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
-    from service.dev import local_hosts, run_dev
+    from service.dev import run_dev
     from service.worker.registry import check_extra_handlers
 
     try:  # before the embedded PostgreSQL starts: a typo should not cost an initdb
@@ -155,7 +155,7 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
         _migrate_on_start(url, embedded or settings.migrate_on_start)
 
     try:
-        return run_dev(local_hosts(settings, os.environ), prepare)
+        return run_dev(settings, prepare)  # main() made its hosts local
     except ConfigError as exc:  # a port taken after run_dev checked it was free
         _die(f"configuration error: {exc}")
 
@@ -257,7 +257,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = _settings()
-    fmt = "console" if args.command == "dev" else settings.log_format
+    if args.command == "dev":  # before anything listens: the metrics port is bound below
+        from service.dev import local_hosts
+
+        settings = local_hosts(settings, os.environ)
+    # dev logs for a person at a terminal, unless LOG_FORMAT asks otherwise
+    dev_console = args.command == "dev" and "LOG_FORMAT" not in os.environ
+    fmt = "console" if dev_console else settings.log_format
     setup_logging(settings.log_level, fmt)
     previous = signal.signal(signal.SIGTERM, _terminate_as_exit)
     try:

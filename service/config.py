@@ -543,7 +543,7 @@ FIELDS: Final[tuple[Field, ...]] = (
         _choice("json", "console"),
         "json",
         "json or console",
-        "log line format (dev defaults to console)",
+        "log line format (dev: console unless set)",
     ),
     Field(
         "OTEL_CAPTURE_CONTENT",

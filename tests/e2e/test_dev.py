@@ -31,15 +31,14 @@ def _postgres_on(data_dir: Path) -> list[psutil.Process]:
     return found
 
 
-def _start(data_dir: Path, port: int) -> subprocess.Popen[str]:
+def _start(data_dir: Path, port: int, extra: dict[str, str]) -> subprocess.Popen[str]:
     clean = {k: v for k, v in os.environ.items() if k not in {f.env for f in FIELDS}}
     env = {
         **clean,
         "EMBEDDED_PG_DATA": str(data_dir),
-        "HTTP_HOST": "127.0.0.1",
         "HTTP_PORT": str(port),
-        "WORKER_HTTP_HOST": "127.0.0.1",
         "WORKER_HTTP_PORT": str(free_port()),
+        **extra,
     }
     return subprocess.Popen(
         [sys.executable, "-m", "service", "dev"],
@@ -74,9 +73,11 @@ def _run_jobs(base: str) -> list[dict[str, Any]]:
     return done
 
 
-def _run_until_ready_then_signal(data_dir: Path, sig: signal.Signals, *, jobs: bool = False) -> str:
+def _run_until_ready_then_signal(
+    data_dir: Path, sig: signal.Signals, *, jobs: bool = False, extra: dict[str, str] | None = None
+) -> str:
     port = free_port()
-    proc = _start(data_dir, port)
+    proc = _start(data_dir, port, extra or {})
     try:
         wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/healthz", proc), what="healthz")
         wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/readyz", proc), what="readyz")
@@ -106,13 +107,19 @@ def test_dev_serves_reuses_data_and_leaves_no_postgres_behind() -> None:
 
 
 def _serve_twice(data_dir: Path) -> None:
-    first = _run_until_ready_then_signal(data_dir, signal.SIGTERM, jobs=True)
+    hosts = {"HTTP_HOST": "127.0.0.1", "WORKER_HTTP_HOST": "127.0.0.1"}
+    first = _run_until_ready_then_signal(data_dir, signal.SIGTERM, jobs=True, extra=hosts)
     assert "initialised and started" in first
     assert "SIMULATED" in first  # make run says plainly that results are synthetic
     assert "applied migration 0001_jobs" in first
     assert wait_for(lambda: not _postgres_on(data_dir), what="postgres to exit", timeout=30)
 
-    second = _run_until_ready_then_signal(data_dir, signal.SIGINT)
+    # No HTTP_HOST / WORKER_HTTP_HOST: dev listens on loopback, the metrics listener too
+    metrics = free_port()
+    second = _run_until_ready_then_signal(
+        data_dir, signal.SIGINT, extra={"METRICS_PORT": str(metrics)}
+    )
+    assert f"Prometheus metrics on http://127.0.0.1:{metrics}/metrics" in second, second
     assert "reusing data" in second
     assert "applied migration" not in second  # the schema survived: same data directory
     assert wait_for(lambda: not _postgres_on(data_dir), what="postgres to exit", timeout=30)
