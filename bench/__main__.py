@@ -1,4 +1,5 @@
-"""Run every benchmark in order: ``python -m bench all [--quick]`` (what ``make bench`` does).
+"""Run every benchmark in order: ``python -m bench all [--quick]`` (what ``make bench`` does),
+or one with its own options: ``python -m bench tracing --batch 250``.
 
 Each benchmark is a module run in its own process, so one's event loop, pools and servers
 cannot disturb the next one's figures.
@@ -30,7 +31,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("which", nargs="?", default="all", help="'all' or a benchmark name")
     parser.add_argument("--quick", action="store_true", help="smaller runs (about 2 minutes)")
-    args = parser.parse_args()
+    # A single benchmark's own options pass through: python -m bench tracing --batch 250
+    args, extra = parser.parse_known_args()
+    if extra and args.which == "all":
+        parser.error(f"options for one benchmark need its name: {' '.join(extra)}")
     names = BENCHMARKS if args.which == "all" else [args.which]
     failed = []
     for name in names:
@@ -39,7 +43,7 @@ def main() -> int:
             continue
         print(f"== {name}", flush=True)
         started = time.monotonic()
-        cmd = [sys.executable, "-m", f"bench.{name}", *(["--quick"] if args.quick else [])]
+        cmd = [sys.executable, "-m", f"bench.{name}", *(["--quick"] if args.quick else []), *extra]
         code = subprocess.call(cmd)
         print(f"== {name}: exit {code} in {time.monotonic() - started:.0f}s", flush=True)
         if code:
