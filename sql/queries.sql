@@ -289,6 +289,14 @@ FROM expired
 WHERE j.id = expired.id
 RETURNING j.id, j.status, j.model_profile, j.task_type, expired.lost_worker;
 
+-- name: next_lease_expiry
+-- Seconds until the earliest lease of a running job expires (negative: already expired), on
+-- the database's clock; NULL when nothing runs. One probe of ai_jobs_lease_idx: the reaper
+-- asks after each turn, so a dead worker's jobs come back when their lease ends, not up to a
+-- reaper interval later (external workers choose their own, possibly short, leases).
+SELECT extract(epoch FROM min(lease_expires_at) - now())::float8 AS seconds
+FROM ai_jobs WHERE status = 'running';
+
 -- name: purge_finished
 -- Retention: the oldest finished jobs past JOB_RETENTION, a batch at a time (by the partial
 -- index on finished_at). Rows another statement holds are left for the next turn.

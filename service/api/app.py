@@ -32,6 +32,7 @@ from service.db import open_database
 from service.handlers.llm_input import LLM_TASK_TYPES
 from service.handlers.transcription_input import TRANSCRIPTION_TASK_TYPES
 from service.jobs import JobRepository
+from service.jobs.reaper import Reaper
 from service.jobs.stats import StatsRepository
 from service.metrics.export import metrics_enabled, metrics_routes
 from service.metrics.queue import sample_queue
@@ -81,11 +82,18 @@ def create_app(
         try:
             hub = NotifyHub(database_url)
             app.state.db = db
-            app.state.repo = JobRepository(
+            repo = app.state.repo = JobRepository(
                 db,
                 default_max_attempts=settings.job_max_attempts,
                 backoff_base=settings.retry_backoff_base,
                 backoff_max=settings.retry_backoff_max,
+            )
+            # Leases granted here (external workers) come back when their holder dies, even
+            # with no ai-service worker running; one reaper at a time across all processes.
+            reaper = app.state.reaper = Reaper(
+                repo,
+                lease_seconds=settings.worker_lease_timeout,
+                retention=settings.job_retention,
             )
             app.state.stats = StatsRepository(db)
             app.state.hub = hub
@@ -93,6 +101,7 @@ def create_app(
             app.state.provider_board = ProviderStatusBoard.from_settings(settings)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(hub.run)
+                tg.start_soon(reaper.run)
                 if metrics_enabled():
                     metrics.queue_sample.expect(served_profiles(settings))
                     metrics.labels.task_types.allow(BUILTIN_TASK_TYPES)

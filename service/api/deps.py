@@ -1,4 +1,5 @@
-"""Dependencies the route handlers receive by name (``repo``, ``stats``, ``hub``, ``settings``).
+"""Dependencies the route handlers receive by name (``repo``, ``stats``, ``hub``, ``reaper``,
+``settings``).
 
 The objects are built once in the app's lifespan and kept on ``app.state``; these providers only
 hand them out, so a handler's signature says exactly what it touches.
@@ -17,6 +18,7 @@ from litestar.di import Provide
 from service.api.hub import NotifyHub
 from service.config import Settings
 from service.jobs import JobRepository
+from service.jobs.reaper import Reaper
 from service.jobs.stats import StatsRepository
 
 T = TypeVar("T")
@@ -37,6 +39,11 @@ def _hub(state: State) -> NotifyHub:
     return hub
 
 
+def _reaper(state: State) -> Reaper:
+    reaper: Reaper = state.reaper
+    return reaper
+
+
 def _settings(state: State) -> Settings:
     settings: Settings = state.settings
     return settings
@@ -46,6 +53,7 @@ DEPENDENCIES = {
     "repo": Provide(_repo, sync_to_thread=False),
     "stats": Provide(_stats, sync_to_thread=False),
     "hub": Provide(_hub, sync_to_thread=False),
+    "reaper": Provide(_reaper, sync_to_thread=False),
     "settings": Provide(_settings, sync_to_thread=False),
 }
 

@@ -26,6 +26,7 @@ from service.api.schemas import (
 from service.config import Settings
 from service.jobs import Job, JobRepository, StateConflict
 from service.jobs.model import MAX_JSON_DEPTH, too_deep
+from service.jobs.reaper import Reaper
 from service.jobs.states import allowed
 
 TYPED_RETRIES = 2  # an empty claim by task type looks again this many times ...
@@ -49,6 +50,7 @@ async def claim_jobs(
     request: Request[Any, Any, Any],
     repo: NamedDependency[JobRepository],
     hub: NamedDependency[NotifyHub],
+    reaper: NamedDependency[Reaper],
     settings: NamedDependency[Settings],
 ) -> ClaimResult:
     lease = data.lease_seconds or settings.worker_lease_timeout
@@ -63,6 +65,8 @@ async def claim_jobs(
             jobs += await repo.claim(
                 profile, data.worker_id, limit=left, lease_seconds=lease, only_types=only
             )
+        if jobs:
+            reaper.lease_granted(lease)
         return jobs
 
     async def claim() -> list[Job] | None:
@@ -98,10 +102,13 @@ async def heartbeat_job(
     job_id: FromPath[UUID],
     data: JSONBody[HeartbeatRequest],
     repo: NamedDependency[JobRepository],
+    reaper: NamedDependency[Reaper],
     settings: NamedDependency[Settings],
 ) -> Job:
     lease = data.lease_seconds or settings.worker_lease_timeout
     held = await repo.heartbeat(data.worker_id, [job_id], lease_seconds=lease)
+    if held:
+        reaper.lease_granted(lease)
     job = await repo.get(job_id)
     if job_id not in held:
         if allowed("heartbeat", job.status):

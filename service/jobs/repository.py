@@ -441,6 +441,12 @@ class JobRepository:
             for r in rows
         ]
 
+    async def seconds_until_lease_expiry(self) -> float | None:
+        """Seconds until the earliest lease of a running job expires (<= 0: expired), on the
+        database's clock; None when nothing runs. The reaper sleeps at most this long."""
+        row = await self.db.fetchrow("next_lease_expiry", traced=False)
+        return None if row is None or row["seconds"] is None else float(row["seconds"])
+
     async def purge_finished(self, *, older_than: float, limit: int = 1000) -> int:
         """Delete up to ``limit`` jobs that finished more than ``older_than`` seconds ago."""
         return await self.db.execute(

@@ -27,6 +27,7 @@ from service.config import ConfigError, Settings
 from service.db import Database, DatabaseUnavailable, open_database
 from service.handlers.base import HandlerRegistry
 from service.jobs import Job, JobRepository
+from service.jobs.reaper import Reaper
 from service.metrics.export import metrics_routes
 from service.runtime import Service, supervise
 from service.serve import EmbeddedServer, bound_port
@@ -38,7 +39,6 @@ from service.worker.executor import Executor
 from service.worker.http import make_worker_server
 from service.worker.lease import LeaseKeeper
 from service.worker.listener import Listener
-from service.worker.reaper import Reaper
 from service.worker.registry import build_registry, close_all, resolve_profiles
 from service.worker.status import ProfileStats, WorkerStatus
 

@@ -18,6 +18,7 @@ import pytest
 from service.api.hub import FINISHED_CHANNEL, profile_channel
 from service.jobs.model import MAX_JSON_DEPTH
 from tests.integration.api_server import Api, job_body, running_api
+from tests.integration.test_worker_runtime import until
 
 GENEROUS = 30  # seconds; a deadline against hangs, far below the 60 s wait_seconds used
 
@@ -106,6 +107,48 @@ async def test_heartbeat_extends_the_lease(api: Api) -> None:
     pending = await create(api, model_profile="vision")
     r = await api.client.post(f"/api/v1/jobs/{pending['id']}/heartbeat", json={"worker_id": "w1"})
     assert r.status_code == 409 and r.json()["status"] == "pending"
+
+
+async def _status(api: Api, job_id: str) -> dict[str, Any]:
+    r = await api.client.get(f"/api/v1/jobs/{job_id}")
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+async def test_a_dead_external_workers_job_comes_back_with_no_worker_process(api: Api) -> None:
+    """External workers only (no ai-service worker runs, so no worker's reaper): a job whose
+    holder stops heartbeating is back to pending when its 1 s lease ends. The API runs the
+    reaper too, and a lease it grants wakes it (its own interval, WORKER_LEASE_TIMEOUT/4, is
+    minutes: this test would time out waiting for that)."""
+    job = await create(api, model_profile="orphans")
+    [held] = await claim(api, "gone", model_profile="orphans", lease_seconds=1)
+    assert held["id"] == job["id"]
+
+    async def back() -> dict[str, Any] | None:
+        now = await _status(api, job["id"])
+        return now if now["status"] == "pending" else None
+
+    now = await until(back, timeout=GENEROUS, what="the expired lease to be reaped")
+    assert now["attempts"] == 1 and now["worker_id"] is None
+    [again] = await claim(api, "next", model_profile="orphans")
+    assert again["id"] == job["id"] and again["attempts"] == 2
+
+
+async def test_a_heartbeat_shortening_the_lease_brings_the_reaper_sooner(api: Api) -> None:
+    """A lease cut short by a heartbeat (lease_seconds=1 after a 10-minute claim) is reaped
+    when it ends, not at the reaper's next regular turn."""
+    job = await create(api, model_profile="shortened")
+    await claim(api, "w1", model_profile="shortened", lease_seconds=600)
+    r = await api.client.post(
+        f"/api/v1/jobs/{job['id']}/heartbeat", json={"worker_id": "w1", "lease_seconds": 1}
+    )
+    assert r.status_code == 200, r.text
+
+    async def back() -> bool:
+        return (await _status(api, job["id"]))["status"] == "pending"
+
+    await until(back, timeout=GENEROUS, what="the shortened lease to be reaped")
 
 
 async def test_fail_retryable_then_final_and_manual_retry(api: Api) -> None:

@@ -18,10 +18,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.config import Settings
 from service.jobs import JobRepository, NewJob
+from service.jobs.reaper import Reaper
 from service.metrics.export import setup_metrics
 from service.simulator import serve_simulator
 from service.worker.main import Worker
-from service.worker.reaper import Reaper
 from service.worker.registry import build_registry
 from tests.helpers import free_port
 from tests.integration.api_server import running_api

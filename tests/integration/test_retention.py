@@ -9,9 +9,8 @@ import psycopg
 import pytest
 
 from service.config import ConfigError, Settings
-from service.jobs import JobFilter, JobRepository, NewJob
-from service.worker import reaper
-from service.worker.reaper import Reaper
+from service.jobs import JobFilter, JobRepository, NewJob, reaper
+from service.jobs.reaper import Reaper
 
 
 async def new(repo: JobRepository, ref: str) -> UUID:

@@ -25,6 +25,7 @@ import pytest
 from service.config import Settings
 from service.handlers.base import HandlerRegistry, ProviderRejected, ProviderUnavailable
 from service.jobs import Job, JobFilter, JobRepository, NewJob
+from service.jobs.reaper import MIN_WAIT_S, Reaper
 from service.worker.main import Worker, process_worker_id
 
 T = TypeVar("T")
@@ -361,7 +362,7 @@ async def test_a_result_that_arrives_after_the_lease_was_lost_is_dropped(
 async def test_an_expired_lease_of_a_dead_worker_is_reaped_and_rerun(
     repo: JobRepository, db_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="ai_service.worker.reaper")
+    caplog.set_level(logging.INFO, logger="ai_service.reaper")
     job, _ = await repo.create(nj())
     [claimed] = await repo.claim(PROFILE, "dead-worker", limit=1, lease_seconds=1)
     assert claimed.id == job.id
@@ -373,6 +374,28 @@ async def test_an_expired_lease_of_a_dead_worker_is_reaped_and_rerun(
     # the line names the profile, whose leases they were and the jobs
     assert f"reaped 1 expired leases of {PROFILE} held by worker dead-worker" in caplog.text
     assert str(job.id) in caplog.text
+
+
+async def test_the_reaper_waits_for_the_earliest_lease_at_most_its_interval(
+    repo: JobRepository, db_url: str
+) -> None:
+    """Between turns the reaper sleeps until the earliest running lease ends (a moment past
+    it), never longer than lease/4, and not under MIN_WAIT_S for a lease already expired (the
+    reaper holding the lock is on it)."""
+    reaper = Reaper(repo, lease_seconds=400)  # interval 100 s
+    assert await reaper.next_wait() == 100  # nothing runs
+    await repo.create(nj())
+    await repo.claim(PROFILE, "w", limit=1, lease_seconds=30)
+    assert 28 < await reaper.next_wait() <= 30 + MIN_WAIT_S
+    await repo.create(nj())
+    await repo.claim(PROFILE, "w", limit=1, lease_seconds=3600)
+    assert 28 < await reaper.next_wait() <= 30 + MIN_WAIT_S  # the earliest one counts
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("UPDATE ai_jobs SET lease_expires_at = now() - interval '1 minute'")
+    assert await reaper.next_wait() == MIN_WAIT_S
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("UPDATE ai_jobs SET lease_expires_at = now() + interval '1 hour'")
+    assert await reaper.next_wait() == 100
 
 
 # --- listener -----------------------------------------------------------------------------

@@ -1,7 +1,12 @@
-"""The reaper: every lease/4, returns expired leases (their worker died) to pending, or to
-failed with ``lease_expired`` when the attempts are used up. One reaper at a time across all
-processes (an advisory lock inside ``JobRepository.reap``); the others skip their turn.
-Requeued jobs NOTIFY their profile's channel, so an idle worker picks them up at once.
+"""The reaper: returns expired leases (their worker died) to pending, or to failed with
+``lease_expired`` when the attempts are used up. One reaper at a time across all processes (an
+advisory lock inside ``JobRepository.reap``); the others skip their turn. Requeued jobs NOTIFY
+their profile's channel, so an idle worker picks them up at once.
+
+It runs in every worker process and in the API (whose external workers may be the only ones:
+a dead one's jobs must come back all the same). A turn comes every lease/4 — or sooner, when
+the earliest lease of a running job ends before that: an external worker claims with its own
+``lease_seconds``, and its jobs should not wait out the built-in workers' interval.
 
 With ``JOB_RETENTION`` set, each turn also deletes jobs that finished longer ago than that, at
 most ``PURGE_BATCHES`` batches a turn so a first purge of a large history is spread out
@@ -12,7 +17,9 @@ process: deletes skip rows others hold, so processes purging at once share the w
 from __future__ import annotations
 
 import logging
+import math
 import random
+import time
 
 import anyio
 
@@ -22,10 +29,13 @@ from service.jobs import JobRepository
 from service.jobs.repository import Reaped
 from service.logs import id_list
 
-log = logging.getLogger("ai_service.worker.reaper")
+log = logging.getLogger("ai_service.reaper")
 
 BATCH = 1000
 PURGE_BATCHES = 50  # at most 50,000 deletions a turn
+# The shortest wait between turns: a lease expiring now is being reaped by another process
+# (whose transaction this one's lock attempt skips), so this one must not spin meanwhile.
+MIN_WAIT_S = 1.0
 
 
 class Reaper:
@@ -35,19 +45,50 @@ class Reaper:
         self.repo = repo
         self.interval = lease_seconds / 4
         self.retention = retention
+        self._wake = anyio.Event()
+        self._lease_end = math.inf  # (monotonic) the earliest lease granted here since a turn
 
     async def run(self) -> None:
         while True:
+            self._lease_end = math.inf  # from here on, the turn's own query sees new leases
+            wait = self.interval
             try:
                 await self.reap_once()
                 if self.retention:
                     await self.purge_once()
+                wait = await self.next_wait()
             except DatabaseUnavailable as exc:
                 log.warning("reaper skipped a turn: %s", exc)
             except Exception:
                 log.exception("reaper failed unexpectedly")
-            # jitter keeps the processes' turns apart
-            await anyio.sleep(self.interval * random.uniform(0.8, 1.2))
+            # jitter (late only: never before a lease ends) keeps the processes' turns apart
+            await self._pause(wait * random.uniform(1.0, 1.2))
+
+    def lease_granted(self, seconds: float) -> None:
+        """A lease of ``seconds`` was granted in this process (the API's claim or heartbeat
+        routes): if it ends before the next turn, the turn comes when it ends instead."""
+        end = time.monotonic() + seconds
+        if end < self._lease_end:
+            self._lease_end = end
+            self._wake.set()
+
+    async def _pause(self, wait: float) -> None:
+        deadline = time.monotonic() + wait
+        while True:
+            deadline = min(deadline, self._lease_end + MIN_WAIT_S / 4)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._wake = anyio.Event()
+            with anyio.move_on_after(left):
+                await self._wake.wait()
+
+    async def next_wait(self) -> float:
+        """Until the earliest lease ends (a moment past it), at most the interval."""
+        expiry = await self.repo.seconds_until_lease_expiry()
+        if expiry is None:
+            return self.interval
+        return min(self.interval, max(MIN_WAIT_S, expiry + MIN_WAIT_S / 4))
 
     async def reap_once(self) -> int:
         total = 0
