@@ -1,8 +1,18 @@
 -- Named queries, loaded once by service/db/queries.py. A block starts with `-- name: NAME`.
 -- Fragments whose name starts with `_` are spliced into other queries where `{{ _name }}`
--- appears; this is done once at load time, never with values. Parameters are %(name)s;
+-- appears (in parentheses; a `_..._columns` list as it is); this is done once at load time,
+-- never with values. Parameters are %(name)s;
 -- arrays are %(name)b, bound in binary: as text, psycopg quotes and backslash-escapes every
 -- element of an array literal (a regex substitution per jsonb input, 3.5-7 µs each).
+
+-- name: _job_columns
+-- The columns a Job is read from, named rather than `*`: psycopg prepares a statement run
+-- often, and a prepared `*` fails with "cached plan must not change result type" on every
+-- pooled connection once a migration adds a column (a rolling upgrade: old pods keep running)
+-- until the connection is replaced. A test holds this list to the Job struct's fields.
+id, owner_service, owner_ref, task_type, model_profile, status, priority, attempts,
+max_attempts, input, result, error_category, error_message, worker_id, lease_expires_at,
+run_after, idempotency_key, trace_context, created_at, started_at, finished_at, updated_at
 
 -- name: _job_filter
 -- The filter shared by list, retry-by-filter and cancel-by-filter. A NULL parameter means
@@ -25,7 +35,7 @@ VALUES (%(id)s, %(owner_service)s, %(owner_ref)s, %(task_type)s, %(model_profile
         %(priority)s, %(max_attempts)s, %(input)s, coalesce(%(run_after)s::timestamptz, now()),
         %(idempotency_key)s, %(trace_context)s)
 ON CONFLICT (owner_service, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-RETURNING *;
+RETURNING {{ _job_columns }};
 
 -- name: create_jobs
 -- A whole batch in one statement (so one trigger run and one NOTIFY per profile).
@@ -43,10 +53,10 @@ ON CONFLICT (owner_service, idempotency_key) WHERE idempotency_key IS NOT NULL D
 RETURNING id;
 
 -- name: get_job
-SELECT * FROM ai_jobs WHERE id = %(id)s;
+SELECT {{ _job_columns }} FROM ai_jobs WHERE id = %(id)s;
 
 -- name: get_jobs_by_idempotency_keys
-SELECT * FROM ai_jobs
+SELECT {{ _job_columns }} FROM ai_jobs
 WHERE owner_service = %(owner_service)s AND idempotency_key = ANY(%(keys)b::text[]);
 
 -- name: list_jobs
@@ -55,7 +65,7 @@ WHERE owner_service = %(owner_service)s AND idempotency_key = ANY(%(keys)b::text
 -- comes): a page of 500 jobs of 10 MB audio would be gigabytes in the API's memory.
 -- listed_rows: how many rows matched before that cut (more than returned: another page).
 -- (The windows run over the limited rows only: at the same level they would see every match.)
-SELECT * FROM (
+SELECT {{ _job_columns }}, listed_rows FROM (
     SELECT *, sum(pg_column_size(input) + coalesce(pg_column_size(result), 0))
                   OVER (ORDER BY id DESC ROWS UNBOUNDED PRECEDING) AS page_bytes,
               pg_column_size(input) + coalesce(pg_column_size(result), 0) AS row_bytes,
@@ -76,7 +86,7 @@ ORDER BY id DESC;
 -- not taken here: the reaper returns them to pending (which NOTIFYs), so this statement, on
 -- the path of every pickup, stays one index probe of the pending partial index.
 WITH picked AS (
-    SELECT id FROM ai_jobs
+    SELECT id AS picked_id FROM ai_jobs
     WHERE status = 'pending' AND model_profile = %(model_profile)s AND run_after <= now()
     ORDER BY priority DESC, run_after, id
     LIMIT %(limit)s
@@ -90,8 +100,8 @@ SET status = 'running',
     started_at = now(),
     updated_at = now()
 FROM picked
-WHERE j.id = picked.id
-RETURNING j.*;
+WHERE j.id = picked.picked_id
+RETURNING {{ _job_columns }};
 
 -- name: _pending_types
 -- The body of a recursive CTE types(task_type): the task types with pending jobs in the
@@ -166,7 +176,7 @@ SET status = 'running',
     started_at = now(),
     updated_at = now()
 WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
-RETURNING j.*;
+RETURNING {{ _job_columns }};
 
 -- name: heartbeat_jobs
 -- Extend the leases of the jobs this worker still holds; the ids not returned were lost.
@@ -180,7 +190,7 @@ UPDATE ai_jobs
 SET status = 'completed', result = %(result)s, finished_at = now(), updated_at = now(),
     lease_expires_at = NULL, error_category = NULL, error_message = NULL
 WHERE id = %(id)s AND status = 'running' AND worker_id = %(worker_id)s
-RETURNING *;
+RETURNING {{ _job_columns }};
 
 -- name: complete_jobs
 -- Many completions in one statement and one commit (the worker batches them). A run is named
@@ -216,7 +226,7 @@ SET status = CASE WHEN %(retryable)s AND attempts < max_attempts
     updated_at = now()
 WHERE id = %(id)s AND status = 'running' AND worker_id = %(worker_id)s
   AND (%(started_at)s::timestamptz IS NULL OR started_at = %(started_at)s::timestamptz)
-RETURNING *;
+RETURNING {{ _job_columns }};
 
 -- name: release_jobs
 -- Graceful shutdown: hand unfinished jobs back without counting the attempt.
@@ -243,7 +253,7 @@ SET status = 'pending', attempts = 0, run_after = now(), worker_id = NULL,
     lease_expires_at = NULL, result = NULL, error_category = NULL, error_message = NULL,
     started_at = NULL, finished_at = NULL, updated_at = now()
 WHERE id = %(id)s AND status IN ('failed', 'running')
-RETURNING *;
+RETURNING {{ _job_columns }};
 
 -- name: retry_jobs
 UPDATE ai_jobs

@@ -121,6 +121,25 @@ async def _translate_errors() -> AsyncIterator[None]:
         raise IntegrityViolation(_first_line(exc, "constraint violated")) from exc
 
 
+def _stale_plan(exc: psycopg.Error) -> bool:
+    """Whether ``exc`` is a prepared statement whose result columns changed since it was
+    prepared (``ALTER TABLE ... ADD COLUMN`` by a migration, for a statement over ``*``).
+    Told by the server function raising it, which no ``lc_messages`` translates."""
+    return exc.diag.source_function == "RevalidateCachedQuery"
+
+
+async def _forget_prepared(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Drop the connection's prepared statements; psycopg forgets its cache of them when it
+    sees ``DEALLOCATE ALL`` go through, and prepares afresh. A connection that cannot is
+    closed (the pool replaces it): either way the error does not repeat for its lifetime."""
+    try:
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            await conn.rollback()
+        await conn.execute("DEALLOCATE ALL")
+    except psycopg.Error:
+        await conn.close()
+
+
 def _first_line(exc: Exception, default: str) -> str:
     return (str(exc).strip().splitlines() or [default])[0] or default
 
@@ -214,6 +233,14 @@ class Database:
                 if conn.broken:
                     await self._drop_stale()
                 raise
+            except psycopg.errors.FeatureNotSupported as exc:
+                if not _stale_plan(exc):
+                    raise
+                await _forget_prepared(conn)
+                raise DatabaseUnavailable(
+                    "the schema changed under a prepared statement (a migration ran): "
+                    "this connection's prepared statements are dropped, retry"
+                ) from exc
 
     async def _drop_stale(self) -> None:
         """A pooled connection turned out broken (the server restarted, failed over, or

@@ -24,7 +24,8 @@ def sql_dir() -> Path:
 
 
 def parse_queries(text: str) -> dict[str, str]:
-    """Split a queries file into ``{name: sql}``, splicing ``{{ _fragment }}`` references."""
+    """Split a queries file into ``{name: sql}``, splicing ``{{ _fragment }}`` references: in
+    parentheses, but for a ``_..._columns`` fragment (a select list) which goes in as it is."""
     parts = _HEADER.split(text)
     raw: dict[str, str] = {}
     for name, body in zip(parts[1::2], parts[2::2], strict=True):
@@ -37,7 +38,9 @@ def parse_queries(text: str) -> dict[str, str]:
         frag = m.group(1)
         if frag not in raw:
             raise ValueError(f"unknown SQL fragment {frag!r}")
-        return "(" + raw[frag] + ")"
+        body = raw[frag]
+        # a query or condition goes in parentheses; a column list as it is
+        return body if frag.endswith("_columns") else "(" + body + ")"
 
     return {n: _SPLICE.sub(splice, q) for n, q in raw.items() if not n.startswith("_")}
 
