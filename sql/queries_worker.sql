@@ -20,3 +20,10 @@ FROM groups AS g, LATERAL (
     LIMIT 1
 ) AS h
 WHERE g.priority IS NOT NULL;
+
+-- name: expire_lease
+-- A job whose outcome this worker could not write (an error of unknown kind, repeated): its
+-- lease ends now, so the reaper hands it on as if the worker had died (the attempt counted,
+-- failed with lease_expired when none are left), instead of after the whole lease.
+UPDATE ai_jobs SET lease_expires_at = now(), updated_at = now()
+WHERE id = %(id)s AND status = 'running' AND worker_id = %(worker_id)s;

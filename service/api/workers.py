@@ -66,7 +66,7 @@ async def claim_jobs(
                 profile, data.worker_id, limit=left, lease_seconds=lease, only_types=only
             )
         if jobs:
-            reaper.lease_granted(lease)
+            reaper.lease_ends_in(lease)
         return jobs
 
     async def claim() -> list[Job] | None:
@@ -108,7 +108,7 @@ async def heartbeat_job(
     lease = data.lease_seconds or settings.worker_lease_timeout
     held = await repo.heartbeat(data.worker_id, [job_id], lease_seconds=lease)
     if held:
-        reaper.lease_granted(lease)
+        reaper.lease_ends_in(lease)
     job = await repo.get(job_id)
     if job_id not in held:
         if allowed("heartbeat", job.status):

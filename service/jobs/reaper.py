@@ -64,9 +64,10 @@ class Reaper:
             # jitter (late only: never before a lease ends) keeps the processes' turns apart
             await self._pause(wait * random.uniform(1.0, 1.2))
 
-    def lease_granted(self, seconds: float) -> None:
-        """A lease of ``seconds`` was granted in this process (the API's claim or heartbeat
-        routes): if it ends before the next turn, the turn comes when it ends instead."""
+    def lease_ends_in(self, seconds: float) -> None:
+        """A lease set in this process ends in ``seconds`` (granted by the API's claim or
+        heartbeat routes; ended now by a worker giving up a job): if that is before the next
+        turn, the turn comes when it ends instead."""
         end = time.monotonic() + seconds
         if end < self._lease_end:
             self._lease_end = end

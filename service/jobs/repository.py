@@ -441,6 +441,10 @@ class JobRepository:
             for r in rows
         ]
 
+    async def expire_lease(self, worker_id: str, job_id: UUID) -> bool:
+        """End this worker's lease of ``job_id`` now (the reaper takes it from there)."""
+        return await self.db.execute("expire_lease", {"id": job_id, "worker_id": worker_id}) > 0
+
     async def seconds_until_lease_expiry(self) -> float | None:
         """Seconds until the earliest lease of a running job expires (<= 0: expired), on the
         database's clock; None when nothing runs. The reaper sleeps at most this long."""

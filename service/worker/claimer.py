@@ -174,6 +174,9 @@ class ClaimLoop:
             due_in = await self.repo.seconds_until_due(self.profile, skip_types=self.skip_types)
         except DatabaseUnavailable:
             return min(self.poll_interval, 1.0)
+        except Exception:  # not known to happen: it must not end the loop (and every job)
+            log.exception("reading when %s jobs are next due failed", self.profile)
+            return min(self.poll_interval, 1.0)
         if due_in is None:
             return self.poll_interval
         if due_in <= 0:

@@ -32,6 +32,7 @@ from service.worker.completer import Completer
 from service.worker.status import WorkerStatus
 
 log = logging.getLogger("ai_service.worker.executor")
+GIVE_UP_TIMEOUT_S = 5.0  # the most a job given up may hold its task (and capacity) further
 
 _encoder = msgspec.json.Encoder()
 
@@ -71,8 +72,10 @@ class Executor:
         completer: Completer,
         status: WorkerStatus,
         on_slot_freed: Callable[[str], None],
+        on_lease_ended: Callable[[], None] = lambda: None,
     ) -> None:
         self.registry = registry
+        self.on_lease_ended = on_lease_ended  # a job given up: the reaper's turn comes now
         self.repo = repo
         self.worker_id = worker_id
         self.running = running
@@ -158,7 +161,8 @@ class Executor:
                 except Exception as exc:
                     # Logged in the job's log context and span (job_id, trace_id on the line).
                     tracing.record_error(span, exc)
-                    log.exception("executing job %s failed; its lease will expire", job.id)
+                    log.exception("executing job %s failed; giving it up to the reaper", job.id)
+                    await self._give_up(job)
         except anyio.get_cancelled_exc_class():
             self.to_release.append(job)  # the process is exiting at once
             raise
@@ -168,6 +172,17 @@ class Executor:
             self.running.remove(entry)
             self.status.profiles[entry.job.model_profile].in_flight -= 1
             self.on_slot_freed(entry.job.model_profile)
+
+    async def _give_up(self, job: Job) -> None:
+        """Its outcome could not be written: end its lease now, so the reaper hands it on
+        (attempt counted) at once rather than after a whole lease held by nobody. Bounded:
+        if even this fails, the lease ends on its own (it is no longer renewed)."""
+        with anyio.CancelScope(shield=True), anyio.move_on_after(GIVE_UP_TIMEOUT_S):
+            try:
+                if await self.repo.expire_lease(self.worker_id, job.id):
+                    self.on_lease_ended()
+            except Exception as exc:
+                log.warning("ending the lease of job %s failed: %s", job.id, exc)
 
     async def _execute(self, entry: RunningJob, span: Span) -> None:
         job = entry.job

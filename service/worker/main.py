@@ -159,6 +159,7 @@ class Worker:
         )
         lease = s.worker_lease_timeout
         completer = self._completer = Completer(repo, self.worker_id, self.status)
+        reaper = Reaper(repo, lease_seconds=lease, retention=self.settings.job_retention)
         executor = self._executor = Executor(
             registry=self.registry,
             repo=repo,
@@ -167,6 +168,7 @@ class Worker:
             completer=completer,
             status=self.status,
             on_slot_freed=lambda p: self._loops[p].slot_freed(),
+            on_lease_ended=lambda: reaper.lease_ends_in(0),
         )
         for p in self.profiles:
             self._loops[p] = ClaimLoop(
@@ -187,7 +189,7 @@ class Worker:
         background: list[Callable[[], Any]] = [
             completer.run,
             keeper.run,
-            Reaper(repo, lease_seconds=lease, retention=self.settings.job_retention).run,
+            reaper.run,
         ]
         if s.worker_notify and self.profiles:
             listener = Listener(

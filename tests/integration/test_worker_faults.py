@@ -232,6 +232,62 @@ async def test_a_failure_whose_message_is_refused_is_recorded_without_it(
     assert done.error_message == "internal (its message could not be stored: ValueRefused)"
 
 
+async def test_a_job_whose_failure_cannot_be_written_is_handed_on_not_held(
+    repo: JobRepository, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database refuses the failure for a reason of unknown kind, with the message and
+    without it: the worker gives the job up to the reaper at once (attempt counted), instead
+    of leaving it ``running`` and unrenewed for a whole lease (an hour here)."""
+    real = JobRepository.fail
+    refused: list[int] = []
+
+    async def fail(self: JobRepository, job_id: UUID, worker_id: str, **kw: Any) -> Job:
+        if "first attempt" in kw["error_message"] or "could not be stored" in kw["error_message"]:
+            refused.append(1)
+            raise RuntimeError("an error of unknown kind")
+        return await real(self, job_id, worker_id, **kw)
+
+    monkeypatch.setattr(JobRepository, "fail", fail)
+
+    async def handler(job: Job) -> Any:
+        if job.attempts == 1:
+            raise RuntimeError("first attempt")
+        return {"attempt": job.attempts}
+
+    async with running_worker(db_url, registry(handler)):  # leases: an hour
+        job, _ = await repo.create(nj(max_attempts=3))
+        done = await until(lambda: finished(repo, job.id), what="the second attempt")
+    assert (done.status, done.attempts, done.result) == ("completed", 2, {"attempt": 2})
+    assert len(refused) == 2  # with its message, then without
+
+
+async def test_an_unknown_error_reading_the_next_due_time_does_not_stop_the_worker(
+    repo: JobRepository, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The idle worker's "when is the next job due" query raising an error of unknown kind
+    ended the claim loop, and with it the worker and every job in flight."""
+    real = JobRepository.seconds_until_due
+    raised: list[int] = []
+
+    async def seconds_until_due(self: JobRepository, *a: Any, **kw: Any) -> float | None:
+        if not raised:
+            raised.append(1)
+            raise psycopg.errors.InsufficientPrivilege("permission denied for table ai_jobs")
+        return await real(self, *a, **kw)
+
+    monkeypatch.setattr(JobRepository, "seconds_until_due", seconds_until_due)
+
+    async def handler(job: Job) -> Any:
+        return {"ok": True}
+
+    async with running_worker(db_url, registry(handler)) as worker:
+        await until(lambda: raised, what="the idle worker to ask when jobs are due")
+        job, _ = await repo.create(nj())
+        done = await until(lambda: finished(repo, job.id), what="the job")
+        assert worker.status.state == "running"
+    assert done.status == "completed"
+
+
 async def test_a_nul_or_a_surrogate_in_an_error_message_still_records_the_failure(
     repo: JobRepository, db_url: str
 ) -> None:
