@@ -40,6 +40,9 @@ class RunningJob:
     # The handler has returned; its outcome is being recorded. A notification about this run
     # now is the echo of that outcome (the worker's own retry notifies the run it took back).
     finished: bool = False
+    # (monotonic) when the run was claimed, just after its lease began: the lease keeper's
+    # bound on that lease while renewals fail
+    since: float = field(default_factory=time.monotonic)
 
     def cancel(self, reason: Reason) -> None:
         if self.reason is None:

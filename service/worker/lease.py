@@ -7,11 +7,18 @@ down) does not let their lease expire and the job run twice.
 
 ``renew_soon()`` renews at once: after the listener reconnects, the cancellations and
 take-backs notified while it was away are gone, and the renewal is what finds them.
+
+While renewals fail (this process cut off from PostgreSQL, others not), the leases run out
+all the same and another process's reaper may hand the jobs to a worker that reaches the
+database: a handler whose lease has run out by this process's clock (since its claim or the
+last renewal that got through, less a margin) is stopped as ``lost``, so a job never runs
+twice at once. Its result would be refused anyway.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from uuid import UUID
 
@@ -26,6 +33,8 @@ log = logging.getLogger("ai_service.worker.lease")
 
 
 RETRY_MAX = 5.0  # seconds between renewal attempts while the database does not answer
+MARGIN_MAX = 30.0  # a handler is stopped this long (at most a tenth of the lease; plus the
+# pace of the checks) before its lease would run out unrenewed: slack for the claim's round trip
 
 
 class LeaseKeeper:
@@ -45,6 +54,9 @@ class LeaseKeeper:
         self.interval = lease_seconds / 3
         self.also_held = also_held
         self._soon = Wakeup()
+        self._retry_max = max(min(self.interval / 2, RETRY_MAX), 0.1)
+        self._confirmed = time.monotonic()  # when the last renewal that got through was sent
+        self._margin = min(MARGIN_MAX, lease_seconds / 10) + self._retry_max
 
     def renew_soon(self) -> None:
         self._soon.set()
@@ -53,7 +65,7 @@ class LeaseKeeper:
         # Retries during an outage stay frequent (at most RETRY_MAX apart): the leases run out
         # at the same pace whether or not the database answers, and a renewal that comes back
         # late after the outage may find its jobs already reaped and claimed elsewhere.
-        backoff = Backoff(0.1, max(min(self.interval / 2, RETRY_MAX), 0.1))
+        backoff = Backoff(0.1, self._retry_max)
         delay = self.interval
         while True:
             await self._soon.wait(delay)
@@ -62,10 +74,12 @@ class LeaseKeeper:
             except DatabaseUnavailable as exc:
                 delay = backoff.next()
                 log.warning("lease renewal failed, retrying in %.2fs: %s", delay, exc)
+                self.stop_unrenewed()
                 continue
             except Exception:
                 delay = backoff.next()
                 log.exception("lease renewal failed unexpectedly")
+                self.stop_unrenewed()
                 continue
             backoff.reset()
             delay = self.interval
@@ -75,9 +89,12 @@ class LeaseKeeper:
         ids = [e.job.id for e in entries]
         watched = set(ids)
         ids += [i for i in self.also_held() if i not in watched]
+        sent = time.monotonic()
         if not ids:
+            self._confirmed = sent
             return
         held = await self.repo.heartbeat(self.worker_id, ids, lease_seconds=self.lease_seconds)
+        self._confirmed = sent
         metrics.leases_renewed(len(held))
         for entry in entries:
             # Only the run we asked about: a job that failed, went back to pending and was
@@ -85,6 +102,22 @@ class LeaseKeeper:
             if entry.job.id not in held and self.running.is_current(entry):
                 log.warning(
                     "lease of job %s lost; cancelling it",
+                    entry.job.id,
+                    extra={"job_id": str(entry.job.id)},
+                )
+                metrics.lease_lost(entry.job.model_profile)
+                entry.cancel("lost")
+
+    def stop_unrenewed(self) -> None:
+        """Stop (``lost``) each handler whose lease has run out by this process's clock."""
+        now, limit = time.monotonic(), self.lease_seconds - self._margin
+        for entry in self.running:
+            if entry.finished or entry.reason is not None:
+                continue
+            if now - max(entry.since, self._confirmed) >= limit:
+                log.warning(
+                    "lease of job %s ran out while renewals failed; stopping it (another "
+                    "worker may be given it)",
                     entry.job.id,
                     extra={"job_id": str(entry.job.id)},
                 )

@@ -288,6 +288,51 @@ async def test_an_unknown_error_reading_the_next_due_time_does_not_stop_the_work
     assert done.status == "completed"
 
 
+async def test_a_handler_whose_lease_runs_out_unrenewed_stops_before_another_worker_runs_it(
+    repo: JobRepository, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Worker A is cut off from PostgreSQL for its renewals (the others reach it): its lease
+    runs out, B's reaper hands the job to B. A's handler must have stopped by then, by its
+    own clock: the job never runs twice at once (A kept running it before)."""
+    real = JobRepository.heartbeat
+    cut_off: set[str] = set()
+
+    async def heartbeat(self: JobRepository, worker_id: str, *a: Any, **kw: Any) -> Any:
+        if worker_id in cut_off:
+            raise DatabaseUnavailable("connection timed out")
+        return await real(self, worker_id, *a, **kw)
+
+    monkeypatch.setattr(JobRepository, "heartbeat", heartbeat)
+    active, peak, stopped = [0], [0], []
+
+    async def handler(job: Job) -> Any:
+        active[0] += 1
+        peak[0] = max(peak[0], active[0])
+        try:
+            if job.attempts == 1:
+                await anyio.sleep_forever()
+            return {"attempt": job.attempts}
+        except anyio.get_cancelled_exc_class():
+            stopped.append(job.attempts)
+            raise
+        finally:
+            active[0] -= 1
+
+    # A: one job at a time, so it cannot take the job again itself while it runs it
+    async with running_worker(
+        db_url, registry(handler), worker_lease_timeout=3.0, worker_claim_limit=1
+    ) as a:
+        cut_off.add(a.worker_id)
+        # cut off, its listener hears nothing either: not that B's reap took the job back
+        monkeypatch.setattr(a.running, "cancel", lambda *args, **kw: False)
+        job, _ = await repo.create(nj(max_attempts=3))
+        await until(lambda: active[0] == 1, what="A to run the job")
+        async with running_worker(db_url, registry(handler), worker_lease_timeout=3.0):
+            done = await until(lambda: finished(repo, job.id), what="the job to finish")
+    assert (done.status, done.attempts, done.result) == ("completed", 2, {"attempt": 2})
+    assert stopped == [1] and peak[0] == 1
+
+
 async def test_a_nul_or_a_surrogate_in_an_error_message_still_records_the_failure(
     repo: JobRepository, db_url: str
 ) -> None:
