@@ -274,7 +274,9 @@ RETURNING id;
 SELECT pg_try_advisory_xact_lock(%(key)s) AS locked;
 
 -- name: reap_expired
--- Expired leases go back to pending, or to failed when the attempts are used up.
+-- Expired leases go back to pending, or to failed when the attempts are used up. Either way
+-- the error says how the attempt ended, as a failed attempt's does (a requeued job kept the
+-- previous attempt's category, and a later invalid_output counted as "twice in a row").
 WITH expired AS (
     SELECT id, worker_id AS lost_worker FROM ai_jobs
     WHERE status = 'running' AND lease_expires_at < now()
@@ -284,12 +286,8 @@ WITH expired AS (
 )
 UPDATE ai_jobs AS j
 SET status = CASE WHEN j.attempts >= j.max_attempts THEN 'failed' ELSE 'pending' END,
-    error_category = CASE WHEN j.attempts >= j.max_attempts
-                          THEN 'lease_expired' ELSE j.error_category END,
-    error_message = CASE WHEN j.attempts >= j.max_attempts
-                         THEN 'lease expired on worker ' || j.worker_id
-                              || ' after attempt ' || j.attempts
-                         ELSE j.error_message END,
+    error_category = 'lease_expired',
+    error_message = 'lease expired on worker ' || j.worker_id || ' after attempt ' || j.attempts,
     finished_at = CASE WHEN j.attempts >= j.max_attempts THEN now() ELSE NULL END,
     worker_id = CASE WHEN j.attempts >= j.max_attempts THEN j.worker_id ELSE NULL END,
     lease_expires_at = NULL,

@@ -97,10 +97,12 @@ class ClaimLoop:
             free = self.stats.capacity - self.stats.in_flight
             if pause := self.breaker.pause_left():  # the inference server is down: spare the
                 self.stats.state = "paused"  # queue (re-checked on every wake-up: a success
-                await self._wakeup.wait(pause)  # of a job in flight closes the breaker)
+                await self._release_orphans_now()  # of a job in flight closes the breaker)
+                await self._wakeup.wait(pause)
                 continue
             if self.breaker.needs_check():
                 self.stats.state = "checking"
+                await self._release_orphans_now()
                 with anyio.CancelScope() as self._check_scope:  # stop() cuts it short
                     await self.breaker.check()
                 self._check_scope = None
@@ -161,6 +163,17 @@ class ClaimLoop:
             self._orphans_possible = False
             received.got(jobs)
         return jobs
+
+    async def _release_orphans_now(self) -> None:
+        """Before a pause that may outlast the lease (the inference server down): a lost
+        claim's jobs are handed back now, not held unrenewed until they are reaped (and an
+        attempt counted). If it fails, the next claim round tries again first."""
+        if not self._orphans_possible:
+            return
+        try:
+            await self._release_orphans()
+        except Exception as exc:
+            log.warning("releasing %s jobs of a lost claim failed: %s", self.profile, exc)
 
     async def _release_orphans(self) -> None:
         with anyio.CancelScope(shield=True):

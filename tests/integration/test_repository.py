@@ -452,6 +452,26 @@ async def test_reaper_returns_expired_to_pending_or_failed(
     }
     gone = await repo.get(one.id)
     assert gone.error_category == "lease_expired" and "dead" in (gone.error_message or "")
+    # the attempt back in the queue says how it ended too: not the category of the one
+    # before (a second invalid_output after it is not "twice in a row")
+    again = await repo.get(two.id)
+    assert again.error_category == "lease_expired" and "dead" in (again.error_message or "")
+
+
+async def test_a_reaped_attempt_replaces_the_previous_attempts_error(
+    repo: JobRepository, db_url: str
+) -> None:
+    job, _ = await repo.create(nj(max_attempts=3))
+    await repo.claim("qwen2.5-14b", "w", limit=1, lease_seconds=60)
+    failed = await repo.fail(
+        job.id, "w", error_category="invalid_output", error_message="not JSON", retryable=True
+    )
+    assert (failed.status, failed.error_category) == ("pending", "invalid_output")
+    await repo.claim("qwen2.5-14b", "dead", limit=1, lease_seconds=60)
+    expire_leases(db_url)
+    await repo.reap()
+    back = await repo.get(job.id)
+    assert (back.status, back.attempts, back.error_category) == ("pending", 2, "lease_expired")
 
 
 async def test_one_reaper_at_a_time_across_processes(repo: JobRepository, db_url: str) -> None:

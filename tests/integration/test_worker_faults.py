@@ -22,6 +22,7 @@ from service.handlers.base import HandlerRegistry
 from service.jobs import Job, JobRepository
 from service.providers.errors import error_for_status
 from service.providers.scrub import Scrubber
+from service.worker.breaker import ProviderBreaker
 from tests.integration.test_worker_runtime import (
     PROFILE,
     finished,
@@ -508,6 +509,37 @@ async def test_a_claim_whose_reply_was_lost_releases_what_it_claimed(
         assert worker.status.profiles[PROFILE].released == 1
     assert lost == [job.id]
     assert (done.status, done.attempts, calls) == ("completed", 1, [1])
+
+
+async def test_a_lost_claims_jobs_are_released_while_the_provider_pause_lasts(
+    repo: JobRepository, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claim's reply was lost and then the inference server went down: the loop pauses
+    (no claim round, which is where lost claims were released), so the jobs were held
+    unrenewed until reaped. They are handed back before the pause now."""
+    real = JobRepository.claim
+    lost: list[UUID] = []
+
+    async def claim(self: JobRepository, *args: Any, **kwargs: Any) -> list[Job]:
+        jobs = await real(self, *args, **kwargs)
+        if jobs and not lost:
+            lost.extend(j.id for j in jobs)
+            raise DatabaseUnavailable("server closed the connection unexpectedly")
+        return jobs
+
+    monkeypatch.setattr(JobRepository, "claim", claim)
+    monkeypatch.setattr(ProviderBreaker, "pause_left", lambda self: 3600.0 if lost else 0.0)
+
+    async def handler(job: Job) -> Any:
+        return {"ok": True}
+
+    async with running_worker(db_url, registry(handler)) as worker:
+        job, _ = await repo.create(nj())
+        stats = worker.status.profiles[PROFILE]
+        await until(lambda: stats.released == 1, what="the lost claim's job to be handed back")
+        assert stats.state == "paused"
+    back = await repo.get(job.id)
+    assert (back.status, back.attempts, back.worker_id) == ("pending", 0, None)
 
 
 async def test_jobs_claimed_as_the_worker_stops_are_released_even_if_the_first_try_fails(
