@@ -98,6 +98,13 @@ class Completer:
             if not await self.flush_once():
                 await anyio.sleep(backoff.next())
 
+    async def flush_pass(self) -> None:
+        """One try at every queued result, stopping at the first batch not stored (the
+        final writes, between tries at the release: the database may be back)."""
+        for _ in range(-(-len(self._items) // self.max_batch)):
+            if not await self.flush_once():
+                return
+
     async def flush_once(self) -> bool:
         """Store one batch; False when the database was unavailable (nothing was lost)."""
         async with self._lock:

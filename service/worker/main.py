@@ -243,15 +243,19 @@ class Worker:
         if len(completer):
             with anyio.move_on_after(half):
                 await completer.drain()
-        left = {j.id: j for j in (*executor.to_release, *(e.job for e in self.running))}
-        left.update((job.id, job) for job in completer.queued_jobs())
+
+        def unfinished() -> list[Job]:
+            left = {j.id: j for j in (*executor.to_release, *(e.job for e in self.running))}
+            left.update((job.id, job) for job in completer.queued_jobs())
+            return list(left.values())
+
         released = False
         with anyio.move_on_after(half):
-            await shutdown.release(repo, self.worker_id, list(left.values()), self.status)
+            await shutdown.release(repo, self.worker_id, unfinished, self.status, results=completer)
             released = True
             executor.to_release.clear()
             await shutdown.release_unknown(repo, self.worker_id, self.status)
-        self._stranded = [] if released else list(left.values())  # reported once, at exit
+        self._stranded = [] if released else unfinished()  # reported once, at exit
 
     def _cancel(self, job_id: UUID, started_us: int | None) -> None:
         if started_us is None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from uuid import UUID
 
 import anyio
@@ -18,6 +18,7 @@ from service.jobs import Job, JobRepository
 from service.logs import id_list
 from service.worker.backoff import Backoff
 from service.worker.cancellation import Running
+from service.worker.completer import Completer
 from service.worker.status import ProfileStats, WorkerStatus
 
 log = logging.getLogger("ai_service.worker.shutdown")
@@ -35,14 +36,24 @@ async def drain(running: Running, deadline: float) -> None:
 
 
 async def release(
-    repo: JobRepository, worker_id: str, jobs: list[Job], status: WorkerStatus
+    repo: JobRepository,
+    worker_id: str,
+    unfinished: Callable[[], list[Job]],
+    status: WorkerStatus,
+    *,
+    results: Completer,
 ) -> None:
-    """Hand ``jobs`` back to pending (attempt not counted); retries while the database is down
-    (bound it with a cancel scope)."""
-    if not jobs:
-        return
+    """Hand the ``unfinished()`` jobs back to pending (attempt not counted); retries while the
+    database is down (bound it with a cancel scope). Each try first stores what results it
+    can: when the database comes back during the release, a result in hand is kept, not
+    thrown away with its job released to run again."""
     backoff = Backoff(0.05, 1.0)
     while True:
+        if len(results):
+            await results.flush_pass()
+        jobs = unfinished()
+        if not jobs:
+            return
         try:
             released = await repo.release(worker_id, [j.id for j in jobs])
             break

@@ -381,6 +381,43 @@ async def test_stopping_releases_a_job_whose_result_cannot_be_stored(
     assert (released.status, released.attempts, released.worker_id) == ("pending", 0, None)
 
 
+async def test_a_result_in_hand_is_stored_if_the_database_returns_during_the_release(
+    repo: JobRepository, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM while PostgreSQL is down, results queued: the results' half of the final
+    writes runs out, then the database comes back while the release is being retried. The
+    results are stored then; they were thrown away, their jobs released to run again."""
+    monkeypatch.setattr("service.worker.shutdown.FINAL_WRITES_TIMEOUT", 2.0)
+    real_complete, real_release = JobRepository.complete_many, JobRepository.release
+    back: list[bool] = []
+
+    async def complete_many(self: JobRepository, *args: Any, **kwargs: Any) -> set[UUID]:
+        if not back:
+            raise DatabaseUnavailable("connection refused")
+        return await real_complete(self, *args, **kwargs)
+
+    async def release(self: JobRepository, *args: Any, **kwargs: Any) -> set[UUID]:
+        if not back:
+            back.append(True)  # the first try at the release fails; the server is back after
+            raise DatabaseUnavailable("connection refused")
+        return await real_release(self, *args, **kwargs)
+
+    monkeypatch.setattr(JobRepository, "complete_many", complete_many)
+    monkeypatch.setattr(JobRepository, "release", release)
+
+    async def handler(job: Job) -> Any:
+        return {"ok": True}
+
+    async with running_worker(db_url, registry(handler)) as worker:
+        job, _ = await repo.create(nj())
+        await until(lambda: worker.status.pending_completions == 1, what="the result queued")
+        worker.stop()
+        await until(lambda: worker.status.state == "stopped", what="the worker to stop")
+        assert worker.status.profiles[PROFILE].released == 0
+    done = await repo.get(job.id)
+    assert (done.status, done.result, done.attempts) == ("completed", {"ok": True}, 1)
+
+
 async def test_jobs_that_cannot_be_handed_back_at_exit_are_named_in_the_log(
     repo: JobRepository,
     db_url: str,
