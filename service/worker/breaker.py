@@ -108,7 +108,7 @@ class ProviderBreaker:
             await self.health_check()
         except CheckUnsupported as exc:
             if not self.unchecked:  # it listed its models before: now a failure, as any 404
-                self.failed(_as_provider_wide(exc.__cause__ or exc))  # type: ignore[arg-type]
+                self.failed(_checked(exc.__cause__ or exc))  # type: ignore[arg-type]
                 return
             # At start-up: a gateway without a model list, or a wrong base URL; either way the
             # jobs tell, as before the check existed (a wrong URL then trips the breaker).
@@ -122,7 +122,7 @@ class ProviderBreaker:
             if self.unchecked:  # at start-up one failure is enough: nothing was claimed yet
                 self.unchecked = False
                 self.failures = THRESHOLD - 1
-            self.failed(_as_provider_wide(exc))
+            self.failed(_checked(exc))
             return
         if self.unchecked:
             self.unchecked = False
@@ -190,6 +190,15 @@ class ProviderBreaker:
             "paused_seconds_left": round(self.pause_left(), 3),
             "last_error": self.last_error,
         }
+
+
+def _checked(exc: Exception) -> HandlerError:
+    """A failed health check, shown whole (scrubbed of secrets as every provider message is):
+    no job input went with it, so there is nothing to hide, and no job to point to (a job's
+    failure logs only "its message is on the job": a refusal may quote the prompt)."""
+    error = _as_provider_wide(exc)
+    error.loggable = str(error) or error.loggable
+    return error
 
 
 def _as_provider_wide(exc: Exception) -> HandlerError:

@@ -93,18 +93,22 @@ async def test_with_a_health_check_no_job_is_spent_while_the_server_is_down() ->
 
 @pytest.mark.anyio
 async def test_at_start_up_the_server_is_asked_before_the_first_claim() -> None:
-    clock, closed, answers = Clock(), [], ["HTTP 401", None]
+    clock, closed = Clock(), []
+    answers = ["llm answered HTTP 401: invalid API key", None]
 
     async def check() -> None:
-        if problem := answers.pop(0):
-            raise ProviderRejected(problem, provider_wide=True)
+        if problem := answers.pop(0):  # as error_for_status makes it, for a job's call
+            bare = "llm answered HTTP 401 (its message is on the job)"
+            raise ProviderRejected(problem, provider_wide=True, loggable=bare)
 
     b = ProviderBreaker("p", health_check=check, on_close=lambda: closed.append(True), clock=clock)
     assert b.state == "checking" and b.needs_check() and b.claim_limit(8, 0) == 0
     assert not b.paused  # held back, but not for a failure yet
     await b.check()  # a wrong key: one answer is enough (nothing was claimed to fail)
     assert b.state == "open" and b.pause_left() == FIRST_PAUSE and b.paused
-    assert "401" in str(b.last_error) and b.claim_limit(8, 0) == 0 and closed == []
+    assert b.claim_limit(8, 0) == 0 and closed == []
+    # no job was sent: the server's whole answer is the reason, not a pointer to a job
+    assert b.last_error == "provider_rejected: llm answered HTTP 401: invalid API key"
     clock.now += FIRST_PAUSE
     await b.check()  # the key was fixed: one job probes it, as after any outage
     assert b.state == "probing" and b.claim_limit(8, 0) == 1 and closed == [True]
