@@ -180,8 +180,14 @@ RETURNING {{ _job_columns }};
 
 -- name: heartbeat_jobs
 -- Extend the leases of the jobs this worker still holds; the ids not returned were lost.
+-- Without lease_seconds, by as long as the last grant (claim or heartbeat: the only writes to
+-- a running job's updated_at, each with its lease): an external worker that claimed for 30 s
+-- keeps a 30 s lease, which a crash lets go of in 30 s, not in WORKER_LEASE_TIMEOUT.
 UPDATE ai_jobs
-SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s), updated_at = now()
+SET lease_expires_at = now() + coalesce(make_interval(secs => %(lease_seconds)s),
+                                        greatest(lease_expires_at - updated_at,
+                                                 interval '1 second')),
+    updated_at = now()
 WHERE id = ANY(%(ids)b::uuid[]) AND status = 'running' AND worker_id = %(worker_id)s
 RETURNING id, lease_expires_at;
 

@@ -163,7 +163,8 @@ class ClaimResult(msgspec.Struct, kw_only=True):
 
 
 class HeartbeatRequest(_Body):
-    """Extend the lease of a running job this worker holds."""
+    """Extend the lease of a running job this worker holds: by ``lease_seconds``, or by as
+    long as the claim (or the last heartbeat) granted."""
 
     worker_id: Name
     lease_seconds: LeaseSeconds | None = None

@@ -5,6 +5,7 @@ lease; a late or foreign call is a 409 carrying the job's current status, never 
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -103,13 +104,12 @@ async def heartbeat_job(
     data: JSONBody[HeartbeatRequest],
     repo: NamedDependency[JobRepository],
     reaper: NamedDependency[Reaper],
-    settings: NamedDependency[Settings],
 ) -> Job:
-    lease = data.lease_seconds or settings.worker_lease_timeout
-    held = await repo.heartbeat(data.worker_id, [job_id], lease_seconds=lease)
-    if held:
-        reaper.lease_ends_in(lease)
+    # without lease_seconds, as long as the claim (or the last heartbeat) granted
+    held = await repo.heartbeat(data.worker_id, [job_id], lease_seconds=data.lease_seconds)
     job = await repo.get(job_id)
+    if job_id in held and job.lease_expires_at is not None:
+        reaper.lease_ends_in((job.lease_expires_at - datetime.now(UTC)).total_seconds())
     if job_id not in held:
         if allowed("heartbeat", job.status):
             reason = f"the lease is held by another worker ({job.worker_id})"

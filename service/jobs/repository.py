@@ -322,9 +322,10 @@ class JobRepository:
         metrics.job_failed(failed, "invalid_input", final=True)
 
     async def heartbeat(
-        self, worker_id: str, ids: Sequence[UUID], *, lease_seconds: float
+        self, worker_id: str, ids: Sequence[UUID], *, lease_seconds: float | None
     ) -> set[UUID]:
-        """Extend leases in one statement; returns the ids still held (the rest were lost)."""
+        """Extend leases in one statement (``lease_seconds`` None: by as long as the last
+        grant); returns the ids still held (the rest were lost)."""
         if not ids:
             return set()
         rows = await self.db.fetch(

@@ -8,6 +8,7 @@ long before its own ``wait_seconds`` — so only a NOTIFY can have woken it.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
 from typing import Any
 
 import anyio
@@ -107,6 +108,20 @@ async def test_heartbeat_extends_the_lease(api: Api) -> None:
     pending = await create(api, model_profile="vision")
     r = await api.client.post(f"/api/v1/jobs/{pending['id']}/heartbeat", json={"worker_id": "w1"})
     assert r.status_code == 409 and r.json()["status"] == "pending"
+
+
+async def test_a_heartbeat_without_lease_seconds_keeps_the_claimed_lease_length(
+    api: Api,
+) -> None:
+    """Claimed for 30 s, renewed without ``lease_seconds``: 30 s again, not the built-in
+    workers' WORKER_LEASE_TIMEOUT (15 min), which a crash would then have to wait out."""
+    job = await create(api, model_profile="short-lease")
+    [claimed] = await claim(api, "ext", model_profile="short-lease", lease_seconds=30)
+    r = await api.client.post(f"/api/v1/jobs/{job['id']}/heartbeat", json={"worker_id": "ext"})
+    assert r.status_code == 200, r.text
+    before = datetime.fromisoformat(claimed["lease_expires_at"])
+    after = datetime.fromisoformat(r.json()["lease_expires_at"])
+    assert timedelta(0) <= after - before < timedelta(seconds=20)  # (the time between the two)
 
 
 async def _status(api: Api, job_id: str) -> dict[str, Any]:
