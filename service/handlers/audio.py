@@ -42,7 +42,7 @@ import httpcore
 import httpx
 
 from service.config import IPNetwork, Settings, parse_networks
-from service.handlers.base import InvalidInput, JobTimeout, ProviderUnavailable
+from service.handlers.base import InputUnavailable, InvalidInput
 from service.providers.errors import parse_retry_after
 from service.providers.multipart import AudioUpload
 
@@ -265,7 +265,7 @@ class AudioFetcher:
                 with anyio.fail_after(self.timeout):
                     final, size, content_type, head = await self._download(url, spool)
             except TimeoutError:
-                raise JobTimeout(
+                raise InputUnavailable(
                     f"downloading audio_url did not finish within {self.timeout:g}s"
                 ) from None
 
@@ -293,9 +293,9 @@ class AudioFetcher:
                     self._check_status(response)
                     return await self._save(current, response, spool)
             except httpx.TimeoutException:
-                raise JobTimeout("audio_url did not answer in time") from None
+                raise InputUnavailable("audio_url did not answer in time") from None
             except httpx.TransportError as exc:
-                raise ProviderUnavailable(
+                raise InputUnavailable(
                     f"audio_url could not be fetched: {exc or type(exc).__name__}"
                 ) from None
         raise InvalidInput(f"audio_url redirected more than {MAX_REDIRECTS} times")
@@ -306,7 +306,7 @@ class AudioFetcher:
             return
         if status in (408, 429) or status >= 500:
             retry = parse_retry_after(response.headers.get("retry-after"))
-            raise ProviderUnavailable(f"audio_url answered HTTP {status}", retry_after=retry)
+            raise InputUnavailable(f"audio_url answered HTTP {status}", retry_after=retry)
         raise InvalidInput(f"audio_url answered HTTP {status}; the audio cannot be fetched")
 
     async def _save(

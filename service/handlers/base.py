@@ -30,6 +30,7 @@ CATEGORIES: tuple[str, ...] = (
     "provider_unavailable",
     "provider_rejected",
     "invalid_input",
+    "input_unavailable",
     "invalid_output",
     "internal",
     "unsupported_task",
@@ -85,6 +86,16 @@ class ProviderRejected(HandlerError):
 
     category = "provider_rejected"
     retryable = False
+
+
+class InputUnavailable(HandlerError):
+    """Input the job points to (``audio_url``) could not be fetched now: its host refused,
+    did not answer in time, or answered 408/429/5xx. The caller's storage, not the inference
+    server: a category of its own keeps the inference alerts (provider_unavailable, timeout)
+    and the operator's eye on the right system. Retried with back-off."""
+
+    category = "input_unavailable"
+    retryable = True
 
 
 class InvalidInput(HandlerError):

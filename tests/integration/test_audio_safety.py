@@ -20,8 +20,8 @@ import pytest
 
 from service.config import ConfigError, Settings
 from service.handlers.audio import AudioFetcher, AudioPolicy, decode_base64_audio, parse_networks
-from service.handlers.base import InvalidInput, JobTimeout, ProviderUnavailable
-from tests.helpers import lifespan, serve_asgi, wav_bytes
+from service.handlers.base import InputUnavailable, InvalidInput
+from tests.helpers import free_port, lifespan, serve_asgi, wav_bytes
 
 pytestmark = pytest.mark.anyio
 
@@ -202,10 +202,15 @@ async def test_host_allow_list() -> None:
 async def test_http_errors_of_the_audio_host() -> None:
     async with audio_server() as base, fetcher(allowed_networks=LOOPBACK_ONLY) as f:
         assert "audio_url answered HTTP 404" in await refusal(f, f"{base}/missing")
-        with pytest.raises(ProviderUnavailable) as err:
+        with pytest.raises(InputUnavailable) as err:
             async with f.fetch(f"{base}/busy"):
                 pass
         assert err.value.retry_after == 9.0
+        # the caller's storage, not the inference server: its own category, retried
+        assert err.value.category == "input_unavailable" and err.value.retryable
+        with pytest.raises(InputUnavailable, match="could not be fetched"):  # nothing listens
+            async with f.fetch(f"http://127.0.0.1:{free_port()}/call.wav"):
+                pass
 
 
 def test_base64_audio_is_capped_and_validated() -> None:
@@ -269,10 +274,10 @@ async def test_a_download_over_its_time_is_a_timeout() -> None:
     async with serve_asgi(stalled) as base:
         f = AudioFetcher(AudioPolicy(allowed_networks=LOOPBACK_ONLY), timeout=0.3)
         try:
-            with pytest.raises(JobTimeout, match=r"did not finish within 0\.3s") as err:
+            with pytest.raises(InputUnavailable, match=r"did not finish within 0\.3s") as err:
                 async with f.fetch(f"{base}/call.wav"):
                     pass
         finally:
             never.set()
             await f.aclose()
-    assert err.value.category == "timeout" and err.value.retryable
+    assert err.value.category == "input_unavailable" and err.value.retryable
