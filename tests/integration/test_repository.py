@@ -12,6 +12,7 @@ import psycopg
 import pytest
 
 from service.db import Database
+from service.dev import end_leases_of_dead_runs
 from service.jobs import (
     IdempotencyConflict,
     JobFilter,
@@ -472,6 +473,23 @@ async def test_a_reaped_attempt_replaces_the_previous_attempts_error(
     await repo.reap()
     back = await repo.get(job.id)
     assert (back.status, back.attempts, back.error_category) == ("pending", 2, "lease_expired")
+
+
+async def test_dev_ends_the_leases_its_dead_runs_left_and_no_others(
+    repo: JobRepository, db_url: str
+) -> None:
+    """``ai-service dev`` starting on its embedded database: jobs held by an earlier run of
+    this machine (WORKER_ID "laptop", then "/" and a process suffix) get their leases ended
+    for the reaper; another machine's, or a worker id that only starts the same, keep theirs."""
+    held = {}
+    for worker in ("laptop/1a2b3c4d", "laptop-2/99aa88bb", "other/1a2b3c4d", "laptop_x/00"):
+        await repo.create(nj(owner_ref=worker))
+        [claimed] = await repo.claim("qwen2.5-14b", worker, limit=1, lease_seconds=3600)
+        held[worker] = claimed.id
+    assert end_leases_of_dead_runs(db_url, "laptop") == 1
+    assert end_leases_of_dead_runs(db_url, "laptop") == 0  # (already ended)
+    reaped = await repo.reap() or []
+    assert [(r.id, r.status) for r in reaped] == [(held["laptop/1a2b3c4d"], "pending")]
 
 
 async def test_one_reaper_at_a_time_across_processes(repo: JobRepository, db_url: str) -> None:
