@@ -10,10 +10,13 @@ addresses the host resolves to then, since DNS answers can change until the down
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from service.handlers.base import InvalidInput
+
+_LANGUAGE = re.compile(r"[A-Za-z]{2,3}")  # ISO 639-1 (two letters); 639-2/3 (three)
 
 TRANSCRIPTION_TASK_TYPES = ("transcribe", "transcription")
 TRANSCRIPTION_PROFILE = "voxtral-small"
@@ -42,10 +45,13 @@ def parse_transcription_input(data: Any) -> TranscriptionRequest:
         raise InvalidInput("audio_base64 must be a non-empty string", field="audio_base64")
     language = data.get("language")
     if language is not None and (
-        not isinstance(language, str) or not 1 <= len(language.strip()) <= 16
+        not isinstance(language, str) or not _LANGUAGE.fullmatch(language.strip())
     ):
+        # vLLM refuses anything but a code of the model's languages, after the audio was
+        # fetched and uploaded: say so at submission ("english" used to pass here)
         raise InvalidInput(
-            "language must be a language code such as 'ru' or 'en'", field="language"
+            f"language must be an ISO 639-1 code such as 'ru' or 'en', got {language!r:.40}",
+            field="language",
         )
     diarization = data.get("diarization", False)
     if diarization is None:

@@ -157,7 +157,9 @@ def test_transcription_input() -> None:
         ({"audio_url": ""}, "audio_url must be a non-empty string"),
         ({"audio_base64": "x", "diarization": "yes"}, "diarization must be true or false"),
         ({"audio_base64": "x", "num_speakers": 0}, "num_speakers must be an integer"),
-        ({"audio_base64": "x", "language": 7}, "language must be a language code"),
+        ({"audio_base64": "x", "language": 7}, "language must be an ISO 639-1 code"),
+        ({"audio_base64": "x", "language": "english"}, "got 'english'"),
+        ({"audio_base64": "x", "language": ""}, "language must be an ISO 639-1 code"),
     ]:
         with pytest.raises(InvalidInput, match=expected):
             parse_transcription_input(data)
