@@ -29,10 +29,12 @@ AND (%(created_before)s::timestamptz IS NULL OR created_at < %(created_before)s:
 
 -- name: create_job
 -- One job. An idempotency-key conflict returns nothing; the caller then reads the existing job.
+-- run_after is never before now (greatest() skips a NULL): a past one would jump the queue
+-- (claims take the earliest run_after first) and make the oldest pending age read years.
 INSERT INTO ai_jobs (id, owner_service, owner_ref, task_type, model_profile, priority,
                      max_attempts, input, run_after, idempotency_key, trace_context)
 VALUES (%(id)s, %(owner_service)s, %(owner_ref)s, %(task_type)s, %(model_profile)s,
-        %(priority)s, %(max_attempts)s, %(input)s, coalesce(%(run_after)s::timestamptz, now()),
+        %(priority)s, %(max_attempts)s, %(input)s, greatest(%(run_after)s::timestamptz, now()),
         %(idempotency_key)s, %(trace_context)s)
 ON CONFLICT (owner_service, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING {{ _job_columns }};
@@ -42,7 +44,7 @@ RETURNING {{ _job_columns }};
 INSERT INTO ai_jobs (id, owner_service, owner_ref, task_type, model_profile, priority,
                      max_attempts, input, run_after, idempotency_key, trace_context)
 SELECT u.id, u.owner_service, u.owner_ref, u.task_type, u.model_profile, u.priority,
-       u.max_attempts, u.input, coalesce(u.run_after, now()), u.idempotency_key, u.trace_context
+       u.max_attempts, u.input, greatest(u.run_after, now()), u.idempotency_key, u.trace_context
 FROM unnest(%(ids)b::uuid[], %(owner_services)b::text[], %(owner_refs)b::text[],
             %(task_types)b::text[], %(model_profiles)b::text[], %(priorities)b::int[],
             %(max_attempts)b::int[], %(inputs)b::jsonb[], %(run_afters)b::timestamptz[],

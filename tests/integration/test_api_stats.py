@@ -134,10 +134,13 @@ async def test_a_request_while_the_database_is_down_answers_503_after_the_pool_t
 async def test_queue_waits_count_from_when_a_job_was_created_at_the_earliest(
     repo: JobRepository, db_url: str
 ) -> None:
-    """A ``run_after`` sent in the past (here 1970) made one job's wait 56 years long in the
-    p95; the wait now starts when the job could first run: never before it existed."""
+    """A ``run_after`` in the past (here 1970: set by an operator's UPDATE, or a restore; a
+    submission's is stored as its own time) made one job's wait 56 years long in the p95;
+    the wait starts when the job could first run: never before it existed."""
     epoch = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-    await repo.create(NewJob(owner_service="t", task_type="x", model_profile="q", run_after=epoch))
+    new, _ = await repo.create(NewJob(owner_service="t", task_type="x", model_profile="q"))
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("UPDATE ai_jobs SET run_after = %s WHERE id = %s", (epoch, new.id))
     (job,) = await repo.claim("q", "w", limit=1, lease_seconds=60)
     await repo.complete(job.id, "w", {"ok": 1})
     assert job.run_after == epoch and job.started_at is not None
@@ -145,3 +148,26 @@ async def test_queue_waits_count_from_when_a_job_was_created_at_the_earliest(
     async with running_api(db_url) as api:
         waits = (await api.client.get("/api/v1/stats")).json()["durations"]["queue_wait_seconds"]
     assert 0 <= waits["p95"] < 3600, waits
+
+
+async def test_a_past_run_after_is_stored_as_the_submission_time(
+    repo: JobRepository, db_url: str
+) -> None:
+    """Else it jumps the queue (the earliest run_after is claimed first) and the oldest
+    pending age reads 56 years at once, firing the waiting alert for a job just submitted."""
+    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    waiting, _ = await repo.create(NewJob(owner_service="t", task_type="x", model_profile="q"))
+    job, _ = await repo.create(
+        NewJob(owner_service="t", task_type="x", model_profile="q", run_after=epoch)
+    )
+    [(batched_id, _)] = await repo.create_batch(
+        [NewJob(owner_service="t", task_type="x", model_profile="q", run_after=epoch)]
+    )
+    for created in (job, await repo.get(batched_id)):
+        assert created.run_after >= created.created_at
+    (first,) = await repo.claim("q", "w", limit=1, lease_seconds=60)
+    assert first.id == waiting.id  # submitted first, claimed first
+    async with running_api(db_url) as api:
+        stats = (await api.client.get("/api/v1/stats")).json()
+    ages = [q["oldest_pending_age_seconds"] for q in stats["pending"]]
+    assert ages and all(age < 3600 for age in ages), stats["pending"]
