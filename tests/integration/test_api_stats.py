@@ -15,6 +15,7 @@ from service.jobs import JobRepository, NewJob
 from service.jobs.stats import StatsRepository
 from tests.helpers import wait_for
 from tests.integration.api_server import running_api
+from tests.integration.test_worker_runtime import until
 
 
 def nj(profile: str, task: str = "llm_chat") -> NewJob:
@@ -128,7 +129,11 @@ async def test_a_request_while_the_database_is_down_answers_503_after_the_pool_t
         with anyio.fail_after(60):  # the long-poll listener is back
             await api.hub.until_connected(connects + 1)
         assert "long-poll listener connected again" in caplog.text
-        assert (await api.client.get("/api/v1/stats", timeout=20)).status_code == 200
+
+        async def served() -> bool:  # the pool reconnects on its own pace (up to 2 s apart)
+            return (await api.client.get("/api/v1/stats", timeout=20)).status_code == 200
+
+        await until(served, timeout=60, what="the API to answer again")
 
 
 async def test_queue_waits_count_from_when_a_job_was_created_at_the_earliest(
