@@ -26,4 +26,5 @@ WHERE g.priority IS NOT NULL;
 -- lease ends now, so the reaper hands it on as if the worker had died (the attempt counted,
 -- failed with lease_expired when none are left), instead of after the whole lease.
 UPDATE ai_jobs SET lease_expires_at = now(), updated_at = now()
-WHERE id = %(id)s AND status = 'running' AND worker_id = %(worker_id)s;
+WHERE id = %(id)s AND status = 'running' AND worker_id = %(worker_id)s
+  AND started_at = %(started_at)s;

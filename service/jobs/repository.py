@@ -442,9 +442,11 @@ class JobRepository:
             for r in rows
         ]
 
-    async def expire_lease(self, worker_id: str, job_id: UUID) -> bool:
-        """End this worker's lease of ``job_id`` now (the reaper takes it from there)."""
-        return await self.db.execute("expire_lease", {"id": job_id, "worker_id": worker_id}) > 0
+    async def expire_lease(self, worker_id: str, job_id: UUID, started_at: datetime | None) -> bool:
+        """End this worker's lease of the run of ``job_id`` that started at ``started_at``
+        now (the reaper takes it from there); a newer run of it keeps its own."""
+        params = {"id": job_id, "worker_id": worker_id, "started_at": started_at}
+        return await self.db.execute("expire_lease", params) > 0
 
     async def seconds_until_lease_expiry(self) -> float | None:
         """Seconds until the earliest lease of a running job expires (<= 0: expired), on the

@@ -40,8 +40,8 @@ class RunningJob:
     # The handler has returned; its outcome is being recorded. A notification about this run
     # now is the echo of that outcome (the worker's own retry notifies the run it took back).
     finished: bool = False
-    # (monotonic) when the run was claimed, just after its lease began: the lease keeper's
-    # bound on that lease while renewals fail
+    # (monotonic) when the claim that took the run was sent, before its lease began: the
+    # lease keeper's bound on that lease while renewals fail
     since: float = field(default_factory=time.monotonic)
 
     def cancel(self, reason: Reason) -> None:
@@ -71,12 +71,14 @@ class Running:
         # (job id, run in µs or None for the job's cancellation) -> when it was heard
         self._recent: dict[tuple[UUID, int | None], float] = {}
 
-    def add(self, job: Job) -> RunningJob:
+    def add(self, job: Job, since: float | None = None) -> RunningJob:
+        """``since``: (monotonic) when the claim that took ``job`` was sent (its lease began
+        after that); by default now."""
         old = self._jobs.get(job.id)
         if old is not None:
             # We claimed the job again, so the earlier lease on it is gone.
             old.cancel("lost")
-        entry = RunningJob(job)
+        entry = RunningJob(job) if since is None else RunningJob(job, since=since)
         self._jobs[job.id] = entry
         if self._empty.is_set():
             self._empty = anyio.Event()

@@ -114,6 +114,7 @@ class ClaimLoop:
                 try:
                     if self._orphans_possible:
                         await self._release_orphans()
+                    sent = time.monotonic()  # the leases begin after this
                     jobs = await self._claim(limit)
                 except DatabaseUnavailable as exc:
                     may_have_work = True
@@ -131,7 +132,7 @@ class ClaimLoop:
                 if self._stopped:
                     await self._release(jobs)
                     break
-                self.executor.start_many(jobs)
+                self.executor.start_many(jobs, since=sent)
                 self.stats.claimed += len(jobs)
                 metrics.jobs_claimed(jobs)
                 may_have_work = len(jobs) >= free or (len(jobs) >= limit and limit < free)

@@ -99,7 +99,7 @@ class Executor:
         """No more jobs will start: the task group may end once the running ones are done."""
         self._closing.set()
 
-    def start_many(self, jobs: Sequence[Job]) -> None:
+    def start_many(self, jobs: Sequence[Job], *, since: float | None = None) -> None:
         """Start a claimed batch now (the caller has already reserved its capacity).
 
         On asyncio each job is a plain asyncio task, owned by one long-lived task-group task
@@ -118,7 +118,7 @@ class Executor:
         if self._closing.is_set():  # a claim that ended as the process exits at once
             self.to_release.extend(jobs)  # (after close() no claim loop runs): hand them back
             return
-        entries = [self.running.add(job) for job in jobs]
+        entries = [self.running.add(job, since) for job in jobs]
         for job in jobs:
             self.status.profiles[job.model_profile].in_flight += 1
         if tasks is None:  # another anyio backend: a task-group task per job
@@ -162,6 +162,7 @@ class Executor:
                     # Logged in the job's log context and span (job_id, trace_id on the line).
                     tracing.record_error(span, exc)
                     log.exception("executing job %s failed; giving it up to the reaper", job.id)
+                    self.running.remove(entry)  # first: the lease keeper must not renew it
                     await self._give_up(job)
         except anyio.get_cancelled_exc_class():
             self.to_release.append(job)  # the process is exiting at once
@@ -179,7 +180,7 @@ class Executor:
         if even this fails, the lease ends on its own (it is no longer renewed)."""
         with anyio.CancelScope(shield=True), anyio.move_on_after(GIVE_UP_TIMEOUT_S):
             try:
-                if await self.repo.expire_lease(self.worker_id, job.id):
+                if await self.repo.expire_lease(self.worker_id, job.id, job.started_at):
                     self.on_lease_ended()
             except Exception as exc:
                 log.warning("ending the lease of job %s failed: %s", job.id, exc)

@@ -22,6 +22,8 @@ import time
 from collections.abc import Callable
 from uuid import UUID
 
+import anyio
+
 from service import metrics
 from service.db import DatabaseUnavailable
 from service.jobs import JobRepository
@@ -65,24 +67,31 @@ class LeaseKeeper:
         # Retries during an outage stay frequent (at most RETRY_MAX apart): the leases run out
         # at the same pace whether or not the database answers, and a renewal that comes back
         # late after the outage may find its jobs already reaped and claimed elsewhere.
-        backoff = Backoff(0.1, self._retry_max)
-        delay = self.interval
-        while True:
-            await self._soon.wait(delay)
-            try:
-                await self.renew()
-            except DatabaseUnavailable as exc:
-                delay = backoff.next()
-                log.warning("lease renewal failed, retrying in %.2fs: %s", delay, exc)
-                self.stop_unrenewed()
-                continue
-            except Exception:
-                delay = backoff.next()
-                log.exception("lease renewal failed unexpectedly")
-                self.stop_unrenewed()
-                continue
-            backoff.reset()
+        async with anyio.create_task_group() as tg:
+            # on a clock of its own: one renewal that hangs (a cut network: ~30 s before the
+            # connection is declared dead) must not hold back the stop of what it was renewing
+            tg.start_soon(self._watch, name="lease watch")
+            backoff = Backoff(0.1, self._retry_max)
             delay = self.interval
+            while True:
+                await self._soon.wait(delay)
+                try:
+                    await self.renew()
+                except DatabaseUnavailable as exc:
+                    delay = backoff.next()
+                    log.warning("lease renewal failed, retrying in %.2fs: %s", delay, exc)
+                    continue
+                except Exception:
+                    delay = backoff.next()
+                    log.exception("lease renewal failed unexpectedly")
+                    continue
+                backoff.reset()
+                delay = self.interval
+
+    async def _watch(self) -> None:
+        while True:
+            await anyio.sleep(self._retry_max)
+            self.stop_unrenewed()
 
     async def renew(self) -> None:
         entries = list(self.running)
