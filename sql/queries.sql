@@ -182,16 +182,20 @@ RETURNING {{ _job_columns }};
 
 -- name: heartbeat_jobs
 -- Extend the leases of the jobs this worker still holds; the ids not returned were lost.
--- Without lease_seconds, by as long as the last grant (claim or heartbeat: the only writes to
--- a running job's updated_at, each with its lease): an external worker that claimed for 30 s
--- keeps a 30 s lease, which a crash lets go of in 30 s, not in WORKER_LEASE_TIMEOUT.
+-- Without lease_seconds, by as long as the last grant (claim or heartbeat: the writes to a
+-- running job's updated_at, each with its lease): an external worker that claimed for 30 s
+-- keeps a 30 s lease, which a crash lets go of in 30 s, not in WORKER_LEASE_TIMEOUT. Where
+-- that length cannot be told (under a second: a lease ended early, or an UPDATE by hand),
+-- default_seconds: a lease too long is safe, one too short would have the job reaped.
 UPDATE ai_jobs
-SET lease_expires_at = now() + coalesce(make_interval(secs => %(lease_seconds)s),
-                                        greatest(lease_expires_at - updated_at,
-                                                 interval '1 second')),
+SET lease_expires_at = now() + coalesce(
+        make_interval(secs => %(lease_seconds)s),
+        CASE WHEN lease_expires_at - updated_at >= interval '1 second'
+             THEN lease_expires_at - updated_at END,
+        make_interval(secs => %(default_seconds)s)),
     updated_at = now()
 WHERE id = ANY(%(ids)b::uuid[]) AND status = 'running' AND worker_id = %(worker_id)s
-RETURNING id, lease_expires_at;
+RETURNING id, extract(epoch FROM lease_expires_at - now())::float8 AS seconds_left;
 
 -- name: complete_job
 UPDATE ai_jobs

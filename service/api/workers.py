@@ -5,7 +5,6 @@ lease; a late or foreign call is a 409 carrying the job's current status, never 
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -58,6 +57,9 @@ async def claim_jobs(
     profiles, only = data.profiles(), data.task_types()
 
     async def claim_once() -> list[Job]:
+        # Before the claim: a claim that commits and then fails here (a later profile's
+        # claim, the client gone) leaves leases no reply carried; they end on time too.
+        reaper.lease_ends_in(lease)
         jobs: list[Job] = []
         for profile in profiles:
             left = data.limit - len(jobs)
@@ -66,8 +68,6 @@ async def claim_jobs(
             jobs += await repo.claim(
                 profile, data.worker_id, limit=left, lease_seconds=lease, only_types=only
             )
-        if jobs:
-            reaper.lease_ends_in(lease)
         return jobs
 
     async def claim() -> list[Job] | None:
@@ -104,12 +104,18 @@ async def heartbeat_job(
     data: JSONBody[HeartbeatRequest],
     repo: NamedDependency[JobRepository],
     reaper: NamedDependency[Reaper],
+    settings: NamedDependency[Settings],
 ) -> Job:
     # without lease_seconds, as long as the claim (or the last heartbeat) granted
-    held = await repo.heartbeat(data.worker_id, [job_id], lease_seconds=data.lease_seconds)
+    held = await repo.heartbeat(
+        data.worker_id,
+        [job_id],
+        lease_seconds=data.lease_seconds,
+        default_seconds=settings.worker_lease_timeout,
+    )
+    if job_id in held:
+        reaper.lease_ends_in(held[job_id])  # (seconds left on the database's clock)
     job = await repo.get(job_id)
-    if job_id in held and job.lease_expires_at is not None:
-        reaper.lease_ends_in((job.lease_expires_at - datetime.now(UTC)).total_seconds())
     if job_id not in held:
         if allowed("heartbeat", job.status):
             reason = f"the lease is held by another worker ({job.worker_id})"

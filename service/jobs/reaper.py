@@ -8,9 +8,10 @@ a dead one's jobs must come back all the same). A turn comes every lease/4 — o
 the earliest lease of a running job ends before that: an external worker claims with its own
 ``lease_seconds``, and its jobs should not wait out the built-in workers' interval.
 
-With ``JOB_RETENTION`` set, each turn also deletes jobs that finished longer ago than that, at
-most ``PURGE_BATCHES`` batches a turn so a first purge of a large history is spread out
-instead of loading the database at once. It runs outside the reaper's lock, in every worker
+With ``JOB_RETENTION`` set, every lease/4 (on a clock of its own: reaper turns may come much
+oftener) the reaper also deletes jobs that finished longer ago than that, at most
+``PURGE_BATCHES`` batches a time so a first purge of a large history is spread out instead of
+loading the database at once. It runs outside the reaper's lock, in every worker and API
 process: deletes skip rows others hold, so processes purging at once share the work.
 """
 
@@ -47,22 +48,28 @@ class Reaper:
         self.retention = retention
         self._wake = anyio.Event()
         self._lease_end = math.inf  # (monotonic) the earliest lease granted here since a turn
+        self._next_purge = 0.0  # (monotonic)
 
     async def run(self) -> None:
         while True:
             self._lease_end = math.inf  # from here on, the turn's own query sees new leases
             wait = self.interval
             try:
-                await self.reap_once()
-                if self.retention:
-                    await self.purge_once()
-                wait = await self.next_wait()
+                wait = await self.turn()
             except DatabaseUnavailable as exc:
                 log.warning("reaper skipped a turn: %s", exc)
             except Exception:
                 log.exception("reaper failed unexpectedly")
             # jitter (late only: never before a lease ends) keeps the processes' turns apart
             await self._pause(wait * random.uniform(1.0, 1.2))
+
+    async def turn(self) -> float:
+        """Reap, purge when its time has come; return the wait until the next turn."""
+        await self.reap_once()
+        if self.retention and time.monotonic() >= self._next_purge:
+            self._next_purge = time.monotonic() + self.interval
+            await self.purge_once()
+        return await self.next_wait()
 
     def lease_ends_in(self, seconds: float) -> None:
         """A lease set in this process ends in ``seconds`` (granted by the API's claim or

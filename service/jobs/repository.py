@@ -322,17 +322,26 @@ class JobRepository:
         metrics.job_failed(failed, "invalid_input", final=True)
 
     async def heartbeat(
-        self, worker_id: str, ids: Sequence[UUID], *, lease_seconds: float | None
-    ) -> set[UUID]:
+        self,
+        worker_id: str,
+        ids: Sequence[UUID],
+        *,
+        lease_seconds: float | None,
+        default_seconds: float | None = None,
+    ) -> dict[UUID, float]:
         """Extend leases in one statement (``lease_seconds`` None: by as long as the last
-        grant); returns the ids still held (the rest were lost)."""
+        grant, ``default_seconds`` if that cannot be told); returns the ids still held (the
+        rest were lost), each with its seconds left on the database's clock."""
         if not ids:
-            return set()
-        rows = await self.db.fetch(
-            "heartbeat_jobs",
-            {"worker_id": worker_id, "ids": list(ids), "lease_seconds": lease_seconds},
-        )
-        return {r["id"] for r in rows}
+            return {}
+        params = {
+            "worker_id": worker_id,
+            "ids": list(ids),
+            "lease_seconds": lease_seconds,
+            "default_seconds": default_seconds,
+        }
+        rows = await self.db.fetch("heartbeat_jobs", params)
+        return {r["id"]: r["seconds_left"] for r in rows}
 
     async def _refusal(self, job_id: UUID, action: str, worker_id: str | None) -> StateConflict:
         job = await self.get(job_id)  # raises JobNotFound

@@ -72,6 +72,27 @@ async def test_a_turn_deletes_at_most_its_batches(
     assert remaining(db_url) == set()
 
 
+async def test_the_purge_keeps_its_own_pace_however_often_the_reaper_turns(
+    repo: JobRepository, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reaper turns come as leases end (external workers' leases of seconds, a job given
+    up): the purge, up to 50,000 deletions, comes every lease/4 all the same."""
+    monkeypatch.setattr(reaper, "BATCH", 2)
+    monkeypatch.setattr(reaper, "PURGE_BATCHES", 1)
+    ids = [await new(repo, f"j{i}") for i in range(4)]
+    await repo.claim("p", "w", limit=4, lease_seconds=60)
+    for i in ids:
+        await repo.complete(i, "w", {"ok": 1})
+    age(db_url, ids, 2)
+    purger = Reaper(repo, lease_seconds=3600, retention=3600)  # a purge every 15 minutes
+    await purger.turn()
+    await purger.turn()  # the next turn at once: no purge in it
+    assert len(remaining(db_url)) == 2
+    purger._next_purge = 0.0  # (15 minutes later)
+    await purger.turn()
+    assert remaining(db_url) == set()
+
+
 def test_retention_is_zero_or_at_least_an_hour() -> None:
     assert Settings.from_env({}).job_retention == 0
     assert Settings.from_env({"JOB_RETENTION": "720h"}).job_retention == 720 * 3600
