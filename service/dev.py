@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import psycopg
 
 from service.config import Settings
-from service.db.queries import queries
+from service.db.dead_runs import end_leases_of_dead_runs
 from service.runtime import Service, http_service, supervise
 from service.serve import listen_all, make_server
 
@@ -92,24 +91,6 @@ def run_dev(settings: Settings, prepare: Callable[[str, bool], None]) -> int:
     finally:
         if embedded is not None:
             _stop(embedded)
-
-
-def end_leases_of_dead_runs(url: str, worker_id_base: str) -> int:
-    """The embedded database is this machine's own: a job a dead earlier run of ``dev`` left
-    ``running`` would otherwise wait out its whole lease (15 min) before it runs again."""
-    with psycopg.connect(url, autocommit=True) as conn:
-        ended = len(
-            conn.execute(
-                queries()["end_leases_of_dead_runs"], {"worker_id_base": worker_id_base}
-            ).fetchall()
-        )
-    if ended:
-        log.warning(
-            "%d jobs were left running by an earlier run that did not stop cleanly; "
-            "their leases end now and they run again",
-            ended,
-        )
-    return ended
 
 
 def _check_ports(settings: Settings) -> None:

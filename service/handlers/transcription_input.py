@@ -16,7 +16,7 @@ from typing import Any
 
 from service.handlers.base import InvalidInput
 
-_LANGUAGE = re.compile(r"[A-Za-z]{2,3}")  # ISO 639-1 (two letters); 639-2/3 (three)
+_LANGUAGE = re.compile(r"[a-z]{2}")  # ISO 639-1, as vLLM keys the languages of a model
 
 TRANSCRIPTION_TASK_TYPES = ("transcribe", "transcription")
 TRANSCRIPTION_PROFILE = "voxtral-small"
@@ -44,9 +44,9 @@ def parse_transcription_input(data: Any) -> TranscriptionRequest:
     if b64 is not None and (not isinstance(b64, str) or not b64.strip()):
         raise InvalidInput("audio_base64 must be a non-empty string", field="audio_base64")
     language = data.get("language")
-    if language is not None and (
-        not isinstance(language, str) or not _LANGUAGE.fullmatch(language.strip())
-    ):
+    if isinstance(language, str):
+        language = language.strip().lower()  # "EN " is "en"
+    if language is not None and not (isinstance(language, str) and _LANGUAGE.fullmatch(language)):
         # vLLM refuses anything but a code of the model's languages, after the audio was
         # fetched and uploaded: say so at submission ("english" used to pass here)
         raise InvalidInput(

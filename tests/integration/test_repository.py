@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from service.db import Database
-from service.dev import end_leases_of_dead_runs
+from service.db.dead_runs import end_leases_of_dead_runs
 from service.jobs import (
     IdempotencyConflict,
     JobFilter,

@@ -151,6 +151,7 @@ def test_transcription_input() -> None:
     assert (req.audio_url, req.language, req.diarization, req.num_speakers) == (
         "https://x/a.wav", "ru", True, 2,
     )  # fmt: skip
+    assert parse_transcription_input({"audio_base64": "x", "language": " EN"}).language == "en"
     for data, expected in [
         ({}, "exactly one of audio_url or audio_base64"),
         ({"audio_url": "u", "audio_base64": "b"}, "exactly one of"),
@@ -159,6 +160,7 @@ def test_transcription_input() -> None:
         ({"audio_base64": "x", "num_speakers": 0}, "num_speakers must be an integer"),
         ({"audio_base64": "x", "language": 7}, "language must be an ISO 639-1 code"),
         ({"audio_base64": "x", "language": "english"}, "got 'english'"),
+        ({"audio_base64": "x", "language": "eng"}, "got 'eng'"),
         ({"audio_base64": "x", "language": ""}, "language must be an ISO 639-1 code"),
     ]:
         with pytest.raises(InvalidInput, match=expected):
