@@ -195,6 +195,9 @@ SET lease_expires_at = now() + coalesce(
         make_interval(secs => %(default_seconds)s)),
     updated_at = now()
 WHERE id = ANY(%(ids)b::uuid[]) AND status = 'running' AND worker_id = %(worker_id)s
+  -- a lease ended early (expire_lease, dev's end of a dead run's) stays ended: a renewal
+  -- already on its way must not give a job given up a whole lease back
+  AND lease_expires_at > updated_at
 RETURNING id, extract(epoch FROM lease_expires_at - now())::float8 AS seconds_left;
 
 -- name: complete_job

@@ -57,17 +57,18 @@ async def claim_jobs(
     profiles, only = data.profiles(), data.task_types()
 
     async def claim_once() -> list[Job]:
-        # Before the claim: a claim that commits and then fails here (a later profile's
-        # claim, the client gone) leaves leases no reply carried; they end on time too.
-        reaper.lease_ends_in(lease)
         jobs: list[Job] = []
-        for profile in profiles:
-            left = data.limit - len(jobs)
-            if left <= 0:
-                break
-            jobs += await repo.claim(
-                profile, data.worker_id, limit=left, lease_seconds=lease, only_types=only
-            )
+        try:
+            for profile in profiles:
+                left = data.limit - len(jobs)
+                if left <= 0:
+                    break
+                jobs += await repo.claim(
+                    profile, data.worker_id, limit=left, lease_seconds=lease, only_types=only
+                )
+        finally:  # also when a claim committed and then failed here (a later profile's
+            # claim, the client gone): its leases, carried by no reply, end on time too
+            reaper.lease_ends_in(lease)
         return jobs
 
     async def claim() -> list[Job] | None:

@@ -327,11 +327,14 @@ class JobRepository:
         ids: Sequence[UUID],
         *,
         lease_seconds: float | None,
-        default_seconds: float | None = None,
+        default_seconds: float | None,
     ) -> dict[UUID, float]:
         """Extend leases in one statement (``lease_seconds`` None: by as long as the last
-        grant, ``default_seconds`` if that cannot be told); returns the ids still held (the
-        rest were lost), each with its seconds left on the database's clock."""
+        grant, ``default_seconds`` if that cannot be told: one of the two must be given);
+        returns the ids still held (the rest were lost, or their leases were ended early),
+        each with its seconds left on the database's clock."""
+        if lease_seconds is None and default_seconds is None:
+            raise ValueError("heartbeat needs lease_seconds or default_seconds")
         if not ids:
             return {}
         params = {

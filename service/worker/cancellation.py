@@ -40,9 +40,11 @@ class RunningJob:
     # The handler has returned; its outcome is being recorded. A notification about this run
     # now is the echo of that outcome (the worker's own retry notifies the run it took back).
     finished: bool = False
-    # (monotonic) when the claim that took the run was sent, before its lease began: the
-    # lease keeper's bound on that lease while renewals fail
+    # (monotonic) when the claim that took the run, or the last renewal of its lease that got
+    # through, was sent: the lease keeper's bound on the lease while renewals fail
     since: float = field(default_factory=time.monotonic)
+    # Its outcome could not be written and its lease is being ended: not renewed any more
+    given_up: bool = False
 
     def cancel(self, reason: Reason) -> None:
         if self.reason is None:

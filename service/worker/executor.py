@@ -162,7 +162,7 @@ class Executor:
                     # Logged in the job's log context and span (job_id, trace_id on the line).
                     tracing.record_error(span, exc)
                     log.exception("executing job %s failed; giving it up to the reaper", job.id)
-                    self.running.remove(entry)  # first: the lease keeper must not renew it
+                    entry.given_up = True  # first: the lease keeper must not renew it
                     await self._give_up(job)
         except anyio.get_cancelled_exc_class():
             self.to_release.append(job)  # the process is exiting at once

@@ -11,7 +11,7 @@ take-backs notified while it was away are gone, and the renewal is what finds th
 While renewals fail (this process cut off from PostgreSQL, others not), the leases run out
 all the same and another process's reaper may hand the jobs to a worker that reaches the
 database: a handler whose lease has run out by this process's clock (since its claim or the
-last renewal that got through, less a margin) is stopped as ``lost``, so a job never runs
+last renewal of it that got through, less a margin) is stopped as ``lost``, so a job never runs
 twice at once. Its result would be refused anyway.
 """
 
@@ -57,7 +57,6 @@ class LeaseKeeper:
         self.also_held = also_held
         self._soon = Wakeup()
         self._retry_max = max(min(self.interval / 2, RETRY_MAX), 0.1)
-        self._confirmed = time.monotonic()  # when the last renewal that got through was sent
         self._margin = min(MARGIN_MAX, lease_seconds / 10) + self._retry_max
 
     def renew_soon(self) -> None:
@@ -91,24 +90,29 @@ class LeaseKeeper:
     async def _watch(self) -> None:
         while True:
             await anyio.sleep(self._retry_max)
-            self.stop_unrenewed()
+            try:
+                self.stop_unrenewed()
+            except Exception:  # it must not end the keeper (and with it the worker)
+                log.exception("checking for leases that ran out failed")
 
     async def renew(self) -> None:
-        entries = list(self.running)
+        entries = [e for e in self.running if not e.given_up]
         ids = [e.job.id for e in entries]
         watched = set(ids)
         ids += [i for i in self.also_held() if i not in watched]
-        sent = time.monotonic()
         if not ids:
-            self._confirmed = sent
             return
-        held = await self.repo.heartbeat(self.worker_id, ids, lease_seconds=self.lease_seconds)
-        self._confirmed = sent
+        sent = time.monotonic()
+        held = await self.repo.heartbeat(
+            self.worker_id, ids, lease_seconds=self.lease_seconds, default_seconds=None
+        )
         metrics.leases_renewed(len(held))
         for entry in entries:
+            if entry.job.id in held:  # its lease runs from (after) this send now
+                entry.since = max(entry.since, sent)
             # Only the run we asked about: a job that failed, went back to pending and was
             # claimed again by us meanwhile is a new run with a fresh lease.
-            if entry.job.id not in held and self.running.is_current(entry):
+            elif self.running.is_current(entry):
                 log.warning(
                     "lease of job %s lost; cancelling it",
                     entry.job.id,
@@ -121,9 +125,9 @@ class LeaseKeeper:
         """Stop (``lost``) each handler whose lease has run out by this process's clock."""
         now, limit = time.monotonic(), self.lease_seconds - self._margin
         for entry in self.running:
-            if entry.finished or entry.reason is not None:
+            if entry.finished or entry.given_up or entry.reason is not None:
                 continue
-            if now - max(entry.since, self._confirmed) >= limit:
+            if now - entry.since >= limit:
                 log.warning(
                     "lease of job %s ran out while renewals failed; stopping it (another "
                     "worker may be given it)",

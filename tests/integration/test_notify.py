@@ -91,7 +91,7 @@ async def test_requeue_notifies_but_claim_and_complete_do_not(db_url: str) -> No
             claimed = await repo.claim("qwen2.5-14b", "w", limit=50, lease_seconds=60)
             assert len(claimed) == 50
             await repo.complete(claimed[0].id, "w", {"ok": 1})
-            await repo.heartbeat("w", [claimed[1].id], lease_seconds=60)
+            await repo.heartbeat("w", [claimed[1].id], lease_seconds=60, default_seconds=None)
             assert drain(conn) == []
             await repo.fail(
                 claimed[1].id, "w", error_category="timeout", error_message="t", retryable=True

@@ -370,7 +370,7 @@ async def test_lease_expiry_reclaims_and_refuses_stale_owner(
     with pytest.raises(StateConflict) as err:
         await repo.complete(job.id, "old", {"late": True})
     assert "another worker" in str(err.value)
-    assert await repo.heartbeat("old", [job.id], lease_seconds=60) == {}
+    assert await repo.heartbeat("old", [job.id], lease_seconds=60, default_seconds=None) == {}
     done = await repo.complete(job.id, "new", {"ok": True})
     assert done.status == "completed" and done.result == {"ok": True}
     with pytest.raises(StateConflict):
@@ -530,20 +530,34 @@ async def test_heartbeat_extends_only_held_leases(repo: JobRepository) -> None:
     await repo.create_batch([nj() for _ in range(2)])
     a, b = await repo.claim("qwen2.5-14b", "w", limit=2, lease_seconds=5)
     await repo.cancel_where(JobFilter(ids=[b.id]))
-    assert set(await repo.heartbeat("w", [a.id, b.id], lease_seconds=600)) == {a.id}
+    held = await repo.heartbeat("w", [a.id, b.id], lease_seconds=600, default_seconds=None)
+    assert set(held) == {a.id}
     renewed = await repo.get(a.id)
     assert renewed.lease_expires_at is not None and a.lease_expires_at is not None
     assert renewed.lease_expires_at > a.lease_expires_at
 
 
 async def test_a_heartbeat_without_a_length_renews_for_the_last_grant_or_the_default(
-    repo: JobRepository,
+    repo: JobRepository, db_url: str
 ) -> None:
     job, _ = await repo.create(nj())
     await repo.claim("qwen2.5-14b", "w", limit=1, lease_seconds=30)
     left = await repo.heartbeat("w", [job.id], lease_seconds=None, default_seconds=900)
     assert 25 < left[job.id] <= 30  # the claim's 30 s, on the database's clock
-    # a lease ended early (given up): its length cannot be told, so the default, not 0 s
-    assert await repo.expire_lease("w", job.id, (await repo.get(job.id)).started_at)
+    # a length that cannot be told (an UPDATE by hand): the default, not a lease of 0 s
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE ai_jobs SET updated_at = now(), lease_expires_at = now() + interval '0.2 s'"
+        )
     left = await repo.heartbeat("w", [job.id], lease_seconds=None, default_seconds=900)
     assert 890 < left[job.id] <= 900
+
+
+async def test_a_lease_ended_early_is_not_renewed(repo: JobRepository) -> None:
+    """A job given up (its outcome could not be written) has its lease ended for the reaper:
+    a renewal already on its way must not give it a whole lease back, held by nobody."""
+    job, _ = await repo.create(nj())
+    [claimed] = await repo.claim("qwen2.5-14b", "w", limit=1, lease_seconds=600)
+    assert await repo.expire_lease("w", job.id, claimed.started_at)
+    assert await repo.heartbeat("w", [job.id], lease_seconds=600, default_seconds=None) == {}
+    assert [(r.id, r.status) for r in await repo.reap() or []] == [(job.id, "pending")]
