@@ -34,6 +34,15 @@ def remaining(db_url: str) -> set[str]:
         return {r[0] for r in conn.execute("SELECT owner_ref FROM ai_jobs").fetchall()}
 
 
+async def finished_long_ago(repo: JobRepository, db_url: str, n: int) -> None:
+    """``n`` jobs completed two hours ago."""
+    ids = [await new(repo, f"j{i}") for i in range(n)]
+    await repo.claim("p", "w", limit=n, lease_seconds=60)
+    for i in ids:
+        await repo.complete(i, "w", {"ok": 1})
+    age(db_url, ids, 2)
+
+
 async def test_only_jobs_finished_before_the_retention_are_deleted(
     repo: JobRepository, db_url: str
 ) -> None:
@@ -62,11 +71,7 @@ async def test_a_turn_deletes_at_most_its_batches(
 ) -> None:
     monkeypatch.setattr(reaper, "BATCH", 2)
     monkeypatch.setattr(reaper, "PURGE_BATCHES", 2)
-    ids = [await new(repo, f"j{i}") for i in range(5)]
-    await repo.claim("p", "w", limit=5, lease_seconds=60)
-    for i in ids:
-        await repo.complete(i, "w", {"ok": 1})
-    age(db_url, ids, 2)
+    await finished_long_ago(repo, db_url, 5)
     purger = Reaper(repo, lease_seconds=60, retention=3600)
     assert [await purger.purge_once() for _ in range(3)] == [4, 1, 0]
     assert remaining(db_url) == set()
@@ -79,11 +84,7 @@ async def test_the_purge_keeps_its_own_pace_however_often_the_reaper_turns(
     up): the purge, up to 50,000 deletions, comes every lease/4 all the same."""
     monkeypatch.setattr(reaper, "BATCH", 2)
     monkeypatch.setattr(reaper, "PURGE_BATCHES", 1)
-    ids = [await new(repo, f"j{i}") for i in range(4)]
-    await repo.claim("p", "w", limit=4, lease_seconds=60)
-    for i in ids:
-        await repo.complete(i, "w", {"ok": 1})
-    age(db_url, ids, 2)
+    await finished_long_ago(repo, db_url, 4)
     purger = Reaper(repo, lease_seconds=3600, retention=3600)  # a purge every 15 minutes
     await purger.turn()
     await purger.turn()  # the next turn at once: no purge in it

@@ -23,6 +23,7 @@ from service.jobs import Job, JobRepository
 from service.providers.errors import error_for_status
 from service.providers.scrub import Scrubber
 from service.worker.breaker import ProviderBreaker
+from service.worker.main import Worker
 from tests.integration.test_worker_runtime import (
     PROFILE,
     finished,
@@ -355,6 +356,21 @@ async def test_a_nul_or_a_surrogate_in_an_error_message_still_records_the_failur
     assert "provider said ? nothing" in (other.error_message or "")
 
 
+async def stop_with_a_result_queued(repo: JobRepository, db_url: str) -> tuple[Job, Worker]:
+    """A job runs, its result waits in the completer (whose writes the test makes fail),
+    and the worker is stopped; returns the job and the stopped worker."""
+
+    async def handler(job: Job) -> Any:
+        return {"ok": True}
+
+    async with running_worker(db_url, registry(handler)) as worker:
+        job, _ = await repo.create(nj())
+        await until(lambda: worker.status.pending_completions == 1, what="the result queued")
+        worker.stop()
+        await until(lambda: worker.status.state == "stopped", what="the worker to stop")
+    return job, worker
+
+
 async def test_stopping_releases_a_job_whose_result_cannot_be_stored(
     repo: JobRepository, db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -369,14 +385,7 @@ async def test_stopping_releases_a_job_whose_result_cannot_be_stored(
 
     monkeypatch.setattr(JobRepository, "complete_many", complete_many)
 
-    async def handler(job: Job) -> Any:
-        return {"ok": True}
-
-    async with running_worker(db_url, registry(handler)) as worker:
-        job, _ = await repo.create(nj())
-        await until(lambda: worker.status.pending_completions == 1, what="the result queued")
-        worker.stop()
-        await until(lambda: worker.status.state == "stopped", what="the worker to stop")
+    job, _ = await stop_with_a_result_queued(repo, db_url)
     released = await repo.get(job.id)
     assert (released.status, released.attempts, released.worker_id) == ("pending", 0, None)
 
@@ -405,15 +414,8 @@ async def test_a_result_in_hand_is_stored_if_the_database_returns_during_the_rel
     monkeypatch.setattr(JobRepository, "complete_many", complete_many)
     monkeypatch.setattr(JobRepository, "release", release)
 
-    async def handler(job: Job) -> Any:
-        return {"ok": True}
-
-    async with running_worker(db_url, registry(handler)) as worker:
-        job, _ = await repo.create(nj())
-        await until(lambda: worker.status.pending_completions == 1, what="the result queued")
-        worker.stop()
-        await until(lambda: worker.status.state == "stopped", what="the worker to stop")
-        assert worker.status.profiles[PROFILE].released == 0
+    job, worker = await stop_with_a_result_queued(repo, db_url)
+    assert worker.status.profiles[PROFILE].released == 0
     done = await repo.get(job.id)
     assert (done.status, done.result, done.attempts) == ("completed", {"ok": True}, 1)
 
@@ -517,12 +519,9 @@ async def test_a_notification_ends_the_backoff_after_a_failed_claim(
     assert [j.status for j in done] == ["completed", "completed"]
 
 
-async def test_a_claim_whose_reply_was_lost_releases_what_it_claimed(
-    repo: JobRepository, db_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The claim committed, then the connection dropped before the rows arrived: the jobs are
-    the worker's in the database but unknown to it. They used to wait out their leases (an
-    hour here) and lose an attempt; now the next claim round releases them first."""
+def lose_the_first_claims_reply(monkeypatch: pytest.MonkeyPatch) -> list[UUID]:
+    """The first claim that takes jobs commits, then its connection drops before the rows
+    arrive; returns (fills, then) the ids it took."""
     real = JobRepository.claim
     lost: list[UUID] = []
 
@@ -534,6 +533,16 @@ async def test_a_claim_whose_reply_was_lost_releases_what_it_claimed(
         return jobs
 
     monkeypatch.setattr(JobRepository, "claim", claim)
+    return lost
+
+
+async def test_a_claim_whose_reply_was_lost_releases_what_it_claimed(
+    repo: JobRepository, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claim committed, then the connection dropped before the rows arrived: the jobs are
+    the worker's in the database but unknown to it. They used to wait out their leases (an
+    hour here) and lose an attempt; now the next claim round releases them first."""
+    lost = lose_the_first_claims_reply(monkeypatch)
     calls: list[int] = []
 
     async def handler(job: Job) -> Any:
@@ -554,17 +563,7 @@ async def test_a_lost_claims_jobs_are_released_while_the_provider_pause_lasts(
     """The claim's reply was lost and then the inference server went down: the loop pauses
     (no claim round, which is where lost claims were released), so the jobs were held
     unrenewed until reaped. They are handed back before the pause now."""
-    real = JobRepository.claim
-    lost: list[UUID] = []
-
-    async def claim(self: JobRepository, *args: Any, **kwargs: Any) -> list[Job]:
-        jobs = await real(self, *args, **kwargs)
-        if jobs and not lost:
-            lost.extend(j.id for j in jobs)
-            raise DatabaseUnavailable("server closed the connection unexpectedly")
-        return jobs
-
-    monkeypatch.setattr(JobRepository, "claim", claim)
+    lost = lose_the_first_claims_reply(monkeypatch)
     monkeypatch.setattr(ProviderBreaker, "pause_left", lambda self: 3600.0 if lost else 0.0)
 
     async def handler(job: Job) -> Any:
