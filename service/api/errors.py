@@ -263,9 +263,10 @@ def _error_for(request: Request[Any, Any, Any], exc: Exception) -> Response[Erro
             405, "method_not_allowed", f"{request.method} is not allowed on {request.url.path}"
         )
     if isinstance(exc, HTTPException) and exc.status_code == 400 and _is_body_decode(exc):
-        return error_response(
-            400, "invalid_json", f"the request body is not valid JSON: {exc.detail}"
-        )
+        detail = exc.detail
+        if "truncated" in detail.lower():  # msgspec's words for a lone surrogate escape too
+            detail += " (it ends early, or a string holds an unpaired \\ud800-\\udfff escape)"
+        return error_response(400, "invalid_json", f"the request body is not valid JSON: {detail}")
     if isinstance(exc, HTTPException):
         code = _STATUS_CODES.get(exc.status_code, "http_error")
         detail = exc.detail if exc.status_code < 500 else "internal error"
