@@ -9,5 +9,4 @@
 -- across the restart of `dev`, loses its leases too: its next renewal stops those jobs.)
 UPDATE ai_jobs SET lease_expires_at = now(), updated_at = now()
 WHERE status = 'running' AND starts_with(worker_id, %(worker_id_base)s || '/')
-  AND lease_expires_at > now()
-RETURNING id;
+  AND lease_expires_at > now();

@@ -19,11 +19,8 @@ def end_leases_of_dead_runs(url: str, worker_id_base: str) -> int:
     """End the leases held under ``worker_id_base/...`` (this machine's earlier runs, dead:
     none of this run exists yet); returns how many."""
     with psycopg.connect(url, autocommit=True) as conn:
-        ended = len(
-            conn.execute(
-                queries()["end_leases_of_dead_runs"], {"worker_id_base": worker_id_base}
-            ).fetchall()
-        )
+        params = {"worker_id_base": worker_id_base}
+        ended = conn.execute(queries()["end_leases_of_dead_runs"], params).rowcount
     if ended:
         log.warning(
             "%d jobs were left running by an earlier run that did not stop cleanly; "
