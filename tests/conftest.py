@@ -124,3 +124,4 @@ def _metric_label_bounds_per_test() -> None:
     must not find it reported as ``other`` because earlier tests used up the bound."""
     labels.profiles.reset()
     labels.task_types.reset()
+    labels.error_categories.reset()

@@ -29,6 +29,7 @@ from service.api.media import json_body_guard
 from service.api.otel import server_span_plugins
 from service.config import Settings
 from service.db import open_database
+from service.handlers.base import CATEGORIES
 from service.handlers.llm_input import LLM_TASK_TYPES
 from service.handlers.transcription_input import TRANSCRIPTION_TASK_TYPES
 from service.jobs import JobRepository
@@ -105,6 +106,7 @@ def create_app(
                 if metrics_enabled():
                     metrics.queue_sample.expect(served_profiles(settings))
                     metrics.labels.task_types.allow(BUILTIN_TASK_TYPES)
+                    metrics.labels.error_categories.allow(CATEGORIES)
                     tg.start_soon(sample_queue, db)
                 try:
                     yield

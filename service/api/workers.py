@@ -1,6 +1,10 @@
 """Worker-facing routes, for external workers in any language: claim (with long-poll),
 heartbeat, complete and fail. Every call after the claim names the ``worker_id`` that holds the
 lease; a late or foreign call is a 409 carrying the job's current status, never an overwrite.
+
+Their claims, completions and failures are counted in the same metrics as the built-in
+workers' (pickup latency, jobs completed / failed): otherwise a profile served only by external
+workers shows jobs created and never finished, and its failure alerts cannot fire.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from litestar import Request, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 
+from service import metrics
 from service.api.deps import unless_gone
 from service.api.errors import invalid, responses
 from service.api.hub import NotifyHub, profile_channel
@@ -63,9 +68,11 @@ async def claim_jobs(
                 left = data.limit - len(jobs)
                 if left <= 0:
                     break
-                jobs += await repo.claim(
+                claimed = await repo.claim(
                     profile, data.worker_id, limit=left, lease_seconds=lease, only_types=only
                 )
+                metrics.jobs_claimed(claimed)
+                jobs += claimed
         finally:  # also when a claim committed and then failed here (a later profile's
             # claim, the client gone): its leases, carried by no reply, end on time too
             reaper.lease_ends_in(lease)
@@ -138,7 +145,9 @@ async def complete_job(
 ) -> Job:
     if too_deep(data.result):  # (it would be stored, then break every read of the job)
         raise invalid("result", f"nested deeper than {MAX_JSON_DEPTH} levels")
-    return await repo.complete(job_id, data.worker_id, data.result)
+    job = await repo.complete(job_id, data.worker_id, data.result)
+    metrics.job_completed(job)
+    return job
 
 
 @post(
@@ -153,7 +162,7 @@ async def complete_job(
 async def fail_job(
     job_id: FromPath[UUID], data: JSONBody[FailRequest], repo: NamedDependency[JobRepository]
 ) -> Job:
-    return await repo.fail(
+    job = await repo.fail(
         job_id,
         data.worker_id,
         error_category=data.error_category,
@@ -161,6 +170,8 @@ async def fail_job(
         retryable=data.retryable,
         retry_after=data.retry_after_seconds,
     )
+    metrics.job_failed(job, data.error_category, final=job.status != "pending")
+    return job
 
 
 ROUTES = [claim_jobs, heartbeat_job, complete_job, fail_job]

@@ -72,7 +72,12 @@ def _claimed_job(row: Row) -> tuple[Job | None, str]:
         job = Job.stored({**row, "trace_context": None})
     except msgspec.ValidationError as exc:
         return None, str(exc)
-    log.warning("job %s has an unreadable trace_context (%s); it runs untraced", row["id"], problem)
+    log.warning(
+        "job %s has an unreadable trace_context (%s); it runs untraced",
+        row["id"],
+        problem,
+        extra={"job_id": str(row["id"])},
+    )
     return job, ""
 
 
@@ -317,7 +322,12 @@ class JobRepository:
             row["id"], worker_id, error_category="invalid_input", error_message=message,
             retryable=False,
         )  # fmt: skip
-        log.error("job %s failed at claim: its stored row cannot be read (%s)", row["id"], problem)
+        log.error(
+            "job %s failed at claim: its stored row cannot be read (%s)",
+            row["id"],
+            problem,
+            extra={"job_id": str(row["id"])},
+        )
         failed = Reaped(row["id"], "failed", row["model_profile"], row["task_type"])
         metrics.job_failed(failed, "invalid_input", final=True)
 

@@ -183,6 +183,9 @@ def watch_worker(status: Any) -> None:
     lease reaped after a worker's OOM kill would never fire AiServiceWorkersLost."""
     workers.watch(status)
     _i[names.LISTENER_RECONNECTS.name].add(0)
+    _i[names.LEASES_RENEWED.name].add(0)
+    for profile in status.profiles:
+        _i[names.LEASES_LOST.name].add(0, {"model_profile": labels.profiles(profile)})
     for outcome in ("requeued", "failed"):
         _i[names.LEASES_REAPED.name].add(0, {"outcome": outcome})
 
@@ -207,7 +210,7 @@ def job_completed(job: Any) -> None:
 def job_failed(job: Any, error_category: str, *, final: bool) -> None:
     attrs = {
         **_job(job),
-        "error_category": error_category,
+        "error_category": labels.error_categories(error_category),
         "outcome": "final" if final else "retry",
     }
     _i[names.JOBS_FAILED.name].add(1, attrs)

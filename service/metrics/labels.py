@@ -1,6 +1,7 @@
 """Bounds on metric attribute values that come from callers.
 
-``model_profile`` and ``task_type`` are whatever a caller submits (any well-formed name), and
+``model_profile`` and ``task_type`` are whatever a caller submits (any well-formed name), as is
+an external worker's ``error_category``, and
 every distinct value is a series of its own, kept by the process for its whole life and by
 Prometheus for its retention: a batch of 5,000 jobs with random profiles made 20,000 series
 and a 3 MB ``/metrics``. So each process reports the first ``LIMIT`` values it meets of each,
@@ -59,3 +60,4 @@ class BoundedValues:
 
 profiles = BoundedValues("model_profile")
 task_types = BoundedValues("task_type")
+error_categories = BoundedValues("error_category")

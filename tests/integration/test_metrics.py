@@ -32,6 +32,7 @@ Samples = list[tuple[str, dict[str, str], float]]
 PROFILE = f"metrics-{uuid.uuid4().hex[:8]}"  # served: the LLM model of the worker
 WAITING = f"waiting-{uuid.uuid4().hex[:8]}"  # no worker serves it: the queue gauges see it
 DEAD = f"dead-{uuid.uuid4().hex[:8]}"  # claimed by a worker that died: the reaper takes them
+EXTERNAL = f"external-{uuid.uuid4().hex[:8]}"  # served by an external worker through the API
 FAST = {"latency_ms": 1.0, "per_token_ms": 0.0, "per_audio_second_ms": 0.0}
 
 
@@ -146,6 +147,8 @@ async def test_metrics_endpoints_serve_the_job_counters(repo: JobRepository, db_
         assert value(w, "ai_service_leases_reaped_total", outcome=outcome) == 0
         assert value(reaped, "ai_service_leases_reaped_total", outcome=outcome) == 1
     assert value(w, "ai_service_listener_reconnects_total") == 0
+    assert value(w, "ai_service_leases_renewed_total") == 0
+    assert value(w, "ai_service_leases_lost_total", model_profile=PROFILE) == 0
     assert value(w, "ai_service_jobs_pickup_latency_seconds_count", **job) == 2
     assert value(w, "ai_service_jobs_duration_seconds_count", **job, outcome="completed") == 1
     assert value(w, "ai_service_jobs_duration_seconds_count", **job, outcome="failed") == 1
@@ -166,6 +169,42 @@ async def test_metrics_endpoints_serve_the_job_counters(repo: JobRepository, db_
     # a served profile that never had a pending job still has its series (an idle system's
     # dashboard lists its profiles and shows 0, not "No data")
     assert value(a, "ai_service_queue_pending", model_profile="voxtral-small") == 0
+
+
+async def test_external_workers_claims_and_outcomes_are_counted(db_url: str) -> None:
+    """A profile served only by external workers (claim / complete / fail over HTTP) shows its
+    pickups, completions and failures like one served by the built-in workers: otherwise its
+    dashboard reads "created, never finished" and the failure alerts cannot fire for it."""
+    setup_metrics("api", Settings(metrics_port=free_port(), http_host="127.0.0.1"))
+    s = settings(metrics_port=0)
+    async with running_api(db_url, s) as api:
+        body = {"owner_service": "t", "task_type": "tg_analysis", "model_profile": EXTERNAL}
+        for attempts in (1, 1, 1, 2):
+            r = await api.client.post("/api/v1/jobs", json={**body, "max_attempts": attempts})
+            assert r.status_code == 201, r.text
+        claim = {"worker_id": "ext-1", "model_profile": EXTERNAL, "limit": 10}
+        got = await api.client.post("/api/v1/jobs/claim", json=claim)
+        jobs = sorted(got.json()["jobs"], key=lambda j: j["max_attempts"])
+        assert len(jobs) == 4, got.text
+        done = {"worker_id": "ext-1", "result": {"ok": True}}
+        for j in jobs[:2]:
+            r = await api.client.post(f"/api/v1/jobs/{j['id']}/complete", json=done)
+            assert r.status_code == 200, r.text
+        for j, category in ((jobs[2], "bad_audio"), (jobs[3], "timeout")):
+            fail = {"worker_id": "ext-1", "error_category": category, "retryable": True}
+            r = await api.client.post(f"/api/v1/jobs/{j['id']}/fail", json=fail)
+            assert r.status_code == 200, r.text
+        # a late completion (the job is no longer held) is a 409 and counts nothing
+        late = await api.client.post(f"/api/v1/jobs/{jobs[0]['id']}/complete", json=done)
+        assert late.status_code == 409
+        a = await scrape(api.client, f"{api.url}/metrics")
+
+    job = {"model_profile": EXTERNAL, "task_type": "tg_analysis"}
+    assert value(a, "ai_service_jobs_pickup_latency_seconds_count", **job) == 4
+    assert value(a, "ai_service_jobs_completed_total", **job) == 2
+    failed = "ai_service_jobs_failed_total"
+    assert value(a, failed, **job, error_category="bad_audio", outcome="final") == 1
+    assert value(a, failed, **job, error_category="timeout", outcome="retry") == 1
 
 
 async def test_no_metrics_route_without_metrics_port(db_url: str) -> None:
