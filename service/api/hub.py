@@ -34,6 +34,7 @@ FINISHED_CHANNEL = "ai_jobs_finished"
 KEEPALIVE = 10.0  # ping the connection after this many quiet seconds
 PING_TIMEOUT = 5.0
 IDLE_UNLISTEN = 60.0  # UNLISTEN a profile channel nobody waited on for this long
+DUE_RECHECK_MIN = 0.05  # a job due but not taken (another claim holds it): look again after
 T = TypeVar("T")
 
 
@@ -225,10 +226,14 @@ class NotifyHub:
         wait_seconds: float,
         *,
         gone: anyio.Event | None = None,
+        due_in: Callable[[], Awaitable[float | None]] | None = None,
     ) -> T | None:
         """Run ``check`` until it returns something or ``wait_seconds`` pass, re-running it
         after every matching notification and once more at the end. When ``gone`` is set (the
-        client hung up) it stops without checking again."""
+        client hung up) it stops without checking again. ``due_in`` (seconds until what is
+        waited for falls due by itself, None: nothing will) also re-runs it then: a job
+        scheduled with ``run_after`` or backed off after a failure becomes claimable with no
+        NOTIFY, and would otherwise wait for the end of the long poll."""
         if wait_seconds <= 0:
             return await check()
         deadline = anyio.current_time() + wait_seconds
@@ -246,6 +251,9 @@ class NotifyHub:
                 remaining = deadline - anyio.current_time()
                 if remaining <= 0:
                     return None
+                due = None if due_in is None else await due_in()
+                if due is not None:
+                    remaining = min(remaining, max(due, DUE_RECHECK_MIN))
                 with anyio.move_on_after(remaining):
                     await _first(
                         waiter.wait, self._closing.wait, gone.wait if gone is not None else None

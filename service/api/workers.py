@@ -90,11 +90,17 @@ async def claim_jobs(
             jobs = await claim_once()
         return jobs or None
 
+    async def due_in() -> float | None:
+        """Until the earliest pending job this claim could take is due (no NOTIFY then)."""
+        times = [await repo.seconds_until_due(p, only_types=only) for p in profiles]
+        return min((t for t in times if t is not None), default=None)
+
     if data.wait_seconds <= 0:
         return ClaimResult(jobs=await claim() or [])
     keys = [(profile_channel(p), None) for p in profiles]
     jobs = await unless_gone(
-        request, lambda gone: hub.wait_for(keys, claim, data.wait_seconds, gone=gone)
+        request,
+        lambda gone: hub.wait_for(keys, claim, data.wait_seconds, gone=gone, due_in=due_in),
     )
     return ClaimResult(jobs=jobs or [])
 

@@ -260,13 +260,23 @@ class JobRepository:
         return jobs, (jobs[-1].id if listed > len(jobs) else None)
 
     async def seconds_until_due(
-        self, model_profile: str, *, skip_types: Sequence[str] = ()
+        self,
+        model_profile: str,
+        *,
+        only_types: Sequence[str] | None = None,
+        skip_types: Sequence[str] = (),
     ) -> float | None:
-        """Seconds until the earliest pending job of a profile is due (<= 0: due now), on the
-        database's clock; None when nothing is pending. The idle worker sleeps this long."""
+        """Seconds until the earliest pending job of a profile (of ``only_types`` if given,
+        never of ``skip_types``) is due (<= 0: due now), on the database's clock; None when
+        nothing is pending. The idle worker sleeps this long; a long-polling claim wakes then
+        (no NOTIFY comes when a scheduled or backed-off job falls due)."""
         row = await self.db.fetchrow(
             "next_due_in",
-            {"model_profile": model_profile, "only_types": None, "skip_types": list(skip_types)},
+            {
+                "model_profile": model_profile,
+                "only_types": None if only_types is None else list(only_types),
+                "skip_types": list(skip_types),
+            },
         )
         return None if row is None or row["seconds"] is None else float(row["seconds"])
 

@@ -8,7 +8,8 @@ long before its own ``wait_seconds`` — so only a NOTIFY can have woken it.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta
+import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
@@ -257,6 +258,27 @@ async def test_claim_with_wait_is_woken_by_a_new_job(api: Api) -> None:
             job = await create(api)
     assert [j["id"] for j in got] == [job["id"]]
     assert got[0]["status"] == "running"
+
+
+async def test_claim_with_wait_takes_a_job_as_it_falls_due(api: Api) -> None:
+    """Scheduled (``run_after``) and backed-off jobs become claimable with no NOTIFY: a
+    waiting claim must wake when they fall due, not at the end of its 60 s wait."""
+    profile = f"later-{uuid.uuid4().hex[:8]}"
+    soon = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
+    job = await create(api, model_profile=profile, task_type="ext_task", run_after=soon)
+    typed = {"model_profile": profile, "task_type": ["ext_task"], "wait_seconds": 60}
+    with anyio.fail_after(GENEROUS):
+        got = await claim(api, **typed)
+    assert [j["id"] for j in got] == [job["id"]]
+    # a retryable failure backs it off; the next waiting claim takes it once that has passed
+    fail = {"worker_id": "w1", "error_category": "timeout", "retryable": True,
+            "retry_after_seconds": 1}  # fmt: skip
+    r = await api.client.post(f"/api/v1/jobs/{job['id']}/fail", json=fail)
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "pending"
+    with anyio.fail_after(GENEROUS):
+        again = await claim(api, model_profile=profile, wait_seconds=60)
+    assert [(j["id"], j["attempts"]) for j in again] == [(job["id"], 2)]
 
 
 async def test_many_waiters_share_one_listen_connection(api: Api, db_url: str) -> None:
