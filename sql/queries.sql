@@ -198,13 +198,20 @@ WHERE id = ANY(%(ids)b::uuid[]) AND status = 'running' AND worker_id = %(worker_
   -- a lease ended early (expire_lease, dev's end of a dead run's) stays ended: a renewal
   -- already on its way must not give a job given up a whole lease back
   AND lease_expires_at > updated_at
+  -- an external worker's run fence (the claimed job's started_at): see complete_job
+  AND (%(started_at)s::timestamptz IS NULL OR started_at = %(started_at)s::timestamptz)
 RETURNING id, extract(epoch FROM lease_expires_at - now())::float8 AS seconds_left;
 
 -- name: complete_job
+-- With started_at (the claimed job's, sent back by an external worker), only in that run: a
+-- worker_id is often a host name, the same across runs, and a late result of an earlier run
+-- of the job (retried, or reaped and claimed again by the same worker) must not complete the
+-- newer one. Without it, as the seed's workers call it: the worker_id alone.
 UPDATE ai_jobs
 SET status = 'completed', result = %(result)s, finished_at = now(), updated_at = now(),
     lease_expires_at = NULL, error_category = NULL, error_message = NULL
 WHERE id = %(id)s AND status = 'running' AND worker_id = %(worker_id)s
+  AND (%(started_at)s::timestamptz IS NULL OR started_at = %(started_at)s::timestamptz)
 RETURNING {{ _job_columns }};
 
 -- name: complete_jobs

@@ -162,24 +162,32 @@ class ClaimResult(msgspec.Struct, kw_only=True):
     jobs: list[Job]
 
 
-class HeartbeatRequest(_Body):
+class _RunCall(_Body):
+    """A call about the run of a job this worker claimed. ``started_at`` (the claimed job's,
+    sent back as received) names that run: without it a worker is told apart by
+    ``worker_id`` alone, and a late call of an earlier run of the same job by the same
+    ``worker_id`` (the job retried, or reaped and claimed again) would act on the newer run.
+    With it, such a call is a 409."""
+
+    worker_id: Name
+    started_at: Instant | None = None
+
+
+class HeartbeatRequest(_RunCall):
     """Extend the lease of a running job this worker holds: by ``lease_seconds``, or by as
     long as the claim (or the last heartbeat) granted."""
 
-    worker_id: Name
     lease_seconds: LeaseSeconds | None = None
 
 
-class CompleteRequest(_Body):
-    worker_id: Name
+class CompleteRequest(_RunCall):
     result: Any = None
 
 
-class FailRequest(_Body):
+class FailRequest(_RunCall, kw_only=True):
     """A retryable failure with attempts left returns the job to pending after a backoff
     (at least ``retry_after_seconds`` when given); anything else fails it for good."""
 
-    worker_id: Name
     error_category: Name
     error_message: ErrorMessage = ""
     retryable: bool = False

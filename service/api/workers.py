@@ -1,6 +1,8 @@
 """Worker-facing routes, for external workers in any language: claim (with long-poll),
 heartbeat, complete and fail. Every call after the claim names the ``worker_id`` that holds the
-lease; a late or foreign call is a 409 carrying the job's current status, never an overwrite.
+lease, and should name its run (the claimed job's ``started_at``: worker ids are often host
+names, the same across runs); a late or foreign call is a 409 carrying the job's current
+status, never an overwrite.
 
 Their claims, completions and failures are counted in the same metrics as the built-in
 workers' (pickup latency, jobs completed / failed): otherwise a profile served only by external
@@ -126,12 +128,15 @@ async def heartbeat_job(
         [job_id],
         lease_seconds=data.lease_seconds,
         default_seconds=settings.worker_lease_timeout,
+        started_at=data.started_at,
     )
     if job_id in held:
         reaper.lease_ends_in(held[job_id])  # (seconds left on the database's clock)
     job = await repo.get(job_id)
     if job_id not in held:
-        if allowed("heartbeat", job.status):
+        if allowed("heartbeat", job.status) and job.worker_id == data.worker_id:
+            reason = "this run's lease ended (the job was given up, or claimed again since)"
+        elif allowed("heartbeat", job.status):
             reason = f"the lease is held by another worker ({job.worker_id})"
         else:
             reason = "heartbeat needs status running"
@@ -151,7 +156,7 @@ async def complete_job(
 ) -> Job:
     if too_deep(data.result):  # (it would be stored, then break every read of the job)
         raise invalid("result", f"nested deeper than {MAX_JSON_DEPTH} levels")
-    job = await repo.complete(job_id, data.worker_id, data.result)
+    job = await repo.complete(job_id, data.worker_id, data.result, started_at=data.started_at)
     metrics.job_completed(job)
     return job
 
@@ -175,6 +180,7 @@ async def fail_job(
         error_message=data.error_message,
         retryable=data.retryable,
         retry_after=data.retry_after_seconds,
+        started_at=data.started_at,
     )
     metrics.job_failed(job, data.error_category, final=job.status != "pending")
     return job

@@ -146,16 +146,21 @@ class AsyncClient:
         return (await self._send(call)).jobs
 
     async def heartbeat(
-        self, job_id: UUID | str, worker_id: str, *, lease_seconds: float | None = None
+        self, job_id: Job | UUID | str, worker_id: str, *, lease_seconds: float | None = None
     ) -> Job:
+        """Extend the lease of a claimed job. Here and in ``complete`` and ``fail``, pass the
+        claimed ``Job`` itself rather than its id: its ``started_at`` then names this run,
+        and a late call of it cannot act on a later run of the same job (retried, or reaped
+        and claimed again under the same ``worker_id``): it raises ``ApiError`` 409
+        ``state_conflict``."""
         return await self._send(Calls.heartbeat(job_id, worker_id, lease_seconds))
 
-    async def complete(self, job_id: UUID | str, worker_id: str, result: Any = None) -> Job:
+    async def complete(self, job_id: Job | UUID | str, worker_id: str, result: Any = None) -> Job:
         return await self._send(Calls.complete(job_id, worker_id, result))
 
     async def fail(
         self,
-        job_id: UUID | str,
+        job_id: Job | UUID | str,
         worker_id: str,
         error_category: str,
         error_message: str = "",

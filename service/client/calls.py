@@ -60,6 +60,17 @@ def _instant(name: str, value: datetime | None) -> str | None:
     return value.isoformat()
 
 
+def _run(job_id: Job | UUID | str, body: dict[str, Any]) -> tuple[UUID | str, dict[str, Any]]:
+    """A worker's call about a job it claimed: given the claimed ``Job`` itself, its
+    ``started_at`` goes along and names the run, so a late call of an earlier run of the same
+    job (retried, or reaped and claimed again by this worker_id) is refused, not applied."""
+    if isinstance(job_id, Job):
+        if job_id.started_at is not None:
+            body = {**body, "started_at": job_id.started_at.isoformat()}
+        return job_id.id, body
+    return job_id, body
+
+
 def _job(job_id: UUID | str, action: str = "") -> str:
     """The path of one job; its id must be a UUID."""
     if not isinstance(job_id, UUID):
@@ -200,18 +211,20 @@ class Calls:
         return Call("POST", f"{JOBS}/claim", ClaimResult, body=body, read_timeout=wait_seconds)
 
     @staticmethod
-    def heartbeat(job_id: UUID | str, worker_id: str, lease_seconds: float | None) -> Call[Job]:
-        body = _clean({"worker_id": worker_id, "lease_seconds": lease_seconds})
-        return Call("POST", _job(job_id, "/heartbeat"), Job, body=body)
+    def heartbeat(
+        job_id: Job | UUID | str, worker_id: str, lease_seconds: float | None
+    ) -> Call[Job]:
+        job, body = _run(job_id, _clean({"worker_id": worker_id, "lease_seconds": lease_seconds}))
+        return Call("POST", _job(job, "/heartbeat"), Job, body=body)
 
     @staticmethod
-    def complete(job_id: UUID | str, worker_id: str, result: Any) -> Call[Job]:
-        body = {"worker_id": worker_id, "result": result}
-        return Call("POST", _job(job_id, "/complete"), Job, body=body)
+    def complete(job_id: Job | UUID | str, worker_id: str, result: Any) -> Call[Job]:
+        job, body = _run(job_id, {"worker_id": worker_id, "result": result})
+        return Call("POST", _job(job, "/complete"), Job, body=body)
 
     @staticmethod
     def fail(
-        job_id: UUID | str,
+        job_id: Job | UUID | str,
         worker_id: str,
         error_category: str,
         error_message: str,
@@ -227,7 +240,8 @@ class Calls:
                 "retry_after_seconds": retry_after_seconds,
             }
         )
-        return Call("POST", _job(job_id, "/fail"), Job, body=body)
+        job, body = _run(job_id, body)
+        return Call("POST", _job(job, "/fail"), Job, body=body)
 
     @staticmethod
     def stats() -> Call[Stats]:

@@ -129,16 +129,16 @@ class Client:
         return self._send(call).jobs
 
     def heartbeat(
-        self, job_id: UUID | str, worker_id: str, *, lease_seconds: float | None = None
+        self, job_id: Job | UUID | str, worker_id: str, *, lease_seconds: float | None = None
     ) -> Job:
         return self._send(Calls.heartbeat(job_id, worker_id, lease_seconds))
 
-    def complete(self, job_id: UUID | str, worker_id: str, result: Any = None) -> Job:
+    def complete(self, job_id: Job | UUID | str, worker_id: str, result: Any = None) -> Job:
         return self._send(Calls.complete(job_id, worker_id, result))
 
     def fail(
         self,
-        job_id: UUID | str,
+        job_id: Job | UUID | str,
         worker_id: str,
         error_category: str,
         error_message: str = "",

@@ -348,11 +348,13 @@ class JobRepository:
         *,
         lease_seconds: float | None,
         default_seconds: float | None,
+        started_at: datetime | None = None,
     ) -> dict[UUID, float]:
         """Extend leases in one statement (``lease_seconds`` None: by as long as the last
         grant, ``default_seconds`` if that cannot be told: one of the two must be given);
         returns the ids still held (the rest were lost, or their leases were ended early),
-        each with its seconds left on the database's clock."""
+        each with its seconds left on the database's clock. ``started_at`` (one job's, from
+        an external worker) renews only that run of it."""
         if lease_seconds is None and default_seconds is None:
             raise ValueError("heartbeat needs lease_seconds or default_seconds")
         if not ids:
@@ -362,24 +364,37 @@ class JobRepository:
             "ids": list(ids),
             "lease_seconds": lease_seconds,
             "default_seconds": default_seconds,
+            "started_at": started_at,
         }
         rows = await self.db.fetch("heartbeat_jobs", params)
         return {r["id"]: r["seconds_left"] for r in rows}
 
-    async def _refusal(self, job_id: UUID, action: str, worker_id: str | None) -> StateConflict:
+    async def _refusal(
+        self, job_id: UUID, action: str, worker_id: str | None, started_at: datetime | None = None
+    ) -> StateConflict:
         job = await self.get(job_id)  # raises JobNotFound
         if states.allowed(action, job.status) and worker_id is not None:
             reason = f"the lease is held by another worker ({job.worker_id})"
+            if job.worker_id == worker_id and started_at is not None:
+                reason = "this run ended: the job was claimed again since (retried, or reaped)"
         else:
             reason = f"{action} needs status {'|'.join(sorted(states.ACCEPTS[action]))}"
         return StateConflict(job_id, action, job.status, reason)
 
-    async def complete(self, job_id: UUID, worker_id: str, result: Any) -> Job:
-        row = await self.db.fetchrow(
-            "complete_job", {"id": job_id, "worker_id": worker_id, "result": jsonb(result)}
-        )
+    async def complete(
+        self, job_id: UUID, worker_id: str, result: Any, *, started_at: datetime | None = None
+    ) -> Job:
+        """Store a result. With ``started_at`` (the claimed job's), only in that run of the
+        job, as ``complete_many`` does."""
+        params = {
+            "id": job_id,
+            "worker_id": worker_id,
+            "result": jsonb(result),
+            "started_at": started_at,
+        }
+        row = await self.db.fetchrow("complete_job", params)
         if row is None:
-            raise await self._refusal(job_id, "complete", worker_id)
+            raise await self._refusal(job_id, "complete", worker_id, started_at)
         return Job.from_row(row)
 
     async def complete_many(
@@ -438,7 +453,7 @@ class JobRepository:
             },
         )
         if row is None:
-            raise await self._refusal(job_id, "fail", worker_id)
+            raise await self._refusal(job_id, "fail", worker_id, started_at)
         return Job.from_row(row)
 
     async def release(self, worker_id: str, ids: Sequence[UUID]) -> set[UUID]:

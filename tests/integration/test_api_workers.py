@@ -281,6 +281,36 @@ async def test_claim_with_wait_takes_a_job_as_it_falls_due(api: Api) -> None:
     assert [(j["id"], j["attempts"]) for j in again] == [(job["id"], 2)]
 
 
+async def test_a_late_call_of_an_earlier_run_by_the_same_worker_is_refused(api: Api) -> None:
+    """worker_id is often a host name, the same for every run: a call that names its run
+    (the claimed job's started_at) acts on that run only, never on a newer claim of the job."""
+    job = await create(api, model_profile=f"rerun-{uuid.uuid4().hex[:8]}")
+    first = (await claim(api, "host-1", model_profile=job["model_profile"]))[0]
+    r = await api.client.post(f"/api/v1/jobs/{job['id']}/retry")
+    assert r.status_code == 200, r.text
+    second = (await claim(api, "host-1", model_profile=job["model_profile"]))[0]
+    assert second["started_at"] != first["started_at"]
+    run1 = {"worker_id": "host-1", "started_at": first["started_at"]}
+    calls = [
+        ("heartbeat", {**run1, "lease_seconds": 60}),
+        ("complete", {**run1, "result": {"from": "run 1"}}),
+        ("fail", {**run1, "error_category": "internal", "retryable": False}),
+    ]
+    for action, body in calls:
+        r = await api.client.post(f"/api/v1/jobs/{job['id']}/{action}", json=body)
+        assert r.status_code == 409, (action, r.text)
+        assert r.json()["status"] == "running"
+        assert "claimed again" in r.json()["detail"] or "ended" in r.json()["detail"]
+    run2 = {"worker_id": "host-1", "started_at": second["started_at"]}
+    r = await api.client.post(f"/api/v1/jobs/{job['id']}/heartbeat", json=run2)
+    assert r.status_code == 200, r.text
+    r = await api.client.post(
+        f"/api/v1/jobs/{job['id']}/complete", json={**run2, "result": {"from": "run 2"}}
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["result"] == {"from": "run 2"}
+
+
 async def test_many_waiters_share_one_listen_connection(api: Api, db_url: str) -> None:
     jobs = [await create(api) for _ in range(5)]
     claimed = await claim(api, limit=5)

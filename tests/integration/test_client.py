@@ -84,7 +84,15 @@ async def test_sync_client(db_url: str) -> None:
                 job = ai.create("telephony", "llm_chat", "qwen2.5-14b", {"user": "x"})
                 assert ai.get(job.id).status == "pending"
                 [c] = ai.claim("w", "qwen2.5-14b", wait_seconds=5)
-                ai.complete(c.id, "w", {"content": "y"})
+                # given the claimed Job, a call names its run: after a retry and a new claim
+                # by the same worker_id, a late call of the first run is refused
+                ai.retry(c.id)
+                [again] = ai.claim("w", "qwen2.5-14b")
+                with pytest.raises(ApiError) as late:
+                    ai.complete(c, "w", {"content": "stale"})
+                assert late.value.code == "state_conflict" and late.value.status == "running"
+                assert ai.heartbeat(again, "w").status == "running"
+                ai.complete(again, "w", {"content": "y"})
                 assert ai.wait(job.id).result == {"content": "y"}
                 assert [j.id for j in ai.list()] == [job.id]
                 assert ai.stats().totals["completed"] == 1
