@@ -25,6 +25,7 @@ from service.db.queries import queries
 Row = dict[str, Any]
 Params = Mapping[str, Any] | None
 Prepare = bool | None
+PING_TIMEOUT_S = 2.0  # readiness: under the probes' 3 s (deploy/k8s)
 
 
 class DatabaseError(Exception):
@@ -258,10 +259,16 @@ class Database:
 
     async def ping(self) -> None:
         """Raise ``DatabaseUnavailable`` unless a round trip to the server succeeds. Bounded
-        at 2 s: readiness probes give up after 3 s (``deploy/k8s``) and should read the
-        answer's reason, not time out."""
-        async with _translate_errors(), self._connection(timeout=2) as conn:
-            await conn.execute("SELECT 1")
+        at 2 s, the wait for a connection and the round trip together: readiness probes
+        give up after 3 s (``deploy/k8s``) and should read the answer's reason, not time
+        out. A server that accepts bytes and never answers (stopped, or a network that
+        drops without a reset) would otherwise hold ``/readyz`` until TCP gives up; the
+        connection whose ``SELECT 1`` is abandoned is closed by psycopg, not pooled again."""
+        with anyio.move_on_after(PING_TIMEOUT_S) as scope:
+            async with _translate_errors(), self._connection(timeout=PING_TIMEOUT_S) as conn:
+                await conn.execute("SELECT 1")
+        if scope.cancelled_caught:
+            raise DatabaseUnavailable(f"PostgreSQL did not answer within {PING_TIMEOUT_S:g} s")
 
     async def close(self) -> None:
         await self._pool.close()

@@ -1,0 +1,96 @@
+"""A PostgreSQL that stops answering without closing anything (the server stopped with
+SIGSTOP, a network that drops packets without a reset): readiness must say so within its
+bound, not hang until TCP gives up. Between the service and the real server sits a TCP relay
+that can hold every byte (``freeze``), as such a network does."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+import pytest
+from anyio.abc import ByteStream, SocketStream
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from service.db import DatabaseUnavailable, open_database
+from tests.integration.test_worker_runtime import until
+
+
+class Relay:
+    """Forwards TCP connections to PostgreSQL; ``freeze`` holds every byte until ``thaw``."""
+
+    def __init__(self, target: str) -> None:
+        info = conninfo_to_dict(target)
+        self.host = str(info.get("host") or "127.0.0.1")
+        self.port = int(info.get("port") or 5432)
+        self._flowing = anyio.Event()
+        self._flowing.set()
+
+    async def _connect(self) -> SocketStream:
+        if self.host.startswith("/"):  # a socket directory
+            return await anyio.connect_unix(f"{self.host}/.s.PGSQL.{self.port}")
+        return await anyio.connect_tcp(self.host, self.port)
+
+    def freeze(self) -> None:
+        self._flowing = anyio.Event()
+
+    def thaw(self) -> None:
+        self._flowing.set()
+
+    async def _pump(self, src: ByteStream, dst: ByteStream) -> None:
+        try:
+            async for chunk in src:
+                await self._flowing.wait()
+                await dst.send(chunk)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass
+        finally:
+            await dst.aclose()
+
+    async def handle(self, client: SocketStream) -> None:
+        async with client, await self._connect() as server, anyio.create_task_group() as tg:
+            tg.start_soon(self._pump, client, server)
+            tg.start_soon(self._pump, server, client)
+
+
+@asynccontextmanager
+async def relay_to(url: str) -> AsyncIterator[tuple[Relay, str]]:
+    relay = Relay(url)
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, relay.handle)
+        try:
+            yield relay, make_conninfo(url, host="127.0.0.1", port=port)
+        finally:
+            relay.thaw()
+            tg.cancel_scope.cancel()
+
+
+async def test_a_ping_to_a_server_that_stopped_answering_gives_up_within_its_bound(
+    db_url: str,
+) -> None:
+    async with relay_to(db_url) as (relay, url):
+        db = await open_database(url, max_size=2, min_size=1)
+        try:
+            await db.ping()
+            relay.freeze()
+            # the bound is the ping's own (2 s); this deadline only keeps a hang from
+            # holding the suite (before the fix: until TCP gave up, many minutes)
+            with anyio.fail_after(30), pytest.raises(DatabaseUnavailable, match="did not answer"):
+                await db.ping()
+            relay.thaw()
+
+            async def answers() -> bool:
+                try:
+                    await db.ping()
+                except DatabaseUnavailable:
+                    return False
+                return True
+
+            await until(answers, what="the ping to answer again once the relay flows")
+        finally:
+            relay.thaw()
+            with anyio.fail_after(30):
+                await db.close()
