@@ -10,11 +10,13 @@ chunked) first waits for one of ``READERS`` places, then is read in full — raw
 defaults) and ``SLOTS`` decoded; small requests, the many single creates and long-polls, never
 wait.
 
-Reading before taking a slot keeps a slow upload from holding one (uvicorn has no body
-deadline); a request without a valid token is not read here at all but passed on, so the guard
-refuses it as usual; a body over the size limit, or a client gone while it was read, is passed
-on too (to its 413, or to the disconnect). Litestar builds app-level middleware once per route:
-``body_gate`` makes every route's gate share one ``Slots``, so the bounds are the process's.
+Reading before taking a slot keeps a slow upload from holding one. Every other body is read
+here first too, within the same deadline, with no place or slot: uvicorn has no body deadline,
+and a request declaring 1,000 bytes that sends 7 held its connection and handler for ever. A
+request without a valid token is not read here at all but passed on, so the guard refuses it
+as usual; a body over the size limit is passed on to its 413. A client gone while its body was
+read gets no answer and the app never sees the request: nothing was done, and Litestar would
+log the disconnect as a 500.
 """
 
 from __future__ import annotations
@@ -97,23 +99,36 @@ class LargeBodyGate:
         self.large_bytes = large_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != ScopeType.HTTP or not self._large(scope) or not self._authorized(scope):
+        body = self._body(scope) if scope["type"] == ScopeType.HTTP else None
+        if body is None or not self._authorized(scope):
             await self.app(scope, receive, send)  # and a declared size over the limit: its 413
+            return
+        if body == "small":
+            replay = await self._read_in_time(receive, send)
+            if replay is not None and not replay.gone:
+                await self.app(scope, replay, send)
             return
         reading, handling = self.slots.semaphores
         async with reading:
-            with anyio.move_on_after(READ_TIMEOUT_S) as deadline:
-                read, size = await self._read(receive)
-            if deadline.cancelled_caught:
-                await _answer_408(send)
+            replay = await self._read_in_time(receive, send)
+            if replay is None or replay.gone:
                 return
-            replay = _Replay(read, receive)
-            del read  # the replay holds the only reference: chunks go as the app reads them
-            if replay.gone or size > self.max_bytes:  # to the disconnect, or to its 413
+            if replay.size > self.max_bytes:  # to its 413
                 await self.app(scope, replay, send)
                 return
             async with handling:
                 await self.app(scope, replay, send)
+
+    async def _read_in_time(self, receive: Receive, send: Send) -> _Replay | None:
+        """The body read in full within READ_TIMEOUT_S, as a receive() that replays it; None
+        when it did not arrive in time (answered 408)."""
+        with anyio.move_on_after(READ_TIMEOUT_S) as deadline:
+            read, size = await self._read(receive)
+        if deadline.cancelled_caught:
+            await _answer_408(send)
+            return None
+        return _Replay(read, receive, size)  # the replay holds the only reference: chunks go
+        # as the app reads them
 
     async def _read(self, receive: Receive) -> tuple[deque[ReceiveMessage], int]:
         read: deque[ReceiveMessage] = deque()
@@ -127,16 +142,21 @@ class LargeBodyGate:
             more = message.get("more_body", False)
         return read, size
 
-    def _large(self, scope: Scope) -> bool:
+    def _body(self, scope: Scope) -> str | None:
+        """``"large"`` (read under the places and slots), ``"small"`` (read in time, no
+        place), or None: no body, or a declared size over the limit (passed on to its 413)."""
         for name, value in scope["headers"]:
             if name == b"content-length":
                 try:
-                    return self.large_bytes < int(value) <= self.max_bytes
+                    size = int(value)
                 except ValueError:
-                    return False  # refused as malformed downstream
+                    return None  # refused as malformed downstream
+                if size <= 0 or size > self.max_bytes:
+                    return None
+                return "large" if size > self.large_bytes else "small"
             if name == b"transfer-encoding" and b"chunked" in value.lower():
-                return True
-        return False
+                return "large"
+        return None
 
     def _authorized(self, scope: Scope) -> bool:
         if not self.auth_required:
@@ -151,9 +171,10 @@ class LargeBodyGate:
 class _Replay:
     """A receive(): the messages already read, each handed over once, then the client's."""
 
-    def __init__(self, read: deque[ReceiveMessage], receive: Receive) -> None:
+    def __init__(self, read: deque[ReceiveMessage], receive: Receive, size: int) -> None:
         self._read = read
         self._receive = receive
+        self.size = size
         self.gone = bool(read) and read[-1]["type"] != "http.request"
 
     async def __call__(self) -> ReceiveMessage:

@@ -173,7 +173,15 @@ async def test_only_so_many_bodies_are_held_at_once() -> None:
     assert (app.entered, reads.started) == (5, 5)
 
 
-async def test_a_body_not_in_within_the_deadline_is_408(monkeypatch: pytest.MonkeyPatch) -> None:
+SMALL_STALLED = [(b"content-length", b"2000")]  # declares 2,000 bytes, sends 1,000
+
+
+@pytest.mark.parametrize("headers", [LARGE, SMALL_STALLED], ids=["large", "small"])
+async def test_a_body_not_in_within_the_deadline_is_408(
+    monkeypatch: pytest.MonkeyPatch, headers: list[tuple[bytes, bytes]]
+) -> None:
+    """Small bodies too: uvicorn has no body deadline, and a request that declared more than
+    it sent held its connection and handler for ever."""
     monkeypatch.setattr(bodygate, "READ_TIMEOUT_S", 0.05)  # the gate's own deadline, shortened
     gate = body_gate(max_bytes=10 * LARGE_BYTES, tokens=(), auth_required=False)
     app, sent = Held(), []
@@ -182,25 +190,48 @@ async def test_a_body_not_in_within_the_deadline_is_408(monkeypatch: pytest.Monk
         sent.append(message)
 
     with anyio.fail_after(30):
-        await gate(app)(scope(LARGE), stalled(), keep)
+        await gate(app)(scope(headers), stalled(), keep)
     assert app.entered == 0
     assert sent[0]["status"] == 408 and (b"connection", b"close") in sent[0]["headers"]
     assert json.loads(sent[1]["body"])["error"] == "request_timeout"
 
 
-async def test_a_client_gone_while_its_body_was_read_takes_no_turn() -> None:
+@pytest.mark.parametrize("headers", [LARGE, SMALL_STALLED], ids=["large", "small"])
+async def test_a_client_gone_while_its_body_was_read_is_not_handled(
+    headers: list[tuple[bytes, bytes]],
+) -> None:
+    """Nothing was done for it, no one is there to answer, and handed on, Litestar logged
+    the disconnect as a 500. It takes no turn either."""
     slots = Slots(count=1)
     gate = body_gate(max_bytes=10 * LARGE_BYTES, tokens=(), auth_required=False, slots=slots)
-    app = Held()
+    app, sent = Held(), []
     route = gate(app)
 
-    async def gone() -> dict[str, Any]:
-        return {"type": "http.disconnect"}
+    async def keep(message: Any) -> None:
+        sent.append(message)
+
+    parts = [{"type": "http.request", "body": b"a" * 100, "more_body": True},
+             {"type": "http.disconnect"}]  # fmt: skip
+
+    async def leaves() -> Any:
+        return parts.pop(0)
 
     with anyio.fail_after(30):
         async with anyio.create_task_group() as tg:
             tg.start_soon(route, scope(LARGE), body([b"a" * LARGE_BYTES]), ignore)
             await app.until_entered(1)  # the only slot is taken
-            tg.start_soon(route, scope(LARGE), gone, ignore)
-            await app.until_entered(2)  # and the gone client still reaches the app
+            await route(scope(headers), leaves, keep)  # returns at once: no turn awaited
+            assert (app.entered, sent) == (1, [])
             app.release.set()
+
+
+async def test_a_request_without_a_body_is_passed_on_unread() -> None:
+    """A GET (a long-poll among them) is not read here: its receive() stays the app's, to
+    hear the client leave."""
+    gate = body_gate(max_bytes=10 * LARGE_BYTES, tokens=(), auth_required=False)
+    app, reads = Held(), Reads()
+    app.release.set()
+    with anyio.fail_after(30):
+        await gate(app)(scope([]), reads.body([b""]), ignore)
+        await gate(app)(scope([(b"content-length", b"0")]), reads.body([b""]), ignore)
+    assert app.entered == 2 and app.bodies == [b"", b""]
