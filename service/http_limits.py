@@ -156,12 +156,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             raise _HeadTooLarge
 
     def send_400_response(self, msg: str) -> None:
-        if not self._head_too_large:
-            super().send_400_response(msg)
-            return
+        """uvicorn's answer to a request the parser refused (plain text), in the service's
+        error shape: 431 for a head over the bound, else 400 ``bad_request``."""
         self._disarm()
         if not self._idle():  # a pipelined head behind a response being sent: no answer fits
             self.transport.close()
+            return
+        if not self._head_too_large:
+            self._answer(400, "bad_request", "the request is not valid HTTP/1.1")
             return
         log.warning("request head over %d bytes: answered 431", self.max_head_bytes)
         detail = f"the request line and headers exceed {self.max_head_bytes} bytes"
@@ -172,7 +174,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         body = json.dumps({"error": code, "detail": detail}).encode()
-        reason = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}[status]
+        reason = {
+            400: b"Bad Request",
+            408: b"Request Timeout",
+            431: b"Request Header Fields Too Large",
+        }[status]
         head = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
         for name, value in self.server_state.default_headers:
             head.append(name + b": " + value + b"\r\n")

@@ -126,6 +126,9 @@ def make_server(
         port=port,
         log_level=log_level,
         access_log=False,
+        # no handlers of uvicorn's own: its lines go through ours (service/logs.py), one JSON
+        # object per line like every other, not "WARNING:  ..." in the middle of the stream
+        log_config=None,
         lifespan="on",
         server_header=False,
         timeout_graceful_shutdown=10,

@@ -47,6 +47,7 @@ def _config(app: Any, config: SimulatorConfig, log_level: str) -> uvicorn.Config
         port=config.port,
         log_level=log_level,
         access_log=False,
+        log_config=None,  # its lines go through our handlers (service/serve.py)
         lifespan="on",
         # vLLM's default (VLLM_HTTP_TIMEOUT_KEEP_ALIVE=5): clients must cope with a server that
         # closes idle connections after 5 s, as the real one does.

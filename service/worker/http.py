@@ -91,6 +91,7 @@ def make_worker_server(
         port=port,
         log_level="warning",
         access_log=False,
+        log_config=None,  # its lines go through our handlers (service/serve.py)
         lifespan="off",
         server_header=False,
         timeout_graceful_shutdown=2,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator
 
 import anyio
@@ -14,6 +15,7 @@ import pytest
 from anyio.abc import SocketStream
 
 from service.http_limits import MAX_HEAD_BYTES, READ_SLACK, BoundedHttpToolsProtocol
+from service.logs import setup_logging
 from service.serve import make_server
 from service.worker.http import make_worker_server
 from service.worker.status import WorkerStatus
@@ -93,6 +95,34 @@ async def test_a_trailer_that_never_ends_closes_the_connection(api: Api) -> None
         await stream.send(head + chunked + trailer)  # the server may close while we send
     assert b"HTTP/1.1" not in await read_all(stream)  # closed (or reset), never answered
     assert (await api.client.get("/healthz")).status_code == 200
+
+
+async def test_a_request_that_is_not_http_gets_the_error_shape_and_a_json_log_line(
+    db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """uvicorn answered such requests in plain text, and logged them through handlers of its
+    own that it installed when a server was made, so the service's JSON log stream got a
+    "WARNING:  Invalid HTTP request received." line. Logging set up as a service process
+    does it (before its servers are made); every line on stderr must be a JSON object."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    setup_logging("info", "json")
+    try:
+        async with running_api(db_url) as api:
+            for raw in (b"FOO /healthz HTTP/1.1\r\nhost: t\r\n\r\n",
+                        b"POST /api/v1/jobs HTTP/1.1\r\nhost: t\r\ncontent-length: -5\r\n\r\n",
+                        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"):  # fmt: skip
+                stream = await connect(api)
+                await stream.send(raw)
+                status, body = answer(await read_all(stream))
+                assert (status, body["error"]) == (400, "bad_request"), raw
+            assert (await api.client.get("/healthz")).status_code == 200
+    finally:
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    logged = [json.loads(line) for line in lines]  # (raises on a line that is not JSON)
+    assert sum("Invalid HTTP request" in r["msg"] for r in logged) == 3, lines
 
 
 async def test_a_head_that_never_completes_is_408_and_closed(api: Api) -> None:
