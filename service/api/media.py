@@ -6,7 +6,8 @@ content type at all (a ``Blob`` or ``ArrayBuffer`` body); so with ``AI_SERVICE_T
 (the seed's default) a page an internal user opened could cancel every job. JSON media types
 always need a preflight cross-site, which the API does not grant. Refusing the rest also tells
 a ``curl -d`` caller who forgot ``-H 'content-type: application/json'`` what is wrong. A POST
-without a body (``/jobs/{id}/retry``) needs no content type.
+without a body (``/jobs/{id}/retry``) needs no content type. A compressed body
+(``Content-Encoding``) is refused the same way: the server does not decode it.
 """
 
 from __future__ import annotations
@@ -46,4 +47,11 @@ async def json_body_guard(
             "unsupported_media_type",
             "request bodies are JSON: send Content-Type: application/json "
             f"(got {media_type or 'none'})",
+        )
+    encoding = connection.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):  # read as JSON it was "invalid character (byte 0)"
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"request bodies are sent uncompressed (got Content-Encoding: {encoding[:40]})",
         )

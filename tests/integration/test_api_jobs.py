@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -159,6 +160,14 @@ async def test_malformed_json_wrong_method_and_too_large(api: Api) -> None:
     r = await api.client.post("/api/v1/jobs/cancel", content=b'{"all": true}')  # a Blob body
     assert r.status_code == 415, r.text
     assert "got none" in r.json()["detail"]
+    gzipped = gzip.compress(body)  # read as JSON it was "invalid character (byte 0)"
+    r = await api.client.post(
+        "/api/v1/jobs", content=gzipped,
+        headers={"content-type": "application/json", "content-encoding": "gzip"},
+    )  # fmt: skip
+    assert r.status_code == 415, r.text
+    assert_error(r.json(), "unsupported_media_type")
+    assert "Content-Encoding: gzip" in r.json()["detail"]
     r = await api.client.post(
         "/api/v1/jobs", content=body, headers={"content-type": "application/json; charset=utf-8"}
     )
