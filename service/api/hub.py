@@ -215,6 +215,10 @@ class NotifyHub:
         after the server's graceful-shutdown timeout with a 500, on every rollout."""
         self._closing.set()
 
+    def waiting(self, channel: str, payload: str | None = None) -> int:
+        """How many requests wait on (channel, payload) now."""
+        return len(self._waiters.get(channel, {}).get(payload, ()))
+
     def is_listening(self, channel: str) -> bool:
         return self.connected and channel in self._listening
 

@@ -89,6 +89,15 @@ async def create_batch(
             code="batch_too_large",
         )
 
+    if data.defaults.idempotency_key is not None:
+        inherit = sum(1 for item in data.jobs if item.idempotency_key is None)
+        if inherit > 1:  # (else: 409, "appears in the batch twice with different bodies")
+            raise invalid(
+                "defaults.idempotency_key",
+                f"a key names one job, and {inherit} jobs of the batch would share it: give "
+                "each job its own key in its item",
+            )
+
     def merge_all() -> list[NewJob]:
         return [_merge(i, data.defaults, item, settings) for i, item in enumerate(data.jobs)]
 

@@ -10,7 +10,15 @@ import anyio
 import httpx
 
 from service.api.schemas import BatchResult, CountIds, Stats
-from service.client.calls import Call, Calls, _filter, client_options, request_kwargs, timeouts
+from service.client.calls import (
+    Call,
+    Calls,
+    _filter,
+    client_options,
+    long_poll_options,
+    request_kwargs,
+    timeouts,
+)
 from service.client.errors import ApiError, decode
 from service.client.policy import Pager, Retries, WaitLoop
 from service.jobs.model import Job
@@ -25,8 +33,12 @@ class AsyncClient:
     ``timeout`` (seconds) is longer than the server's default statement timeout (60 s), so a
     slow request is answered before the client gives up on it. ``retries``: how many times a
     request that is safe to send twice — a read, or a create with an idempotency key — is sent
-    again after a 429/502/503/504 (honouring ``Retry-After`` up to 10 s) or a lost connection;
-    other requests only when the connection was never made."""
+    again after a 429/502/503/504 or a lost connection, after 0.25 s then 0.5 s (jittered) or
+    the server's ``Retry-After`` (one longer than 10 s is raised at once: ``ApiError.retry_after``
+    says how long, the caller decides); other requests only when the connection was never
+    made. Each retry is logged at INFO on ``ai_service.client``. ``long_polls``: how many long
+    polls (``wait``, ``claim`` with ``wait_seconds``) run at once, on connections of their
+    own (more wait for one); other calls never queue behind them."""
 
     def __init__(
         self,
@@ -35,12 +47,15 @@ class AsyncClient:
         *,
         timeout: float = 75.0,
         retries: int = 2,
+        long_polls: int = 100,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._timeout = timeouts(timeout)
         self._retries = retries
         options = client_options(base_url, token, self._timeout)
         self._http = httpx.AsyncClient(**options, transport=transport)
+        long = long_poll_options(options, long_polls)
+        self._long = httpx.AsyncClient(**long, transport=transport)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -50,12 +65,14 @@ class AsyncClient:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+        await self._long.aclose()
 
     async def _send(self, call: Call[T], *, retry: bool = True) -> T:
-        retries = Retries(self._retries if retry else 0, call.repeatable)
+        retries = Retries(self._retries if retry else 0, call.repeatable, call.describe())
         while True:
             try:
-                response = await self._http.request(
+                http = self._long if call.read_timeout else self._http
+                response = await http.request(
                     call.method, call.path, **request_kwargs(call, self._timeout)
                 )
                 return decode(call.type, response)
@@ -92,7 +109,9 @@ class AsyncClient:
         """The job once it is completed, failed or cancelled (long-polls, in chunks of at
         most 50 s). With ``timeout``, returns the job as it is when the time is up. A 429/502/
         503/504 or a lost connection is ridden out (honouring ``Retry-After``) until the
-        timeout, or for 5 minutes without one, then raised; other errors raise at once."""
+        timeout, or for 5 minutes without one, then raised; other errors raise at once.
+        ``timeout`` bounds the waiting for the job, not a server that stops answering: a
+        poll's read gives up after its length plus the client's ``timeout``."""
         loop = WaitLoop(timeout, anyio.current_time())
         while True:
             asked = loop.ask(started := anyio.current_time())
@@ -141,7 +160,10 @@ class AsyncClient:
         wait_seconds: float = 0,
         task_type: str | Sequence[str] | None = None,
     ) -> JobList:
-        """Lease due jobs; ``task_type`` limits them to the ones this worker runs."""
+        """Lease due jobs; ``task_type`` limits them to the ones this worker runs. With
+        ``wait_seconds`` (at most 60, the server's bound) and none due, waits for one; each
+        request waits at most 50 s (under common proxies' idle timeouts), so a longer wait
+        returns an empty list after 50 s: call again."""
         call = Calls.claim(worker_id, model_profile, limit, lease_seconds, wait_seconds, task_type)
         return (await self._send(call)).jobs
 

@@ -43,6 +43,9 @@ class Call(Generic[T]):
     # retried after a 429/502/503/504 or a lost connection.
     repeatable: bool = False
 
+    def describe(self) -> str:
+        return f"{self.method} {self.path}"
+
 
 _encode = msgspec.json.Encoder().encode
 
@@ -261,13 +264,27 @@ def headers(token: str | None) -> dict[str, str]:
 
 
 def client_options(base_url: str, token: str | None, timeout: httpx.Timeout) -> dict[str, Any]:
-    """What both clients give their httpx client."""
+    """What both clients give their httpx clients."""
     return {"base_url": base_url.rstrip("/"), "headers": headers(token), "timeout": timeout}
+
+
+def long_poll_options(options: dict[str, Any], long_polls: int) -> dict[str, Any]:
+    """The httpx client for long polls (``wait``, ``claim`` with ``wait_seconds``): one of its
+    own, with ``long_polls`` connections. Each long poll holds a connection for up to 50 s; in
+    one pool, httpx's 100 connections taken by waits held every other call (a ``complete``
+    that would have ended those waits among them) until one returned."""
+    if long_polls < 1:
+        raise ValueError(f"long_polls must be at least 1, got {long_polls}")
+    limits = httpx.Limits(max_connections=long_polls, max_keepalive_connections=min(long_polls, 20))
+    return {**options, "limits": limits}
 
 
 def timeouts(seconds: float) -> httpx.Timeout:
     """``seconds`` for reads, writes and pool waits; connecting gets at most 10 s (a host that
-    does not answer a SYN in 10 s will not in 75)."""
+    does not answer a SYN in 10 s will not in 75). Zero or less is refused here: httpx would
+    take it as "give up at once" and report a misleading connection error."""
+    if not seconds > 0:
+        raise ValueError(f"timeout must be more than 0 seconds, got {seconds!r}")
     return httpx.Timeout(seconds, connect=min(seconds, 10.0))
 
 

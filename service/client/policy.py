@@ -9,6 +9,7 @@ error — nor any other answer.
 
 from __future__ import annotations
 
+import logging
 import random
 from typing import Any
 
@@ -24,6 +25,7 @@ LATER = frozenset({429, 502, 503, 504})
 LOST = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
 # Never reached the server: safe to send again whatever the request.
 UNSENT = (httpx.ConnectError, httpx.ConnectTimeout)
+log = logging.getLogger("ai_service.client")
 RETRY_WITHOUT_DEADLINE = 300.0  # how long ``wait()`` without a timeout rides out errors
 LONGEST_HINT = 10.0  # a Retry-After longer than this is the caller's to decide on
 
@@ -38,10 +40,11 @@ class Retries:
     """The retries of one request: ``attempts`` more at most, after short, jittered pauses
     (or the server's ``Retry-After``, up to 10 s)."""
 
-    def __init__(self, attempts: int, repeatable: bool) -> None:
+    def __init__(self, attempts: int, repeatable: bool, what: str = "request") -> None:
         self.left = attempts
         self.repeatable = repeatable
         self.done = 0
+        self.what = what  # "POST /api/v1/jobs": for the log line (no query, no body)
 
     def pause(self, exc: Exception) -> float | None:
         """Seconds to wait before sending again, or None: raise ``exc``."""
@@ -54,9 +57,13 @@ class Retries:
             return None
         self.left -= 1
         self.done += 1
-        if hint is not None:
-            return hint
-        return min(2.0, 0.25 * 2.0 ** (self.done - 1)) * random.uniform(0.5, 1.0)
+        pause = hint
+        if pause is None:
+            pause = min(2.0, 0.25 * 2.0 ** (self.done - 1)) * random.uniform(0.5, 1.0)
+        why = f"HTTP {exc.status_code}" if isinstance(exc, ApiError) else type(exc).__name__
+        log.info("%s: %s, sending it again in %.2f s (%d more at most)", self.what, why,
+                 pause, self.left)  # fmt: skip
+        return pause
 
 
 class WaitLoop:

@@ -10,7 +10,15 @@ from uuid import UUID
 import httpx
 
 from service.api.schemas import BatchResult, CountIds, Stats
-from service.client.calls import Call, Calls, _filter, client_options, request_kwargs, timeouts
+from service.client.calls import (
+    Call,
+    Calls,
+    _filter,
+    client_options,
+    long_poll_options,
+    request_kwargs,
+    timeouts,
+)
 from service.client.errors import ApiError, decode
 from service.client.policy import Pager, Retries, WaitLoop
 from service.jobs.model import Job
@@ -30,12 +38,15 @@ class Client:
         *,
         timeout: float = 75.0,
         retries: int = 2,
+        long_polls: int = 100,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self._timeout = timeouts(timeout)
         self._retries = retries
         options = client_options(base_url, token, self._timeout)
         self._http = httpx.Client(**options, transport=transport)
+        long = long_poll_options(options, long_polls)
+        self._long = httpx.Client(**long, transport=transport)
 
     def __enter__(self) -> Client:
         return self
@@ -45,12 +56,14 @@ class Client:
 
     def close(self) -> None:
         self._http.close()
+        self._long.close()
 
     def _send(self, call: Call[T], *, retry: bool = True) -> T:
-        retries = Retries(self._retries if retry else 0, call.repeatable)
+        retries = Retries(self._retries if retry else 0, call.repeatable, call.describe())
         while True:
             try:
-                response = self._http.request(
+                http = self._long if call.read_timeout else self._http
+                response = http.request(
                     call.method, call.path, **request_kwargs(call, self._timeout)
                 )
                 return decode(call.type, response)

@@ -285,6 +285,14 @@ async def test_batch_errors(api: Api, db_url: str) -> None:
     assert "job_id" not in r.json()
     assert "'d' appears in the batch twice" in r.json()["detail"]
     assert "0000-0000" not in r.text
+    # a key in defaults, inherited by two jobs: named as the caller's mistake it is
+    keyed = {"defaults": {**base["defaults"], "idempotency_key": "shared"}}
+    r = await api.client.post(
+        "/api/v1/jobs/batch", json={**keyed, "jobs": [{"owner_ref": "a"}, {"owner_ref": "b"}]}
+    )
+    assert r.status_code == 422, r.text
+    assert_error(r.json(), "validation_error", "defaults.idempotency_key")
+    assert "2 jobs of the batch would share it" in r.json()["detail"]
     with psycopg.connect(db_url) as conn:
         assert conn.execute("SELECT count(*) FROM ai_jobs").fetchone() == (1,)
     # the same job asked twice, once with the default max_attempts spelled out: as a second

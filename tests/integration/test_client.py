@@ -9,6 +9,7 @@ from service.api.hub import FINISHED_CHANNEL
 from service.client import ApiError, AsyncClient, Client
 from service.config import Secret, Settings
 from tests.integration.api_server import running_api
+from tests.integration.test_worker_runtime import until
 
 TOKEN = "client-test-token"
 
@@ -103,3 +104,25 @@ async def test_sync_client(db_url: str) -> None:
                     ai.get("not-a-uuid")  # refused before it is sent
 
         await anyio.to_thread.run_sync(use_it)
+
+
+async def test_many_waits_do_not_hold_the_clients_other_calls(db_url: str) -> None:
+    """A hundred waits on one client (httpx's whole default pool, each long poll holding a
+    connection): the call that finishes the job still goes out at once, on connections of
+    its own, and every wait returns the finished job."""
+    async with running_api(db_url, Settings(db_pool_size=6)) as api, AsyncClient(api.url) as ai:
+        job = await ai.create("telephony", "llm_chat", "qwen2.5-14b", {"user": "x"})
+        seen: list[str] = []
+
+        async def waiter() -> None:
+            seen.append((await ai.wait(job.id, timeout=120)).status)
+
+        with anyio.fail_after(30):  # (before: the complete waited behind the 50 s polls)
+            async with anyio.create_task_group() as tg:
+                for _ in range(100):
+                    tg.start_soon(waiter)
+                await until(lambda: api.hub.waiting(FINISHED_CHANNEL, str(job.id)) == 100,
+                            what="the hundred waits to wait")  # fmt: skip
+                [claimed] = await ai.claim("w", "qwen2.5-14b")
+                await ai.complete(claimed, "w", {"content": "done"})
+        assert seen == ["completed"] * 100

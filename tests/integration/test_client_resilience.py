@@ -154,10 +154,16 @@ class Counting(httpx.AsyncHTTPTransport):
         return await super().handle_async_request(request)
 
 
-async def test_reads_and_keyed_creates_are_retried_after_503s_and_nothing_else() -> None:
+async def test_reads_and_keyed_creates_are_retried_after_503s_and_nothing_else(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     later = error(503, "database_unavailable", **{"Retry-After": "0"})
+    caplog.set_level("INFO", logger="ai_service.client")
     async with served(Script(later, job(DONE))) as url, AsyncClient(url) as ac:
         assert (await ac.get(DONE.id)).status == "completed"
+    said = [r.getMessage() for r in caplog.records if r.name == "ai_service.client"]
+    assert said == [f"GET /api/v1/jobs/{DONE.id}: HTTP 503, sending it again in 0.00 s "
+                    "(1 more at most)"]  # fmt: skip
     async with served(app := Script(later, job(DONE))) as url, AsyncClient(url) as ac:
         await ac.create("svc", "llm_chat", "qwen2.5-14b", {"user": "x"}, idempotency_key="k-1")
     assert [r["method"] for r in app.requests] == ["POST", "POST"]
@@ -226,6 +232,13 @@ async def test_empty_filters_and_bad_job_ids_are_refused_before_sending() -> Non
                 await ac.complete(bad, "w-1")
         assert (await ac.get(str(DONE.id).upper())).id == DONE.id  # any UUID spelling
     assert len(app.requests) == 1
+    for nothing in (0, -1.0):  # httpx would give up at once, as "a connection error"
+        with pytest.raises(ValueError, match="timeout must be more than 0"):
+            AsyncClient(url, timeout=nothing)
+        with pytest.raises(ValueError, match="timeout must be more than 0"):
+            Client(url, timeout=nothing)
+    with pytest.raises(ValueError, match="long_polls must be at least 1"):
+        Client(url, long_polls=0)
 
 
 async def test_list_with_a_limit_asks_for_no_more_than_it_returns() -> None:
