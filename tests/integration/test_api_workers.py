@@ -7,8 +7,8 @@ long before its own ``wait_seconds`` — so only a NOTIFY can have woken it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
