@@ -36,6 +36,13 @@ from service.jobs.model import Instant, submission_problem
 from service.jobs.states import ACCEPTS, TERMINAL
 
 _REQUIRED = ("owner_service", "task_type", "model_profile")
+# GET /jobs's query: a name outside it is refused, not ignored (a typo such as ``stauts``
+# listed every job; ``offset``, which it does not page by, returned page one for ever).
+_LIST_PARAMS = (
+    *("status", "owner_service", "owner_ref", "task_type", "model_profile", "error_category"),
+    *("created_after", "created_before", "id", "limit", "cursor"),
+)
+_LIST_SINGLE = ("created_after", "created_before", "limit", "cursor")
 _FIELDS = JobFields.__struct_fields__
 
 
@@ -146,6 +153,7 @@ def _merge(index: int, defaults: JobFields, item: JobFields, settings: Settings)
     tags=["jobs"],
 )
 async def list_jobs(
+    request: Request[Any, Any, Any],
     repo: NamedDependency[JobRepository],
     status: FromQuery[list[Status] | None] = None,
     owner_service: FromQuery[list[str] | None] = None,
@@ -161,6 +169,7 @@ async def list_jobs(
         UUID | None, QueryParameter(description="next_cursor of the last page")
     ] = None,
 ) -> JobPage:
+    _known_query(request)
     for name, value in (("created_after", created_after), ("created_before", created_before)):
         if value is not None and value.tzinfo is None:  # (query values skip msgspec's tz check)
             raise invalid(name, "expected `datetime` with a timezone component")
@@ -177,6 +186,19 @@ async def list_jobs(
     )
     items, next_cursor = await repo.list_jobs(flt, limit=limit, cursor=cursor)
     return JobPage(items=items, next_cursor=str(next_cursor) if next_cursor else None)
+
+
+def _known_query(request: Request[Any, Any, Any]) -> None:
+    """Refuse query parameters the list does not take, and a repeat of one that takes one
+    value (the last would be used silently)."""
+    query = request.query_params
+    for name in query:
+        if name not in _LIST_PARAMS:
+            known = ", ".join(_LIST_PARAMS)
+            raise invalid(name, f"unknown query parameter (known: {known}; pages follow cursor)")
+    for name in _LIST_SINGLE:
+        if len(set(query.getall(name, []))) > 1:
+            raise invalid(name, "give one value (it was repeated with different values)")
 
 
 def _one(name: str, values: list[str] | None) -> str | None:

@@ -348,6 +348,16 @@ async def test_list_filters_and_pagination_over_1200_jobs(api: Api) -> None:
     assert sorted(j["id"] for j in r.json()["items"]) == sorted(created[:3])
     r = await api.client.get("/api/v1/jobs", params={"status": ["failed", "running"]})
     assert r.json() == {"items": [], "next_cursor": None}
+    # a name the list does not take is refused, not ignored (which listed every job), and so
+    # is a repeated one-value parameter (the last value was used silently)
+    for params in ({"stauts": "failed"}, {"offset": 500}, {"limit": [5, 500]},
+                   {"cursor": [created[0], created[1]]}):  # fmt: skip
+        r = await api.client.get("/api/v1/jobs", params=params)
+        assert r.status_code == 422, (params, r.text)
+        assert_error(r.json(), "validation_error", next(iter(params)))
+    assert "pages follow cursor" in (
+        await api.client.get("/api/v1/jobs", params={"offset": 5})
+    ).json()["detail"]
 
 
 async def test_cancel_and_retry_by_filter(api: Api) -> None:
