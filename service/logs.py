@@ -25,6 +25,33 @@ _encoder = msgspec.json.Encoder()
 _job_id: ContextVar[str | None] = ContextVar("ai_service_job_id", default=None)
 
 
+def reason(exc: BaseException) -> str:
+    """What an exception says, for a log line or a message: its text, or its class name when
+    it has none (a ``TimeoutError`` from a deadline; ``exc or ...`` never falls back, since an
+    exception is always true)."""
+    return str(exc) or type(exc).__name__
+
+
+class ReadinessLog:
+    """A readiness probe's log: one line when it turns not ready (with why), one when it is
+    ready again, and nothing per probe in between: a probe every few seconds on every pod
+    through an outage otherwise wrote hundreds of identical warnings."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._log = logger
+        self._ready = True
+
+    def ready(self) -> None:
+        if not self._ready:
+            self._log.info("ready again")
+        self._ready = True
+
+    def not_ready(self, why: str) -> None:
+        if self._ready:
+            self._log.warning("not ready: %s", why)
+        self._ready = False
+
+
 @contextmanager
 def job_context(job_id: object) -> Iterator[None]:
     """Tag every log line emitted in this block (this task and those it starts) with the job."""

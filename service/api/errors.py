@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from typing import Any
 
 import msgspec
@@ -30,6 +31,7 @@ from service.api.naming import nul_field, parameter_name, plain_message
 from service.api.schemas import ErrorBody, FieldError
 from service.db import DatabaseUnavailable, IntegrityViolation, StatementTimeout, ValueRefused
 from service.jobs import IdempotencyConflict, JobNotFound, StateConflict
+from service.logs import reason
 
 log = logging.getLogger("ai_service.api")
 
@@ -166,27 +168,61 @@ def _is_data_error(exc: Exception) -> bool:
     return any(c.__name__ == "DataError" for c in type(exc).__mro__)
 
 
+class _Throttle:
+    """At most one line a second per (status, code); the next line says how many were left
+    out. In a database outage every request is a 503: at 20 requests a second the log got 100
+    lines a second (then two per answer), growing with traffic."""
+
+    INTERVAL = 1.0
+
+    def __init__(self) -> None:
+        self._last: dict[tuple[int, str], tuple[float, int]] = {}  # -> (logged at, left out)
+
+    def admit(self, key: tuple[int, str]) -> int | None:
+        """None: leave this line out; else how many were left out since the last one."""
+        now = time.monotonic()
+        at, left_out = self._last.get(key, (float("-inf"), 0))
+        if now - at < self.INTERVAL:
+            self._last[key] = (at, left_out + 1)
+            return None
+        self._last[key] = (now, 0)
+        return left_out
+
+
+_throttle = _Throttle()
+
+
 def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
     """The app's only exception handler (registered for ``Exception``). Every error answer
     gets one log line — method, path, status, code and the fields named, never headers,
     query values or bodies — since uvicorn's access log is off: without it a caller refused
-    (a wrong token, a bad body) or a 503 left no trace unless tracing was on."""
+    (a wrong token, a bad body) or a 503 left no trace unless tracing was on. Warnings (5xx,
+    401, 403) are throttled per status and code (``_Throttle``); a 503 names the database's
+    reason, which the answer does not."""
     response = _error_for(request, exc)
     body = response.content
     status = response.status_code or 500
     level = logging.WARNING if status >= 500 or status in (401, 403) else logging.INFO
-    if log.isEnabledFor(level) and isinstance(body, ErrorBody):
-        named = f" ({', '.join(f.field for f in body.fields)})" if body.fields else ""
-        log.log(
-            level,
-            "%s %s answered %d %s%s",
-            request.method,
-            request.url.path,
-            status,
-            body.error,
-            named,
-            extra={"http_status": status, "error": body.error},
-        )
+    if not (log.isEnabledFor(level) and isinstance(body, ErrorBody)):
+        return response
+    left_out = _throttle.admit((status, body.error)) if level == logging.WARNING else 0
+    if left_out is None:
+        return response
+    named = f" ({', '.join(f.field for f in body.fields)})" if body.fields else ""
+    why = f": {reason(exc)}" if isinstance(exc, DatabaseUnavailable) else ""
+    more = f" (and {left_out} more like it in the last seconds, not logged)" if left_out else ""
+    log.log(
+        level,
+        "%s %s answered %d %s%s%s%s",
+        request.method,
+        request.url.path,
+        status,
+        body.error,
+        named,
+        why,
+        more,
+        extra={"http_status": status, "error": body.error},
+    )
     return response
 
 
@@ -203,7 +239,6 @@ def _error_for(request: Request[Any, Any, Any], exc: Exception) -> Response[Erro
             return error_response(409, exc.code, detail, job_id=None)
         return error_response(409, exc.code, str(exc), job_id=exc.existing)
     if isinstance(exc, StatementTimeout):
-        log.warning("statement timeout: %s", exc)
         return error_response(
             503,
             "statement_timeout",
@@ -212,7 +247,6 @@ def _error_for(request: Request[Any, Any, Any], exc: Exception) -> Response[Erro
             "DB_STATEMENT_TIMEOUT",
         )
     if isinstance(exc, DatabaseUnavailable):
-        log.warning("database unavailable: %s", exc)
         return error_response(
             503,
             "database_unavailable",

@@ -11,9 +11,18 @@ from litestar import Response, route
 from litestar.datastructures import State
 
 from service.db import Database, DatabaseUnavailable
+from service.logs import ReadinessLog, reason
 from service.serve import PROBE_METHODS
 
 log = logging.getLogger("ai_service.api.health")
+
+
+def _readiness_log(state: State) -> ReadinessLog:
+    """The app's own (a process may serve more than one app, as the tests do)."""
+    found: ReadinessLog | None = getattr(state, "readiness_log", None)
+    if found is None:
+        found = state.readiness_log = ReadinessLog(log)
+    return found
 
 # GET and HEAD, open (no token), tagged for the OpenAPI document.
 probe = partial(route, http_method=PROBE_METHODS, opt={"public": True}, tags=["health"])
@@ -30,8 +39,9 @@ async def readyz(state: State) -> Response[dict[str, str]]:
     try:
         await db.ping()
     except DatabaseUnavailable as exc:
-        log.warning("not ready: PostgreSQL is not reachable: %s", exc)
+        _readiness_log(state).not_ready(f"PostgreSQL is not reachable: {reason(exc)}")
         body = {"error": "database_unavailable", "detail": "PostgreSQL is not reachable",
                 "status": "unavailable", "database": "unavailable"}  # fmt: skip
         return Response(body, status_code=503)
+    _readiness_log(state).ready()
     return Response({"status": "ok", "database": "ok"})

@@ -27,6 +27,7 @@ import anyio
 
 from service.db import DatabaseUnavailable
 from service.db.listen import ListenConnection, Notification
+from service.logs import reason
 
 log = logging.getLogger("ai_service.api.hub")
 
@@ -86,7 +87,7 @@ class NotifyHub:
             try:
                 conn = await ListenConnection.connect(self._url)
             except DatabaseUnavailable as exc:
-                log.warning("long-poll listener cannot connect: %s", exc)
+                log.warning("long-poll listener cannot connect: %s", reason(exc))
                 await anyio.sleep(delay * (0.5 + random.random() / 2))
                 delay = min(delay * 2, 5.0)
                 continue
@@ -103,7 +104,7 @@ class NotifyHub:
                 self._wake_all()  # catch-up: notifications sent while disconnected are gone
                 await self._receive(conn)
             except (DatabaseUnavailable, TimeoutError) as exc:
-                log.warning("long-poll listener lost its connection: %s", exc)
+                log.warning("long-poll listener lost its connection: %s", reason(exc))
             finally:
                 self.connected = False
                 self._listening = set()

@@ -43,6 +43,7 @@ import httpx
 
 from service.config import IPNetwork, Settings, parse_networks
 from service.handlers.base import InputUnavailable, InvalidInput
+from service.logs import reason
 from service.providers.errors import parse_retry_after
 from service.providers.multipart import AudioUpload
 
@@ -295,9 +296,7 @@ class AudioFetcher:
             except httpx.TimeoutException:
                 raise InputUnavailable("audio_url did not answer in time") from None
             except httpx.TransportError as exc:
-                raise InputUnavailable(
-                    f"audio_url could not be fetched: {exc or type(exc).__name__}"
-                ) from None
+                raise InputUnavailable(f"audio_url could not be fetched: {reason(exc)}") from None
         raise InvalidInput(f"audio_url redirected more than {MAX_REDIRECTS} times")
 
     def _check_status(self, response: httpx.Response) -> None:

@@ -28,7 +28,7 @@ from service import metrics
 from service.db import DatabaseUnavailable
 from service.jobs import JobRepository
 from service.jobs.repository import Reaped
-from service.logs import id_list
+from service.logs import id_list, reason
 
 log = logging.getLogger("ai_service.reaper")
 
@@ -57,7 +57,7 @@ class Reaper:
             try:
                 wait = await self.turn()
             except DatabaseUnavailable as exc:
-                log.warning("reaper skipped a turn: %s", exc)
+                log.warning("reaper skipped a turn: %s", reason(exc))
             except Exception:
                 log.exception("reaper failed unexpectedly")
             # jitter (late only: never before a lease ends) keeps the processes' turns apart

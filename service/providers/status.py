@@ -24,6 +24,7 @@ import httpx
 import msgspec
 
 from service.config import Secret, Settings
+from service.logs import reason
 from service.providers.bounded import send_bounded
 from service.providers.errors import error_for_status
 from service.providers.pool import KEEPALIVE_EXPIRY
@@ -63,7 +64,7 @@ def _now() -> datetime:
 def _transport_error(exc: httpx.HTTPError, timeout: float) -> str:
     if isinstance(exc, httpx.TimeoutException):
         return f"no answer within {timeout:g}s ({type(exc).__name__})"
-    return f"unreachable: {exc or type(exc).__name__}"
+    return f"unreachable: {reason(exc)}"
 
 
 class ProviderStatusBoard:

@@ -21,6 +21,7 @@ import anyio
 from service import metrics
 from service.db import DatabaseUnavailable
 from service.db.listen import ListenConnection, Notification
+from service.logs import reason
 from service.worker.backoff import Backoff
 from service.worker.status import ListenerStatus
 
@@ -87,9 +88,9 @@ class Listener:
 
     def _down(self, exc: BaseException) -> None:
         if self.status.state != "disconnected":
-            log.warning("listener disconnected: %s", exc or type(exc).__name__)
+            log.warning("listener disconnected: %s", reason(exc))
         self.status.state = "disconnected"
-        self.status.last_error = str(exc) or type(exc).__name__
+        self.status.last_error = reason(exc)
 
     async def _receive(self, conn: ListenConnection) -> None:
         while True:

@@ -28,6 +28,7 @@ from service.db import Database, DatabaseUnavailable, open_database
 from service.handlers.base import HandlerRegistry
 from service.jobs import Job, JobRepository
 from service.jobs.reaper import Reaper
+from service.logs import ReadinessLog, reason
 from service.metrics.export import metrics_routes
 from service.runtime import Service, supervise
 from service.serve import EmbeddedServer, bound_port
@@ -89,13 +90,16 @@ class Worker:
         self._repo: JobRepository | None = None
         self._keeper: LeaseKeeper | None = None
         self._stranded: list[Job] = []  # jobs the last final writes could not hand back
+        self._readiness_log = ReadinessLog(log)
 
     # --- control ----------------------------------------------------------------------------
     def stop(self) -> None:
         """Graceful stop: claim nothing more, let in-flight jobs finish within the grace."""
         if self._stop_deadline is not None:
             return
-        log.info("worker %s stopping: draining %d jobs", self.worker_id, len(self.running))
+        unsaved = len(self._completer) if self._completer is not None else 0
+        log.info("worker %s stopping: draining %d running jobs and %d results not yet stored",
+                 self.worker_id, len(self.running), unsaved)  # fmt: skip
         self._stop_deadline = time.monotonic() + self.settings.worker_shutdown_grace
         self.status.state = "draining"
         for loop in self._loops.values():
@@ -111,13 +115,14 @@ class Worker:
         a failure is named, its driver message (host, user) only logged."""
         body: dict[str, Any] = {"worker_id": self.worker_id, "state": self.status.state}
         problems = [] if self.status.state == "running" else [f"the worker is {self.status.state}"]
+        driver = ""
         try:
             if self._db is None:
                 raise DatabaseUnavailable("not connected yet")
             await self._db.ping()
             body["database"] = "ok"
         except DatabaseUnavailable as exc:
-            log.warning("not ready: PostgreSQL is not reachable: %s", exc)
+            driver = f" ({reason(exc)})"
             body["database"] = "unavailable"
             problems.append("PostgreSQL is not reachable")
         body["listener"] = self.status.listener.state
@@ -125,7 +130,10 @@ class Worker:
             problems.append("the LISTEN connection is down")
         body["status"] = "unavailable" if problems else "ok"
         if problems:
+            self._readiness_log.not_ready("; ".join(problems) + driver)
             body = {"error": "not_ready", "detail": "; ".join(problems), **body}
+        else:
+            self._readiness_log.ready()
         return not problems, body
 
     # --- the task tree ----------------------------------------------------------------------

@@ -8,6 +8,7 @@ import re
 import pytest
 from litestar import Litestar
 
+from service.api import errors
 from service.config import Secret, Settings
 from tests.integration.api_server import job_body, running_api
 
@@ -41,8 +42,12 @@ async def test_no_token_configured_means_open(
     assert "AI_SERVICE_TOKEN is not set" in caplog.text
 
 
-async def test_tokens_rotation_and_401s(db_url: str, caplog: pytest.LogCaptureFixture) -> None:
+async def test_tokens_rotation_and_401s(
+    db_url: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     caplog.set_level(logging.DEBUG)
+    # every refusal logged (not one a second per status and code): this test reads them all
+    monkeypatch.setattr(errors._Throttle, "INTERVAL", 0.0)
     settings = Settings(api_tokens=Secret(f"{OLD}, {NEW}"), db_pool_size=4)
     async with running_api(db_url, settings) as api:
         c = api.client

@@ -123,6 +123,8 @@ async def test_a_request_while_the_database_is_down_answers_503_after_the_pool_t
                 assert r.json()["error"] == "database_unavailable"
                 assert dbname not in r.text and "connection" not in r.text, r.text
             assert (await api.client.head("/readyz", timeout=20)).status_code == 503
+            # one line as readiness is lost, not one per probe
+            assert caplog.text.count("not ready: PostgreSQL is not reachable") == 1, caplog.text
         finally:
             with psycopg.connect(admin, autocommit=True) as conn:
                 conn.execute(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS true')
@@ -134,6 +136,8 @@ async def test_a_request_while_the_database_is_down_answers_503_after_the_pool_t
             return (await api.client.get("/api/v1/stats", timeout=20)).status_code == 200
 
         await until(served, timeout=60, what="the API to answer again")
+        assert (await api.client.get("/readyz")).status_code == 200
+        assert "ready again" in caplog.text
 
 
 async def test_queue_waits_count_from_when_a_job_was_created_at_the_earliest(
