@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import msgspec
@@ -23,9 +23,11 @@ from service.db.pool import ReconnectingPool
 from service.db.queries import queries
 
 Row = dict[str, Any]
+T = TypeVar("T")
 Params = Mapping[str, Any] | None
 Prepare = bool | None
 PING_TIMEOUT_S = 2.0  # readiness: under the probes' 3 s (deploy/k8s)
+ANSWER_MARGIN_S = 10.0  # past statement_timeout: the server would have answered by now
 
 
 class DatabaseError(Exception):
@@ -154,10 +156,25 @@ class Session:
     bookkeeping (claims, batched completions) runs on every job, never inside a span, and
     would only ever be dropped by ``ChildSpansOnly``; measured end to end that wrapping cost
     ~25 µs of worker CPU per job with tracing on. With tracing off the two paths are the same.
+
+    ``answer_within``: a statement with no answer by then (the server's statement timeout and
+    a margin) is abandoned as ``DatabaseUnavailable`` and its connection closed. A server that
+    stopped (SIGSTOP, a hung host) while its kernel still acknowledges packets trips neither
+    its own timeout nor TCP's; a request holding a connection then hung for the whole stall.
     """
 
-    def __init__(self, conn: psycopg.AsyncConnection[Row]) -> None:
+    def __init__(self, conn: psycopg.AsyncConnection[Row], answer_within: float | None) -> None:
         self._conn = conn
+        self._within = answer_within
+
+    async def _run(
+        self, name: str, params: Params, prepare: Prepare, traced: bool, read: _Read[T]
+    ) -> T:
+        with anyio.move_on_after(self._within):
+            async with _translate_errors():
+                cur = await self._cursor(traced).execute(queries()[name], params, prepare=prepare)
+                return await read(cur)
+        raise DatabaseUnavailable(f"PostgreSQL did not answer within {self._within:g} s")
 
     def _cursor(self, traced: bool) -> psycopg.AsyncCursor[Row]:
         if traced:
@@ -167,31 +184,46 @@ class Session:
     async def fetch(
         self, name: str, params: Params = None, *, prepare: Prepare = None, traced: bool = True
     ) -> list[Row]:
-        async with _translate_errors():
-            cur = await self._cursor(traced).execute(queries()[name], params, prepare=prepare)
-            return await cur.fetchall() if cur.description else []
+        return await self._run(name, params, prepare, traced, _all)
 
     async def fetchrow(
         self, name: str, params: Params = None, *, prepare: Prepare = None, traced: bool = True
     ) -> Row | None:
-        async with _translate_errors():
-            cur = await self._cursor(traced).execute(queries()[name], params, prepare=prepare)
-            return await cur.fetchone() if cur.description else None
+        return await self._run(name, params, prepare, traced, _one)
 
     async def execute(
         self, name: str, params: Params = None, *, prepare: Prepare = None, traced: bool = True
     ) -> int:
-        async with _translate_errors():
-            cur = await self._cursor(traced).execute(queries()[name], params, prepare=prepare)
-            return cur.rowcount
+        return await self._run(name, params, prepare, traced, _count)
+
+
+_Read = Callable[[psycopg.AsyncCursor[Row]], Awaitable[T]]
+
+
+async def _all(cur: psycopg.AsyncCursor[Row]) -> list[Row]:
+    return await cur.fetchall() if cur.description else []
+
+
+async def _one(cur: psycopg.AsyncCursor[Row]) -> Row | None:
+    return await cur.fetchone() if cur.description else None
+
+
+async def _count(cur: psycopg.AsyncCursor[Row]) -> int:
+    return cur.rowcount
 
 
 class Database:
     """A pool of autocommit connections; ``transaction()`` for multi-statement work."""
 
-    def __init__(self, pool: AsyncConnectionPool[psycopg.AsyncConnection[Row]], url: str) -> None:
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[psycopg.AsyncConnection[Row]],
+        url: str,
+        answer_within: float | None = None,
+    ) -> None:
         self._pool = pool
         self.url = url
+        self.answer_within = answer_within  # see Session
         self._checking = False
 
     async def fetch(
@@ -215,12 +247,12 @@ class Database:
     @asynccontextmanager
     async def session(self) -> AsyncIterator[Session]:
         async with _translate_errors(), self._connection() as conn:
-            yield Session(conn)
+            yield Session(conn, self.answer_within)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Session]:
         async with _translate_errors(), self._connection() as conn, conn.transaction():
-            yield Session(conn)
+            yield Session(conn, self.answer_within)
 
     @asynccontextmanager
     async def _connection(
@@ -281,13 +313,15 @@ async def open_database(
     min_size: int = 1,
     timeout: float = 5.0,
     statement_timeout: float | None = 60.0,
+    answer_margin: float = ANSWER_MARGIN_S,
 ) -> Database:
     """Open a pool and wait for its first connection, failing fast on a bad URL.
 
     ``timeout`` bounds how long a statement waits for a pooled connection. While the server
     is down no connection comes, so this is how long an API request hangs before its 503:
     psycopg_pool's default (30 s) outlasts most callers' own timeouts. ``statement_timeout``
-    and the network bounds: see ``params``."""
+    and the network bounds: see ``params``; a statement unanswered ``answer_margin`` past
+    ``statement_timeout`` is abandoned (``Session``); with no statement timeout, never."""
     pool: AsyncConnectionPool[psycopg.AsyncConnection[Row]] = ReconnectingPool(
         url,
         min_size=min(min_size, max_size),
@@ -300,4 +334,5 @@ async def open_database(
     )
     async with _translate_errors():
         await pool.open(wait=True, timeout=30)
-    return Database(pool, url)
+    within = statement_timeout + answer_margin if statement_timeout else None
+    return Database(pool, url, within)

@@ -1,6 +1,6 @@
 """A PostgreSQL that stops answering without closing anything (the server stopped with
 SIGSTOP, a network that drops packets without a reset): readiness must say so within its
-bound, not hang until TCP gives up. Between the service and the real server sits a TCP relay
+bound, and a statement give up past the statement timeout, not hang until TCP gives up. Between the service and the real server sits a TCP relay
 that can hold every byte (``freeze``), as such a network does."""
 
 from __future__ import annotations
@@ -90,6 +90,35 @@ async def test_a_ping_to_a_server_that_stopped_answering_gives_up_within_its_bou
                 return True
 
             await until(answers, what="the ping to answer again once the relay flows")
+        finally:
+            relay.thaw()
+            with anyio.fail_after(30):
+                await db.close()
+
+
+async def test_a_statement_the_server_never_answers_is_abandoned_past_its_timeout(
+    db_url: str,
+) -> None:
+    """Its own statement_timeout cannot fire on a server that stopped: the client's bound
+    (statement timeout + margin) ends it, the connection is dropped, and the pool serves
+    the next statement once the server answers again."""
+    async with relay_to(db_url) as (relay, url):
+        db = await open_database(url, max_size=1, statement_timeout=0.5, answer_margin=0.5)
+        try:
+            assert db.answer_within == 1.0
+            assert await db.fetch("stats_counts") == []
+            relay.freeze()
+            with anyio.fail_after(30), pytest.raises(DatabaseUnavailable, match="did not answer"):
+                await db.fetch("stats_counts")
+            relay.thaw()
+
+            async def answers() -> bool:
+                try:
+                    return await db.fetch("stats_counts") == []
+                except DatabaseUnavailable:
+                    return False
+
+            await until(answers, what="statements to be answered again")
         finally:
             relay.thaw()
             with anyio.fail_after(30):
