@@ -29,6 +29,7 @@ import binascii
 import io
 import ipaddress
 import logging
+import re
 import socket
 import wave
 from collections.abc import AsyncIterator, Iterable
@@ -117,12 +118,11 @@ class AudioPolicy:
                 f"{what} host {parsed.host!r} is not in AUDIO_URL_ALLOWED_HOSTS "
                 f"({', '.join(self.allowed_hosts)})"
             )
-        try:
-            literal: IPAddress | None = ipaddress.ip_address(parsed.host)
-        except ValueError:
-            literal = None
+        literal = _literal(parsed.host)
         if literal is not None:
             self.check_address(parsed.host, literal, what=what)
+        elif not _HOST_NAME.fullmatch(parsed.raw_host):
+            raise InvalidInput(f"{what} host {parsed.host[:100]!r} is not a valid host name")
         return parsed
 
     def check_address(self, host: str, ip: IPAddress, *, what: str = "audio_url") -> None:
@@ -142,12 +142,31 @@ class AudioPolicy:
         )
 
 
-def _is_literal(host: str) -> bool:
+# A DNS name as it goes on the wire (an IDN is already xn-- encoded by httpx): letters,
+# digits, hyphens, dots, and the underscore some internal names carry. A space, a percent or
+# another byte here would be refused by the resolver only when the job runs.
+_HOST_NAME = re.compile(rb"[A-Za-z0-9_.-]+")
+# What inet_aton (and so getaddrinfo) reads as an IPv4 address besides the dotted quad:
+# 2130706433, 0x7f000001, 127.1, 0177.0.0.1, 0 (0.0.0.0).
+_INET_ATON = re.compile(r"[0-9a-fA-FxX.]+")
+
+
+def _literal(host: str) -> IPAddress | None:
+    """The address ``host`` spells, in any form the resolver accepts, or None for a name."""
     try:
-        ipaddress.ip_address(host.strip("[]"))
+        return ipaddress.ip_address(host.strip("[]"))
     except ValueError:
-        return False
-    return True
+        pass
+    if _INET_ATON.fullmatch(host) and any(c.isdigit() for c in host):
+        try:
+            return ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return None
+    return None
+
+
+def _is_literal(host: str) -> bool:
+    return _literal(host) is not None
 
 
 class GuardedBackend(httpcore.AsyncNetworkBackend):

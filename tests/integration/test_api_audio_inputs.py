@@ -29,6 +29,12 @@ REFUSED: list[tuple[dict[str, Any], str, str]] = [
     ({"audio_url": "http://169.254.169.254/"}, "audio_url", "link-local (includes cloud metadata)"),
     ({"audio_url": "http://10.2.4.7/a.wav"}, "audio_url", "is a private address"),
     ({"audio_url": "http://[::ffff:192.168.0.1]/"}, "audio_url", "is a private address"),
+    # the other spellings of an IPv4 address the resolver reads (inet_aton's)
+    ({"audio_url": "http://0x7f000001/"}, "audio_url", "host 0x7f000001 is a loopback address"),
+    ({"audio_url": "http://2130706433/"}, "audio_url", "is a loopback address"),
+    ({"audio_url": "http://127.1:8080/"}, "audio_url", "is a loopback address"),
+    ({"audio_url": "http://0/"}, "audio_url", "is an unspecified address"),
+    ({"audio_url": "http://exa mple.com/a.wav"}, "audio_url", "is not a valid host name"),
     ({"audio_url": "https://u:p@files.example.com/a.wav"}, "audio_url", "user name or password"),
     ({"audio_base64": "!!!notbase64"}, "audio_base64", "is not valid base64"),
     ({"audio_base64": "data:audio/wav,abc"}, "audio_base64", "data URL must look like"),
