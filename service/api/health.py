@@ -24,6 +24,7 @@ def _readiness_log(state: State) -> ReadinessLog:
         found = state.readiness_log = ReadinessLog(log)
     return found
 
+
 # GET and HEAD, open (no token), tagged for the OpenAPI document.
 probe = partial(route, http_method=PROBE_METHODS, opt={"public": True}, tags=["health"])
 

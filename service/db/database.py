@@ -143,6 +143,10 @@ async def _forget_prepared(conn: psycopg.AsyncConnection[Any]) -> None:
         await conn.close()
 
 
+def _unanswered(what: str, within: float | None) -> str:
+    return f"PostgreSQL did not answer {what} within {within or 0:g} s"
+
+
 def _first_line(exc: Exception, default: str) -> str:
     return (str(exc).strip().splitlines() or [default])[0] or default
 
@@ -174,7 +178,7 @@ class Session:
             async with _translate_errors():
                 cur = await self._cursor(traced).execute(queries()[name], params, prepare=prepare)
                 return await read(cur)
-        raise DatabaseUnavailable(f"PostgreSQL did not answer within {self._within:g} s")
+        raise DatabaseUnavailable(_unanswered(name, self._within))
 
     def _cursor(self, traced: bool) -> psycopg.AsyncCursor[Row]:
         if traced:
@@ -251,8 +255,27 @@ class Database:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Session]:
-        async with _translate_errors(), self._connection() as conn, conn.transaction():
-            yield Session(conn, self.answer_within)
+        """A transaction whose BEGIN and COMMIT are bounded like its statements (see
+        ``Session``; no statement timeout applies to a COMMIT). A COMMIT left unanswered has
+        an unknown outcome: ``DatabaseUnavailable`` says so, and the caller's retry must be
+        one that is safe to repeat (the API's keyed creates are)."""
+        async with _translate_errors(), self._connection() as conn:
+            tx = conn.transaction()
+            with anyio.move_on_after(self.answer_within) as began:
+                await tx.__aenter__()
+            if began.cancelled_caught:
+                raise DatabaseUnavailable(_unanswered("BEGIN", self.answer_within))
+            try:
+                yield Session(conn, self.answer_within)
+            except BaseException as exc:
+                with anyio.move_on_after(self.answer_within):
+                    await tx.__aexit__(type(exc), exc, exc.__traceback__)
+                raise
+            with anyio.move_on_after(self.answer_within) as scope:
+                await tx.__aexit__(None, None, None)
+            if scope.cancelled_caught:
+                unknown = ": whether it took effect is unknown"
+                raise DatabaseUnavailable(_unanswered("COMMIT", self.answer_within) + unknown)
 
     @asynccontextmanager
     async def _connection(
@@ -320,8 +343,9 @@ async def open_database(
     ``timeout`` bounds how long a statement waits for a pooled connection. While the server
     is down no connection comes, so this is how long an API request hangs before its 503:
     psycopg_pool's default (30 s) outlasts most callers' own timeouts. ``statement_timeout``
-    and the network bounds: see ``params``; a statement unanswered ``answer_margin`` past
-    ``statement_timeout`` is abandoned (``Session``); with no statement timeout, never."""
+    and the network bounds: see ``params``; a statement unanswered ``answer_margin`` past the
+    sessions' statement timeout (``statement_timeout``, or the one the URL's options or
+    ``PGOPTIONS`` set) is abandoned (``Session``); with no statement timeout, never."""
     pool: AsyncConnectionPool[psycopg.AsyncConnection[Row]] = ReconnectingPool(
         url,
         min_size=min(min_size, max_size),
@@ -334,5 +358,10 @@ async def open_database(
     )
     async with _translate_errors():
         await pool.open(wait=True, timeout=30)
-    within = statement_timeout + answer_margin if statement_timeout else None
+        # the timeout sessions really have: the URL's options or PGOPTIONS win over ours
+        async with pool.connection() as conn:
+            cur = await conn.execute(queries()["effective_statement_timeout"])
+            row = await cur.fetchone()
+    effective = float(row["seconds"]) if row is not None else 0.0
+    within = effective + answer_margin if effective > 0 else None
     return Database(pool, url, within)
