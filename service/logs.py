@@ -46,9 +46,10 @@ class ReadinessLog:
             self._log.info("ready again")
         self._ready = True
 
-    def not_ready(self, why: str) -> None:
+    def not_ready(self, why: str, *, expected: bool = False) -> None:
+        """``expected``: not ready by design (a worker starting or draining), said at INFO."""
         if self._ready:
-            self._log.warning("not ready: %s", why)
+            self._log.log(logging.INFO if expected else logging.WARNING, "not ready: %s", why)
         self._ready = False
 
 

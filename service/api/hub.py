@@ -35,7 +35,8 @@ FINISHED_CHANNEL = "ai_jobs_finished"
 KEEPALIVE = 10.0  # ping the connection after this many quiet seconds
 PING_TIMEOUT = 5.0
 IDLE_UNLISTEN = 60.0  # UNLISTEN a profile channel nobody waited on for this long
-DUE_RECHECK_MIN = 0.05  # a job due but not taken (another claim holds it): look again after
+DUE_RECHECK_MIN = 0.05  # a job due but not taken (another claim holds it): look again after,
+DUE_RECHECK_MAX = 1.0  # doubling up to this while it stays so (a bulk cancel holding rows)
 T = TypeVar("T")
 
 
@@ -242,6 +243,7 @@ class NotifyHub:
         if wait_seconds <= 0:
             return await check()
         deadline = anyio.current_time() + wait_seconds
+        recheck = DUE_RECHECK_MIN
         async with self.subscribe(keys) as waiter:
             result = await check()
             if result is not None:
@@ -256,15 +258,29 @@ class NotifyHub:
                 remaining = deadline - anyio.current_time()
                 if remaining <= 0:
                     return None
-                due = None if due_in is None else await due_in()
+                due = None if due_in is None else await _due(due_in)
+                if due is not None and due <= 0:  # due, yet not taken: back off while it lasts
+                    due, recheck = recheck, min(recheck * 2, DUE_RECHECK_MAX)
+                elif due is not None:
+                    recheck = DUE_RECHECK_MIN
                 if due is not None:
-                    remaining = min(remaining, max(due, DUE_RECHECK_MIN))
+                    remaining = min(remaining, due)
                 with anyio.move_on_after(remaining):
                     await _first(
                         waiter.wait, self._closing.wait, gone.wait if gone is not None else None
                     )
                 if gone is not None and gone.is_set():
                     return None
+
+
+async def _due(due_in: Callable[[], Awaitable[float | None]]) -> float | None:
+    """``due_in()``, or None (wake on a NOTIFY or at the end only) when the database cannot
+    say: the waiting request must not fail for the sake of an earlier wake-up."""
+    try:
+        return await due_in()
+    except DatabaseUnavailable as exc:
+        log.debug("long-poll: when the next job falls due is unknown: %s", reason(exc))
+        return None
 
 
 async def _first(*waits: Callable[[], Awaitable[None]] | None) -> None:

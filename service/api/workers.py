@@ -135,7 +135,10 @@ async def heartbeat_job(
     job = await repo.get(job_id)
     if job_id not in held:
         if allowed("heartbeat", job.status) and job.worker_id == data.worker_id:
-            reason = "this run's lease ended (the job was given up, or claimed again since)"
+            reason = (
+                "this run's lease ended (given up, or the job claimed again since), "
+                "or started_at is not the claim's as received"
+            )
         elif allowed("heartbeat", job.status):
             reason = f"the lease is held by another worker ({job.worker_id})"
         else:

@@ -38,7 +38,9 @@ class AsyncClient:
     says how long, the caller decides); other requests only when the connection was never
     made. Each retry is logged at INFO on ``ai_service.client``. ``long_polls``: how many long
     polls (``wait``, ``claim`` with ``wait_seconds``) run at once, on connections of their
-    own (more wait for one); other calls never queue behind them."""
+    own (more wait for one); other calls never queue behind them. A ``transport`` given is
+    used for both kinds of call, with its own connection limits: ``long_polls`` does not
+    apply then, and long polls share its connections with the other calls."""
 
     def __init__(
         self,
@@ -53,8 +55,8 @@ class AsyncClient:
         self._timeout = timeouts(timeout)
         self._retries = retries
         options = client_options(base_url, token, self._timeout)
+        long = long_poll_options(options, long_polls)  # (checked before anything opens)
         self._http = httpx.AsyncClient(**options, transport=transport)
-        long = long_poll_options(options, long_polls)
         self._long = httpx.AsyncClient(**long, transport=transport)
 
     async def __aenter__(self) -> AsyncClient:
@@ -64,8 +66,10 @@ class AsyncClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._http.aclose()
-        await self._long.aclose()
+        try:
+            await self._http.aclose()
+        finally:
+            await self._long.aclose()
 
     async def _send(self, call: Call[T], *, retry: bool = True) -> T:
         retries = Retries(self._retries if retry else 0, call.repeatable, call.describe())

@@ -44,8 +44,8 @@ class Client:
         self._timeout = timeouts(timeout)
         self._retries = retries
         options = client_options(base_url, token, self._timeout)
+        long = long_poll_options(options, long_polls)  # (checked before anything opens)
         self._http = httpx.Client(**options, transport=transport)
-        long = long_poll_options(options, long_polls)
         self._long = httpx.Client(**long, transport=transport)
 
     def __enter__(self) -> Client:
@@ -55,8 +55,10 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        self._http.close()
-        self._long.close()
+        try:
+            self._http.close()
+        finally:
+            self._long.close()
 
     def _send(self, call: Call[T], *, retry: bool = True) -> T:
         retries = Retries(self._retries if retry else 0, call.repeatable, call.describe())

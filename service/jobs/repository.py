@@ -376,7 +376,11 @@ class JobRepository:
         if states.allowed(action, job.status) and worker_id is not None:
             reason = f"the lease is held by another worker ({job.worker_id})"
             if job.worker_id == worker_id and started_at is not None:
-                reason = "this run ended: the job was claimed again since (retried, or reaped)"
+                reason = (
+                    "started_at does not name this job's current run: it was claimed "
+                    "again since (retried, or reaped), or started_at is not the claim's "
+                    "as received"
+                )
         else:
             reason = f"{action} needs status {'|'.join(sorted(states.ACCEPTS[action]))}"
         return StateConflict(job_id, action, job.status, reason)

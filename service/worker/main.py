@@ -115,6 +115,7 @@ class Worker:
         a failure is named, its driver message (host, user) only logged."""
         body: dict[str, Any] = {"worker_id": self.worker_id, "state": self.status.state}
         problems = [] if self.status.state == "running" else [f"the worker is {self.status.state}"]
+        by_design = bool(problems)  # starting, draining or stopped
         driver = ""
         try:
             if self._db is None:
@@ -130,7 +131,8 @@ class Worker:
             problems.append("the LISTEN connection is down")
         body["status"] = "unavailable" if problems else "ok"
         if problems:
-            self._readiness_log.not_ready("; ".join(problems) + driver)
+            expected = by_design and len(problems) == 1
+            self._readiness_log.not_ready("; ".join(problems) + driver, expected=expected)
             body = {"error": "not_ready", "detail": "; ".join(problems), **body}
         else:
             self._readiness_log.ready()

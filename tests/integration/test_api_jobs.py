@@ -355,9 +355,10 @@ async def test_list_filters_and_pagination_over_1200_jobs(api: Api) -> None:
         r = await api.client.get("/api/v1/jobs", params=params)
         assert r.status_code == 422, (params, r.text)
         assert_error(r.json(), "validation_error", next(iter(params)))
-    assert "pages follow cursor" in (
-        await api.client.get("/api/v1/jobs", params={"offset": 5})
-    ).json()["detail"]
+    assert (
+        "pages follow cursor"
+        in (await api.client.get("/api/v1/jobs", params={"offset": 5})).json()["detail"]
+    )
 
 
 async def test_cancel_and_retry_by_filter(api: Api) -> None:

@@ -18,6 +18,7 @@ import psycopg
 import pytest
 
 from service.api.hub import FINISHED_CHANNEL, profile_channel
+from service.db import DatabaseUnavailable
 from service.jobs.model import MAX_JSON_DEPTH
 from tests.integration.api_server import Api, job_body, running_api
 from tests.integration.test_worker_runtime import until
@@ -279,6 +280,50 @@ async def test_claim_with_wait_takes_a_job_as_it_falls_due(api: Api) -> None:
     with anyio.fail_after(GENEROUS):
         again = await claim(api, model_profile=profile, wait_seconds=60)
     assert [(j["id"], j["attempts"]) for j in again] == [(job["id"], 2)]
+
+
+async def test_a_job_due_but_not_taken_is_looked_at_again_ever_less_often(api: Api) -> None:
+    """A due job the claim cannot take (rows held by another transaction, a lost race) must
+    not have every waiting claim look again every 50 ms for its whole wait; and a database
+    that cannot say when the next job is due leaves the wait to NOTIFY, not to a 503."""
+    checks = dues = 0
+
+    async def check() -> None:
+        nonlocal checks
+        checks += 1
+
+    async def due_now() -> float:
+        nonlocal dues
+        dues += 1
+        return 0.0
+
+    got = await api.hub.wait_for([(profile_channel("held"), None)], check, 1.5, due_in=due_now)
+    assert got is None
+    # 50, 100, 200, 400, 800 ms: at most 6 looks in 1.5 s (a slow machine makes fewer), where
+    # a fixed 50 ms made 30
+    assert dues <= 6 and checks <= 8, (dues, checks)
+
+    async def unknown() -> float:
+        raise DatabaseUnavailable("no connection")
+
+    job_id: list[str] = []
+
+    async def claimed() -> str | None:
+        return job_id[0] if job_id else None
+
+    async with anyio.create_task_group() as tg:
+        results: list[str | None] = []
+
+        async def waiting() -> None:
+            keys = [(profile_channel("unknown-due"), None)]
+            results.append(await api.hub.wait_for(keys, claimed, 60, due_in=unknown))
+
+        with anyio.fail_after(GENEROUS):
+            tg.start_soon(waiting)
+            await api.hub.until_waiting(profile_channel("unknown-due"))
+            job_id.append("taken")
+            await create(api, model_profile="unknown-due")  # its NOTIFY wakes the wait
+    assert results == ["taken"]
 
 
 async def test_a_late_call_of_an_earlier_run_by_the_same_worker_is_refused(api: Api) -> None:

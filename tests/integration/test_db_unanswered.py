@@ -1,7 +1,8 @@
 """A PostgreSQL that stops answering without closing anything (the server stopped with
 SIGSTOP, a network that drops packets without a reset): readiness must say so within its
-bound, and a statement give up past the statement timeout, not hang until TCP gives up. Between the service and the real server sits a TCP relay
-that can hold every byte (``freeze``), as such a network does."""
+bound, and a statement (a COMMIT too) give up past the statement timeout, not hang until TCP
+gives up. Between the service and the real server sits a TCP relay that can hold every byte
+(``freeze``), as such a network does."""
 
 from __future__ import annotations
 
@@ -134,10 +135,14 @@ async def test_a_commit_the_server_never_answers_is_abandoned_as_of_unknown_outc
     async with relay_to(db_url) as (relay, url):
         db = await open_database(url, max_size=1, statement_timeout=0.5, answer_margin=0.5)
         try:
-            with anyio.fail_after(30), pytest.raises(DatabaseUnavailable, match="COMMIT"):
+
+            async def commit_unanswered() -> None:
                 async with db.transaction() as tx:
                     assert await tx.fetch("stats_counts") == []
                     relay.freeze()
+
+            with anyio.fail_after(30), pytest.raises(DatabaseUnavailable, match="COMMIT"):
+                await commit_unanswered()
             relay.thaw()
         finally:
             relay.thaw()

@@ -104,8 +104,9 @@ async def test_a_request_that_is_not_http_gets_the_error_shape_and_a_json_log_li
     own that it installed when a server was made, so the service's JSON log stream got a
     "WARNING:  Invalid HTTP request received." line. Logging set up as a service process
     does it (before its servers are made); every line on stderr must be a JSON object."""
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level
+    touched = [logging.getLogger(n) for n in ("", "uvicorn", "uvicorn.error", "uvicorn.access",
+                                              "httpx", "psycopg.pool")]  # fmt: skip
+    saved = [(lg, lg.handlers[:], lg.filters[:], lg.level, lg.propagate) for lg in touched]
     setup_logging("info", "json")
     try:
         async with running_api(db_url) as api:
@@ -117,9 +118,11 @@ async def test_a_request_that_is_not_http_gets_the_error_shape_and_a_json_log_li
                 status, body = answer(await read_all(stream))
                 assert (status, body["error"]) == (400, "bad_request"), raw
             assert (await api.client.get("/healthz")).status_code == 200
-    finally:
-        root.handlers[:], _ = saved
-        root.setLevel(saved[1])
+    finally:  # as it was: setup_logging is process-wide, and the tests go on
+        for lg, handlers, filters, level, propagate in saved:
+            lg.handlers[:], lg.filters[:] = handlers, filters
+            lg.setLevel(level)
+            lg.propagate = propagate
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     logged = [json.loads(line) for line in lines]  # (raises on a line that is not JSON)
     assert sum("Invalid HTTP request" in r["msg"] for r in logged) == 3, lines

@@ -72,9 +72,11 @@ def test_readiness_is_logged_as_it_changes(caplog: pytest.LogCaptureFixture) -> 
         probe.not_ready("PostgreSQL is not reachable: timeout")
     probe.ready()
     probe.ready()
+    probe.not_ready("the worker is draining", expected=True)  # by design: no warning
     assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
         ("WARNING", "not ready: PostgreSQL is not reachable: timeout"),
         ("INFO", "ready again"),
+        ("INFO", "not ready: the worker is draining"),
     ]
 
 
