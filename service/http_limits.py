@@ -21,6 +21,10 @@ runs. nginx and Envoy bound the same (``large_client_header_buffers``, ``client_
   first byte after a response (any byte), gets 408 (or, if nothing of a request came, a close).
   No head is timed while a response is being produced: a client pipelining its next request
   behind a long-poll is not cut off (uvicorn's keep-alive timeout takes over after it).
+  A body not complete within ``BODY_TIMEOUT_S`` of its head gets 408 too (or a close, when
+  the app has answered already): a request that declared 1,000 bytes and sent 7 held its
+  connection and its handler, waiting in ``receive()``, for ever. One timer per request with
+  a body, as nginx's ``client_body_timeout``; the app, if it was reading, hears a disconnect.
 
 Everything else is uvicorn's httptools protocol unchanged; the tests exercise it through a real
 server, so an incompatible uvicorn fails them.
@@ -40,6 +44,16 @@ log = logging.getLogger("ai_service.http")
 MAX_HEAD_BYTES = 64 * 1024  # request line + headers; ours are < 1 KiB (token, traceparent)
 READ_SLACK = 256 * 1024  # asyncio's socket read size
 HEAD_TIMEOUT_S = 30.0
+BODY_TIMEOUT_S = 120.0  # 10 MiB (MAX_REQUEST_BYTES' default) at ~85 KiB/s
+
+
+def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    for name, value in headers:
+        if name == b"content-length":
+            return value.strip() not in (b"0", b"")
+        if name == b"transfer-encoding":
+            return True
+    return False
 
 
 class _HeadTooLarge(Exception):
@@ -51,6 +65,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     max_head_bytes = MAX_HEAD_BYTES
     read_slack = READ_SLACK
     head_timeout_s = HEAD_TIMEOUT_S
+    body_timeout_s = BODY_TIMEOUT_S
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -62,6 +77,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._began = False  # a request's first byte came (so a timeout gets a 408)
         self._head_too_large = False
         self._head_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
 
     # --- reading ----------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -105,14 +121,18 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._disarm()
         self._in_head, self._began = False, False
         self._head_bytes = self._fed_in_head = self._not_body = 0
+        if _has_body(self.headers):
+            self._body_timer = self.loop.call_later(self.body_timeout_s, self._body_timed_out)
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
         self._in_head = True  # what comes next belongs to the next head
+        self._disarm_body()
         super().on_message_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._disarm_body()
         super().connection_lost(exc)
 
     def _idle(self) -> bool:
@@ -128,6 +148,23 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+
+    def _disarm_body(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _body_timed_out(self) -> None:
+        self._body_timer = None
+        if self.transport.is_closing():
+            return
+        cycle = getattr(self, "cycle", None)
+        if cycle is not None and cycle.response_started:  # answered without the body
+            self.transport.close()
+            return
+        log.warning("request body not received within %gs: closed", self.body_timeout_s)
+        detail = f"the request body did not arrive within {self.body_timeout_s:g} s"
+        self._answer(408, "request_timeout", detail)
 
     def _head_timed_out(self) -> None:
         self._head_timer = None

@@ -10,13 +10,11 @@ chunked) first waits for one of ``READERS`` places, then is read in full — raw
 defaults) and ``SLOTS`` decoded; small requests, the many single creates and long-polls, never
 wait.
 
-Reading before taking a slot keeps a slow upload from holding one. Every other body is read
-here first too, within the same deadline, with no place or slot: uvicorn has no body deadline,
-and a request declaring 1,000 bytes that sends 7 held its connection and handler for ever. A
+Reading before taking a slot keeps a slow upload from holding one (every body, small ones
+too, must also arrive within ``BODY_TIMEOUT_S`` of its head: ``service/http_limits.py``). A
 request without a valid token is not read here at all but passed on, so the guard refuses it
 as usual; a body over the size limit is passed on to its 413. A client gone while its body was
-read gets no answer and the app never sees the request: nothing was done, and Litestar would
-log the disconnect as a 500.
+read gets no answer and the app never sees the request: nothing was done.
 """
 
 from __future__ import annotations
@@ -103,10 +101,8 @@ class LargeBodyGate:
         if body is None or not self._authorized(scope):
             await self.app(scope, receive, send)  # and a declared size over the limit: its 413
             return
-        if body == "small":
-            replay = await self._read_in_time(receive, send)
-            if replay is not None and not replay.gone:
-                await self.app(scope, replay, send)
+        if body == "small":  # straight on: bounded in time by the HTTP protocol
+            await self.app(scope, receive, send)
             return
         reading, handling = self.slots.semaphores
         async with reading:

@@ -18,6 +18,7 @@ import msgspec
 from litestar import Request, Response
 from litestar.exceptions import (
     HTTPException,
+    InternalServerException,
     MethodNotAllowedException,
     NotAuthorizedException,
     NotFoundException,
@@ -34,6 +35,7 @@ from service.jobs import IdempotencyConflict, JobNotFound, StateConflict
 from service.logs import reason
 
 log = logging.getLogger("ai_service.api")
+CLIENT_LEFT = "client disconnected prematurely"  # Litestar's words, reading a request body
 
 WWW_AUTHENTICATE = 'Bearer realm="ai-service"'
 
@@ -227,6 +229,13 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
 
 
 def _error_for(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+    if isinstance(exc, InternalServerException) and exc.detail == CLIENT_LEFT:
+        # The connection closed while the body was read (the client left, or the body
+        # deadline in service/http_limits.py ended it): no one to answer, nothing was done,
+        # not a server error. nginx's 499; the line says so at INFO.
+        return error_response(
+            499, "client_closed_request", "the connection closed before the request body came"
+        )
     if isinstance(exc, ApiError):
         return error_response(exc.status_code, exc.code, exc.detail, fields=exc.fields)
     if isinstance(exc, JobNotFound):

@@ -20,6 +20,7 @@ from service.serve import make_server
 from service.worker.http import make_worker_server
 from service.worker.status import WorkerStatus
 from tests.integration.api_server import Api, running_api
+from tests.integration.test_worker_runtime import until
 
 
 @pytest.fixture
@@ -27,6 +28,7 @@ async def api(db_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Api
     # A short deadline so the test does not idle for 30 s; the tests wait for the server to
     # act (a generous bound below only stops a hang), they do not time it.
     monkeypatch.setattr(BoundedHttpToolsProtocol, "head_timeout_s", 1.0)
+    monkeypatch.setattr(BoundedHttpToolsProtocol, "body_timeout_s", 1.0)
     async with running_api(db_url) as api:
         yield api
 
@@ -133,6 +135,40 @@ async def test_a_head_that_never_completes_is_408_and_closed(api: Api) -> None:
     await stream.send(b"GET /healthz HTTP/1.1\r\nhost: t\r\nx-slow: ")  # and nothing more
     status, body = answer(await read_all(stream))
     assert (status, body["error"]) == (408, "request_timeout")
+
+
+SHORT_BODY = (
+    b"POST /api/v1/jobs HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n"
+    b'content-length: 1000\r\n\r\n{"a": 1'
+)  # 7 bytes of the 1,000 declared
+
+
+async def test_a_body_that_never_completes_is_408_and_no_server_error(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    """uvicorn has no body deadline: a request that declared more than it sent held its
+    connection and its handler (waiting in receive()) for ever. The app, which was reading
+    the body, hears a disconnect: a 499 line at INFO, not a 500."""
+    caplog.set_level(logging.INFO, logger="ai_service.api")
+    stream = await connect(api)
+    await stream.send(SHORT_BODY)
+    status, body = answer(await read_all(stream))
+    assert (status, body["error"]) == (408, "request_timeout")
+    assert "body did not arrive" in body["detail"]
+    await until(lambda: "answered 499 client_closed_request" in caplog.text, what="the 499 line")
+    assert "answered 500" not in caplog.text
+    assert (await api.client.get("/healthz")).status_code == 200
+
+
+async def test_a_client_gone_mid_body_is_not_a_server_error(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="ai_service.api")
+    stream = await connect(api)
+    await stream.send(SHORT_BODY)
+    await stream.aclose()
+    await until(lambda: "answered 499 client_closed_request" in caplog.text, what="the 499 line")
+    assert "answered 500" not in caplog.text
 
 
 async def test_a_connection_that_sends_nothing_is_closed(api: Api) -> None:
