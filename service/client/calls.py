@@ -263,20 +263,19 @@ def headers(token: str | None) -> dict[str, str]:
     return out
 
 
-def client_options(base_url: str, token: str | None, timeout: httpx.Timeout) -> dict[str, Any]:
-    """What both clients give their httpx clients."""
-    return {"base_url": base_url.rstrip("/"), "headers": headers(token), "timeout": timeout}
-
-
-def long_poll_options(options: dict[str, Any], long_polls: int) -> dict[str, Any]:
-    """The httpx client for long polls (``wait``, ``claim`` with ``wait_seconds``): one of its
-    own, with ``long_polls`` connections. Each long poll holds a connection for up to 50 s; in
-    one pool, httpx's 100 connections taken by waits held every other call (a ``complete``
-    that would have ended those waits among them) until one returned."""
+def client_options(
+    base_url: str, token: str | None, timeout: httpx.Timeout, long_polls: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What both clients give their two httpx clients: one for most calls, one for long polls
+    (``wait``, ``claim`` with ``wait_seconds``) with ``long_polls`` connections. Each long poll
+    holds a connection for up to 50 s; in one pool, httpx's 100 connections taken by waits held
+    every other call (a ``complete`` that would have ended those waits among them) until one
+    returned."""
     if long_polls < 1:
         raise ValueError(f"long_polls must be at least 1, got {long_polls}")
+    options = {"base_url": base_url.rstrip("/"), "headers": headers(token), "timeout": timeout}
     limits = httpx.Limits(max_connections=long_polls, max_keepalive_connections=min(long_polls, 20))
-    return {**options, "limits": limits}
+    return options, {**options, "limits": limits}
 
 
 def timeouts(seconds: float) -> httpx.Timeout:

@@ -10,15 +10,7 @@ from uuid import UUID
 import httpx
 
 from service.api.schemas import BatchResult, CountIds, Stats
-from service.client.calls import (
-    Call,
-    Calls,
-    _filter,
-    client_options,
-    long_poll_options,
-    request_kwargs,
-    timeouts,
-)
+from service.client.calls import Call, Calls, _filter, client_options, request_kwargs, timeouts
 from service.client.errors import ApiError, decode
 from service.client.policy import Pager, Retries, WaitLoop
 from service.jobs.model import Job
@@ -43,8 +35,7 @@ class Client:
     ) -> None:
         self._timeout = timeouts(timeout)
         self._retries = retries
-        options = client_options(base_url, token, self._timeout)
-        long = long_poll_options(options, long_polls)  # (checked before anything opens)
+        options, long = client_options(base_url, token, self._timeout, long_polls)
         self._http = httpx.Client(**options, transport=transport)
         self._long = httpx.Client(**long, transport=transport)
 

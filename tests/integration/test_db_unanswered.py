@@ -6,15 +6,16 @@ gives up. Between the service and the real server sits a TCP relay that can hold
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
 import pytest
 from anyio.abc import ByteStream, SocketStream
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from service.db import DatabaseUnavailable, open_database
+from service.db import Database, DatabaseUnavailable, open_database
 from tests.integration.test_worker_runtime import until
 
 
@@ -71,32 +72,41 @@ async def relay_to(url: str) -> AsyncIterator[tuple[Relay, str]]:
             tg.cancel_scope.cancel()
 
 
-async def test_a_ping_to_a_server_that_stopped_answering_gives_up_within_its_bound(
-    db_url: str,
-) -> None:
+@asynccontextmanager
+async def database_behind_a_relay(
+    db_url: str, **options: Any
+) -> AsyncIterator[tuple[Relay, Database]]:
     async with relay_to(db_url) as (relay, url):
-        db = await open_database(url, max_size=2, min_size=1)
+        db = await open_database(url, **options)
         try:
-            await db.ping()
-            relay.freeze()
-            # the bound is the ping's own (2 s); this deadline only keeps a hang from
-            # holding the suite (before the fix: until TCP gave up, many minutes)
-            with anyio.fail_after(30), pytest.raises(DatabaseUnavailable, match="did not answer"):
-                await db.ping()
-            relay.thaw()
-
-            async def answers() -> bool:
-                try:
-                    await db.ping()
-                except DatabaseUnavailable:
-                    return False
-                return True
-
-            await until(answers, what="the ping to answer again once the relay flows")
+            yield relay, db
         finally:
             relay.thaw()
             with anyio.fail_after(30):
                 await db.close()
+
+
+async def answered(call: Callable[[], Awaitable[object]]) -> bool:
+    """Whether ``call`` got an answer (for ``until``: the server is back)."""
+    try:
+        await call()
+    except DatabaseUnavailable:
+        return False
+    return True
+
+
+async def test_a_ping_to_a_server_that_stopped_answering_gives_up_within_its_bound(
+    db_url: str,
+) -> None:
+    async with database_behind_a_relay(db_url, max_size=2, min_size=1) as (relay, db):
+        await db.ping()
+        relay.freeze()
+        # the bound is the ping's own (2 s); this deadline only keeps a hang from holding
+        # the suite (before the fix: until TCP gave up, many minutes)
+        with anyio.fail_after(30), pytest.raises(DatabaseUnavailable, match="did not answer"):
+            await db.ping()
+        relay.thaw()
+        await until(lambda: answered(db.ping), what="the ping to answer again")
 
 
 async def test_a_statement_the_server_never_answers_is_abandoned_past_its_timeout(
@@ -105,49 +115,31 @@ async def test_a_statement_the_server_never_answers_is_abandoned_past_its_timeou
     """Its own statement_timeout cannot fire on a server that stopped: the client's bound
     (statement timeout + margin) ends it, the connection is dropped, and the pool serves
     the next statement once the server answers again."""
-    async with relay_to(db_url) as (relay, url):
-        db = await open_database(url, max_size=1, statement_timeout=0.5, answer_margin=0.5)
-        try:
-            assert db.answer_within == 1.0
-            assert await db.fetch("stats_counts") == []
-            relay.freeze()
-            with anyio.fail_after(30), pytest.raises(DatabaseUnavailable, match="did not answer"):
-                await db.fetch("stats_counts")
-            relay.thaw()
-
-            async def answers() -> bool:
-                try:
-                    return await db.fetch("stats_counts") == []
-                except DatabaseUnavailable:
-                    return False
-
-            await until(answers, what="statements to be answered again")
-        finally:
-            relay.thaw()
-            with anyio.fail_after(30):
-                await db.close()
+    fast = {"max_size": 1, "statement_timeout": 0.5, "answer_margin": 0.5}
+    async with database_behind_a_relay(db_url, **fast) as (relay, db):
+        assert db.answer_within == 1.0
+        assert await db.fetch("stats_counts") == []
+        relay.freeze()
+        with anyio.fail_after(30), pytest.raises(DatabaseUnavailable, match="did not answer"):
+            await db.fetch("stats_counts")
+        relay.thaw()
+        await until(lambda: answered(lambda: db.fetch("stats_counts")), what="an answer")
 
 
 async def test_a_commit_the_server_never_answers_is_abandoned_as_of_unknown_outcome(
     db_url: str,
 ) -> None:
     """No statement timeout applies to a COMMIT: the transaction's own bound ends it."""
-    async with relay_to(db_url) as (relay, url):
-        db = await open_database(url, max_size=1, statement_timeout=0.5, answer_margin=0.5)
-        try:
+    fast = {"max_size": 1, "statement_timeout": 0.5, "answer_margin": 0.5}
+    async with database_behind_a_relay(db_url, **fast) as (relay, db):
 
-            async def commit_unanswered() -> None:
-                async with db.transaction() as tx:
-                    assert await tx.fetch("stats_counts") == []
-                    relay.freeze()
+        async def commit_unanswered() -> None:
+            async with db.transaction() as tx:
+                assert await tx.fetch("stats_counts") == []
+                relay.freeze()
 
-            with anyio.fail_after(30), pytest.raises(DatabaseUnavailable, match="COMMIT"):
-                await commit_unanswered()
-            relay.thaw()
-        finally:
-            relay.thaw()
-            with anyio.fail_after(30):
-                await db.close()
+        with anyio.fail_after(30), pytest.raises(DatabaseUnavailable, match="COMMIT"):
+            await commit_unanswered()
 
 
 async def test_the_bound_follows_the_timeout_sessions_really_have(db_url: str) -> None:
