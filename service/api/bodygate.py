@@ -14,7 +14,9 @@ Reading before taking a slot keeps a slow upload from holding one (every body, s
 too, must also arrive within ``BODY_TIMEOUT_S`` of its head: ``service/http_limits.py``). A
 request without a valid token is not read here at all but passed on, so the guard refuses it
 as usual; a body over the size limit is passed on to its 413. A client gone while its body was
-read gets no answer and the app never sees the request: nothing was done.
+read gets no answer and the app never sees the request: nothing was done. Litestar builds
+app-level middleware once per route: ``body_gate`` makes every route's gate share one
+``Slots``, so the bounds are the process's.
 """
 
 from __future__ import annotations
@@ -97,34 +99,25 @@ class LargeBodyGate:
         self.large_bytes = large_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        body = self._body(scope) if scope["type"] == ScopeType.HTTP else None
-        if body is None or not self._authorized(scope):
+        if scope["type"] != ScopeType.HTTP or not self._large(scope) or not self._authorized(scope):
             await self.app(scope, receive, send)  # and a declared size over the limit: its 413
-            return
-        if body == "small":  # straight on: bounded in time by the HTTP protocol
-            await self.app(scope, receive, send)
             return
         reading, handling = self.slots.semaphores
         async with reading:
-            replay = await self._read_in_time(receive, send)
-            if replay is None or replay.gone:
+            with anyio.move_on_after(READ_TIMEOUT_S) as deadline:
+                read, size = await self._read(receive)
+            if deadline.cancelled_caught:
+                await _answer_408(send)
                 return
-            if replay.size > self.max_bytes:  # to its 413
+            replay = _Replay(read, receive)
+            del read  # the replay holds the only reference: chunks go as the app reads them
+            if replay.gone:  # nothing was done, and no one is there to answer
+                return
+            if size > self.max_bytes:  # to its 413
                 await self.app(scope, replay, send)
                 return
             async with handling:
                 await self.app(scope, replay, send)
-
-    async def _read_in_time(self, receive: Receive, send: Send) -> _Replay | None:
-        """The body read in full within READ_TIMEOUT_S, as a receive() that replays it; None
-        when it did not arrive in time (answered 408)."""
-        with anyio.move_on_after(READ_TIMEOUT_S) as deadline:
-            read, size = await self._read(receive)
-        if deadline.cancelled_caught:
-            await _answer_408(send)
-            return None
-        return _Replay(read, receive, size)  # the replay holds the only reference: chunks go
-        # as the app reads them
 
     async def _read(self, receive: Receive) -> tuple[deque[ReceiveMessage], int]:
         read: deque[ReceiveMessage] = deque()
@@ -138,21 +131,16 @@ class LargeBodyGate:
             more = message.get("more_body", False)
         return read, size
 
-    def _body(self, scope: Scope) -> str | None:
-        """``"large"`` (read under the places and slots), ``"small"`` (read in time, no
-        place), or None: no body, or a declared size over the limit (passed on to its 413)."""
+    def _large(self, scope: Scope) -> bool:
         for name, value in scope["headers"]:
             if name == b"content-length":
                 try:
-                    size = int(value)
+                    return self.large_bytes < int(value) <= self.max_bytes
                 except ValueError:
-                    return None  # refused as malformed downstream
-                if size <= 0 or size > self.max_bytes:
-                    return None
-                return "large" if size > self.large_bytes else "small"
+                    return False  # refused as malformed downstream
             if name == b"transfer-encoding" and b"chunked" in value.lower():
-                return "large"
-        return None
+                return True
+        return False
 
     def _authorized(self, scope: Scope) -> bool:
         if not self.auth_required:
@@ -167,10 +155,9 @@ class LargeBodyGate:
 class _Replay:
     """A receive(): the messages already read, each handed over once, then the client's."""
 
-    def __init__(self, read: deque[ReceiveMessage], receive: Receive, size: int) -> None:
+    def __init__(self, read: deque[ReceiveMessage], receive: Receive) -> None:
         self._read = read
         self._receive = receive
-        self.size = size
         self.gone = bool(read) and read[-1]["type"] != "http.request"
 
     async def __call__(self) -> ReceiveMessage:

@@ -31,10 +31,9 @@ from service.api.schemas import (
     HeartbeatRequest,
 )
 from service.config import Settings
-from service.jobs import Job, JobRepository, StateConflict
+from service.jobs import Job, JobRepository
 from service.jobs.model import MAX_JSON_DEPTH, too_deep
 from service.jobs.reaper import Reaper
-from service.jobs.states import allowed
 
 TYPED_RETRIES = 2  # an empty claim by task type looks again this many times ...
 TYPED_RETRY_PAUSE = 0.01  # ... this many seconds apart (a claim lasts about a millisecond)
@@ -130,21 +129,10 @@ async def heartbeat_job(
         default_seconds=settings.worker_lease_timeout,
         started_at=data.started_at,
     )
-    if job_id in held:
-        reaper.lease_ends_in(held[job_id])  # (seconds left on the database's clock)
-    job = await repo.get(job_id)
     if job_id not in held:
-        if allowed("heartbeat", job.status) and job.worker_id == data.worker_id:
-            reason = (
-                "this run's lease ended (given up, or the job claimed again since), "
-                "or started_at is not the claim's as received"
-            )
-        elif allowed("heartbeat", job.status):
-            reason = f"the lease is held by another worker ({job.worker_id})"
-        else:
-            reason = "heartbeat needs status running"
-        raise StateConflict(job_id, "heartbeat", job.status, reason)
-    return job
+        raise await repo.refusal(job_id, "heartbeat", data.worker_id)
+    reaper.lease_ends_in(held[job_id])  # (seconds left on the database's clock)
+    return await repo.get(job_id)
 
 
 @post(

@@ -369,17 +369,17 @@ class JobRepository:
         rows = await self.db.fetch("heartbeat_jobs", params)
         return {r["id"]: r["seconds_left"] for r in rows}
 
-    async def _refusal(
-        self, job_id: UUID, action: str, worker_id: str | None, started_at: datetime | None = None
-    ) -> StateConflict:
-        job = await self.get(job_id)  # raises JobNotFound
+    async def refusal(self, job_id: UUID, action: str, worker_id: str | None) -> StateConflict:
+        """Why ``worker_id``'s ``action`` on a job changed nothing (the 409 of a late or
+        foreign call); raises ``JobNotFound`` for a job that does not exist."""
+        job = await self.get(job_id)
         if states.allowed(action, job.status) and worker_id is not None:
             reason = f"the lease is held by another worker ({job.worker_id})"
-            if job.worker_id == worker_id and started_at is not None:
+            if job.worker_id == worker_id:  # held by this id, but not by this run
                 reason = (
-                    "started_at does not name this job's current run: it was claimed "
-                    "again since (retried, or reaped), or started_at is not the claim's "
-                    "as received"
+                    "this run of the job ended: its lease was given up, or the job was "
+                    "claimed again since (retried, or reaped); or started_at is not the "
+                    "claim's as received"
                 )
         else:
             reason = f"{action} needs status {'|'.join(sorted(states.ACCEPTS[action]))}"
@@ -398,7 +398,7 @@ class JobRepository:
         }
         row = await self.db.fetchrow("complete_job", params)
         if row is None:
-            raise await self._refusal(job_id, "complete", worker_id, started_at)
+            raise await self.refusal(job_id, "complete", worker_id)
         return Job.from_row(row)
 
     async def complete_many(
@@ -457,7 +457,7 @@ class JobRepository:
             },
         )
         if row is None:
-            raise await self._refusal(job_id, "fail", worker_id, started_at)
+            raise await self.refusal(job_id, "fail", worker_id)
         return Job.from_row(row)
 
     async def release(self, worker_id: str, ids: Sequence[UUID]) -> set[UUID]:
@@ -515,7 +515,7 @@ class JobRepository:
     async def retry(self, job_id: UUID) -> Job:
         row = await self.db.fetchrow("retry_job", {"id": job_id})
         if row is None:
-            raise await self._refusal(job_id, "retry", None)
+            raise await self.refusal(job_id, "retry", None)
         return Job.from_row(row)
 
     async def retry_where(self, flt: JobFilter) -> list[UUID]:
