@@ -39,11 +39,12 @@ from litestar.types import (
 
 from service.api.auth import token_from_header, token_matches
 from service.config import Settings
+from service.http_limits import BODY_TIMEOUT_S
 
 LARGE_BYTES = 1024 * 1024
 SLOTS = 2
 READERS = 8
-READ_TIMEOUT_S = 120.0  # 10 MiB at ~85 KiB/s
+READ_TIMEOUT_S = BODY_TIMEOUT_S  # the HTTP protocol's bound on any body, here from the read
 
 
 class Slots:
