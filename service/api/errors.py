@@ -340,18 +340,24 @@ def _is_body_decode(exc: HTTPException) -> bool:
     return "json" in text or "utf-8" in text or "decode" in text
 
 
-def responses(*codes: int) -> dict[int, ResponseSpec]:
-    """OpenAPI documentation of the error responses a route can give."""
+def responses(*codes: int, body: bool = False) -> dict[int, ResponseSpec]:
+    """OpenAPI documentation of the error responses a route can give; ``body``: the route
+    reads a JSON body (413, 415). Every route can answer 400, 401, 408, 431 and 503."""
     text = {
-        400: "Malformed JSON",
+        400: "Not valid JSON (or not valid HTTP/1.1)",
         401: "Missing or invalid bearer token",
         404: "No such job",
-        409: "State or idempotency conflict; the body carries the current status",
+        408: "The request head (30 s) or body (120 s) did not arrive in time",
+        409: "State conflict (the body carries the job's status) or idempotency conflict; "
+        "both carry job_id",
         413: "Request body larger than MAX_REQUEST_BYTES",
+        415: "A body that is not JSON, or a Content-Encoding",
         422: "Validation failed; `fields` names each offending field",
-        503: "PostgreSQL is unavailable",
+        431: "Request line and headers over 64 KiB",
+        503: "PostgreSQL is unavailable, or the statement ran over DB_STATEMENT_TIMEOUT",
     }
+    bodies = {413, 415} if body else set()
     return {
         c: ResponseSpec(data_container=ErrorBody, description=text.get(c, "Error"))
-        for c in sorted({*codes, 400, 401, 503})
+        for c in sorted({*codes, *bodies, 400, 401, 408, 431, 503})
     }

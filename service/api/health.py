@@ -9,6 +9,7 @@ from functools import partial
 
 from litestar import Response, route
 from litestar.datastructures import State
+from litestar.openapi.datastructures import ResponseSpec
 
 from service.db import Database, DatabaseUnavailable
 from service.logs import ReadinessLog, reason
@@ -34,7 +35,16 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@probe("/readyz", summary="PostgreSQL readiness")
+@probe(
+    "/readyz",
+    summary="PostgreSQL readiness",
+    responses={
+        503: ResponseSpec(
+            data_container=dict[str, str],
+            description="PostgreSQL is not reachable (error, detail, status, database)",
+        )
+    },
+)
 async def readyz(state: State) -> Response[dict[str, str]]:
     db: Database = state.db
     try:

@@ -12,6 +12,7 @@ from uuid import UUID
 import anyio
 from litestar import Request, Response, get, post
 from litestar.di import NamedDependency
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from service import metrics, tracing
@@ -46,6 +47,10 @@ _LIST_SINGLE = ("created_after", "created_before", "limit", "cursor")
 _FIELDS = JobFields.__struct_fields__
 
 
+def _repeat(model: type, what: str) -> ResponseSpec:
+    return ResponseSpec(data_container=model, description=f"An idempotent repeat: {what}")
+
+
 @post(
     "/jobs",
     status_code=201,
@@ -53,7 +58,7 @@ _FIELDS = JobFields.__struct_fields__
     description="201 with the new job; 200 with the existing job when the same "
     "idempotency_key (per owner_service) was already used with the same body. Inputs of the "
     "built-in task types are checked as their handler reads them (422 naming the field).",
-    responses=responses(409, 413, 422),
+    responses={**responses(409, 422, body=True), 200: _repeat(Job, "the existing job")},
     tags=["jobs"],
 )
 async def create_job(
@@ -81,7 +86,7 @@ async def create_job(
     summary="Create many jobs in one transaction",
     description="Each item's fields override `defaults` field by field. Up to MAX_BATCH_SIZE "
     "items; all or nothing. 201 when any job was created, 200 when all were idempotent repeats.",
-    responses=responses(409, 413, 422),
+    responses={**responses(409, 422, body=True), 200: _repeat(BatchResult, "the existing jobs")},
     tags=["jobs"],
 )
 async def create_batch(
@@ -258,7 +263,7 @@ def _selection(data: FilterBody) -> JobFilter:
     "/jobs/retry",
     status_code=200,
     summary="Retry failed/running jobs by filter",
-    responses=responses(422),
+    responses=responses(422, body=True),
     tags=["jobs"],
 )
 async def retry_jobs(data: JSONBody[FilterBody], repo: NamedDependency[JobRepository]) -> CountIds:
@@ -270,7 +275,7 @@ async def retry_jobs(data: JSONBody[FilterBody], repo: NamedDependency[JobReposi
     "/jobs/cancel",
     status_code=200,
     summary="Cancel pending/running jobs by filter",
-    responses=responses(422),
+    responses=responses(422, body=True),
     tags=["jobs"],
 )
 async def cancel_jobs(data: JSONBody[FilterBody], repo: NamedDependency[JobRepository]) -> CountIds:

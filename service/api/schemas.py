@@ -31,7 +31,12 @@ from service.jobs.model import (
 WaitSeconds = Annotated[float, msgspec.Meta(ge=0, le=60, description="long-poll for up to N s")]
 LeaseSeconds = Annotated[float, msgspec.Meta(ge=1, le=7 * 86400)]
 ClaimLimit = Annotated[int, msgspec.Meta(ge=1, le=1000)]
-ErrorMessage = Annotated[str, msgspec.Meta(max_length=100_000)]
+# A failure report is never refused for a long message (the failure would be lost): it is
+# accepted up to 100,000 characters and stored as its first 4,000 (JobRepository.fail).
+ErrorMessage = Annotated[
+    str,
+    msgspec.Meta(max_length=100_000, description="stored as its first 4,000 characters"),
+]
 FilterList = Annotated[list[str], msgspec.Meta(min_length=1, max_length=1000)]
 IdList = Annotated[list[UUID], msgspec.Meta(min_length=1, max_length=100_000)]
 StatusList = Annotated[list[Status], msgspec.Meta(min_length=1, max_length=5)]

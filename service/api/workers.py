@@ -48,7 +48,7 @@ TYPED_RETRY_PAUSE = 0.01  # ... this many seconds apart (a claim lasts about a m
     "`WORKER_EXTERNAL_TASK_TYPES` so they leave them to you). With `wait_seconds` > 0 and "
     "nothing due, waits until a job arrives (woken by NOTIFY) or the time is up; `jobs` may "
     "be empty.",
-    responses=responses(413, 422),
+    responses=responses(422, body=True),
     tags=["workers"],
 )
 async def claim_jobs(
@@ -111,7 +111,7 @@ async def claim_jobs(
     "/jobs/{job_id:str}/heartbeat",
     status_code=200,
     summary="Extend the lease of a running job",
-    responses=responses(404, 409, 422),
+    responses=responses(404, 409, 422, body=True),
     tags=["workers"],
 )
 async def heartbeat_job(
@@ -139,7 +139,7 @@ async def heartbeat_job(
     "/jobs/{job_id:str}/complete",
     status_code=200,
     summary="Store a job's result",
-    responses=responses(404, 409, 413, 422),
+    responses=responses(404, 409, 422, body=True),
     tags=["workers"],
 )
 async def complete_job(
@@ -158,7 +158,7 @@ async def complete_job(
     summary="Record a failed attempt",
     description="`retryable` failures with attempts left go back to pending after a backoff; "
     "others fail the job for good.",
-    responses=responses(404, 409, 422),
+    responses=responses(404, 409, 422, body=True),
     tags=["workers"],
 )
 async def fail_job(

@@ -1,4 +1,4 @@
-"""Named SQL queries from ``sql/queries.sql``, parsed once per process.
+"""Named SQL queries from ``sql/queries.sql`` and ``sql/queries_*.sql``, parsed once per process.
 
 Why a file of named queries (procrastinate's pattern): the SQL is reviewed, diffed and
 EXPLAINed as SQL, and Python never builds statements out of strings with values in them.

@@ -110,8 +110,8 @@ class ProviderBreaker:
             if not self.unchecked:  # it listed its models before: now a failure, as any 404
                 self.failed(_checked(exc.__cause__ or exc))  # type: ignore[arg-type]
                 return
-            # At start-up: a gateway without a model list, or a wrong base URL; either way the
-            # jobs tell, as before the check existed (a wrong URL then trips the breaker).
+            # At start-up: a server that has the job API but no model list (a gateway): the
+            # jobs tell, as before the check existed.
             log.warning("%s: cannot ask the inference server whether it serves the model (%s); "
                         "claiming without the check", self.profile, exc)  # fmt: skip
             self.health_check = None  # from now on as for a handler without a check

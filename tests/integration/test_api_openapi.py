@@ -33,11 +33,17 @@ async def test_every_route_is_documented_with_its_errors(db_url: str) -> None:
             continue
         for method, op in item.items():
             codes = set(op["responses"])
-            assert {"401", "503"} <= codes, (method, path)
+            assert {"400", "401", "408", "431", "503"} <= codes, (method, path)
             for code in codes - {"200", "201"}:
                 ref = op["responses"][code]["content"]["application/json"]["schema"]
                 assert ref == {"$ref": "#/components/schemas/ErrorBody"}, (method, path, code)
-            if method in ("post",) and "requestBody" in op:
-                assert "422" in codes, (method, path)
+            if "requestBody" in op:
+                assert {"413", "415", "422"} <= codes, (method, path)
+    for path, model in (("/api/v1/jobs", "Job"), ("/api/v1/jobs/batch", "BatchResult")):
+        answers = doc["paths"][path]["post"]["responses"]  # 201 created, 200 a repeat
+        for code in ("200", "201"):
+            ref = answers[code]["content"]["application/json"]["schema"]
+            assert ref == {"$ref": f"#/components/schemas/{model}"}, (path, code)
+    assert "503" in doc["paths"]["/readyz"]["get"]["responses"]
     body = doc["components"]["schemas"]["CreateJob"]
     assert {"owner_service", "task_type", "model_profile"} <= set(body["required"])
