@@ -152,9 +152,17 @@ def _base_url(text: str) -> str:
 
 
 def _db_url(text: str) -> Secret:
+    """Parsed here, as libpq will: a URL it cannot parse (a password with a stray ``%`` or
+    ``[``) raised later, in the driver, with a message that quotes the password."""
+    from psycopg import Error, conninfo  # here: importing the settings needs no driver
+
     v = text.strip()
     if not (v.startswith(("postgresql://", "postgres://")) or "=" in v):
-        raise ValueError(text)
+        raise ValueError("not a PostgreSQL URL")
+    try:
+        conninfo.conninfo_to_dict(v)
+    except Error:
+        raise ValueError("not parsed by libpq") from None
     return Secret(v)
 
 
@@ -177,9 +185,13 @@ def _tokens(text: str) -> Secret:
 
 
 def _without_credentials(text: str) -> str:
-    """A bad value as the error shows it: a URL's ``user:password@`` becomes ``***@``.
-    Everything up to the last ``@`` counts, so a password with an unescaped ``/`` or ``@``
-    is hidden too; applied to every shown value, since a URL may be typed anywhere."""
+    """A bad value as the error shows it: a URL's ``user:password@`` becomes ``***@``, and
+    its query and fragment (``?api-key=…``) ``?***``. Everything up to the last ``@`` counts,
+    so a password with an unescaped ``/`` or ``@`` is hidden too; applied to every shown
+    value, since a URL may be typed anywhere."""
+    for mark in ("?", "#"):
+        text, cut, _ = text.partition(mark)
+        text += f"{cut}***" if cut else ""
     head, at, host = text.rpartition("@")
     if not at:
         return text
@@ -299,7 +311,7 @@ FIELDS: Final[tuple[Field, ...]] = (
         "database_url",
         _db_url,
         None,
-        "a postgresql:// URL",
+        "a postgresql:// URL libpq can parse (percent-encode %, @, /, [ in a password)",
         "PostgreSQL; unset in `ai-service dev` starts an embedded server",
         secret=True,
     ),

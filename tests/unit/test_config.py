@@ -98,6 +98,21 @@ def test_secret_values_are_never_shown() -> None:
     assert "DATABASE_URL=<hidden>" in str(err.value)
 
 
+def test_a_database_url_libpq_cannot_parse_is_refused_without_showing_it() -> None:
+    """libpq's own message for these quotes the password (or the whole URL), and the driver
+    raised it as a traceback from every command: refused with the settings instead."""
+    for url in ("postgresql://u:hunter2%zz@db/x", "postgresql://u:hunter2@[::1:5432/x"):
+        with pytest.raises(ConfigError) as err:
+            Settings.from_env({"DATABASE_URL": url})
+        assert "hunter2" not in str(err.value)
+        assert "DATABASE_URL=<hidden> is invalid: expected a postgresql:// URL" in str(err.value)
+    done = _cli({"DATABASE_URL": "postgresql://u:hunter2%zz@db/x"}, "migrate")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "hunter2" not in done.stderr + done.stdout
+    ok = Settings.from_env({"DATABASE_URL": "postgresql://u:hunter2%25zz@db/x?sslmode=require"})
+    assert ok.database_url is not None
+
+
 def test_a_bad_url_is_shown_without_its_credentials() -> None:
     bad = {
         "htp://user:llmpw-SECRET@host": "'htp://***@host'",
@@ -110,6 +125,15 @@ def test_a_bad_url_is_shown_without_its_credentials() -> None:
                 Settings.from_env({env: value})
             assert "SECRET" not in str(err.value) and "llmpw" not in str(err.value)
             assert f"{env}={shown} is invalid: expected an http(s) URL" in str(err.value)
+    query = {  # a base URL takes no query: keys go in *_API_KEY
+        "https://gpu/v1?api-key=llmpw-SECRET": "'https://gpu/v1?***'",
+        "https://u:llmpw@gpu/v1?k=1@SECRET#x": "'https://***@gpu/v1?***'",
+    }
+    for value, shown in query.items():
+        with pytest.raises(ConfigError) as err:
+            Settings.from_env({"LLM_BASE_URL": value})
+        assert "SECRET" not in str(err.value) and "llmpw" not in str(err.value)
+        assert f"LLM_BASE_URL={shown} is invalid" in str(err.value)
     done = _cli({"LLM_BASE_URL": "htp://user:llmpw-SECRET@host"}, "migrate")
     assert done.returncode == 2
     assert "LLM_BASE_URL='htp://***@host' is invalid" in done.stderr
