@@ -94,6 +94,11 @@ class JsonFormatter(logging.Formatter):
         return _encoder.encode(out).decode()
 
 
+# Control characters as escapes: a line may quote what a caller sent (a path with %0d%0a), and
+# a raw CR/LF in it would start a forged line. JSON lines escape them already.
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(32), 127)} | {10: "\\n", 13: "\\r", 9: "\\t"}
+
+
 class ConsoleFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         extra = " ".join(
@@ -103,6 +108,8 @@ class ConsoleFormatter(logging.Formatter):
         )
         base = f"{time.strftime('%H:%M:%S', time.localtime(record.created))} "
         base += f"{record.levelname:<7} {record.name}: {record.getMessage()}"
+        base = base.translate(_CONTROLS)
+        extra = extra.translate(_CONTROLS)
         if extra:
             base += f"  [{extra}]"
         if record.exc_info:

@@ -62,7 +62,7 @@ class Listener:
             try:
                 conn = await ListenConnection.connect(self.url, self.channels)
             except DatabaseUnavailable as exc:
-                self._down(exc)
+                self._down(exc, "cannot connect")
                 await anyio.sleep(backoff.next())
                 continue
             try:
@@ -77,20 +77,22 @@ class Listener:
                 self.on_connect()
                 await self._receive(conn)
             except (DatabaseUnavailable, TimeoutError) as exc:
-                self._down(exc)
+                self._down(exc, "connection lost")
             except Exception as exc:
                 log.exception("listener failed")
-                self._down(exc)
+                self._down(exc, "failed")
             finally:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                     await conn.close()
             await anyio.sleep(backoff.next())
 
-    def _down(self, exc: BaseException) -> None:
+    def _down(self, exc: BaseException, what: str) -> None:
+        """The log has the driver's words; the status (an open port) says only what went
+        wrong, as the readiness answers do: the driver's name the host, port and user."""
         if self.status.state != "disconnected":
             log.warning("listener disconnected: %s", reason(exc))
         self.status.state = "disconnected"
-        self.status.last_error = reason(exc)
+        self.status.last_error = f"{what} ({type(exc).__name__}; the worker log says why)"
 
     async def _receive(self, conn: ListenConnection) -> None:
         while True:

@@ -421,6 +421,14 @@ async def test_listener_reconnects_and_nothing_is_missed(repo: JobRepository, db
                     lambda: worker.status.listener.state == "disconnected",
                     what="the listener to notice",
                 )
+                # on the open status port, what failed but not the driver's words, which
+                # name the host, port, user and database
+                await until(
+                    lambda: (worker.status.listener.last_error or "").startswith("cannot"),
+                    what="a failed reconnect",
+                )
+                shown = worker.status.snapshot()["listener"]["last_error"]
+                assert dbname not in shown and "127.0.0.1" not in shown, shown
                 job, _ = await repo.create(nj())
                 assert conn.execute(listeners, [dbname]).fetchall() == []  # nobody heard it
                 assert (await repo.get(job.id)).status == "pending"

@@ -83,3 +83,22 @@ def test_readiness_is_logged_as_it_changes(caplog: pytest.LogCaptureFixture) -> 
 def test_an_exception_without_text_is_named_by_its_class() -> None:
     assert reason(TimeoutError()) == "TimeoutError"
     assert reason(OSError("connection refused")) == "connection refused"
+
+
+def test_a_console_line_cannot_be_split_by_what_a_caller_sent() -> None:
+    """``GET /api/v1/x%0d%0aFORGED`` wrote a raw CR/LF into ``dev``'s console line."""
+    from service.logs import ConsoleFormatter
+
+    record = logging.LogRecord(
+        "ai_service.api",
+        logging.INFO,
+        __file__,
+        1,
+        "GET %s answered 404",
+        ("/x\r\nFORGED\x1b[2J",),
+        None,
+    )
+    record.__dict__["error"] = "a\nb"
+    line = ConsoleFormatter().format(record)
+    assert "\n" not in line and "\r" not in line and "\x1b" not in line
+    assert "/x\\r\\nFORGED\\x1b[2J answered 404" in line and "error=a\\nb" in line
