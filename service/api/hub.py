@@ -17,7 +17,6 @@ waiters are woken to re-check, because notifications sent while we were not list
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -25,23 +24,23 @@ from typing import TypeVar
 
 import anyio
 
+from service.backoff import Backoff
 from service.db import DatabaseUnavailable
-from service.db.listen import ListenConnection, Notification
+from service.db.listen import (
+    KEEPALIVE,
+    PING_TIMEOUT,
+    ListenConnection,
+    Notification,
+)
 from service.logs import reason
 
 log = logging.getLogger("ai_service.api.hub")
 
 FINISHED_CHANNEL = "ai_jobs_finished"
-KEEPALIVE = 10.0  # ping the connection after this many quiet seconds
-PING_TIMEOUT = 5.0
 IDLE_UNLISTEN = 60.0  # UNLISTEN a profile channel nobody waited on for this long
 DUE_RECHECK_MIN = 0.05  # a job due but not taken (another claim holds it): look again after,
 DUE_RECHECK_MAX = 1.0  # doubling up to this while it stays so (a bulk cancel holding rows)
 T = TypeVar("T")
-
-
-def profile_channel(profile: str) -> str:
-    return f"ai_jobs:{profile}"
 
 
 class Waiter:
@@ -82,16 +81,29 @@ class NotifyHub:
 
     # --- the receive loop -----------------------------------------------------------------
     async def run(self) -> None:
-        """Keep one LISTEN connection open for the life of the process (reconnect on loss)."""
-        delay = 0.05
+        """Keep one LISTEN connection open for the life of the process (reconnect on loss).
+
+        Nothing ends it but cancellation: an error not known to happen is logged and retried
+        like a lost connection (it ended the API's lifespan, reaper and long polls with it).
+        The backoff starts over only after a connection lasted a keepalive round: a server
+        that accepts and then drops every connection is not reconnected to 20 times a second.
+        """
+        backoff = Backoff(0.05, 5.0)
+        failed = False  # since the last connection: worth a line when it comes (back)
         while True:
             try:
                 conn = await ListenConnection.connect(self._url)
             except DatabaseUnavailable as exc:
                 log.warning("long-poll listener cannot connect: %s", reason(exc))
-                await anyio.sleep(delay * (0.5 + random.random() / 2))
-                delay = min(delay * 2, 5.0)
+                failed = True
+                await anyio.sleep(backoff.next())
                 continue
+            except Exception:
+                log.exception("long-poll listener failed to connect")
+                failed = True
+                await anyio.sleep(backoff.next())
+                continue
+            since = time.monotonic()
             try:
                 self._listening = set()
                 await self._sync(conn)
@@ -99,20 +111,23 @@ class NotifyHub:
                 self.connects += 1
                 connected, self._connected_event = self._connected_event, anyio.Event()
                 connected.set()
-                if self.connects > 1 or delay > 0.05:  # not worth a line on a clean start
+                if self.connects > 1 or failed:  # not worth a line on a clean start
                     log.info("long-poll listener connected again")
-                delay = 0.05
+                failed = False
                 self._wake_all()  # catch-up: notifications sent while disconnected are gone
                 await self._receive(conn)
             except (DatabaseUnavailable, TimeoutError) as exc:
                 log.warning("long-poll listener lost its connection: %s", reason(exc))
+            except Exception:
+                log.exception("long-poll listener failed")
             finally:
                 self.connected = False
                 self._listening = set()
                 with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                     await conn.close()
-            await anyio.sleep(delay * (0.5 + random.random() / 2))
-            delay = min(delay * 2, 5.0)
+            if time.monotonic() - since >= KEEPALIVE:
+                backoff.reset()
+            await anyio.sleep(backoff.next())
 
     async def _receive(self, conn: ListenConnection) -> None:
         while True:

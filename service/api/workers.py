@@ -22,7 +22,7 @@ from litestar.params import FromPath, JSONBody
 from service import metrics
 from service.api.deps import unless_gone
 from service.api.errors import invalid, responses
-from service.api.hub import NotifyHub, profile_channel
+from service.api.hub import NotifyHub
 from service.api.schemas import (
     ClaimRequest,
     ClaimResult,
@@ -31,6 +31,7 @@ from service.api.schemas import (
     HeartbeatRequest,
 )
 from service.config import Settings
+from service.db.listen import profile_channel
 from service.jobs import Job, JobRepository
 from service.jobs.model import MAX_JSON_DEPTH, too_deep
 from service.jobs.reaper import Reaper

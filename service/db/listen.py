@@ -20,6 +20,15 @@ from service.db.database import DatabaseUnavailable, _translate_errors
 from service.db.params import connect_params
 
 BATCH = 500  # channels per round trip
+# Both listeners (the worker's, the API's hub) wait for notifications this long per round, then
+# ping: a connection whose server vanished without a FIN shows up within a round and a ping.
+KEEPALIVE = 10.0
+PING_TIMEOUT = 5.0
+
+
+def profile_channel(profile: str) -> str:
+    """The channel the insert trigger notifies for a profile's new jobs (migration 0001)."""
+    return f"ai_jobs:{profile}"
 
 
 class Notification(NamedTuple):
@@ -68,8 +77,9 @@ class ListenConnection:
                 await self._conn.execute(statements)
 
     async def notifications(self, timeout: float | None = None) -> AsyncIterator[Notification]:
-        """Yield notifications as they arrive; stop after ``timeout`` seconds of silence
-        (None: never). Raises ``DatabaseUnavailable`` when the connection is lost."""
+        """Yield notifications as they arrive, for ``timeout`` seconds in all (psycopg's
+        deadline, not a silence; None: for ever). Raises ``DatabaseUnavailable`` when the
+        connection is lost."""
         try:
             async for n in self._conn.notifies(timeout=timeout):
                 yield Notification(n.channel, n.payload)
@@ -88,4 +98,11 @@ class ListenConnection:
         await self._conn.close()
 
 
-__all__ = ["DatabaseUnavailable", "ListenConnection", "Notification"]
+__all__ = [
+    "KEEPALIVE",
+    "PING_TIMEOUT",
+    "DatabaseUnavailable",
+    "ListenConnection",
+    "Notification",
+    "profile_channel",
+]

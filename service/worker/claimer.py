@@ -24,10 +24,10 @@ import anyio
 import anyio.lowlevel
 
 from service import metrics, tracing
+from service.backoff import Backoff
 from service.db import DatabaseUnavailable
 from service.handlers.base import HealthCheck
 from service.jobs import Job, JobRepository
-from service.worker.backoff import Backoff
 from service.worker.breaker import ProviderBreaker
 from service.worker.executor import Executor
 from service.worker.shutdown import release_orphans
@@ -37,7 +37,10 @@ from service.worker.wakeup import Wakeup
 log = logging.getLogger("ai_service.worker.claimer")
 
 DUE_SLACK = 0.002  # wake this much after run_after so the job is due when the claim runs
-LOCKED_RETRY = 0.01  # a due job we could not take is being claimed by another worker
+# A due job we could not take is being claimed by another worker: look again shortly, and
+# back off, doubling to a second, while it stays so (rows locked for long: a bulk cancel, an
+# operator's open transaction), rather than two queries per profile every 10 ms meanwhile.
+LOCKED_RETRY, LOCKED_RETRY_MAX = 0.01, 1.0
 
 
 class ClaimLoop:
@@ -72,6 +75,7 @@ class ClaimLoop:
         self._stopped = False
         self._orphans_possible = False
         self._check_scope: anyio.CancelScope | None = None
+        self._locked = Backoff(LOCKED_RETRY, LOCKED_RETRY_MAX)
 
     # --- signals from other parts of the worker (all synchronous, never block) -----------
     def notify(self) -> None:
@@ -126,7 +130,8 @@ class ClaimLoop:
                     may_have_work = True
                     self.stats.state = "backoff"
                     log.exception("claim on %s failed unexpectedly", self.profile)
-                    await self._pause(backoff.next())
+                    # not a database outage: a notification says nothing about it
+                    await self._pause(backoff.next(), on_hint=False)
                     continue
                 backoff.reset()
                 if self._stopped:
@@ -135,6 +140,8 @@ class ClaimLoop:
                 self.executor.start_many(jobs, since=sent)
                 self.stats.claimed += len(jobs)
                 metrics.jobs_claimed(jobs)
+                if jobs:
+                    self._locked.reset()
                 may_have_work = len(jobs) >= free or (len(jobs) >= limit and limit < free)
                 if not may_have_work:
                     await anyio.lowlevel.checkpoint()  # let the handlers start first
@@ -194,15 +201,19 @@ class ClaimLoop:
         if due_in is None:
             return self.poll_interval
         if due_in <= 0:
-            return LOCKED_RETRY
+            return min(self.poll_interval, self._locked.next())
+        self._locked.reset()
         return min(self.poll_interval, due_in + DUE_SLACK)
 
-    async def _pause(self, seconds: float) -> None:
-        """Back off after a failed claim, but stop at once when asked to, and claim at once on
-        a notification or a listener reconnect: either means the database answers again (the
-        backoff grows to 5 s; a job submitted as the database came back waited it out)."""
+    async def _pause(self, seconds: float, *, on_hint: bool = True) -> None:
+        """Back off after a failed claim, but stop at once when asked to, and (``on_hint``)
+        claim at once on a notification or a listener reconnect: either means the database
+        answers again (the backoff grows to 5 s; a job submitted as the database came back
+        waited it out)."""
         deadline = time.monotonic() + seconds
-        while not self._stopped and not self._hint and time.monotonic() < deadline:
+        while not self._stopped and time.monotonic() < deadline:
+            if on_hint and self._hint:
+                return
             await self._wakeup.wait(deadline - time.monotonic())
 
     async def _release(self, jobs: list[Job]) -> None:

@@ -21,10 +21,10 @@ from uuid import UUID
 import anyio
 
 from service import metrics
+from service.backoff import Backoff
 from service.db import DatabaseUnavailable, IntegrityViolation, ValueRefused
 from service.handlers.base import InvalidOutput
 from service.jobs import Job, JobError, JobRepository
-from service.worker.backoff import Backoff
 from service.worker.status import WorkerStatus
 from service.worker.wakeup import Wakeup
 

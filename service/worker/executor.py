@@ -22,11 +22,11 @@ from anyio.abc import TaskGroup
 from opentelemetry.trace import Span
 
 from service import metrics, telemetry, tracing
+from service.backoff import Backoff
 from service.db import DatabaseUnavailable
 from service.handlers.base import HandlerError, HandlerRegistry, UnsupportedTask
 from service.jobs import Job, JobError, JobRepository
 from service.logs import job_context
-from service.worker.backoff import Backoff
 from service.worker.cancellation import Running, RunningJob
 from service.worker.completer import Completer
 from service.worker.status import WorkerStatus

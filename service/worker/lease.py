@@ -25,9 +25,9 @@ from uuid import UUID
 import anyio
 
 from service import metrics
+from service.backoff import Backoff
 from service.db import DatabaseUnavailable
 from service.jobs import JobRepository
-from service.worker.backoff import Backoff
 from service.worker.cancellation import Running
 from service.worker.wakeup import Wakeup
 

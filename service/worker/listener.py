@@ -19,21 +19,21 @@ from uuid import UUID
 import anyio
 
 from service import metrics
+from service.backoff import Backoff
 from service.db import DatabaseUnavailable
-from service.db.listen import ListenConnection, Notification
+from service.db.listen import (
+    KEEPALIVE,
+    PING_TIMEOUT,
+    ListenConnection,
+    Notification,
+    profile_channel,
+)
 from service.logs import reason
-from service.worker.backoff import Backoff
 from service.worker.status import ListenerStatus
 
 log = logging.getLogger("ai_service.worker.listener")
 
 CANCEL_CHANNEL = "ai_jobs_cancelled"
-KEEPALIVE = 10.0  # ping the connection after this many quiet seconds
-PING_TIMEOUT = 5.0
-
-
-def profile_channel(profile: str) -> str:
-    return f"ai_jobs:{profile}"
 
 
 class Listener:
@@ -65,6 +65,12 @@ class Listener:
                 self._down(exc, "cannot connect")
                 await anyio.sleep(backoff.next())
                 continue
+            except Exception as exc:  # not known to happen: it must not end the worker
+                log.exception("listener failed to connect")
+                self._down(exc, "cannot connect")
+                await anyio.sleep(backoff.next())
+                continue
+            since = time.monotonic()
             try:
                 if self.status.connected_at is not None:
                     self.status.reconnects += 1
@@ -73,7 +79,6 @@ class Listener:
                 self.status.connected_at = time.time()
                 self.status.last_error = None
                 log.info("listening on %s", ", ".join(self.channels))
-                backoff.reset()
                 self.on_connect()
                 await self._receive(conn)
             except (DatabaseUnavailable, TimeoutError) as exc:
@@ -84,6 +89,8 @@ class Listener:
             finally:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                     await conn.close()
+            if time.monotonic() - since >= KEEPALIVE:  # it lasted: start the backoff over
+                backoff.reset()
             await anyio.sleep(backoff.next())
 
     def _down(self, exc: BaseException, what: str) -> None:

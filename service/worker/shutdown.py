@@ -13,10 +13,10 @@ from uuid import UUID
 
 import anyio
 
+from service.backoff import Backoff
 from service.db import DatabaseUnavailable
 from service.jobs import Job, JobRepository
 from service.logs import id_list
-from service.worker.backoff import Backoff
 from service.worker.cancellation import Running
 from service.worker.completer import Completer
 from service.worker.status import ProfileStats, WorkerStatus

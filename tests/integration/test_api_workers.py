@@ -17,8 +17,9 @@ import httpx
 import psycopg
 import pytest
 
-from service.api.hub import FINISHED_CHANNEL, profile_channel
+from service.api.hub import FINISHED_CHANNEL
 from service.db import DatabaseUnavailable
+from service.db.listen import profile_channel
 from service.jobs.model import MAX_JSON_DEPTH
 from tests.integration.api_server import Api, job_body, running_api
 from tests.integration.test_worker_runtime import until

@@ -1,4 +1,4 @@
-"""Jittered exponential backoff for everything the worker retries (reconnects, claims, writes).
+"""Jittered exponential backoff for everything the service retries (reconnects, claims, writes).
 
 Why jitter: after a database restart every worker process retries at once; spreading the
 retries (AWS "equal jitter") keeps the recovering server from a thundering herd.

@@ -1,0 +1,149 @@
+"""The loops that retry for the life of a process: how often they try again, and that nothing
+they meet ends them.
+
+- A due job another transaction holds locked (a bulk cancel, an operator's open ``BEGIN``) was
+  looked at every 10 ms for as long as the lock lasted: two queries per profile per worker.
+- An error the API's or the worker's LISTEN loop did not expect ended it: in the API, the
+  lifespan with it (long polls, the reaper). A failed claim that was not a database outage
+  was retried at every notification, its 5 s backoff skipped.
+- Each listener started its backoff over the moment it connected, so a server that accepts
+  connections and drops them at once was reconnected to tens of times a second.
+
+Real PostgreSQL; the failures are injected by replacing a call with one that raises.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import psycopg
+import pytest
+
+from service import backoff
+from service.api import hub as api_hub
+from service.db import DatabaseUnavailable
+from service.db.listen import ListenConnection
+from service.jobs import JobRepository
+from service.worker import claimer, listener
+from tests.integration.api_server import running_api
+from tests.integration.test_worker_runtime import (
+    PROFILE,
+    Probe,
+    finished,
+    nj,
+    registry_for,
+    running_worker,
+    until,
+)
+
+
+class Recorded(backoff.Backoff):
+    """A backoff that keeps what it handed out (every instance, by its initial delay)."""
+
+    made: list[Recorded] = []
+
+    def __init__(self, initial: float = 0.05, maximum: float = 5.0) -> None:
+        super().__init__(initial, maximum)
+        self.delays: list[float] = []
+        Recorded.made.append(self)
+
+    def next(self) -> float:
+        delay = super().next()
+        self.delays.append(delay)
+        return delay
+
+
+@pytest.fixture
+def recorded(monkeypatch: pytest.MonkeyPatch) -> list[Recorded]:
+    Recorded.made = []
+    for module in (claimer, listener, api_hub):
+        monkeypatch.setattr(module, "Backoff", Recorded)
+    return Recorded.made
+
+
+async def test_a_due_job_held_locked_is_looked_at_less_and_less_often(
+    repo: JobRepository, db_url: str, recorded: list[Recorded]
+) -> None:
+    job, _ = await repo.create(nj())
+    with psycopg.connect(db_url) as held:  # an open transaction holds the due job's row
+        held.execute("SELECT 1 FROM ai_jobs WHERE id = %s FOR UPDATE", [job.id])
+        async with running_worker(db_url, registry_for(Probe())) as worker:
+            [locked] = [b for b in recorded if b.initial == claimer.LOCKED_RETRY]
+            await until(lambda: len(locked.delays) >= 6, what="six looks at the locked job")
+            # 5-10 ms at first, doubling: the sixth wait is 160-320 ms, not 10 ms again
+            assert locked.delays[5] >= 16 * claimer.LOCKED_RETRY, locked.delays
+            assert (await repo.get(job.id)).status == "pending"
+            held.rollback()  # the lock goes: the job is taken within a wait (at most 1 s)
+            done = await until(lambda: finished(repo, job.id), what="the job once free")
+            assert (done.status, done.worker_id) == ("completed", worker.worker_id)
+
+
+async def test_a_failed_claim_that_is_not_an_outage_is_not_retried_at_each_notification(
+    repo: JobRepository, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running_worker(db_url, registry_for(Probe())) as worker:
+        loop = worker._loops[PROFILE]
+        loop._hint = True  # a notification arrived: it cuts an outage's backoff short ...
+        with anyio.move_on_after(0.3) as waited:
+            await loop._pause(60, on_hint=True)
+        assert not waited.cancelled_caught
+        loop._hint = True  # ... but not the backoff after an error of another kind
+        with anyio.move_on_after(0.3) as waited:
+            await loop._pause(60, on_hint=False)
+        assert waited.cancelled_caught
+
+
+def fails_once(real: Any, failures: list[int]) -> Any:
+    """``ListenConnection.connect`` that raises what no one expects the first time."""
+
+    async def connect(url: str, channels: Any = ()) -> ListenConnection:
+        if not failures:
+            failures.append(1)
+            raise RuntimeError("not known to happen")
+        return await real(url, channels)  # type: ignore[no-any-return]
+
+    return connect
+
+
+async def test_an_unexpected_error_does_not_end_the_api_listener(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    failures: list[int] = []
+    connect = fails_once(ListenConnection.connect, failures)
+    monkeypatch.setattr(api_hub.ListenConnection, "connect", connect)
+    async with running_api(db_url) as api:
+        hub = api.app.state.hub
+        await until(lambda: hub.connected, what="the long-poll listener after the error")
+        assert failures == [1]
+        r = await api.client.get("/readyz")  # the lifespan (reaper, long polls) lives on
+        assert r.status_code == 200
+
+
+async def test_an_unexpected_error_does_not_end_the_worker_listener(
+    repo: JobRepository, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    failures: list[int] = []
+    connect = fails_once(ListenConnection.connect, failures)
+    monkeypatch.setattr(listener.ListenConnection, "connect", connect)
+    async with running_worker(db_url, registry_for(Probe())):
+        assert failures == [1]
+        job, _ = await repo.create(nj())  # heard, and run
+        assert (await until(lambda: finished(repo, job.id), what="a job")).status == "completed"
+
+
+async def test_a_connection_dropped_at_once_does_not_start_the_backoff_over(
+    db_url: str, monkeypatch: pytest.MonkeyPatch, recorded: list[Recorded]
+) -> None:
+    drops: list[int] = []
+
+    async def drop(self: Any, conn: ListenConnection) -> None:
+        drops.append(1)
+        raise DatabaseUnavailable("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(api_hub.NotifyHub, "_receive", drop)
+    async with running_api(db_url):
+        [hub_backoff] = [b for b in recorded if b.initial == 0.05]
+        await until(lambda: len(drops) >= 5, what="five dropped connections")
+        # 25-50 ms, doubling each time: not 25-50 ms after every connection
+        assert hub_backoff.delays[4] >= 0.4, hub_backoff.delays
