@@ -46,8 +46,7 @@ def _terminate_as_exit(signum: int, frame: Any) -> None:
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
-    import psycopg
-
+    from service.db import DatabaseUnavailable
     from service.db.migrate import MigrationError, migrate, pending_migrations
 
     url = _require_db(settings)
@@ -65,7 +64,7 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
         print("schema is up to date")
     except MigrationError as exc:
         _die(f"migration error: {exc}", 1)
-    except psycopg.OperationalError as exc:
+    except DatabaseUnavailable as exc:
         _db_unavailable(exc)
     return 0
 
@@ -85,8 +84,7 @@ def _require_db(settings: Settings) -> str:
 def _migrate_on_start(url: str, apply: bool) -> None:
     """Migrate (``apply``: ``MIGRATE_ON_START``), or else make sure someone did: a process
     on a schema that lacks a migration would report ready and then fail every statement."""
-    import psycopg
-
+    from service.db import DatabaseUnavailable
     from service.db.migrate import MigrationError, migrate, pending_migrations
 
     try:
@@ -97,7 +95,7 @@ def _migrate_on_start(url: str, apply: bool) -> None:
         pending = pending_migrations(url)
     except MigrationError as exc:
         _die(f"migration error: {exc}", 1)
-    except psycopg.OperationalError as exc:
+    except DatabaseUnavailable as exc:
         _db_unavailable(exc)
     if pending:
         names = ", ".join(f"{m.version:04d}_{m.name}" for m in pending)

@@ -154,15 +154,13 @@ def _base_url(text: str) -> str:
 def _db_url(text: str) -> Secret:
     """Parsed here, as libpq will: a URL it cannot parse (a password with a stray ``%`` or
     ``[``) raised later, in the driver, with a message that quotes the password."""
-    from psycopg import Error, conninfo  # here: importing the settings needs no driver
+    from service.db.params import parses  # here: importing the settings needs no driver
 
     v = text.strip()
     if not (v.startswith(("postgresql://", "postgres://")) or "=" in v):
         raise ValueError("not a PostgreSQL URL")
-    try:
-        conninfo.conninfo_to_dict(v)
-    except Error:
-        raise ValueError("not parsed by libpq") from None
+    if not parses(v):
+        raise ValueError("not parsed by libpq")
     return Secret(v)
 
 

@@ -21,11 +21,14 @@ import logging
 import random
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
 
+from service.db.database import DatabaseUnavailable, _first_line
 from service.db.params import connect_params
 from service.db.queries import sql_dir
 
@@ -103,10 +106,21 @@ def _check_history(applied: dict[int, str], migrations: list[Migration]) -> None
         )
 
 
+@contextmanager
+def _connection(url: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    """A connection of its own; a lost or refused one is ``DatabaseUnavailable`` (the CLI's
+    one line, exit 1: an init container or a Job retries)."""
+    try:
+        with psycopg.connect(url, autocommit=True, **connect_params(url)) as conn:
+            yield conn
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(_first_line(exc, "unavailable")) from exc
+
+
 def pending_migrations(url: str, directory: Path | None = None) -> list[Migration]:
     """The migrations not yet applied to the database at ``url`` (reads only)."""
     migrations = load_migrations(directory)
-    with psycopg.connect(url, autocommit=True, **connect_params(url)) as conn:
+    with _connection(url) as conn:
         applied = _applied(conn, create=False)
     _check_history(applied, migrations)
     return [m for m in migrations if m.version not in applied]
@@ -122,7 +136,7 @@ def migrate(
     """Apply pending migrations under an advisory lock; return the ones this call applied."""
     migrations = load_migrations(directory)
     done: list[Migration] = []
-    with psycopg.connect(url, autocommit=True, **connect_params(url)) as conn:
+    with _connection(url) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
         try:
             applied = _applied(conn, create=True)

@@ -22,6 +22,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from psycopg import Error
 from psycopg.conninfo import conninfo_to_dict
 
 NETWORK_DEFAULTS: dict[str, Any] = {
@@ -61,3 +62,13 @@ def session_settings(
         ms = str(max(1, round(statement_timeout * 1000)))
         out.update({name: ms for name in SESSION_TIMEOUTS if name not in theirs})
     return out
+
+
+def parses(url: str) -> bool:
+    """Whether libpq can parse ``url``; its own message for one it cannot quotes the password
+    (or the whole URL), so the settings refuse it without showing it (service/config.py)."""
+    try:
+        conninfo_to_dict(url)
+    except Error:
+        return False
+    return True
