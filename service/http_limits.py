@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -47,13 +48,20 @@ HEAD_TIMEOUT_S = 30.0
 BODY_TIMEOUT_S = 120.0  # 10 MiB (MAX_REQUEST_BYTES' default) at ~85 KiB/s
 
 
-def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
+def has_body(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Whether a request declares a body (raw ASGI headers, names lower-case): chunked, or a
+    Content-Length other than zero (``00`` too; one that is not a number counts as a body,
+    which the parser then refuses). One reading for the body deadline here and the media
+    type guard (service/api/media.py)."""
+    length: bytes | None = None
     for name, value in headers:
-        if name == b"content-length":
-            return value.strip() not in (b"0", b"")
         if name == b"transfer-encoding":
             return True
-    return False
+        if name == b"content-length":
+            length = value.strip()
+    if length is None:
+        return False
+    return not (length.isdigit() and int(length) == 0)
 
 
 class _HeadTooLarge(Exception):
@@ -121,7 +129,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._disarm()
         self._in_head, self._began = False, False
         self._head_bytes = self._fed_in_head = self._not_body = 0
-        if _has_body(self.headers):
+        if has_body(self.headers):
             self._body_timer = self.loop.call_later(self.body_timeout_s, self._body_timed_out)
         super().on_headers_complete()
 

@@ -18,6 +18,7 @@ from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
 from service.api.errors import ApiError
+from service.http_limits import has_body
 
 
 def is_json(media_type: str) -> bool:
@@ -26,18 +27,12 @@ def is_json(media_type: str) -> bool:
     )
 
 
-def _has_body(connection: ASGIConnection[Any, Any, Any, Any]) -> bool:
-    headers = connection.headers
-    if "transfer-encoding" in headers:
-        return True
-    length = headers.get("content-length", "0").strip()
-    return not (length.isdigit() and int(length) == 0)
-
-
 async def json_body_guard(
     connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
 ) -> None:
-    if connection.scope.get("method") not in ("POST", "PUT", "PATCH") or not _has_body(connection):
+    if connection.scope.get("method") not in ("POST", "PUT", "PATCH") or not has_body(
+        connection.scope["headers"]
+    ):
         return
     declared = connection.headers.get("content-type", "")
     media_type = declared.split(";", 1)[0].strip().lower()

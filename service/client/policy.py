@@ -105,7 +105,10 @@ class WaitLoop:
             return None
         self.failures += 1
         hint = exc.retry_after if isinstance(exc, ApiError) else None
-        return min(hint or min(5.0, 0.25 * 2**self.failures), limit - now)
+        # jittered, as Retries' pauses: the waits of many callers that an API rollout
+        # interrupted together must not come back together
+        backoff = min(5.0, 0.25 * 2**self.failures) * random.uniform(0.5, 1.0)
+        return min(hint or backoff, limit - now)
 
 
 class Pager:

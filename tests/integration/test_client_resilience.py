@@ -252,6 +252,12 @@ async def test_list_with_a_limit_asks_for_no_more_than_it_returns() -> None:
     assert len(got) == 7 and parse_qs(app.requests[-1]["query"])["limit"] == ["2"]
 
 
+def test_waits_interrupted_together_do_not_come_back_together() -> None:
+    lost = httpx.ConnectError("connection refused")
+    pauses = {WaitLoop(timeout=None, now=0.0).failed(lost, now=0.0) for _ in range(50)}
+    assert len(pauses) > 1 and all(p is not None and 0.25 <= p <= 0.5 for p in pauses), pauses
+
+
 async def test_wait_does_not_ride_out_a_misconfiguration() -> None:
     async with AsyncClient("ftp://127.0.0.1:1") as ac:
         with anyio.fail_after(60):  # riding it out would take 5 minutes

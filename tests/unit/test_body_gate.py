@@ -224,3 +224,18 @@ async def test_a_request_without_a_body_is_passed_on_unread() -> None:
         await gate(app)(scope([]), reads.body([b""]), ignore)
         await gate(app)(scope([(b"content-length", b"0")]), reads.body([b""]), ignore)
     assert app.entered == 2 and app.bodies == [b"", b""]
+
+
+def test_a_body_is_declared_by_chunking_or_a_length_other_than_zero() -> None:
+    """One reading for the body deadline and the media type guard (they disagreed on 00)."""
+    from service.http_limits import has_body
+
+    for headers, expected in (
+        ([], False),
+        ([(b"content-length", b"0")], False),
+        ([(b"content-length", b"00")], False),
+        ([(b"content-length", b" 5 ")], True),
+        ([(b"content-length", b"x")], True),
+        ([(b"host", b"a"), (b"transfer-encoding", b"chunked")], True),
+    ):
+        assert has_body(headers) is expected, headers
