@@ -340,11 +340,6 @@ WITH old AS (
 )
 DELETE FROM ai_jobs AS j USING old WHERE j.id = old.id;
 
--- name: stats_counts
-SELECT status, model_profile, task_type, count(*) AS count
-FROM ai_jobs GROUP BY status, model_profile, task_type
-ORDER BY status, model_profile, task_type;
-
 -- name: effective_statement_timeout
 -- The statement timeout sessions really have, in seconds (0: none): the one the pool SETs, or
 -- the URL's options or PGOPTIONS, which win. The client abandons a statement unanswered a

@@ -138,7 +138,7 @@ class NotifyHub:
                         self._dispatch(n)
             self._interrupt = None
             if not scope.cancelled_caught:
-                # A quiet spell: make sure the connection is still alive.
+                # A keepalive round ended (not a waiter's change): is the connection alive?
                 with anyio.fail_after(PING_TIMEOUT):
                     await conn.ping()
             await self._sync(conn)
@@ -235,9 +235,6 @@ class NotifyHub:
     def waiting(self, channel: str, payload: str | None = None) -> int:
         """How many requests wait on (channel, payload) now."""
         return len(self._waiters.get(channel, {}).get(payload, ()))
-
-    def is_listening(self, channel: str) -> bool:
-        return self.connected and channel in self._listening
 
     # --- the long-poll loop ---------------------------------------------------------------
     async def wait_for(

@@ -259,7 +259,3 @@ class EmbeddedPostgres:
     @property
     def url(self) -> str:
         return self.url_for("postgres")
-
-    @property
-    def tcp_url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"

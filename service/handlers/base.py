@@ -9,7 +9,6 @@ worker, not the handler, owns leases, cancellation, timeouts of the whole job an
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from service.jobs.model import Job
@@ -123,13 +122,6 @@ class InvalidOutput(HandlerError):
 class UnsupportedTask(HandlerError):
     category = "unsupported_task"
     retryable = False
-
-
-@dataclass(frozen=True)
-class Route:
-    task_types: frozenset[str]
-    model_profile: str
-    handler: Handler
 
 
 class HandlerRegistry:

@@ -18,7 +18,7 @@ import msgspec
 import uuid_utils.compat as uuid_compat
 
 from service import metrics
-from service.db import Database, Row, jsonb
+from service.db import Database, DatabaseError, Row, jsonb
 from service.jobs import states
 from service.jobs.errors import IdempotencyConflict, JobNotFound, StateConflict
 from service.jobs.model import Job, JobFilter, NewJob
@@ -280,9 +280,6 @@ class JobRepository:
         )
         return None if row is None or row["seconds"] is None else float(row["seconds"])
 
-    async def stats_counts(self) -> list[Row]:
-        return await self.db.fetch("stats_counts")
-
     # --- worker side --------------------------------------------------------------------
     async def claim(
         self,
@@ -326,12 +323,18 @@ class JobRepository:
         running, it would hold its whole claim batch until the lease expired, again on every
         retry. The API validates what it writes and, since migration 0004, the database
         refuses such rows too; one can still arrive where triggers do not fire (a restore or a
-        replica applying rows with triggers off)."""
+        replica applying rows with triggers off). If failing it fails (the job cancelled
+        meanwhile, the database gone), the rest of the claim still reaches its caller: the
+        row, unknown to the worker and not renewed, comes back when its lease is reaped."""
         message = f"the stored job cannot be read: {problem}"
-        await self.fail(
-            row["id"], worker_id, error_category="invalid_input", error_message=message,
-            retryable=False,
-        )  # fmt: skip
+        try:
+            await self.fail(
+                row["id"], worker_id, error_category="invalid_input", error_message=message,
+                retryable=False,
+            )  # fmt: skip
+        except (StateConflict, JobNotFound, DatabaseError) as exc:
+            log.warning("job %s cannot be read and failing it failed: %s", row["id"], exc)
+            return
         log.error(
             "job %s failed at claim: its stored row cannot be read (%s)",
             row["id"],

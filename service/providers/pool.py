@@ -128,7 +128,16 @@ class ShardedClient:
         return await read_bounded(response)  # (closes the stream either way)
 
     async def aclose(self) -> None:
-        for transport in self._transports:
-            await transport.aclose()
-        for client in self._clients:
-            await client.aclose()
+        """Close every transport and client, each even when one before it failed to."""
+        failed: BaseException | None = None
+        closables: list[httpx.AsyncHTTPTransport | httpx.AsyncClient] = [
+            *self._transports,
+            *self._clients,
+        ]
+        for closable in closables:
+            try:
+                await closable.aclose()
+            except Exception as exc:
+                failed = failed or exc
+        if failed is not None:
+            raise failed

@@ -5,8 +5,9 @@ Channels: ``ai_jobs:<profile>`` for each profile served (wakes that profile's cl
 the started_at of a run, in µs, taken back to pending: stops that run only). After every connect and
 reconnect all claim loops are told to claim once, because notifications sent while we were not
 listening are gone (NOTIFY is a hint; this catch-up and the fallback poll are the safety net).
-A connection that dies (server restart, ``pg_terminate_backend``, network cut: found by a ping
-after a quiet spell) is reopened with jittered exponential backoff; in-flight jobs carry on.
+A connection that dies (server restart, ``pg_terminate_backend``, network cut: found by the
+ping that ends every keepalive round) is reopened with jittered exponential backoff; in-flight
+jobs carry on.
 """
 
 from __future__ import annotations

@@ -61,7 +61,7 @@ async def test_after_the_server_drops_every_connection_one_request_fails_not_one
         failures = 0
         for _ in range(4):
             try:
-                await db.fetch("stats_counts")
+                await db.fetch("stats_by_kind")
             except DatabaseUnavailable:
                 failures += 1
         assert failures == 1

@@ -118,12 +118,12 @@ async def test_a_statement_the_server_never_answers_is_abandoned_past_its_timeou
     fast = {"max_size": 1, "statement_timeout": 0.5, "answer_margin": 0.5}
     async with database_behind_a_relay(db_url, **fast) as (relay, db):
         assert db.answer_within == 1.0
-        assert await db.fetch("stats_counts") == []
+        assert await db.fetch("stats_by_kind") == []
         relay.freeze()
         with anyio.fail_after(30), pytest.raises(DatabaseUnavailable, match="did not answer"):
-            await db.fetch("stats_counts")
+            await db.fetch("stats_by_kind")
         relay.thaw()
-        await until(lambda: answered(lambda: db.fetch("stats_counts")), what="an answer")
+        await until(lambda: answered(lambda: db.fetch("stats_by_kind")), what="an answer")
 
 
 async def test_a_commit_the_server_never_answers_is_abandoned_as_of_unknown_outcome(
@@ -135,7 +135,7 @@ async def test_a_commit_the_server_never_answers_is_abandoned_as_of_unknown_outc
 
         async def commit_unanswered() -> None:
             async with db.transaction() as tx:
-                assert await tx.fetch("stats_counts") == []
+                assert await tx.fetch("stats_by_kind") == []
                 relay.freeze()
 
         with anyio.fail_after(30), pytest.raises(DatabaseUnavailable, match="COMMIT"):

@@ -94,3 +94,21 @@ async def test_a_request_reuses_the_connection_freed_last() -> None:
         await client.aclose()
         tg.cancel_scope.cancel()
     assert server.connections == 1
+
+
+async def test_closing_closes_every_shard_when_one_fails_to(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pool = ShardedClient(max_connections=3, timeout=httpx.Timeout(5.0))
+    closed: list[int] = []
+    for i, transport in enumerate(pool._transports):
+
+        async def close(i: int = i) -> None:
+            closed.append(i)
+            if i == 0:
+                raise OSError("bad file descriptor")
+
+        monkeypatch.setattr(transport, "aclose", close)
+    with pytest.raises(OSError, match="bad file descriptor"):
+        await pool.aclose()
+    assert closed == [0, 1, 2]

@@ -11,7 +11,7 @@ import msgspec
 import psycopg
 import pytest
 
-from service.db import Database
+from service.db import Database, DatabaseUnavailable
 from service.db.dead_runs import end_leases_of_dead_runs
 from service.jobs import (
     IdempotencyConflict,
@@ -264,6 +264,26 @@ async def test_an_unreadable_row_is_failed_at_claim_and_spares_its_batch(
         assert message.startswith("the stored job cannot be read: ") and "$.input" in message
     assert await repo.claim("qwen2.5-14b", "w1", limit=10, lease_seconds=60) == []
     assert good.id in {j.id for j in claimed}
+
+
+async def test_a_claim_hands_out_its_readable_jobs_when_failing_an_unreadable_one_fails(
+    repo: JobRepository, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Failing the unreadable row raised (the job cancelled meanwhile, the database gone) out
+    of the claim, and the readable jobs it had taken waited for the orphan release."""
+    good, _ = await repo.create(nj(owner_ref="good"))
+    bad, _ = await repo.create(nj(owner_ref="bad"))
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE ai_jobs DISABLE TRIGGER ai_jobs_refuse_unreadable_json")
+        conn.execute("UPDATE ai_jobs SET input = '[1, 2]' WHERE id = %s", (bad.id,))
+
+    async def gone(*args: object, **kwargs: object) -> None:
+        raise DatabaseUnavailable("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(repo, "fail", gone)
+    claimed = await repo.claim("qwen2.5-14b", "w1", limit=10, lease_seconds=60)
+    assert [j.id for j in claimed] == [good.id]
+    assert (await repo.get(bad.id)).status == "running"  # held, unrenewed: reaped in time
 
 
 TOO_DEEP = '{"x": ' * 1000 + "1" + "}" * 1000
