@@ -5,14 +5,17 @@ servers echo what they were sent — the ``Authorization`` header, the URL. Our 
 provider's credentials in three forms: the API key as a bearer token, and a base URL's
 ``user:password`` both inside the URL and as the base64 of a ``Basic`` header (httpx sends
 URL credentials that way). One ``Scrubber`` per provider removes all three, whichever one a
-server echoes, and every error text about that provider goes through it.
+server echoes, and every error text about that provider goes through it — also as a server
+may have escaped them on the way back (percent-encoded, HTML or JSON escaped).
 """
 
 from __future__ import annotations
 
 import base64
+import html
+import json
 import re
-from urllib.parse import unquote
+from urllib.parse import quote, quote_plus, unquote
 
 from service.config import Secret
 
@@ -27,6 +30,17 @@ def _userinfo(url: str) -> str:
     rest = url.strip().partition("://")[2]
     netloc = re.split(r"[/?#]", rest, maxsplit=1)[0]
     return netloc.rpartition("@")[0]
+
+
+def _escaped(secret: str) -> set[str]:
+    """``secret`` as a server may quote it back: in a URL, in HTML, in a JSON string."""
+    return {
+        secret,
+        quote(secret, safe=""),
+        quote_plus(secret, safe=""),
+        html.escape(secret),
+        json.dumps(secret)[1:-1],
+    }
 
 
 def _basic(user: str, password: str) -> str:
@@ -48,9 +62,9 @@ class Scrubber:
                 token = _basic(u, p)
                 secrets |= {token, token.rstrip("=")}
                 if p:  # a user name alone is no secret
-                    secrets |= {p, f"{u}:{p}"}
+                    secrets |= _escaped(p) | {f"{u}:{p}"}
         if api_key:
-            secrets.add(api_key.reveal())
+            secrets |= _escaped(api_key.reveal())
         # Longest first, so a secret that contains another is masked whole.
         self._secrets = sorted(
             (s for s in secrets if len(s) >= MIN_SECRET_CHARS), key=len, reverse=True
