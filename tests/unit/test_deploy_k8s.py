@@ -311,6 +311,28 @@ def test_network_policies_cover_api_and_workers(objs: list[Obj]) -> None:
     ]
     assert {"fc00::/7", "fe80::/10"} <= blocks["::/0"]
     assert {p["port"] for p in rule["ports"]} == {80, 443}
+    # the open worker port (status, metrics; no token) only from labelled namespaces
+    (status,) = worker["ingress"]
+    assert status["from"][0]["namespaceSelector"]["matchLabels"], status
+    # OTLP only to the collector's namespace (the ConfigMap's address)
+    endpoint = configmap_data(objs, "ai-service-config")["OTEL_EXPORTER_OTLP_ENDPOINT"]
+    collector_ns = endpoint.split("//")[1].split(".")[1]
+    for name in ("ai-service-api", "ai-service-worker"):
+        (otlp,) = [r for r in find(objs, "NetworkPolicy", name)["spec"]["egress"]
+                   if 4317 in {p["port"] for p in r["ports"]}]  # fmt: skip
+        namespaces = [t["namespaceSelector"]["matchLabels"] for t in otlp["to"]]
+        assert namespaces == [{"kubernetes.io/metadata.name": collector_ns}], (name, otlp)
+
+
+def test_the_example_overlay_reaches_postgresql_only_on_its_own_cluster() -> None:
+    objs = RENDERS["example"]
+    (cluster,) = [o for o in objs if o["kind"] == "Cluster"]
+    for name in ("ai-service-api", "ai-service-worker", "ai-service-migrate"):
+        egress = find(objs, "NetworkPolicy", name)["spec"]["egress"]
+        (pg,) = [r for r in egress if 5432 in {p["port"] for p in r["ports"]}]
+        wanted = {"cnpg.io/cluster": cluster["metadata"]["name"]}
+        assert pg["to"] == [{"podSelector": {"matchLabels": wanted}}], (name, pg)
+        assert all("to" in r or 5432 not in {p["port"] for p in r["ports"]} for r in egress)
 
 
 # --- KEDA -----------------------------------------------------------------------------------
