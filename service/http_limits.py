@@ -36,11 +36,30 @@ import asyncio
 import json
 import logging
 from collections.abc import Iterable
+from http import HTTPStatus
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 log = logging.getLogger("ai_service.http")
+
+# The `error` code of an answer known only by its status (the API's and the workers' ports).
+STATUS_CODES: dict[int, str] = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "request_timeout",
+    409: "conflict",
+    413: "request_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    429: "too_many_requests",
+    431: "request_header_fields_too_large",
+    500: "internal_error",
+    503: "service_unavailable",
+}
 
 MAX_HEAD_BYTES = 64 * 1024  # request line + headers; ours are < 1 KiB (token, traceparent)
 READ_SLACK = 256 * 1024  # asyncio's socket read size
@@ -172,7 +191,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             return
         log.warning("request body not received within %gs: closed", self.body_timeout_s)
         detail = f"the request body did not arrive within {self.body_timeout_s:g} s"
-        self._answer(408, "request_timeout", detail)
+        self._answer(408, detail)
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
@@ -180,7 +199,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             return
         if self._began:  # a request had begun: say why it is cut off
             log.warning("request head not received within %gs: closed", self.head_timeout_s)
-            self._answer(408, "request_timeout", "the request head did not arrive in time")
+            self._answer(408, "the request head did not arrive in time")
         else:
             self.transport.close()
 
@@ -208,22 +227,18 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
             return
         if not self._head_too_large:
-            self._answer(400, "bad_request", "the request is not valid HTTP/1.1")
+            self._answer(400, "the request is not valid HTTP/1.1")
             return
         log.warning("request head over %d bytes: answered 431", self.max_head_bytes)
         detail = f"the request line and headers exceed {self.max_head_bytes} bytes"
-        self._answer(431, "request_header_fields_too_large", detail)
+        self._answer(431, detail)
 
-    def _answer(self, status: int, code: str, detail: str) -> None:
+    def _answer(self, status: int, detail: str) -> None:
         """The service's error shape, then close (the rest of the request is not read)."""
         if self.transport.is_closing():
             return
-        body = json.dumps({"error": code, "detail": detail}).encode()
-        reason = {
-            400: b"Bad Request",
-            408: b"Request Timeout",
-            431: b"Request Header Fields Too Large",
-        }[status]
+        body = json.dumps({"error": STATUS_CODES[status], "detail": detail}).encode()
+        reason = HTTPStatus(status).phrase.encode()
         head = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
         for name, value in self.server_state.default_headers:
             head.append(name + b": " + value + b"\r\n")

@@ -31,6 +31,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from service.api.naming import nul_field, parameter_name, plain_message
 from service.api.schemas import ErrorBody, FieldError
 from service.db import DatabaseUnavailable, IntegrityViolation, StatementTimeout, ValueRefused
+from service.http_limits import STATUS_CODES
 from service.jobs import IdempotencyConflict, JobNotFound, StateConflict
 from service.logs import reason
 
@@ -38,21 +39,6 @@ log = logging.getLogger("ai_service.api")
 CLIENT_LEFT = "client disconnected prematurely"  # Litestar's words, reading a request body
 
 WWW_AUTHENTICATE = 'Bearer realm="ai-service"'
-
-_STATUS_CODES: dict[int, str] = {
-    400: "bad_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    409: "conflict",
-    413: "request_too_large",
-    415: "unsupported_media_type",
-    422: "validation_error",
-    429: "too_many_requests",
-    500: "internal_error",
-    503: "service_unavailable",
-}
 
 
 class ApiError(Exception):
@@ -311,7 +297,7 @@ def _error_for(request: Request[Any, Any, Any], exc: Exception) -> Response[Erro
             detail += " (it ends early, or a string holds an unpaired \\ud800-\\udfff escape)"
         return error_response(400, "invalid_json", f"the request body is not valid JSON: {detail}")
     if isinstance(exc, HTTPException):
-        code = _STATUS_CODES.get(exc.status_code, "http_error")
+        code = STATUS_CODES.get(exc.status_code, "http_error")
         detail = exc.detail if exc.status_code < 500 else "internal error"
         return error_response(exc.status_code, code, detail or code.replace("_", " "))
     log.error(

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from http import HTTPStatus
 from typing import Any, Protocol
 
 import uvicorn
 from litestar import Litestar, Request, Response, get, route
 from litestar.exceptions import HTTPException, MethodNotAllowedException, NotFoundException
 
-from service.http_limits import BoundedHttpToolsProtocol
+from service.http_limits import STATUS_CODES, BoundedHttpToolsProtocol
 from service.serve import PROBE_METHODS, EmbeddedServer
 from service.worker.status import WorkerStatus
 
@@ -46,10 +45,7 @@ def _error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str
         detail = f"{request.method} is not allowed on {path}"
     elif isinstance(exc, HTTPException) and exc.status_code < 500:
         status, detail = exc.status_code, exc.detail
-        try:
-            code = HTTPStatus(status).phrase.lower().replace(" ", "_")
-        except ValueError:
-            code = "http_error"
+        code = STATUS_CODES.get(status, "http_error")  # the API's codes
     else:
         log.error("unhandled error on %s %s", request.method, path, exc_info=exc)
         code, status, detail = "internal_error", 500, "an internal error occurred; it was logged"
