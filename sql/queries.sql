@@ -227,6 +227,16 @@ WHERE j.id = u.id AND j.status = 'running' AND j.worker_id = %(worker_id)s
   AND (u.started_at IS NULL OR j.started_at = u.started_at)
 RETURNING j.id;
 
+-- name: completed_runs
+-- Which of these runs this worker has completed: a completion whose answer was lost (the
+-- connection dropped around the COMMIT) may have been stored, and its retry then matches no
+-- running job; this tells a result stored by the lost try from one the worker lost the job of.
+SELECT j.id
+FROM ai_jobs AS j
+JOIN unnest(%(ids)b::uuid[], %(started)b::timestamptz[]) AS u(id, started_at) ON j.id = u.id
+WHERE j.status = 'completed' AND j.worker_id = %(worker_id)s
+  AND (u.started_at IS NULL OR j.started_at = u.started_at);
+
 -- name: fail_job
 -- Retryable failures with attempts left go back to pending after exponential backoff with
 -- jitter (or the provider's Retry-After, when longer); everything else is final.

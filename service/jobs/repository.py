@@ -427,6 +427,19 @@ class JobRepository:
         )
         return {r["id"] for r in rows}
 
+    async def completed_runs(
+        self, worker_id: str, runs: Sequence[tuple[UUID, datetime | None]]
+    ) -> set[UUID]:
+        """Of ``runs`` (a job id, its run's ``started_at``), those this worker completed."""
+        if not runs:
+            return set()
+        params = {
+            "worker_id": worker_id,
+            "ids": [i for i, _ in runs],
+            "started": [s for _, s in runs],
+        }
+        return {r["id"] for r in await self.db.fetch("completed_runs", params, traced=False)}
+
     async def fail(
         self,
         job_id: UUID,

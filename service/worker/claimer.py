@@ -11,13 +11,20 @@ The claim itself is shielded from cancellation: a claim that committed must reac
 still have committed (the connection dropped after the commit, before the rows arrived):
 before its next claim the loop releases this profile's jobs the database says it holds but it
 does not know, instead of leaving them to wait out their leases and lose an attempt.
+
+Once the worker stops, a claim (or such a release) still in flight gets ``STOP_WAIT`` more
+seconds: on a database that stopped answering it waited for the statement's own bound (70 s
+by default), and the grace, the final writes and a second signal all waited behind it, past
+Kubernetes' termination grace. A claim cut short that did commit is handed back with the
+other orphans as the worker stops (``shutdown.release_unknown``), or waits out its leases.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from uuid import UUID
 
 import anyio
@@ -36,6 +43,7 @@ from service.worker.wakeup import Wakeup
 
 log = logging.getLogger("ai_service.worker.claimer")
 
+STOP_WAIT = 2.0  # a claim in flight when the worker stops: this long more, at most
 DUE_SLACK = 0.002  # wake this much after run_after so the job is due when the claim runs
 # A due job we could not take is being claimed by another worker: look again shortly, and
 # back off, doubling to a second, while it stays so (rows locked for long: a bulk cancel, an
@@ -75,6 +83,7 @@ class ClaimLoop:
         self._stopped = False
         self._orphans_possible = False
         self._check_scope: anyio.CancelScope | None = None
+        self._shielded: anyio.CancelScope | None = None  # a claim or release in flight
         self._locked = Backoff(LOCKED_RETRY, LOCKED_RETRY_MAX)
 
     # --- signals from other parts of the worker (all synchronous, never block) -----------
@@ -91,6 +100,25 @@ class ClaimLoop:
         self._wakeup.set()
         if self._check_scope is not None:
             self._check_scope.cancel()
+        if self._shielded is not None:
+            self._bound(self._shielded)
+
+    @staticmethod
+    def _bound(scope: anyio.CancelScope) -> None:
+        scope.deadline = min(scope.deadline, anyio.current_time() + STOP_WAIT)
+
+    @contextmanager
+    def _shield(self) -> Iterator[anyio.CancelScope]:
+        """A scope no outer cancellation reaches (see the module docstring), bounded once
+        the loop stops."""
+        with anyio.CancelScope(shield=True) as scope:
+            self._shielded = scope
+            if self._stopped:
+                self._bound(scope)
+            try:
+                yield scope
+            finally:
+                self._shielded = None
 
     # --- the loop ---------------------------------------------------------------------------
     async def run(self) -> None:
@@ -159,7 +187,7 @@ class ClaimLoop:
 
     async def _claim(self, free: int) -> list[Job]:
         jobs: list[Job] = []
-        with anyio.CancelScope(shield=True), tracing.receive(self.profile) as received:
+        with self._shield(), tracing.receive(self.profile) as received:
             self._orphans_possible = True  # until the claimed rows are in hand
             jobs = await self.repo.claim(
                 self.profile,
@@ -184,7 +212,7 @@ class ClaimLoop:
             log.warning("releasing %s jobs of a lost claim failed: %s", self.profile, exc)
 
     async def _release_orphans(self) -> None:
-        with anyio.CancelScope(shield=True):
+        with self._shield():
             known = self.executor.held_ids()
             await release_orphans(self.repo, self.worker_id, self.profile, self.stats, known)
         self._orphans_possible = False

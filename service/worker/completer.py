@@ -59,6 +59,8 @@ class Completer:
         self._full = Wakeup()
         self._space = Wakeup()
         self._lock = anyio.Lock()
+        # Results whose last store failed on the database: it may have committed unanswered.
+        self._unsure: set[UUID] = set()
 
     async def submit(self, job: Job, result: Any) -> None:
         while len(self._items) >= self.max_pending:
@@ -119,12 +121,27 @@ class Completer:
                 )
             except DatabaseUnavailable as exc:
                 log.warning("storing %d results failed, will retry: %s", len(batch), exc)
+                self._unsure.update(job_id for job_id, _ in batch)
                 return False
             except Exception:
                 log.exception("storing a batch of %d results failed; storing singly", len(batch))
                 return await self._store_singly(batch)
-            self._settle(batch, held)
+            self._settle(batch, held | await self._stored_before(batch, held))
             return True
+
+    async def _stored_before(self, batch: Sequence[Item], held: set[UUID]) -> set[UUID]:
+        """Of the results this store found no running job for, those a try whose answer
+        was lost had stored: not discarded (the log, the counters and the completion metric
+        said the result was lost). Not known (the database gone again): none."""
+        runs = [(i, job.started_at) for i, (job, _) in batch if i not in held and i in self._unsure]
+        self._unsure.difference_update(i for i, _ in batch)
+        if not runs:
+            return set()
+        try:
+            return await self.repo.completed_runs(self.worker_id, runs)
+        except Exception as exc:
+            log.warning("could not check whether %d results were stored: %s", len(runs), exc)
+            return set()
 
     async def _store_singly(self, batch: Sequence[Item]) -> bool:
         """True when every result of ``batch`` was settled; a result left queued moves to
@@ -137,6 +154,7 @@ class Completer:
                     self.worker_id, [(job_id, result)], [job.started_at]
                 )
             except DatabaseUnavailable:
+                self._unsure.add(job_id)
                 return False
             except (ValueRefused, IntegrityViolation) as exc:
                 if not await self._fail_unstorable(job, exc):
@@ -154,7 +172,7 @@ class Completer:
                 self._requeue(job_id)
                 settled = False
                 continue
-            self._settle([item], held)
+            self._settle([item], held | await self._stored_before([item], held))
         return settled
 
     def _requeue(self, job_id: UUID) -> None:
@@ -167,6 +185,7 @@ class Completer:
         worker) has queued its own result meanwhile: that one is still to be stored."""
         if self._items.get(job_id) is item:
             del self._items[job_id]
+            self._unsure.discard(job_id)
 
     async def _fail_unstorable(self, job: Job, exc: Exception) -> bool:
         """Fail ``job`` for a result the database refused for good; False if that could not

@@ -160,3 +160,38 @@ async def test_the_bound_follows_the_timeout_sessions_really_have(db_url: str) -
         assert db.answer_within == 12.0
     finally:
         await db.close()
+
+
+async def test_a_stopping_worker_does_not_wait_for_a_claim_the_database_never_answers(
+    db_url: str,
+) -> None:
+    """A claim is shielded (a committed one must reach the executor), so on a server that
+    stopped answering a worker told to stop waited for the statement's own bound (70 s by
+    default; an hour here), its grace, final writes and a second signal behind it. Now the
+    claim gets a moment more, then the stop goes on (final writes and pool close are bounded
+    on their own: ~17 s in all here)."""
+    from service.worker.main import Worker
+    from tests.integration.test_worker_runtime import PROFILE, Probe, idle, registry_for, settings
+
+    async with relay_to(db_url) as (relay, url):
+        config = settings(db_statement_timeout=3600.0, worker_shutdown_grace=1.0)
+        worker = Worker(config, url, [PROFILE], registry_for(Probe()))
+        stopped = anyio.Event()
+
+        async def run() -> None:
+            await worker.run()
+            stopped.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            await until(lambda: idle(worker), what="the worker to idle")
+            loop = worker._loops[PROFILE]
+            relay.freeze()
+            loop.notify()  # a claim, which the frozen server never answers
+            await until(lambda: loop._shielded is not None, what="the claim to be in flight")
+            worker.stop()
+            try:
+                with anyio.fail_after(60):  # before: the statement's bound, 1 h + 10 s
+                    await stopped.wait()
+            finally:
+                relay.thaw()  # a failure ends the test, not a one-hour claim

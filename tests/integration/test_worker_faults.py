@@ -175,6 +175,38 @@ async def test_a_result_refused_for_an_unknown_reason_is_retried_not_failed(
     assert len(refusals) == 3
 
 
+async def test_a_result_stored_by_a_try_whose_answer_was_lost_is_not_called_discarded(
+    repo: JobRepository, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The COMMIT went through, its answer did not (the database restarted): the retry
+    matches no running job. The result is stored, so it counts as completed — it was logged
+    as "discarded: this worker no longer holds it", and the completion metric missed it."""
+    lost: list[UUID] = []
+    real = JobRepository.complete_many
+
+    async def complete_many(
+        self: JobRepository, worker_id: str, items: Any, started: Any = None
+    ) -> set[UUID]:
+        held = await real(self, worker_id, items, started)
+        if not lost:
+            lost.extend(held)
+            raise DatabaseUnavailable("server closed the connection unexpectedly")
+        return held
+
+    monkeypatch.setattr(JobRepository, "complete_many", complete_many)
+
+    async def handler(job: Job) -> Any:
+        return {"ok": True}
+
+    async with running_worker(db_url, registry(handler)) as worker:
+        job, _ = await repo.create(nj())
+        stats = worker.status.profiles[PROFILE]
+        await until(lambda: stats.completed + stats.discarded == 1, what="the result settled")
+        assert (stats.completed, stats.discarded) == (1, 0)
+    assert lost == [job.id]
+    assert (await repo.get(job.id)).status == "completed"
+
+
 def _decoded(items: Any) -> list[tuple[UUID, Any]]:
     return [
         (i, msgspec.json.decode(bytes(r)) if isinstance(r, msgspec.Raw) else r) for i, r in items
