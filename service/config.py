@@ -184,9 +184,14 @@ def _tokens(text: str) -> Secret:
 
 def _without_credentials(text: str) -> str:
     """A bad value as the error shows it: a URL's ``user:password@`` becomes ``***@``, and
-    its query and fragment (``?api-key=…``) ``?***``. Everything up to the last ``@`` counts,
-    so a password with an unescaped ``/`` or ``@`` is hidden too; applied to every shown
-    value, since a URL may be typed anywhere."""
+    its query and fragment (``?api-key=…``) ``?***``; with both, all but the scheme is
+    hidden. Everything up to the last ``@`` counts, so a password with an unescaped ``/`` or
+    ``@`` is hidden too; applied to every shown value, since a URL may be typed anywhere."""
+    scheme, sep, _ = text.partition("://")
+    if "@" in text and ("?" in text or "#" in text):
+        # which @ ends the credentials cannot be told (a password with an unescaped ? or #,
+        # a query value with an @): show the scheme alone
+        return f"{scheme}{sep}***" if sep else "***"
     for mark in ("?", "#"):
         text, cut, _ = text.partition(mark)
         text += f"{cut}***" if cut else ""

@@ -127,7 +127,9 @@ def test_a_bad_url_is_shown_without_its_credentials() -> None:
             assert f"{env}={shown} is invalid: expected an http(s) URL" in str(err.value)
     query = {  # a base URL takes no query: keys go in *_API_KEY
         "https://gpu/v1?api-key=llmpw-SECRET": "'https://gpu/v1?***'",
-        "https://u:llmpw@gpu/v1?k=1@SECRET#x": "'https://***@gpu/v1?***'",
+        "https://u:llmpw@gpu/v1?k=1@SECRET#x": "'https://***'",
+        "https://llmuser:s3cr#SECRET@gpu/v1": "'https://***'",
+        "https://llmuser:s3cr?SECRET@gpu/v1?k=llmpw": "'https://***'",
     }
     for value, shown in query.items():
         with pytest.raises(ConfigError) as err:
