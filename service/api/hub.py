@@ -39,7 +39,7 @@ log = logging.getLogger("ai_service.api.hub")
 FINISHED_CHANNEL = "ai_jobs_finished"
 IDLE_UNLISTEN = 60.0  # UNLISTEN a profile channel nobody waited on for this long
 DUE_RECHECK_MIN = 0.05  # a job due but not taken (another claim holds it): look again after,
-DUE_RECHECK_MAX = 1.0  # doubling up to this while it stays so (a bulk cancel holding rows)
+DUE_RECHECK_MAX = 1.0  # doubling (jittered) up to this while it stays so (a bulk cancel)
 T = TypeVar("T")
 
 
@@ -255,7 +255,7 @@ class NotifyHub:
         if wait_seconds <= 0:
             return await check()
         deadline = anyio.current_time() + wait_seconds
-        recheck = DUE_RECHECK_MIN
+        recheck = Backoff(DUE_RECHECK_MIN, DUE_RECHECK_MAX)
         async with self.subscribe(keys) as waiter:
             result = await check()
             if result is not None:
@@ -272,9 +272,9 @@ class NotifyHub:
                     return None
                 due = None if due_in is None else await _due(due_in)
                 if due is not None and due <= 0:  # due, yet not taken: back off while it lasts
-                    due, recheck = recheck, min(recheck * 2, DUE_RECHECK_MAX)
+                    due = recheck.next()
                 elif due is not None:
-                    recheck = DUE_RECHECK_MIN
+                    recheck.reset()
                 if due is not None:
                     remaining = min(remaining, due)
                 with anyio.move_on_after(remaining):

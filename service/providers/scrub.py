@@ -37,8 +37,10 @@ def _escaped(secret: str) -> set[str]:
     return {
         secret,
         quote(secret, safe=""),
+        quote(secret),  # "/" left as is, urllib's default
         quote_plus(secret, safe=""),
         html.escape(secret),
+        html.escape(secret, quote=False),
         json.dumps(secret)[1:-1],
     }
 

@@ -146,6 +146,8 @@ class ClaimLoop:
                 try:
                     if self._orphans_possible:
                         await self._release_orphans()
+                    if self._stopped:  # stopped meanwhile: no claim after it
+                        break
                     sent = time.monotonic()  # the leases begin after this
                     jobs = await self._claim(limit)
                 except DatabaseUnavailable as exc:
@@ -212,10 +214,11 @@ class ClaimLoop:
             log.warning("releasing %s jobs of a lost claim failed: %s", self.profile, exc)
 
     async def _release_orphans(self) -> None:
-        with self._shield():
+        with self._shield() as scope:
             known = self.executor.held_ids()
             await release_orphans(self.repo, self.worker_id, self.profile, self.stats, known)
-        self._orphans_possible = False
+        if not scope.cancelled_caught:  # cut short by a stop: still possible
+            self._orphans_possible = False
 
     async def _idle_seconds(self) -> float:
         """Until the earliest pending job is due, capped by the fallback poll interval."""
@@ -227,6 +230,7 @@ class ClaimLoop:
             log.exception("reading when %s jobs are next due failed", self.profile)
             return min(self.poll_interval, 1.0)
         if due_in is None:
+            self._locked.reset()
             return self.poll_interval
         if due_in <= 0:
             return min(self.poll_interval, self._locked.next())

@@ -114,47 +114,46 @@ class Completer:
             if not batch:
                 return True
             try:
-                held = await self.repo.complete_many(
-                    self.worker_id,
-                    [(job_id, result) for job_id, (_, result) in batch],
-                    [job.started_at for _, (job, _) in batch],
-                )
+                stored = await self._complete(batch)
             except DatabaseUnavailable as exc:
                 log.warning("storing %d results failed, will retry: %s", len(batch), exc)
-                self._unsure.update(job_id for job_id, _ in batch)
                 return False
             except Exception:
                 log.exception("storing a batch of %d results failed; storing singly", len(batch))
                 return await self._store_singly(batch)
-            self._settle(batch, held | await self._stored_before(batch, held))
+            self._settle(batch, stored)
             return True
 
-    async def _stored_before(self, batch: Sequence[Item], held: set[UUID]) -> set[UUID]:
-        """Of the results this store found no running job for, those a try whose answer
-        was lost had stored: not discarded (the log, the counters and the completion metric
-        said the result was lost). Not known (the database gone again): none."""
-        runs = [(i, job.started_at) for i, (job, _) in batch if i not in held and i in self._unsure]
-        self._unsure.difference_update(i for i, _ in batch)
+    async def _complete(self, batch: Sequence[Item]) -> set[UUID]:
+        """Store ``batch``; the ids whose results are stored in their runs: by this try, or
+        by an earlier one whose answer was lost (the connection dropped around the COMMIT,
+        or the wait was cancelled). Those were logged and counted as discarded, and missed
+        by the completion metric. A result stays "unsure" from its first try until settled."""
+        earlier = {job_id for job_id, _ in batch if job_id in self._unsure}
+        self._unsure.update(job_id for job_id, _ in batch)
+        held = await self.repo.complete_many(
+            self.worker_id,
+            [(job_id, result) for job_id, (_, result) in batch],
+            [job.started_at for _, (job, _) in batch],
+        )
+        runs = [(i, job.started_at) for i, (job, _) in batch if i not in held and i in earlier]
         if not runs:
-            return set()
+            return held
         try:
-            return await self.repo.completed_runs(self.worker_id, runs)
+            return held | await self.repo.completed_runs(self.worker_id, runs)
         except Exception as exc:
             log.warning("could not check whether %d results were stored: %s", len(runs), exc)
-            return set()
+            return held
 
     async def _store_singly(self, batch: Sequence[Item]) -> bool:
         """True when every result of ``batch`` was settled; a result left queued moves to
         the back of the queue, so the next batch starts with the others."""
         settled = True
         for item in batch:
-            job_id, (job, result) = item
+            job_id, (job, _) = item
             try:
-                held = await self.repo.complete_many(
-                    self.worker_id, [(job_id, result)], [job.started_at]
-                )
+                held = await self._complete([item])
             except DatabaseUnavailable:
-                self._unsure.add(job_id)
                 return False
             except (ValueRefused, IntegrityViolation) as exc:
                 if not await self._fail_unstorable(job, exc):
@@ -172,7 +171,7 @@ class Completer:
                 self._requeue(job_id)
                 settled = False
                 continue
-            self._settle([item], held | await self._stored_before([item], held))
+            self._settle([item], held)
         return settled
 
     def _requeue(self, job_id: UUID) -> None:

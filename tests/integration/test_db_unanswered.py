@@ -163,35 +163,50 @@ async def test_the_bound_follows_the_timeout_sessions_really_have(db_url: str) -
 
 
 async def test_a_stopping_worker_does_not_wait_for_a_claim_the_database_never_answers(
-    db_url: str,
+    db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A claim is shielded (a committed one must reach the executor), so on a server that
     stopped answering a worker told to stop waited for the statement's own bound (70 s by
     default; an hour here), its grace, final writes and a second signal behind it. Now the
     claim gets a moment more, then the stop goes on (final writes and pool close are bounded
-    on their own: ~17 s in all here)."""
+    on their own: ~17 s in all here). The release of a lost claim's jobs before a claim is
+    shielded the same way; cut short, it was followed by a claim (2 s more)."""
+    from service.jobs import JobRepository
     from service.worker.main import Worker
     from tests.integration.test_worker_runtime import PROFILE, Probe, idle, registry_for, settings
 
-    async with relay_to(db_url) as (relay, url):
-        config = settings(db_statement_timeout=3600.0, worker_shutdown_grace=1.0)
-        worker = Worker(config, url, [PROFILE], registry_for(Probe()))
-        stopped = anyio.Event()
+    claims: list[bool] = []  # whether the worker was stopping when each claim began
+    workers: list[Worker] = []
+    real_claim = JobRepository.claim
 
-        async def run() -> None:
-            await worker.run()
-            stopped.set()
+    async def claim(self: JobRepository, *args: Any, **kwargs: Any) -> Any:
+        claims.append(workers[-1].status.state == "draining")
+        return await real_claim(self, *args, **kwargs)
 
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(run)
-            await until(lambda: idle(worker), what="the worker to idle")
-            loop = worker._loops[PROFILE]
-            relay.freeze()
-            loop.notify()  # a claim, which the frozen server never answers
-            await until(lambda: loop._shielded is not None, what="the claim to be in flight")
-            worker.stop()
-            try:
-                with anyio.fail_after(60):  # before: the statement's bound, 1 h + 10 s
-                    await stopped.wait()
-            finally:
-                relay.thaw()  # a failure ends the test, not a one-hour claim
+    monkeypatch.setattr(JobRepository, "claim", claim)
+    for release_first in (False, True):  # a claim in flight; the release before one
+        async with relay_to(db_url) as (relay, url):
+            config = settings(db_statement_timeout=3600.0, worker_shutdown_grace=1.0)
+            worker = Worker(config, url, [PROFILE], registry_for(Probe()))
+            workers.append(worker)
+            stopped = anyio.Event()
+
+            async def run(worker: Worker = worker, stopped: anyio.Event = stopped) -> None:
+                await worker.run()
+                stopped.set()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(run)
+                await until(lambda w=worker: idle(w), what="the worker to idle")
+                loop = worker._loops[PROFILE]
+                relay.freeze()
+                loop._orphans_possible = release_first
+                loop.notify()  # which the frozen server never answers
+                await until(lambda c=loop: c._shielded is not None, what="a statement in flight")
+                worker.stop()
+                try:
+                    with anyio.fail_after(60):  # before: the statement's bound, 1 h + 10 s
+                        await stopped.wait()
+                finally:
+                    relay.thaw()  # a failure ends the test, not a one-hour claim
+        assert True not in claims, f"a claim began after the stop ({release_first=})"

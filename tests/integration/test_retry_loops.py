@@ -24,7 +24,7 @@ from service import backoff
 from service.api import hub as api_hub
 from service.db import DatabaseUnavailable
 from service.db.listen import ListenConnection
-from service.jobs import JobRepository
+from service.jobs import Job, JobRepository
 from service.worker import claimer, listener
 from tests.integration.api_server import running_api
 from tests.integration.test_worker_runtime import (
@@ -79,19 +79,38 @@ async def test_a_due_job_held_locked_is_looked_at_less_and_less_often(
             assert (done.status, done.worker_id) == ("completed", worker.worker_id)
 
 
-async def test_a_failed_claim_that_is_not_an_outage_is_not_retried_at_each_notification(
+async def test_a_failed_claim_that_is_not_an_outage_keeps_its_backoff_on_notifications(
     repo: JobRepository, db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """After a database outage a notification ends the backoff (the database answers again);
+    after an error of another kind it says nothing, and the backoff is kept."""
+    armed: list[bool] = []
+    real_claim = JobRepository.claim
+
+    async def claim(self: JobRepository, *args: Any, **kwargs: Any) -> list[Job]:
+        if armed and armed.pop():
+            raise RuntimeError("a bug, not an outage")
+        return await real_claim(self, *args, **kwargs)
+
+    pauses: list[bool] = []
+    paused = anyio.Event()
+    real_pause = claimer.ClaimLoop._pause
+
+    async def pause(self: claimer.ClaimLoop, seconds: float, *, on_hint: bool = True) -> None:
+        pauses.append(on_hint)
+        paused.set()
+        await real_pause(self, seconds, on_hint=on_hint)
+
+    monkeypatch.setattr(JobRepository, "claim", claim)
+    monkeypatch.setattr(claimer.ClaimLoop, "_pause", pause)
     async with running_worker(db_url, registry_for(Probe())) as worker:
-        loop = worker._loops[PROFILE]
-        loop._hint = True  # a notification arrived: it cuts an outage's backoff short ...
-        with anyio.move_on_after(0.3) as waited:
-            await loop._pause(60, on_hint=True)
-        assert not waited.cancelled_caught
-        loop._hint = True  # ... but not the backoff after an error of another kind
-        with anyio.move_on_after(0.3) as waited:
-            await loop._pause(60, on_hint=False)
-        assert waited.cancelled_caught
+        armed.append(True)
+        worker._loops[PROFILE].notify()  # a claim, which fails
+        with anyio.fail_after(30):
+            await paused.wait()
+        job, _ = await repo.create(nj())  # and the loop claims again after its backoff
+        await until(lambda: finished(repo, job.id), what="a job after the failed claim")
+    assert pauses == [False]
 
 
 def fails_once(real: Any, failures: list[int]) -> Any:

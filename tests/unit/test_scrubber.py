@@ -21,8 +21,10 @@ def test_a_key_or_password_quoted_back_escaped_is_masked() -> None:
         for form in (
             secret,
             quote(secret, safe=""),
+            quote(secret),
             quote_plus(secret, safe=""),
             html.escape(secret),
+            html.escape(secret, quote=False),
             json.dumps(secret)[1:-1],
         ):
             text = scrub(f"401: bad credential {form} in request")
