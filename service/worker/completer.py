@@ -59,7 +59,7 @@ class Completer:
         self._full = Wakeup()
         self._space = Wakeup()
         self._lock = anyio.Lock()
-        # Results whose last store failed on the database: it may have committed unanswered.
+        # Results tried and not yet settled: a try whose answer was lost may have stored them.
         self._unsure: set[UUID] = set()
 
     async def submit(self, job: Job, result: Any) -> None:
