@@ -39,7 +39,7 @@ from litestar.types import (
 
 from service.api.auth import token_from_header, token_matches
 from service.config import Settings
-from service.http_limits import BODY_TIMEOUT_S
+from service.http_limits import BODY_TIMEOUT_S, STATUS_CODES
 
 LARGE_BYTES = 1024 * 1024
 SLOTS = 2
@@ -168,7 +168,7 @@ class _Replay:
 
 
 async def _answer_408(send: Send) -> None:
-    body = json.dumps({"error": "request_timeout", "detail": "the request body did not arrive "
+    body = json.dumps({"error": STATUS_CODES[408], "detail": "the request body did not arrive "
                        f"within {READ_TIMEOUT_S:g} s"}).encode()  # fmt: skip
     headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
                (b"connection", b"close")]  # fmt: skip

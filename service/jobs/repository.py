@@ -22,6 +22,7 @@ from service.db import Database, DatabaseError, Row, jsonb
 from service.jobs import states
 from service.jobs.errors import IdempotencyConflict, JobNotFound, StateConflict
 from service.jobs.model import Job, JobFilter, NewJob
+from service.logs import reason
 
 log = logging.getLogger("ai_service.jobs")
 
@@ -333,7 +334,7 @@ class JobRepository:
                 retryable=False,
             )  # fmt: skip
         except (StateConflict, JobNotFound, DatabaseError) as exc:
-            log.warning("job %s cannot be read and failing it failed: %s", row["id"], exc)
+            log.warning("job %s cannot be read and failing it failed: %s", row["id"], reason(exc))
             return
         log.error(
             "job %s failed at claim: its stored row cannot be read (%s)",
