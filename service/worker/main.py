@@ -300,11 +300,20 @@ def _make_worker(
     database_url: str,
     profiles: Sequence[str],
     registry: HandlerRegistry | None,
+    *,
+    require_profiles: bool,
 ) -> Worker:
+    """The profiles are settled before the ``Worker`` binds its HTTP port: a worker with none
+    to serve is refused as that, not as the busy port a second worker on the host finds."""
     clients: list[Any] = []
     if registry is None:
         registry, clients = build_registry(settings)
     chosen = resolve_profiles(profiles, settings, registry)
+    if require_profiles and not chosen:
+        raise ConfigError(
+            "the worker has no profiles to serve: pass --profile, set WORKER_PROFILES, or "
+            "configure LLM_BASE_URL / VOXTRAL_BASE_URL"
+        )
     return Worker(settings, database_url, chosen, registry, clients=clients)
 
 
@@ -315,7 +324,7 @@ def worker_service(
     registry: HandlerRegistry | None = None,
 ) -> Service:
     """The worker as a supervised service (``ai-service dev`` runs it beside the API)."""
-    worker = _make_worker(settings, database_url, profiles, registry)
+    worker = _make_worker(settings, database_url, profiles, registry, require_profiles=False)
     if not worker.profiles:
         log.warning("the worker serves no profiles: no handler is configured")
     return Service("worker", worker.run, worker.stop, stage=0)
@@ -329,16 +338,9 @@ def run_worker_process(
 ) -> int:
     """``ai-service worker``: run until SIGTERM/SIGINT; returns the exit code."""
     try:
-        worker = _make_worker(settings, database_url, profiles, registry)
+        worker = _make_worker(settings, database_url, profiles, registry, require_profiles=True)
     except ConfigError as exc:
         print(f"ai-service: configuration error: {exc}", file=sys.stderr)
-        return 2
-    if not worker.profiles:
-        print(
-            "ai-service: the worker has no profiles to serve: pass --profile, set "
-            "WORKER_PROFILES, or configure LLM_BASE_URL / VOXTRAL_BASE_URL",
-            file=sys.stderr,
-        )
         return 2
     # What is imported and built by now lives as long as the process: take it out of the cyclic
     # collector's reach, so the collections that a busy worker triggers (it makes thousands of

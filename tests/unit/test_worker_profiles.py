@@ -5,6 +5,7 @@ domain service's own workers take through the API, would have its queue emptied)
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import pytest
@@ -38,3 +39,21 @@ def test_a_profile_no_handler_serves_is_refused(flags: list[str]) -> None:
     with pytest.raises(ConfigError, match=r"serves the model profile\(s\) qwen-typo \(") as err:
         resolve_profiles(flags, settings, registry())
     assert "handlers serve: qwen2.5-14b, voxtral-small" in str(err.value)
+
+
+def test_a_worker_with_no_profile_says_so_before_it_binds_its_port(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Nothing to serve is the error, even where the port is taken (a second worker on the
+    host): the port is bound only once the profiles are settled. No database is reached."""
+    from service.worker.main import run_worker_process
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        settings = Settings(worker_http_host="127.0.0.1", worker_http_port=taken.getsockname()[1])
+        code = run_worker_process(settings, "postgresql://unused.invalid/x", [], HandlerRegistry())
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "the worker has no profiles to serve" in err, err
+    assert "already in use" not in err, err
