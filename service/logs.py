@@ -53,6 +53,31 @@ class ReadinessLog:
         self._ready = False
 
 
+class FailureLog:
+    """A retry loop's failures: one line for the first failure of each kind (what failed and
+    the exception's class), none for its repeats until the loop works again. A listener
+    retrying every few seconds through an outage wrote a line per try, and a traceback per try
+    for an error not known to happen (``unexpected``: logged with its traceback, once)."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._log = logger
+        self._last: tuple[str, type[BaseException]] | None = None
+
+    def failed(self, what: str, exc: BaseException, *, unexpected: bool = False) -> None:
+        kind = (what, type(exc))
+        if kind != self._last:
+            if unexpected:
+                self._log.error("%s: %s", what, reason(exc), exc_info=exc)
+            else:
+                self._log.warning("%s: %s", what, reason(exc))
+        self._last = kind
+
+    def recovered(self) -> bool:
+        """The loop works again; whether it had failed since it last did."""
+        failed, self._last = self._last is not None, None
+        return failed
+
+
 @contextmanager
 def job_context(job_id: object) -> Iterator[None]:
     """Tag every log line emitted in this block (this task and those it starts) with the job."""

@@ -32,7 +32,7 @@ from service.db.listen import (
     ListenConnection,
     Notification,
 )
-from service.logs import reason
+from service.logs import FailureLog, reason
 
 log = logging.getLogger("ai_service.api.hub")
 
@@ -89,18 +89,16 @@ class NotifyHub:
         that accepts and then drops every connection is not reconnected to 20 times a second.
         """
         backoff = Backoff(0.05, 5.0)
-        failed = False  # since the last connection: worth a line when it comes (back)
+        failures = FailureLog(log)
         while True:
             try:
                 conn = await ListenConnection.connect(self._url)
             except DatabaseUnavailable as exc:
-                log.warning("long-poll listener cannot connect: %s", reason(exc))
-                failed = True
+                failures.failed("long-poll listener cannot connect", exc)
                 await anyio.sleep(backoff.next())
                 continue
-            except Exception:
-                log.exception("long-poll listener failed to connect")
-                failed = True
+            except Exception as exc:
+                failures.failed("long-poll listener failed to connect", exc, unexpected=True)
                 await anyio.sleep(backoff.next())
                 continue
             since = time.monotonic()
@@ -111,15 +109,14 @@ class NotifyHub:
                 self.connects += 1
                 connected, self._connected_event = self._connected_event, anyio.Event()
                 connected.set()
-                if self.connects > 1 or failed:  # not worth a line on a clean start
+                if failures.recovered() or self.connects > 1:  # not worth a line on a clean start
                     log.info("long-poll listener connected again")
-                failed = False
                 self._wake_all()  # catch-up: notifications sent while disconnected are gone
                 await self._receive(conn)
             except (DatabaseUnavailable, TimeoutError) as exc:
-                log.warning("long-poll listener lost its connection: %s", reason(exc))
-            except Exception:
-                log.exception("long-poll listener failed")
+                failures.failed("long-poll listener lost its connection", exc)
+            except Exception as exc:
+                failures.failed("long-poll listener failed", exc, unexpected=True)
             finally:
                 self.connected = False
                 self._listening = set()

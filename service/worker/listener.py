@@ -29,7 +29,7 @@ from service.db.listen import (
     Notification,
     profile_channel,
 )
-from service.logs import reason
+from service.logs import FailureLog
 from service.worker.status import ListenerStatus
 
 log = logging.getLogger("ai_service.worker.listener")
@@ -59,16 +59,16 @@ class Listener:
 
     async def run(self) -> None:
         backoff = Backoff(0.05, 5.0)
+        failures = FailureLog(log)
         while True:
             try:
                 conn = await ListenConnection.connect(self.url, self.channels)
             except DatabaseUnavailable as exc:
-                self._down(exc, "cannot connect")
+                self._down(failures, exc, "cannot connect")
                 await anyio.sleep(backoff.next())
                 continue
             except Exception as exc:  # not known to happen: it must not end the worker
-                log.exception("listener failed to connect")
-                self._down(exc, "cannot connect")
+                self._down(failures, exc, "cannot connect", unexpected=True)
                 await anyio.sleep(backoff.next())
                 continue
             since = time.monotonic()
@@ -76,6 +76,7 @@ class Listener:
                 if self.status.connected_at is not None:
                     self.status.reconnects += 1
                     metrics.listener_reconnected()
+                failures.recovered()
                 self.status.state = "connected"
                 self.status.connected_at = time.time()
                 self.status.last_error = None
@@ -83,10 +84,9 @@ class Listener:
                 self.on_connect()
                 await self._receive(conn)
             except (DatabaseUnavailable, TimeoutError) as exc:
-                self._down(exc, "connection lost")
+                self._down(failures, exc, "connection lost")
             except Exception as exc:
-                log.exception("listener failed")
-                self._down(exc, "failed")
+                self._down(failures, exc, "failed", unexpected=True)
             finally:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                     await conn.close()
@@ -94,11 +94,13 @@ class Listener:
                 backoff.reset()
             await anyio.sleep(backoff.next())
 
-    def _down(self, exc: BaseException, what: str) -> None:
-        """The log has the driver's words; the status (an open port) says only what went
-        wrong, as the readiness answers do: the driver's name the host, port and user."""
-        if self.status.state != "disconnected":
-            log.warning("listener disconnected: %s", reason(exc))
+    def _down(
+        self, failures: FailureLog, exc: BaseException, what: str, *, unexpected: bool = False
+    ) -> None:
+        """The log has the driver's words, once per kind of failure; the status (an open
+        port) says only what went wrong, as the readiness answers do: the driver's words name
+        the host, port and user."""
+        failures.failed(f"listener disconnected: {what}", exc, unexpected=unexpected)
         self.status.state = "disconnected"
         self.status.last_error = f"{what} ({type(exc).__name__}; the worker log says why)"
 

@@ -14,6 +14,7 @@ Real PostgreSQL; the failures are injected by replacing a call with one that rai
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import anyio
@@ -113,11 +114,11 @@ async def test_a_failed_claim_that_is_not_an_outage_keeps_its_backoff_on_notific
     assert pauses == [False]
 
 
-def fails_once(real: Any, failures: list[int]) -> Any:
-    """``ListenConnection.connect`` that raises what no one expects the first time."""
+def fails(real: Any, failures: list[int], times: int = 3) -> Any:
+    """``ListenConnection.connect`` that raises what no one expects the first ``times``."""
 
     async def connect(url: str, channels: Any = ()) -> ListenConnection:
-        if not failures:
+        if len(failures) < times:
             failures.append(1)
             raise RuntimeError("not known to happen")
         return await real(url, channels)  # type: ignore[no-any-return]
@@ -125,30 +126,45 @@ def fails_once(real: Any, failures: list[int]) -> Any:
     return connect
 
 
+def tracebacks(caplog: pytest.LogCaptureFixture, logger: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == logger and r.exc_info]
+
+
 async def test_an_unexpected_error_does_not_end_the_api_listener(
-    db_url: str, monkeypatch: pytest.MonkeyPatch
+    db_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger=api_hub.log.name)
     failures: list[int] = []
-    connect = fails_once(ListenConnection.connect, failures)
-    monkeypatch.setattr(api_hub.ListenConnection, "connect", connect)
+    monkeypatch.setattr(
+        api_hub.ListenConnection, "connect", fails(ListenConnection.connect, failures)
+    )
     async with running_api(db_url) as api:
         hub = api.app.state.hub
         await until(lambda: hub.connected, what="the long-poll listener after the error")
-        assert failures == [1]
+        assert failures == [1, 1, 1]
         r = await api.client.get("/readyz")  # the lifespan (reaper, long polls) lives on
         assert r.status_code == 200
+    # the same error three times: one traceback, not one per try
+    assert len(tracebacks(caplog, api_hub.log.name)) == 1, caplog.text
+    assert "long-poll listener connected again" in caplog.text
 
 
 async def test_an_unexpected_error_does_not_end_the_worker_listener(
-    repo: JobRepository, db_url: str, monkeypatch: pytest.MonkeyPatch
+    repo: JobRepository,
+    db_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     failures: list[int] = []
-    connect = fails_once(ListenConnection.connect, failures)
-    monkeypatch.setattr(listener.ListenConnection, "connect", connect)
+    monkeypatch.setattr(
+        listener.ListenConnection, "connect", fails(ListenConnection.connect, failures)
+    )
     async with running_worker(db_url, registry_for(Probe())):
-        assert failures == [1]
         job, _ = await repo.create(nj())  # heard, and run
         assert (await until(lambda: finished(repo, job.id), what="a job")).status == "completed"
+        assert failures == [1, 1, 1]
+    [line] = tracebacks(caplog, listener.log.name)  # one, not one per try
+    assert line.getMessage().startswith("listener disconnected: cannot connect"), line
 
 
 async def test_a_connection_dropped_at_once_does_not_start_the_backoff_over(

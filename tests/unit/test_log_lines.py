@@ -1,7 +1,8 @@
 """Log lines that an outage multiplies: error answers logged as warnings come at most one a
 second per (status, code), the next line counting those left out (an outage makes every
 request a 503, and one line per answer grew the log with the traffic); a readiness probe says
-when readiness is lost and regained, not at every probe; an exception without text is named by
+when readiness is lost and regained, not at every probe; a retry loop, each kind of failure
+once until it works again; an exception without text is named by
 its class, not left as "lost its connection: "."""
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import logging
 import pytest
 
 from service.api import errors
-from service.logs import ReadinessLog, reason
+from service.logs import FailureLog, ReadinessLog, reason
 
 
 def test_one_line_a_second_per_status_and_code(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -77,6 +78,27 @@ def test_readiness_is_logged_as_it_changes(caplog: pytest.LogCaptureFixture) -> 
         ("WARNING", "not ready: PostgreSQL is not reachable: timeout"),
         ("INFO", "ready again"),
         ("INFO", "not ready: the worker is draining"),
+    ]
+
+
+def test_a_retry_loop_logs_each_kind_of_failure_once_until_it_works(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="t.retry")
+    failures = FailureLog(logging.getLogger("t.retry"))
+    assert not failures.recovered()
+    for _ in range(3):
+        failures.failed("cannot connect", OSError("connection refused"))
+    failures.failed("cannot connect", TimeoutError())  # another kind
+    for _ in range(2):
+        failures.failed("cannot connect", RuntimeError("a bug"), unexpected=True)
+    assert failures.recovered()
+    failures.failed("cannot connect", OSError("connection refused"))  # after it worked: again
+    assert [(r.levelname, r.getMessage(), bool(r.exc_info)) for r in caplog.records] == [
+        ("WARNING", "cannot connect: connection refused", False),
+        ("WARNING", "cannot connect: TimeoutError", False),
+        ("ERROR", "cannot connect: a bug", True),
+        ("WARNING", "cannot connect: connection refused", False),
     ]
 
 
