@@ -13,7 +13,7 @@ before its next claim the loop releases this profile's jobs the database says it
 does not know, instead of leaving them to wait out their leases and lose an attempt.
 
 Once the worker stops, a claim (or such a release) still in flight gets ``STOP_WAIT`` more
-seconds: on a database that stopped answering it waited for the statement's own bound (70 s
+seconds, and so does handing back the jobs of a claim that returned after the stop: on a database that stopped answering it waited for the statement's own bound (70 s
 by default), and the grace, the final writes and a second signal all waited behind it, past
 Kubernetes' termination grace. A claim cut short that did commit is handed back with the
 other orphans as the worker stops (``shutdown.release_unknown``), or waits out its leases.
@@ -251,8 +251,8 @@ class ClaimLoop:
     async def _release(self, jobs: list[Job]) -> None:
         if not jobs:
             return
-        released: set[UUID] | None = None
-        with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+        released: set[UUID] | None = None  # claimed as the worker stopped: STOP_WAIT, as
+        with anyio.CancelScope(shield=True), anyio.move_on_after(STOP_WAIT):  # for the claim
             try:
                 released = await self.repo.release(self.worker_id, [j.id for j in jobs])
             except DatabaseUnavailable as exc:

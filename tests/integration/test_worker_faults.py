@@ -22,6 +22,7 @@ from service.handlers.base import HandlerRegistry
 from service.jobs import Job, JobRepository
 from service.providers.errors import error_for_status
 from service.providers.scrub import Scrubber
+from service.worker import claimer
 from service.worker.breaker import ProviderBreaker
 from service.worker.main import Worker
 from tests.integration.test_worker_runtime import (
@@ -614,10 +615,12 @@ async def test_jobs_claimed_as_the_worker_stops_are_released_even_if_the_first_t
     repo: JobRepository, db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A claim that returns after ``stop()`` hands its jobs straight back; when that release
-    failed they stayed ``running`` for a whole lease. The final writes now try again."""
+    failed they stayed ``running`` for a whole lease. The final writes now try again. The
+    release is bounded like a claim in flight at the stop (it had 10 s of its own)."""
     holder: list[Any] = []
     real_claim, real_release = JobRepository.claim, JobRepository.release
     releases: list[int] = []
+    bounds: list[float] = []  # what the first release had left (a hung database: all of it)
 
     async def claim(self: JobRepository, *args: Any, **kwargs: Any) -> list[Job]:
         jobs = await real_claim(self, *args, **kwargs)
@@ -628,6 +631,7 @@ async def test_jobs_claimed_as_the_worker_stops_are_released_even_if_the_first_t
     async def release(self: JobRepository, worker_id: str, ids: Any) -> set[UUID]:
         releases.append(len(ids))
         if len(releases) == 1:
+            bounds.append(anyio.current_effective_deadline() - anyio.current_time())
             raise DatabaseUnavailable("server closed the connection unexpectedly")
         return await real_release(self, worker_id, ids)
 
@@ -644,6 +648,8 @@ async def test_jobs_claimed_as_the_worker_stops_are_released_even_if_the_first_t
     released = await repo.get(job.id)
     assert (released.status, released.attempts, released.worker_id) == ("pending", 0, None)
     assert releases == [1, 1]
+    # the worker stopped: it waits for this release no longer than for a claim in flight
+    assert 0 < bounds[0] <= claimer.STOP_WAIT, bounds
 
 
 async def test_a_provider_message_quoting_the_prompt_stays_out_of_the_logs(
