@@ -13,10 +13,11 @@ before its next claim the loop releases this profile's jobs the database says it
 does not know, instead of leaving them to wait out their leases and lose an attempt.
 
 Once the worker stops, a claim (or such a release) still in flight gets ``STOP_WAIT`` more
-seconds, and so does handing back the jobs of a claim that returned after the stop: on a database that stopped answering it waited for the statement's own bound (70 s
-by default), and the grace, the final writes and a second signal all waited behind it, past
-Kubernetes' termination grace. A claim cut short that did commit is handed back with the
-other orphans as the worker stops (``shutdown.release_unknown``), or waits out its leases.
+seconds, and so does handing back the jobs of a claim that returned after the stop: on a
+database that stopped answering it waited for the statement's own bound (70 s by default), and
+the grace, the final writes and a second signal all waited behind it, past Kubernetes'
+termination grace. A claim cut short that did commit is handed back with the other orphans as
+the worker stops (``shutdown.release_unknown``), or waits out its leases.
 """
 
 from __future__ import annotations
