@@ -62,6 +62,8 @@ def test_a_taken_port_ends_the_process_with_one_clear_line(
             env["EMBEDDED_PG_DATA"] = str(data_dir)  # no DATABASE_URL: the embedded server
         else:
             env["DATABASE_URL"] = db_url
+        if command == "worker":  # a profile to serve: without one the worker stops before binding
+            env["LLM_BASE_URL"] = "http://127.0.0.1:9/v1"
         done = subprocess.run(
             [sys.executable, "-m", "service", command],
             env=env, capture_output=True, text=True, timeout=120, check=False,
