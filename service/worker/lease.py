@@ -111,8 +111,10 @@ class LeaseKeeper:
             if entry.job.id in held:  # its lease runs from (after) this send now
                 entry.since = max(entry.since, sent)
             # Only the run we asked about: a job that failed, went back to pending and was
-            # claimed again by us meanwhile is a new run with a fresh lease.
-            elif self.running.is_current(entry):
+            # claimed again by us meanwhile is a new run with a fresh lease. Nor a run whose
+            # handler has returned: its outcome, stored as the renewal went out, ended the
+            # lease itself (a run lost for real is told so when its outcome is refused).
+            elif self.running.is_current(entry) and not entry.finished:
                 log.warning(
                     "lease of job %s lost; cancelling it",
                     entry.job.id,

@@ -128,3 +128,27 @@ async def test_a_lost_lease_line_carries_the_job_id(
     await LeaseKeeper(repo, "w", running, lease_seconds=60).renew()
     assert entry.reason == "lost"
     assert about(records, "lease of job").job_id == str(job.id)  # type: ignore[attr-defined]
+
+
+async def test_a_run_whose_own_outcome_ended_its_lease_is_not_called_lost(
+    repo: JobRepository, records: pytest.LogCaptureFixture
+) -> None:
+    """The renewal and the run's own failure cross: the job went back to pending by this
+    worker's hand, so the renewal does not find it. That is no lost lease (the soak saw one
+    logged and counted per such crossing); the run is left to finish its bookkeeping."""
+    job = await claimed(repo)
+    running = Running()
+    entry = running.add(job)
+    entry.finished = True  # the handler returned; its failure is being recorded
+    failed = await repo.fail(
+        job.id,
+        "w",
+        error_category="timeout",
+        error_message="t",
+        retryable=True,
+        started_at=job.started_at,
+    )
+    assert failed.status == "pending"
+    await LeaseKeeper(repo, "w", running, lease_seconds=60).renew()
+    assert entry.reason is None
+    assert not [r for r in records.records if "lease of job" in r.getMessage()]
