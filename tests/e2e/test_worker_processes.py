@@ -260,8 +260,11 @@ def test_postgresql_restart_under_load_loses_and_duplicates_nothing(
     stop_inserting = threading.Event()  # a failing test must not leave the inserter retrying
     try:
         migrate(url)
+        # A lease longer than any outage this test can make: the outage lasts as long as its
+        # probes and failed stores take (20 s on a loaded CI host once), and a lease that ran
+        # out meanwhile would have the held jobs reaped and run twice, which is right then.
         procs = [
-            start(workers, url, tmp_path, f"r{i}", WORKER_LEASE_TIMEOUT="20s") for i in range(2)
+            start(workers, url, tmp_path, f"r{i}", WORKER_LEASE_TIMEOUT="10m") for i in range(2)
         ]
         for w in procs:
             w.wait_ready()
