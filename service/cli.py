@@ -16,7 +16,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from service import telemetry
-from service.config import ConfigError, Settings
+from service.config import ConfigError, Settings, hide_credentials, http_url
 from service.logs import setup_logging
 
 if TYPE_CHECKING:
@@ -170,9 +170,16 @@ def _port(text: str) -> int:
 
 def _vllm_pair(text: str) -> tuple[str, str]:
     name, sep, url = text.partition("=")
-    if not sep or not name.strip() or not url.strip().startswith(("http://", "https://")):
-        raise argparse.ArgumentTypeError(f"expected NAME=http(s)://host:port/metrics, got {text!r}")
-    return name.strip(), url.strip()
+    try:
+        checked = http_url(url)
+    except ValueError:
+        checked = ""
+    if not sep or not name.strip() or not checked:
+        shown = hide_credentials(text)
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=http(s)://host:port/metrics, got {shown!r}"
+        )
+    return name.strip(), checked
 
 
 def cmd_infra_sidecar(args: argparse.Namespace, settings: Settings) -> int:

@@ -17,6 +17,7 @@ import socket
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 
 class ConfigError(ValueError):
@@ -107,9 +108,18 @@ def _bool(text: str) -> bool:
     raise ValueError(text)
 
 
+def _int(text: str) -> int:
+    """ASCII digits only: ``int()`` also takes ``8_080`` and other scripts' digits, which no
+    operator means and a shell or YAML typo can produce."""
+    v = text.strip()
+    if not re.fullmatch(r"-?[0-9]+", v):
+        raise ValueError(text)
+    return int(v)
+
+
 def _int_range(lo: int, hi: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
-        n = int(text.strip())
+        n = _int(text)
         if not lo <= n <= hi:
             raise ValueError(text)
         return n
@@ -135,17 +145,30 @@ def _retention(text: str) -> float:
     return d
 
 
-def _url(text: str) -> str:
+def http_url(text: str) -> str:
+    """An http(s) URL with a host, and a port 1-65535 if it names one, that httpx reads.
+    Checked in full here: a bad port (``http://h:abc``, ``:99999``) or an empty host otherwise
+    surfaced at the first request, as a traceback at start-up or as every job failing with
+    ``internal``."""
+    import httpx  # here: most commands that read the settings never make a request
+
     v = text.strip()
     if not re.match(r"^https?://[^\s/]+", v):
         raise ValueError(text)
+    parts = urlsplit(v)  # ValueError: a port that is not a number 0-65535, a bad [literal]
+    if not parts.hostname or parts.port == 0:
+        raise ValueError(text)
+    try:
+        httpx.URL(v)
+    except httpx.InvalidURL:
+        raise ValueError(text) from None
     return v.rstrip("/")
 
 
 def _base_url(text: str) -> str:
     """An inference server's base URL: ``/v1/...`` paths are appended to it, so a query or
     fragment would end up in the middle of every request's URL (keys go in *_API_KEY)."""
-    v = _url(text)
+    v = http_url(text)
     if "?" in v or "#" in v:
         raise ValueError(text)
     return v
@@ -164,8 +187,14 @@ def _db_url(text: str) -> Secret:
     return Secret(v)
 
 
-def _secret(text: str) -> Secret:
-    return Secret(text.strip())
+def _api_key(text: str) -> Secret:
+    """A provider key, sent as ``Authorization: Bearer <key>``: visible ASCII only. Anything
+    else cannot go in a header, and the encoder's error — quoting a character of the key and
+    its position — would otherwise become every job's stored error message."""
+    v = text.strip()
+    if v and not re.fullmatch(r"[\x21-\x7e]+", v):
+        raise ValueError("not visible ASCII")
+    return Secret(v)
 
 
 PLACEHOLDER_TOKENS = frozenset({"change-me", "changeme"})  # deploy/k8s/secret.example.yaml's
@@ -182,7 +211,7 @@ def _tokens(text: str) -> Secret:
     return Secret(text.strip())
 
 
-def _without_credentials(text: str) -> str:
+def hide_credentials(text: str) -> str:
     """A bad value as the error shows it: a URL's ``user:password@`` becomes ``***@``, and
     its query and fragment (``?api-key=…``) ``?***``; with both, all but the scheme is
     hidden. Everything up to the last ``@`` counts, so a password with an unescaped ``/`` or
@@ -244,8 +273,8 @@ def _limits(text: str) -> dict[str, int]:
         name, sep, num = part.rpartition("=")
         if not sep or not name.strip():
             raise ValueError(text)
-        n = int(num)
-        if not 1 <= n <= 10_000:
+        n = _int(num)
+        if not 1 <= n <= 10_000 or name.strip() in out:  # a profile twice: which one is meant?
             raise ValueError(text)
         out[name.strip()] = n
     return out
@@ -395,10 +424,18 @@ FIELDS: Final[tuple[Field, ...]] = (
         "llm_base_url",
         _base_url,
         None,
-        "an http(s) URL without a query (a key goes in LLM_API_KEY)",
+        "an http(s) URL with a host, a port 1-65535 if any, no query (a key goes in LLM_API_KEY)",
         "primary LLM endpoint",
     ),
-    Field("LLM_API_KEY", "llm_api_key", _secret, None, "a key", "LLM API key", secret=True),
+    Field(
+        "LLM_API_KEY",
+        "llm_api_key",
+        _api_key,
+        None,
+        "a key of visible ASCII characters",
+        "LLM API key",
+        secret=True,
+    ),
     Field("LLM_MODEL", "llm_model", _str, "qwen2.5-14b", "a model name", "LLM model/profile"),
     Field(
         "LLM_TIMEOUT",
@@ -413,7 +450,8 @@ FIELDS: Final[tuple[Field, ...]] = (
         "voxtral_base_url",
         _base_url,
         None,
-        "an http(s) URL without a query (a key goes in VOXTRAL_API_KEY)",
+        "an http(s) URL with a host, a port 1-65535 if any, no query (a key goes in "
+        "VOXTRAL_API_KEY)",
         "Voxtral endpoint",
     ),
     Field(
@@ -427,18 +465,18 @@ FIELDS: Final[tuple[Field, ...]] = (
     Field(
         "VOXTRAL_API_KEY",
         "voxtral_api_key",
-        _secret,
+        _api_key,
         None,
-        "a key",
+        "a key of visible ASCII characters",
         "Voxtral key; falls back to AUDIO_LLM_API_KEY, then LLM_API_KEY",
         secret=True,
     ),
     Field(
         "AUDIO_LLM_API_KEY",
         "audio_llm_api_key",
-        _secret,
+        _api_key,
         None,
-        "a key",
+        "a key of visible ASCII characters",
         "fallback key for Voxtral",
         secret=True,
     ),
@@ -461,9 +499,9 @@ FIELDS: Final[tuple[Field, ...]] = (
     Field(
         "INFRA_STATUS_URL",
         "infra_status_url",
-        _url,
+        http_url,
         None,
-        "an http(s) URL",
+        "an http(s) URL with a host and a port 1-65535 if any",
         "the AI server's infra sidecar (http://host:9400 or its /infra/status URL), "
         "relayed at GET /api/v1/infra/status",
     ),
@@ -508,7 +546,7 @@ FIELDS: Final[tuple[Field, ...]] = (
         "worker_claim_limits",
         _limits,
         "",
-        "profile=N pairs, comma-separated",
+        "profile=N pairs (N 1-10000, each profile once), comma-separated",
         "per-profile overrides of WORKER_CLAIM_LIMIT",
     ),
     Field(
@@ -690,7 +728,7 @@ class Settings:
             try:
                 values[f.attr] = f.parse(raw)
             except (ValueError, TypeError):
-                shown = "<hidden>" if f.secret else repr(_without_credentials(raw))
+                shown = "<hidden>" if f.secret else repr(hide_credentials(raw))
                 errors.append(f"{f.env}={shown} is invalid: expected {f.expects}")
         if errors:
             raise ConfigError("; ".join(errors))

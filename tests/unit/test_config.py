@@ -142,6 +142,46 @@ def test_a_bad_url_is_shown_without_its_credentials() -> None:
     assert "SECRET" not in done.stderr + done.stdout
 
 
+@pytest.mark.parametrize(
+    "value",
+    ["http://h:abc", "http://h:8000:9", "http://[zz]", "http://h\x7f", "http://127.0.0.1:99999",
+     "http://h:-1", "http://h:0", "http://:8000", "http://@", "http://h:8_080",
+     "http://user:llmpw-SECRET@h:abc"],
+)  # fmt: skip
+def test_a_url_httpx_cannot_use_is_refused_at_start(value: str) -> None:
+    """These passed the scheme check and failed at the first request: a traceback from
+    ``dev`` after PostgreSQL had started, or every job failing as ``internal``."""
+    for env in ("LLM_BASE_URL", "VOXTRAL_BASE_URL", "INFRA_STATUS_URL"):
+        with pytest.raises(ConfigError) as err:
+            Settings.from_env({env: value})
+        assert f"{env}=" in str(err.value) and "expected an http(s) URL" in str(err.value)
+        assert "SECRET" not in str(err.value)
+
+
+def test_urls_httpx_reads_are_kept() -> None:
+    for value in ("http://[::1]:8000", "https://gpu.internal:8443/v1", "http://bücher.de:1"):
+        assert Settings.from_env({"LLM_BASE_URL": value + "/"}).llm_base_url == value
+
+
+def test_a_provider_key_that_cannot_be_a_header_is_refused_without_showing_it() -> None:
+    """Accepted before, it failed every job, and the encoder's message stored with each one
+    quoted a character of the key and its position."""
+    for env in ("LLM_API_KEY", "VOXTRAL_API_KEY", "AUDIO_LLM_API_KEY"):
+        for value in ("sk-SECRÉT", "sk-SEC\nRET", "sk SECRET"):
+            with pytest.raises(ConfigError) as err:
+                Settings.from_env({env: value})
+            assert f"{env}=<hidden> is invalid: expected a key of visible ASCII" in str(err.value)
+            assert "SEC" not in str(err.value)
+    assert Settings.from_env({"LLM_API_KEY": " sk-a/b+c= "}).llm_api_key == Secret("sk-a/b+c=")
+
+
+def test_integers_are_ascii_digits() -> None:
+    for value in ("8_080", "\u0668\u0660\u0668\u0660", "+8080", "8080.0"):
+        with pytest.raises(ConfigError, match="HTTP_PORT"):
+            Settings.from_env({"HTTP_PORT": value})
+    assert Settings.from_env({"HTTP_PORT": " 8080 "}).http_port == 8080
+
+
 def test_a_token_variable_that_names_no_token_is_refused() -> None:
     # Set but empty after splitting: "auth on" with nothing to accept used to let all in.
     # Blank too: an empty key of a Kubernetes Secret sets the variable to "", and reading that
@@ -174,8 +214,9 @@ def test_per_profile_claim_limits() -> None:
     assert s.claim_limit("voxtral-small") == 8
     assert s.claim_limit("qwen2.5-14b") == 16
     assert s.claim_limit("other") == 4
-    with pytest.raises(ConfigError, match="WORKER_CLAIM_LIMITS"):
-        Settings.from_env({"WORKER_CLAIM_LIMITS": "voxtral-small"})
+    for bad in ("voxtral-small", "a=1,a=2", "a=1_0", "a=0"):  # a profile twice: which one?
+        with pytest.raises(ConfigError, match="WORKER_CLAIM_LIMITS"):
+            Settings.from_env({"WORKER_CLAIM_LIMITS": bad})
 
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -204,3 +245,20 @@ def test_production_commands_require_database_url(command: str) -> None:
     assert done.returncode == 2
     assert "DATABASE_URL is not set" in done.stderr
     assert "ai-service dev" in done.stderr
+
+
+def test_the_sidecars_vllm_urls_are_checked_like_the_settings(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from service.cli import build_parser
+
+    parser = build_parser()
+    for bad in ("q=http://h:abc/metrics", "q=http://u:pw-SECRET@h:99999/metrics", "q=ftp://h"):
+        with pytest.raises(SystemExit) as done:
+            parser.parse_args(["infra-sidecar", "--vllm", bad])
+        assert done.value.code == 2
+        err = capsys.readouterr().err
+        assert "argument --vllm: expected NAME=http(s)://host:port/metrics" in err
+        assert "SECRET" not in err
+    ok = parser.parse_args(["infra-sidecar", "--vllm", " q = http://h:8000/metrics "])
+    assert ok.vllm == [("q", "http://h:8000/metrics")]
