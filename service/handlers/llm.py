@@ -44,14 +44,14 @@ class LlmHandler:
             )
         if request.wants_json:
             check_json(content, request.wants_json, choice.finish_reason)
-        usage = response.usage
+        usage = response.token_usage()
         return {
             "content": content,
             "model": response.model,
-            "usage": {
+            "usage": {  # a count the server did not send is null, not 0
                 "prompt_tokens": usage.prompt_tokens,
                 "completion_tokens": usage.completion_tokens,
-                "total_tokens": usage.total_tokens or usage.prompt_tokens + usage.completion_tokens,
+                "total_tokens": usage.total(),
             },
             "finish_reason": choice.finish_reason,
             "duration_ms": duration_ms,

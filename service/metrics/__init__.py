@@ -257,12 +257,17 @@ class GenAiCall:
         self._started = time.perf_counter()
         return self
 
-    def usage(self, response_model: str | None, input_tokens: int, output_tokens: int) -> None:
+    def usage(
+        self, response_model: str | None, input_tokens: int | None, output_tokens: int | None
+    ) -> None:
+        """Record the counts the server sent; one it left out is not recorded as 0."""
         if response_model:
             self.attrs["gen_ai.response.model"] = response_model
         hist = _i[names.GEN_AI_TOKENS.name]
-        hist.record(input_tokens, {**self.attrs, "gen_ai.token.type": "input"})
-        hist.record(output_tokens, {**self.attrs, "gen_ai.token.type": "output"})
+        if input_tokens is not None:
+            hist.record(input_tokens, {**self.attrs, "gen_ai.token.type": "input"})
+        if output_tokens is not None:
+            hist.record(output_tokens, {**self.attrs, "gen_ai.token.type": "output"})
 
     def __exit__(
         self,

@@ -116,6 +116,7 @@ class OpenAIClient:
             result = self._decode(response, ChatCompletion, "chat completion")
             if not result.choices:
                 raise InvalidOutput(f"{self.name} returned a chat completion without choices")
+            usage = result.token_usage()
             span.set_attributes(
                 {
                     "gen_ai.response.model": result.model,
@@ -123,11 +124,13 @@ class OpenAIClient:
                     "gen_ai.response.finish_reasons": [
                         c.finish_reason or "" for c in result.choices
                     ],
-                    "gen_ai.usage.input_tokens": result.usage.prompt_tokens,
-                    "gen_ai.usage.output_tokens": result.usage.completion_tokens,
                 }
             )
-            call.usage(result.model, result.usage.prompt_tokens, result.usage.completion_tokens)
+            if usage.prompt_tokens is not None:
+                span.set_attribute("gen_ai.usage.input_tokens", usage.prompt_tokens)
+            if usage.completion_tokens is not None:
+                span.set_attribute("gen_ai.usage.output_tokens", usage.completion_tokens)
+            call.usage(result.model, usage.prompt_tokens, usage.completion_tokens)
             if telemetry.capture_content() and span.is_recording():
                 out = [{"role": c.message.role, "content": c.message.content}
                        for c in result.choices]  # fmt: skip

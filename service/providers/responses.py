@@ -11,9 +11,20 @@ import msgspec
 
 
 class Usage(msgspec.Struct):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
+    """Token counts; ``None`` where the server sent none. vLLM types ``completion_tokens`` as
+    optional and some gateways answer ``"usage": null``: a finished generation must not be
+    thrown away (and retried) for a count that only feeds telemetry."""
+
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+
+    def total(self) -> int | None:
+        if self.total_tokens is not None:
+            return self.total_tokens
+        if self.prompt_tokens is None or self.completion_tokens is None:
+            return None
+        return self.prompt_tokens + self.completion_tokens
 
 
 class ChatMessage(msgspec.Struct):
@@ -30,8 +41,11 @@ class ChatChoice(msgspec.Struct):
 class ChatCompletion(msgspec.Struct):
     model: str
     choices: list[ChatChoice]
-    usage: Usage = msgspec.field(default_factory=Usage)
+    usage: Usage | None = None
     id: str = ""
+
+    def token_usage(self) -> Usage:
+        return self.usage if self.usage is not None else Usage()
 
 
 class DurationUsage(msgspec.Struct):
