@@ -8,7 +8,7 @@ chunked) first waits for one of ``READERS`` places, then is read in full — raw
 ``MAX_REQUEST_BYTES``, within ``READ_TIMEOUT_S`` (else 408) — and only then waits for one of
 ``SLOTS`` to be decoded and handled. So at most ``READERS`` raw bodies are held (~80 MiB at the
 defaults) and ``SLOTS`` decoded; small requests, the many single creates and long-polls, never
-wait.
+wait (a chunked one only for a place to be read in, and then no more).
 
 Reading before taking a slot keeps a slow upload from holding one (every body, small ones
 too, must also arrive within ``BODY_TIMEOUT_S`` of its head: ``service/http_limits.py``). A
@@ -114,11 +114,14 @@ class LargeBodyGate:
             del read  # the replay holds the only reference: chunks go as the app reads them
             if replay.gone:  # nothing was done, and no one is there to answer
                 return
-            if size > self.max_bytes:  # to its 413
-                await self.app(scope, replay, send)
+            if self.large_bytes < size <= self.max_bytes:
+                async with handling:
+                    await self.app(scope, replay, send)
                 return
-            async with handling:
-                await self.app(scope, replay, send)
+        # over the limit: to its 413; a chunked body that turned out small (a claim that
+        # long-polls, sent by a client that streams its bodies): handled like any small one,
+        # holding neither a place nor a slot while it runs
+        await self.app(scope, replay, send)
 
     async def _read(self, receive: Receive) -> tuple[deque[ReceiveMessage], int]:
         read: deque[ReceiveMessage] = deque()

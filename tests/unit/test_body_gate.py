@@ -132,6 +132,26 @@ async def test_a_body_over_the_limit_goes_on_to_its_413_without_a_turn() -> None
     assert app.bodies == [b"".join(big)] * 4  # nothing read here was lost
 
 
+async def test_a_chunked_body_that_turns_out_small_holds_no_turn_while_handled() -> None:
+    """Its size is known only once read; then it is a small request like any other. A
+    chunked long-polling claim held a slot (and a reader's place) for its whole wait, and two
+    of them made every other chunked or large request wait behind them."""
+    slots = Slots(count=1, readers=1)
+    gate = body_gate(max_bytes=10 * LARGE_BYTES, tokens=(), auth_required=False, slots=slots)
+    app = Held()
+    route = gate(app)
+    chunked = [(b"transfer-encoding", b"chunked")]
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):  # held inside the app, like long-polls
+                tg.start_soon(route, scope(chunked), body([b"{", b"}"]), ignore)
+            await app.until_entered(3)
+            tg.start_soon(route, scope(LARGE), body([b"a" * LARGE_BYTES, b"b"]), ignore)
+            await app.until_entered(4)  # the large one got the only place and the only slot
+            app.release.set()
+    assert app.most == 4 and app.bodies.count(b"{}") == 3
+
+
 class Reads:
     """receive() factories that note which requests had their body read at all."""
 
