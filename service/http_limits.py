@@ -223,7 +223,15 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         """uvicorn's answer to a request the parser refused (plain text), in the service's
         error shape: 431 for a head over the bound, else 400 ``bad_request``."""
         self._disarm()
-        if not self._idle():  # a pipelined head behind a response being sent: no answer fits
+        cycle = getattr(self, "cycle", None)
+        if (
+            cycle is not None
+            and not self._idle()
+            and (cycle.response_started or not cycle.more_body)
+        ):
+            # a pipelined head behind a request still being answered: no answer fits. (A
+            # request whose own body is malformed, a bad chunk, is answered: its app is still
+            # waiting for the body, so nothing was done and nothing was sent.)
             self.transport.close()
             return
         if not self._head_too_large:

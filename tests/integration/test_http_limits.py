@@ -160,6 +160,33 @@ async def test_a_body_that_never_completes_is_408_and_no_server_error(
     assert (await api.client.get("/healthz")).status_code == 200
 
 
+MALFORMED_CHUNKS = {  # (a loop: parametrized coroutine tests with async fixtures do not run)
+    "size-not-hex": b"zz\r\n\r\n",
+    "shorter-than-its-size": b"5\r\n{}\r\n0\r\n\r\n",
+    "negative-size": b"2\r\n{}\r\n-1\r\n\r\n",
+}
+
+
+async def test_a_malformed_chunked_body_is_400_bad_request(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The connection was closed without an answer: the parser refused the body while the app
+    waited for it, which was taken for a pipelined request behind a response."""
+    caplog.set_level(logging.INFO, logger="ai_service.api")
+    head = (b"POST /api/v1/jobs HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n"
+            b"transfer-encoding: chunked\r\n\r\n")  # fmt: skip
+    for case, chunks in MALFORMED_CHUNKS.items():
+        stream = await connect(api)
+        await stream.send(head + chunks)
+        got = await read_all(stream)
+        assert got, case
+        status, body = answer(got)
+        assert (status, body["error"]) == (400, "bad_request"), case
+    assert (await api.client.get("/api/v1/jobs")).json()["items"] == []  # nothing was created
+    assert "answered 500" not in caplog.text  # (a chunked body's reader hears the client
+    # leave and drops the request unanswered and unlogged: service/api/bodygate.py)
+
+
 async def test_a_client_gone_mid_body_is_not_a_server_error(
     api: Api, caplog: pytest.LogCaptureFixture
 ) -> None:
