@@ -193,15 +193,21 @@ async def list_jobs(
     return JobPage(items=items, next_cursor=str(next_cursor) if next_cursor else None)
 
 
-def _known_query(request: Request[Any, Any, Any]) -> None:
-    """Refuse query parameters the list does not take, and a repeat of one that takes one
-    value (the last would be used silently)."""
+def _known_query(
+    request: Request[Any, Any, Any],
+    params: tuple[str, ...] = _LIST_PARAMS,
+    single: tuple[str, ...] = _LIST_SINGLE,
+    hint: str = "; pages follow cursor",
+) -> None:
+    """Refuse query parameters the route does not take (a typo, ``?wait=30`` for
+    ``wait_seconds``, would otherwise be ignored: a long-poll answered at once, a client
+    looping on it), and a repeat of one that takes one value (the last would be used)."""
     query = request.query_params
     for name in query:
-        if name not in _LIST_PARAMS:
-            known = ", ".join(_LIST_PARAMS)
-            raise invalid(name, f"unknown query parameter (known: {known}; pages follow cursor)")
-    for name in _LIST_SINGLE:
+        if name not in params:
+            known = ", ".join(params)
+            raise invalid(name, f"unknown query parameter (known: {known}{hint})")
+    for name in single:
         if len(set(query.getall(name, []))) > 1:
             raise invalid(name, "give one value (it was repeated with different values)")
 
@@ -233,6 +239,7 @@ async def get_job(
     hub: NamedDependency[NotifyHub],
     wait_seconds: Annotated[WaitSeconds, QueryParameter(ge=0, le=60)] = 0,
 ) -> Job:
+    _known_query(request, ("wait_seconds",), ("wait_seconds",), "")
     last: Job | None = None
 
     async def finished() -> Job | None:

@@ -228,6 +228,14 @@ async def test_bad_query_values_are_422_named_as_sent(api: Api) -> None:
         r = await api.client.get(f"/api/v1/jobs/{MISSING}?{query}")
         assert r.status_code == 422
         assert r.json()["fields"] == [{"field": "wait_seconds", "message": message}]
+    # a typo is refused, not ignored (?wait=30 was answered at once: a client looping on it),
+    # and so is a repeat with another value (the last was used)
+    for query, field in [("wait=30", "wait"), ("wait_seconds=1&wait_seconds=3", "wait_seconds")]:
+        r = await api.client.get(f"/api/v1/jobs/{MISSING}?{query}")
+        assert r.status_code == 422, (query, r.text)
+        assert_error(r.json(), "validation_error", field)
+    r = await api.client.get(f"/api/v1/jobs/{MISSING}?wait_seconds=1&wait_seconds=1")
+    assert r.status_code == 404  # the same value twice says one thing
 
 
 async def test_batch_defaults_overrides_and_idempotency(api: Api) -> None:
