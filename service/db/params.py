@@ -35,6 +35,7 @@ NETWORK_DEFAULTS: dict[str, Any] = {
 }
 SESSION_TIMEOUTS = ("statement_timeout", "idle_in_transaction_session_timeout")
 _SETS_JIT = re.compile(r"jit\s*=")  # -c jit=on, -cjit=on (not jit_above_cost=)
+_SETS_TIMEZONE = re.compile(r"timezone\s*=", re.IGNORECASE)  # -c TimeZone=..., -ctimezone=
 
 
 def connect_params(url: str) -> dict[str, Any]:
@@ -49,7 +50,12 @@ def session_settings(
     """Settings to ``SET`` on a new pooled session, except those the URL's ``options`` or
     ``PGOPTIONS`` set: ``statement_timeout`` (seconds; 0 or None: none) as both timeouts — a
     process stalled inside a transaction must not hold its row and advisory locks longer than
-    a statement may run — and ``jit = off``.
+    a statement may run — ``jit = off``, and ``TimeZone = UTC``.
+
+    Why UTC: every time the API answers is read from these sessions, and PostgreSQL renders a
+    ``timestamptz`` in the session's zone. On a server whose ``TimeZone`` is local (Debian's
+    packages take the host's) a job's ``run_after`` came back as ``…T10:46:40-07:00`` — the
+    right instant, in a zone that depended on the database. No statement depends on the zone.
 
     Why no JIT: the service's statements are short, and a server built with LLVM (the
     CloudNativePG images, Debian's packages) compiles any plan whose estimated cost passes
@@ -58,6 +64,8 @@ def session_settings(
     env = os.environ if env is None else env
     theirs = f"{conninfo_to_dict(url).get('options') or ''} {env.get('PGOPTIONS', '')}"
     out = {} if _SETS_JIT.search(theirs) else {"jit": "off"}
+    if not _SETS_TIMEZONE.search(theirs):
+        out["TimeZone"] = "UTC"
     if statement_timeout:
         ms = str(max(1, round(statement_timeout * 1000)))
         out.update({name: ms for name in SESSION_TIMEOUTS if name not in theirs})

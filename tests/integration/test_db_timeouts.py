@@ -71,7 +71,7 @@ def test_url_parameters_and_pgoptions_win() -> None:
     params = connect_params(url)
     assert "connect_timeout" not in params and "options" not in params  # (PgBouncer, PGOPTIONS)
     assert params["keepalives_idle"] == 10
-    off = {"jit": "off"}
+    off = {"jit": "off", "TimeZone": "UTC"}
     assert session_settings(url, 60, env={}) == {
         "idle_in_transaction_session_timeout": "60000",
         **off,
@@ -82,10 +82,14 @@ def test_url_parameters_and_pgoptions_win() -> None:
         **off,
     }
     pgoptions = {"PGOPTIONS": "-c idle_in_transaction_session_timeout=0 -c jit=on"}
-    assert session_settings(plain, 60, env=pgoptions) == {"statement_timeout": "60000"}
+    assert session_settings(plain, 60, env=pgoptions) == {
+        "statement_timeout": "60000",
+        "TimeZone": "UTC",
+    }
     assert session_settings(plain, 0, env={}) == off
     assert session_settings(plain, 0, env={"PGOPTIONS": "-c jit_above_cost=10"}) == off
-    assert session_settings(plain, 0, env={"PGOPTIONS": "-cjit=on"}) == {}
+    assert session_settings(plain, 0, env={"PGOPTIONS": "-cjit=on"}) == {"TimeZone": "UTC"}
+    assert session_settings(plain, 0, env={"PGOPTIONS": "-c jit=on -c TimeZone=Europe/Riga"}) == {}
 
 
 async def test_the_api_names_the_statement_timeout(db_url: str) -> None:
@@ -103,3 +107,21 @@ async def test_the_api_names_the_statement_timeout(db_url: str) -> None:
         assert r.json()["error"] == "statement_timeout"
         assert "DB_STATEMENT_TIMEOUT" in r.json()["detail"]
         assert (await api.client.get(f"/api/v1/jobs/{job_id}")).json()["status"] == "pending"
+
+
+async def test_times_are_answered_in_utc_whatever_the_servers_zone(db_url: str) -> None:
+    """A database whose sessions default to a local zone (Debian's packages take the host's):
+    the API rendered times in it (``2030-03-17T10:46:40-07:00``)."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        name = conn.info.dbname
+        conn.execute(f"ALTER DATABASE \"{name}\" SET TimeZone = 'America/Los_Angeles'".encode())
+    with psycopg.connect(db_url) as conn:  # a new session takes the database's zone
+        assert conn.execute("SHOW TimeZone").fetchone() == ("America/Los_Angeles",)
+    async with running_api(db_url) as api:
+        r = await api.client.post("/api/v1/jobs", json=job_body(run_after=1_900_000_000))
+        assert r.status_code == 201, r.text
+        job = r.json()
+        assert job["run_after"] == "2030-03-17T17:46:40Z"
+        assert job["created_at"].endswith("Z")
+        got = (await api.client.get(f"/api/v1/jobs/{job['id']}")).json()
+        assert got["run_after"] == "2030-03-17T17:46:40Z"
