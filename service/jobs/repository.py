@@ -82,6 +82,13 @@ def _claimed_job(row: Row) -> tuple[Job | None, str]:
     return job, ""
 
 
+def stored_message(error_message: str) -> str:
+    """A failure's message as ``fail`` stores it: its first 4,000 characters, a NUL or a
+    lone surrogate shown replaced."""
+    message = error_message[:4000].replace("\x00", "\ufffd")
+    return message.encode("utf-8", "replace").decode("utf-8")
+
+
 class JobRepository:
     def __init__(
         self,
@@ -457,8 +464,7 @@ class JobRepository:
         A NUL or a lone surrogate in the message (a provider's body quoted in it) is shown
         replaced: PostgreSQL text cannot hold a NUL, psycopg cannot encode a surrogate, and
         refusing the write would leave the job to its lease."""
-        message = error_message[:4000].replace("\x00", "\ufffd")
-        message = message.encode("utf-8", "replace").decode("utf-8")
+        message = stored_message(error_message)
         row = await self.db.fetchrow(
             "fail_job",
             {

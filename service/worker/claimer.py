@@ -109,6 +109,20 @@ class ClaimLoop:
         scope.deadline = min(scope.deadline, anyio.current_time() + STOP_WAIT)
 
     @contextmanager
+    def _stoppable(self) -> Iterator[None]:
+        """A wait that ``stop()`` cuts short: a check of the inference server, or the lookup
+        of when the next job is due (on a database that stopped answering it waited for the
+        statement's own bound, 70 s by default, and the graceful stop with it)."""
+        with anyio.CancelScope() as scope:
+            if self._stopped:
+                scope.cancel()
+            self._check_scope = scope
+            try:
+                yield
+            finally:
+                self._check_scope = None
+
+    @contextmanager
     def _shield(self) -> Iterator[anyio.CancelScope]:
         """A scope no outer cancellation reaches (see the module docstring), bounded once
         the loop stops."""
@@ -136,9 +150,8 @@ class ClaimLoop:
             if self.breaker.needs_check():
                 self.stats.state = "checking"
                 await self._release_orphans_now()
-                with anyio.CancelScope() as self._check_scope:  # stop() cuts it short
+                with self._stoppable():
                     await self.breaker.check()
-                self._check_scope = None
                 continue
             limit = self.breaker.claim_limit(free, self.stats.in_flight)
             if limit > 0 and (may_have_work or self._hint or time.monotonic() >= idle_until):
@@ -176,7 +189,8 @@ class ClaimLoop:
                 may_have_work = len(jobs) >= free or (len(jobs) >= limit and limit < free)
                 if not may_have_work:
                     await anyio.lowlevel.checkpoint()  # let the handlers start first
-                    idle_until = time.monotonic() + await self._idle_seconds()
+                    with self._stoppable():
+                        idle_until = time.monotonic() + await self._idle_seconds()
                 continue
             if free <= 0:
                 self.stats.state = "full"

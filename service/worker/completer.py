@@ -65,6 +65,10 @@ class Completer:
     async def submit(self, job: Job, result: Any) -> None:
         while len(self._items) >= self.max_pending:
             await self._space.wait()
+        self.add(job, result)
+
+    def add(self, job: Job, result: Any) -> None:
+        """Queue a result now, past ``max_pending`` if need be (``submit`` waits for room)."""
         self._items[job.id] = (job, result)
         self.status.pending_completions = len(self._items)
         self._ready.set()

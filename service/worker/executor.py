@@ -26,6 +26,7 @@ from service.backoff import Backoff
 from service.db import DatabaseUnavailable
 from service.handlers.base import HandlerError, HandlerRegistry, UnsupportedTask
 from service.jobs import Job, JobError, JobRepository
+from service.jobs.repository import stored_message
 from service.logs import job_context
 from service.worker.cancellation import Running, RunningJob
 from service.worker.completer import Completer
@@ -195,7 +196,7 @@ class Executor:
                 f"{job.model_profile!r} (served here: {served})"
             )
             tracing.record_error(span, unsupported)
-            await self._fail(entry, unsupported)
+            await self._record_failure(entry, unsupported)
             return
         error: Exception | None = None
         encoded: Any = None
@@ -228,9 +229,30 @@ class Executor:
             self._stopped(entry)
         elif error is not None:
             tracing.record_error(span, error)
-            await self._fail(entry, error)
+            await self._record_failure(entry, error)
         else:
-            await self.completer.submit(job, encoded)
+            with self._outcome_scope(entry):
+                await self.completer.submit(job, encoded)
+                return
+            # the grace ran out while the completer was full (the database down): kept over
+            # the bound, for the final writes to store (or to release the job)
+            self.completer.add(job, encoded)
+
+    async def _record_failure(self, entry: RunningJob, error: Exception) -> None:
+        with self._outcome_scope(entry):
+            await self._fail(entry, error)
+        if entry.reason is not None:  # the shutdown grace ran out while it was written
+            self._stopped(entry)
+
+    @staticmethod
+    def _outcome_scope(entry: RunningJob) -> anyio.CancelScope:
+        """The scope of writing a finished run's outcome, which the end of the shutdown grace
+        cancels (``Running.cancel_all``) as it cancels handlers: on a database that stopped
+        answering, a failure's write waited for the statement's own bound (70 s by default)
+        and held the exit past Kubernetes' termination grace. Notifications about the run
+        do not reach it (``Running.cancel`` skips finished runs): they echo this outcome."""
+        entry.scope = anyio.CancelScope()
+        return entry.scope
 
     def _stopped(self, entry: RunningJob) -> None:
         job, stats = entry.job, self.status.profiles[entry.job.model_profile]
@@ -268,10 +290,8 @@ class Executor:
             extra={"job_id": str(job.id), "error_category": category},
         )
         backoff = Backoff(0.05, 2.0)
+        unsure = False  # a try whose answer was lost may have committed
         while True:
-            if entry.reason is not None:  # lost meanwhile: nothing to record
-                self._stopped(entry)
-                return
             try:
                 failed = await self.repo.fail(
                     job.id,
@@ -284,9 +304,14 @@ class Executor:
                 )
                 break
             except DatabaseUnavailable as dberr:
+                unsure = True
                 log.warning("recording the failure of job %s failed, will retry: %s", job.id, dberr)
                 await anyio.sleep(backoff.next())
             except JobError as conflict:
+                recorded = await self._recorded(job, category, message) if unsure else None
+                if recorded is not None:  # an earlier try did it: its answer was lost
+                    failed = recorded
+                    break
                 self.status.profiles[job.model_profile].discarded += 1
                 log.warning("failure of job %s not recorded: %s", job.id, conflict)
                 return
@@ -304,3 +329,22 @@ class Executor:
             stats.retried += 1
         else:
             stats.failed += 1
+
+    async def _recorded(self, job: Job, category: str, message: str) -> Job | None:
+        """The job as this run's failure left it, if a try whose answer was lost committed
+        it (then the retry is refused): the row still names this run (``started_at``) with
+        this failure, pending again or failed by this worker. Else None: the run was lost."""
+        try:
+            now = await self.repo.get(job.id)
+        except Exception as exc:  # (the job deleted, the database gone again): not known
+            log.warning("reading job %s back failed: %s", job.id, exc)
+            return None
+        failure = (category, stored_message(message))
+        ours = (
+            now.started_at == job.started_at and (now.error_category, now.error_message) == failure
+        )
+        if ours and (
+            now.status == "pending" or (now.status == "failed" and now.worker_id == self.worker_id)
+        ):
+            return now
+        return None

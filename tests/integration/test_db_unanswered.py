@@ -16,6 +16,7 @@ from anyio.abc import ByteStream, SocketStream
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from service.db import Database, DatabaseUnavailable, open_database
+from service.jobs import JobRepository
 from tests.integration.test_worker_runtime import until
 
 
@@ -171,7 +172,6 @@ async def test_a_stopping_worker_does_not_wait_for_a_claim_the_database_never_an
     claim gets a moment more, then the stop goes on (final writes and pool close are bounded
     on their own: ~17 s in all here). The release of a lost claim's jobs before a claim is
     shielded the same way; cut short, it was followed by a claim (2 s more)."""
-    from service.jobs import JobRepository
     from service.worker.main import Worker
     from tests.integration.test_worker_runtime import PROFILE, Probe, idle, registry_for, settings
 
@@ -210,3 +210,67 @@ async def test_a_stopping_worker_does_not_wait_for_a_claim_the_database_never_an
                 finally:
                     relay.thaw()  # a failure ends the test, not a one-hour claim
         assert True not in claims, f"a claim began after the stop ({release_first=})"
+
+
+async def test_a_stopping_worker_does_not_wait_for_a_lookup_or_a_failure_never_answered(
+    db_url: str, repo: JobRepository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two more waits on the way to a graceful exit, on a server that stopped answering: the
+    idle claim loop's lookup of when its next job is due, and the write of a job's failure
+    (its handler raised). Each waited for the statement's own bound (70 s by default; an hour
+    here), past Kubernetes' termination grace: the pod was killed before its final release.
+    Now stop() cuts the lookup short, and the end of the grace cuts the failure's write short
+    as it cuts handlers short (the job is released with the rest)."""
+    from service.handlers.base import HandlerRegistry
+    from service.jobs import Job
+    from service.worker.main import Worker
+    from tests.integration.test_worker_runtime import PROFILE, Probe, idle, nj, registry_for
+    from tests.integration.test_worker_runtime import settings as worker_settings
+
+    frozen = anyio.Event()
+
+    def freezing(relay: Relay, real: Any) -> Any:
+        async def call(self: JobRepository, *args: Any, **kwargs: Any) -> Any:
+            if armed:
+                relay.freeze()
+                frozen.set()
+            return await real(self, *args, **kwargs)
+
+        return call
+
+    async def raises(job: Job) -> Any:
+        raise RuntimeError("boom")
+
+    failing = HandlerRegistry()
+    failing.register(["llm_chat"], PROFILE, raises)
+    for case in ("lookup", "failure"):
+        armed, frozen = False, anyio.Event()
+        async with relay_to(db_url) as (relay, url):
+            name = "seconds_until_due" if case == "lookup" else "fail"
+            monkeypatch.setattr(JobRepository, name, freezing(relay, getattr(JobRepository, name)))
+            config = worker_settings(db_statement_timeout=3600.0, worker_shutdown_grace=1.0)
+            registry = registry_for(Probe()) if case == "lookup" else failing
+            worker = Worker(config, url, [PROFILE], registry)
+            stopped = anyio.Event()
+
+            async def run(worker: Worker = worker, stopped: anyio.Event = stopped) -> None:
+                await worker.run()
+                stopped.set()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(run)
+                await until(lambda w=worker: idle(w), what="the worker to idle")
+                armed = True
+                if case == "lookup":
+                    worker._loops[PROFILE].notify()  # a claim finds nothing, then looks up
+                else:
+                    await repo.create(nj())
+                with anyio.fail_after(60):
+                    await frozen.wait()
+                worker.stop()
+                try:
+                    with anyio.fail_after(60):  # before: the statement's bound, 1 h + 10 s
+                        await stopped.wait()
+                finally:
+                    relay.thaw()  # a failure ends the test, not a one-hour wait
+            monkeypatch.undo()

@@ -19,7 +19,7 @@ import pytest
 from service.db import DatabaseUnavailable, ValueRefused
 from service.db.database import _translate_errors
 from service.handlers.base import HandlerRegistry
-from service.jobs import Job, JobRepository
+from service.jobs import Job, JobFilter, JobRepository
 from service.providers.errors import error_for_status
 from service.providers.scrub import Scrubber
 from service.worker import claimer
@@ -206,6 +206,57 @@ async def test_a_result_stored_by_a_try_whose_answer_was_lost_is_not_called_disc
         assert (stats.completed, stats.discarded) == (1, 0)
     assert lost == [job.id]
     assert (await repo.get(job.id)).status == "completed"
+
+
+async def test_a_failure_recorded_by_a_try_whose_answer_was_lost_is_counted_as_such(
+    repo: JobRepository, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same for a failure, final or retried: the retry was refused (the job is no longer
+    running), and the failure was logged as "not recorded" and counted discarded, its
+    ``failed``/``retried`` count and metric missed. A run really lost meanwhile still is."""
+    from service.handlers.base import ProviderRejected, ProviderUnavailable
+
+    lost: list[UUID] = []
+    cancelled_first: list[UUID | None] = [None]
+    real = JobRepository.fail
+
+    async def fail(self: JobRepository, job_id: UUID, *args: Any, **kwargs: Any) -> Job:
+        if job_id == cancelled_first[0]:  # cancelled as the write is lost: not recorded
+            await self.cancel_where(JobFilter(ids=[job_id]))
+            cancelled_first[0] = None
+            raise DatabaseUnavailable("server closed the connection unexpectedly")
+        done = await real(self, job_id, *args, **kwargs)
+        if job_id not in lost:
+            lost.append(job_id)
+            raise DatabaseUnavailable("server closed the connection unexpectedly")
+        return done
+
+    monkeypatch.setattr(JobRepository, "fail", fail)
+
+    async def handler(job: Job) -> Any:
+        if job.input.get("kind") == "gone":
+            cancelled_first[0] = job.id
+        if job.input.get("kind") in ("final", "gone"):
+            raise ProviderRejected("the request was refused (400)")
+        raise ProviderUnavailable("the server answered 503")
+
+    # (a backoff as in production: the retried job is not claimed again meanwhile)
+    backoff = {"retry_backoff_base": 3600.0, "retry_backoff_max": 3600.0}
+    async with running_worker(db_url, registry(handler), **backoff) as worker:
+        stats = worker.status.profiles[PROFILE]
+        final, _ = await repo.create(nj(input={"kind": "final"}))
+        await until(lambda: stats.failed + stats.discarded == 1, what="the failure settled")
+        assert (stats.failed, stats.discarded) == (1, 0)
+        retried, _ = await repo.create(nj(input={"kind": "again"}, max_attempts=2))
+        await until(lambda: stats.retried + stats.discarded == 1, what="the retry settled")
+        assert (stats.retried, stats.discarded) == (1, 0)
+        gone, _ = await repo.create(nj(input={"kind": "gone"}))
+        await until(lambda: stats.discarded == 1, what="the lost run settled")
+        assert (stats.failed, stats.retried) == (1, 1)
+    assert lost == [final.id, retried.id]
+    assert (await repo.get(final.id)).error_category == "provider_rejected"
+    assert (await repo.get(retried.id)).status == "pending"
+    assert (await repo.get(gone.id)).status == "cancelled"
 
 
 def _decoded(items: Any) -> list[tuple[UUID, Any]]:
