@@ -15,6 +15,7 @@ import httpx
 import msgspec
 
 from service.api.schemas import ErrorBody
+from service.masking import escaped_forms, mask, maskable
 
 T = TypeVar("T")
 
@@ -59,11 +60,28 @@ def _error_body(response: httpx.Response) -> ErrorBody:
         return ErrorBody(error="http_error", detail=response.text[:500] or response.reason_phrase)
 
 
+def _without_token(body: ErrorBody, response: httpx.Response) -> ErrorBody:
+    """``body`` with the request's bearer token masked: a server that echoes what it was
+    sent (a debug proxy, an echo endpoint: a wrong ``base_url``) puts it in the body, which
+    the exception — logged, pickled to other processes — would otherwise carry."""
+    try:
+        header = response.request.headers.get("authorization", "")
+    except RuntimeError:  # a response built without a request
+        return body
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return body
+    secrets = maskable(escaped_forms(token.strip()) | escaped_forms(header))
+    detail = mask(body.detail, secrets)
+    return body if detail == body.detail else msgspec.structs.replace(body, detail=detail)
+
+
 def decode(type_: type[T], response: httpx.Response) -> T:
     """The answer as ``type_``; raises ``ApiError`` for anything else."""
     if response.status_code >= 300:
         retry_after = _seconds(response.headers.get("Retry-After"))
-        raise ApiError(response.status_code, _error_body(response), retry_after)
+        body = _without_token(_error_body(response), response)
+        raise ApiError(response.status_code, body, retry_after)
     try:
         return msgspec.json.decode(response.content, type=type_, strict=False)
     except msgspec.DecodeError as exc:  # (ValidationError is one)

@@ -12,16 +12,13 @@ may have escaped them on the way back (percent-encoded, HTML or JSON escaped).
 from __future__ import annotations
 
 import base64
-import html
-import json
 import re
-from urllib.parse import quote, quote_plus, unquote
+from urllib.parse import unquote
 
 from service.config import Secret
+from service.masking import MASK, escaped_forms, mask, maskable
 
-MASK = "**********"
-# A shorter value is also part of ordinary words: masking it would garble every message.
-MIN_SECRET_CHARS = 4
+__all__ = ["MASK", "Scrubber"]
 
 
 def _userinfo(url: str) -> str:
@@ -30,19 +27,6 @@ def _userinfo(url: str) -> str:
     rest = url.strip().partition("://")[2]
     netloc = re.split(r"[/?#]", rest, maxsplit=1)[0]
     return netloc.rpartition("@")[0]
-
-
-def _escaped(secret: str) -> set[str]:
-    """``secret`` as a server may quote it back: in a URL, in HTML, in a JSON string."""
-    return {
-        secret,
-        quote(secret, safe=""),
-        quote(secret),  # "/" left as is, urllib's default
-        quote_plus(secret, safe=""),
-        html.escape(secret),
-        html.escape(secret, quote=False),
-        json.dumps(secret)[1:-1],
-    }
 
 
 def _basic(user: str, password: str) -> str:
@@ -64,17 +48,12 @@ class Scrubber:
                 token = _basic(u, p)
                 secrets |= {token, token.rstrip("=")}
                 if p:  # a user name alone is no secret
-                    secrets |= _escaped(p) | {f"{u}:{p}"}
+                    secrets |= escaped_forms(p) | {f"{u}:{p}"}
         if api_key:
-            secrets |= _escaped(api_key.reveal())
-        # Longest first, so a secret that contains another is masked whole.
-        self._secrets = sorted(
-            (s for s in secrets if len(s) >= MIN_SECRET_CHARS), key=len, reverse=True
-        )
+            secrets |= escaped_forms(api_key.reveal())
+        self._secrets = maskable(secrets)
 
     def __call__(self, text: str) -> str:
         if self._userinfo:
             text = text.replace(self._userinfo, "")  # http://user:pw@host → http://host
-        for secret in self._secrets:
-            text = text.replace(secret, MASK)
-        return text
+        return mask(text, self._secrets)

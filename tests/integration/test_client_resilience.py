@@ -217,6 +217,33 @@ async def test_redirects_and_foreign_answers_are_api_errors() -> None:
         assert err.value.code == "invalid_response" and "base_url" in err.value.detail
 
 
+async def test_a_server_echoing_the_request_does_not_put_the_token_in_the_error() -> None:
+    """A debug proxy or an echo endpoint (a wrong base_url) answers with what it was sent:
+    the error's detail — logged, pickled to other processes — quoted the bearer token."""
+    token = "tok-SUPER/SECRET+1234"
+    echoes = [
+        b"400 Bad Request\nauthorization: Bearer " + token.encode(),  # plain text
+        b"<pre>Authorization: Bearer " + token.encode() + b"</pre>",  # a proxy's page
+        msgspec.json.encode({"error": "echo", "detail": f"you sent Bearer {token}"}),
+        b"GET /api/v1/stats?auth=tok-SUPER%2FSECRET%2B1234",
+    ]
+    for echo in echoes:
+        async with served(Script((400, echo, {}))) as url, AsyncClient(url, token=token) as ac:
+            with pytest.raises(ApiError) as err:
+                await ac.stats()
+        text = f"{err.value} {err.value.detail} {pickle.loads(pickle.dumps(err.value))}"
+        assert "SECRET" not in text, (echo, text)
+        assert "**********" in err.value.detail
+    echo = httpx.MockTransport(
+        lambda request: httpx.Response(502, text=f"echo: {request.headers['authorization']}")
+    )
+    with Client("http://127.0.0.1:1", token=token, transport=echo) as sync, pytest.raises(
+        ApiError
+    ) as err:  # fmt: skip
+        sync.stats()
+    assert "SECRET" not in str(err.value) and err.value.code == "http_error"
+
+
 async def test_empty_filters_and_bad_job_ids_are_refused_before_sending() -> None:
     app = Script(job(DONE))
     async with served(app) as url, AsyncClient(url) as ac:
