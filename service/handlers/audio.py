@@ -370,10 +370,11 @@ def decode_base64_audio(text: str, max_bytes: int) -> Audio:
         if not sep or not header.endswith(";base64"):
             raise InvalidInput("audio_base64 data URL must look like data:audio/wav;base64,...")
         content_type = header[5:].removesuffix(";base64") or content_type
+    payload = "".join(payload.split())  # MIME line breaks: not counted in the estimate
     if len(payload) * 3 // 4 > max_bytes + 3:
         raise InvalidInput(f"audio_base64 decodes to more than AUDIO_MAX_BYTES={max_bytes} bytes")
     try:
-        data = base64.b64decode("".join(payload.split()), validate=True)
+        data = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
         raise InvalidInput("audio_base64 is not valid base64") from None
     if not data:

@@ -220,6 +220,10 @@ def test_base64_audio_is_capped_and_validated() -> None:
     assert audio.seconds == pytest.approx(3.0)
     data_url = decode_base64_audio("data:audio/wav;base64," + good, len(AUDIO))
     assert data_url.upload.content_type == "audio/wav"
+    # MIME-style line breaks (base64.encodebytes, `base64` the command) at exactly the cap:
+    # the size estimate counted them and refused the clip
+    wrapped = decode_base64_audio(base64.encodebytes(AUDIO).decode(), len(AUDIO))
+    assert wrapped.upload.size == len(AUDIO)
     # a recorder's stale RIFF size with a LIST chunk first made the wave module raise
     # RuntimeError, which failed the job as internal; the duration is just unknown
     pcm = bytes(32000)
