@@ -241,10 +241,32 @@ class _ChildOnlyTracer(trace.Tracer):
 
     @contextmanager
     def start_as_current_span(  # type: ignore[override]
-        self, name: str, context: Any = None, *args: Any, **kwargs: Any
+        self,
+        name: str,
+        context: Any = None,
+        kind: trace.SpanKind = trace.SpanKind.INTERNAL,
+        attributes: Any = None,
+        links: Any = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+        end_on_exit: bool = True,
     ) -> Iterator[trace.Span]:
+        """The SDK records a failing query's exception with its message, and PostgreSQL's
+        message quotes the value it refused (``CONTEXT: JSON data, line 1: {"user": "…``):
+        a job's input in the exported span. Recorded here by type only, as every span of
+        ours is (``tracing.record_error``)."""
         if not _has_parent(context):
             yield trace.INVALID_SPAN
             return
-        with self._inner.start_as_current_span(name, context, *args, **kwargs) as span:
-            yield span
+        with self._inner.start_as_current_span(
+            name, context, kind, attributes, links, start_time,
+            record_exception=False, set_status_on_exception=False, end_on_exit=end_on_exit,
+        ) as span:  # fmt: skip
+            try:
+                yield span
+            except BaseException as exc:
+                from service.tracing import record_error  # (tracing imports this module)
+
+                record_error(span, exc)
+                raise

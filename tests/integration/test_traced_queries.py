@@ -48,3 +48,34 @@ async def test_bookkeeping_statements_bypass_the_instrumentation(
             assert len(exporter.get_finished_spans()) == 1  # a query of the job's: traced
     finally:
         await db.close()
+
+
+async def test_a_refused_query_is_recorded_by_type_not_by_its_message(db_url: str) -> None:
+    """PostgreSQL's message quotes what it refused (``CONTEXT: JSON data, line 1: {"user":
+    "…``), and the SDK recorded it as the span's status and exception event: a job's input in
+    the export. Through the service's provider (``ChildSpansOnly``), by type only."""
+    from service.db import ValueRefused
+    from service.telemetry import ChildSpansOnly
+
+    exporter = InMemorySpanExporter()
+    tracer_provider = TracerProvider(shutdown_on_exit=False)
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    PsycopgInstrumentor().instrument(tracer_provider=ChildSpansOnly(tracer_provider))
+    db = await open_database(db_url, max_size=1)
+    try:
+        repo = JobRepository(db, backoff_base=0.0, backoff_max=0.0)
+        secret = "violet-okapi-prompt"
+        new = NewJob(owner_service="t", task_type="llm_chat", model_profile="q",
+                     input={"user": f"{secret} \u0000 tail"})  # fmt: skip
+        tracer = tracer_provider.get_tracer("t")
+        with tracer.start_as_current_span("request"), pytest.raises(ValueRefused):
+            await repo.create(new)
+    finally:
+        await db.close()
+        PsycopgInstrumentor().uninstrument()
+    [query] = [s for s in exporter.get_finished_spans() if s.name != "request"]
+    assert query.status.status_code.name == "ERROR"
+    assert query.attributes is not None and query.attributes["error.type"]
+    exported = repr(query.to_json()) + repr([e.attributes for e in query.events])
+    assert secret not in exported and "CONTEXT" not in exported
+    assert [e.name for e in query.events] == ["exception"]
