@@ -33,7 +33,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
 from service import spans
-from service.config import ConfigError, Settings
+from service.config import ConfigError, Settings, hide_credentials
 
 log = logging.getLogger("ai_service.telemetry")
 
@@ -64,6 +64,12 @@ def traces_endpoint(env: Mapping[str, str]) -> str | None:
         if value := env.get(name, "").strip():
             return value
     return None
+
+
+def shown_endpoint(env: Mapping[str, str]) -> str:
+    """The traces endpoint as a log line may show it: an endpoint may carry credentials
+    (``https://user:pw@collector/…``, ``?api-key=…``), which the line would have quoted."""
+    return hide_credentials(traces_endpoint(env) or "")
 
 
 def otlp_protocol(env: Mapping[str, str], signal: str = "TRACES") -> str:
@@ -190,7 +196,7 @@ def setup(role: str, settings: Settings) -> bool:
         PsycopgInstrumentor().instrument(tracer_provider=ChildSpansOnly(provider))
     log.info(
         "tracing on: exporting to %s as %s",
-        traces_endpoint(os.environ),
+        shown_endpoint(os.environ),
         provider.resource.attributes.get("service.name"),
     )
     return True

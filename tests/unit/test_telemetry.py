@@ -83,6 +83,18 @@ def test_sampler_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     provider.shutdown()
 
 
+def test_the_endpoint_is_logged_without_its_credentials() -> None:
+    for endpoint, shown in [
+        ("https://user:s3cr3t-pw@otel.example:4318/o", "https://***@otel.example:4318/o"),
+        ("https://otel.example:4318/o?key=AK-1", "https://otel.example:4318/o?***"),
+        ("https://user:s3cr3t-pw@otel.example/o?key=AK-1", "https://***"),
+    ]:
+        assert telemetry.shown_endpoint({"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint}) == shown
+    assert telemetry.shown_endpoint({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://c:4317"}) == (
+        "http://c:4317"
+    )
+
+
 def test_unknown_protocol_is_a_config_error() -> None:
     env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "udp"}
     with pytest.raises(ConfigError, match="OTEL_EXPORTER_OTLP_PROTOCOL"):
