@@ -116,7 +116,15 @@ class JsonFormatter(logging.Formatter):
                 out[key] = value if isinstance(value, str | int | float | bool) else str(value)
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return _encoder.encode(out).decode()
+        try:
+            return _encoder.encode(out).decode()
+        except UnicodeEncodeError:  # a lone surrogate (a provider's bytes, decoded leniently):
+            # UTF-8 cannot hold it, and the line was lost to a multi-line "Logging error"
+            return _encoder.encode({k: _encodable(v) for k, v in out.items()}).decode()
+
+
+def _encodable(value: Any) -> Any:
+    return value.encode("utf-8", "replace").decode() if isinstance(value, str) else value
 
 
 # Control characters as escapes: a line may quote what a caller sent (a path with %0d%0a), and

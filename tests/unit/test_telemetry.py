@@ -134,6 +134,19 @@ def test_log_lines_carry_trace_span_and_job_ids() -> None:
     assert {"trace_id", "span_id", "job_id"}.isdisjoint(json.loads(JsonFormatter().format(outside)))
 
 
+def test_a_lone_surrogate_still_makes_one_json_line() -> None:
+    """A failure message quoting a provider's bytes decoded with surrogateescape: UTF-8
+    cannot encode it, and the line was lost to a multi-line "--- Logging error ---"."""
+    record = logging.LogRecord("ai_service.t", logging.WARNING, __file__, 1, "job failed: %s",
+                               ("provider said \udcff nothing",), None)  # fmt: skip
+    record.error_category = "internal\udcff"
+    line = JsonFormatter().format(record)
+    assert "\n" not in line
+    parsed = json.loads(line)
+    assert parsed["msg"] == "job failed: provider said ? nothing"
+    assert parsed["error_category"] == "internal?"
+
+
 def test_httpx_info_lines_and_the_pools_connection_attempts_are_silenced() -> None:
     from service.logs import setup_logging
 
