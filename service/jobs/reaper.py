@@ -51,6 +51,7 @@ class Reaper:
         self._next_purge = 0.0  # (monotonic)
 
     async def run(self) -> None:
+        metrics.reaper_running()
         while True:
             self._lease_end = math.inf  # from here on, the turn's own query sees new leases
             wait = self.interval

@@ -186,6 +186,12 @@ def watch_worker(status: Any) -> None:
     _i[names.LEASES_RENEWED.name].add(0)
     for profile in status.profiles:
         _i[names.LEASES_LOST.name].add(0, {"model_profile": labels.profiles(profile)})
+
+
+def reaper_running() -> None:
+    """The reaped-leases series start at 0 in every process that reaps — the API's too: any
+    process may win the reaper's lock, and the API is the only reaper when every worker is
+    external or the one worker was OOM-killed (see ``watch_worker`` for why 0 matters)."""
     for outcome in ("requeued", "failed"):
         _i[names.LEASES_REAPED.name].add(0, {"outcome": outcome})
 

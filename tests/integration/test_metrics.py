@@ -210,3 +210,38 @@ async def test_external_workers_claims_and_outcomes_are_counted(db_url: str) -> 
 async def test_no_metrics_route_without_metrics_port(db_url: str) -> None:
     async with running_api(db_url, Settings(db_pool_size=4)) as api:
         assert (await api.client.get("/metrics")).status_code == 404
+
+
+async def test_every_process_that_reaps_starts_its_reaped_series_at_zero(
+    repo: JobRepository, monkeypatch: Any
+) -> None:
+    """The API runs a reaper too, and only workers started these series: a lease the API
+    reaped (every worker external, or the only one OOM-killed) appeared at 1, which
+    ``increase()`` does not count, and AiServiceWorkersLost stayed silent."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from service import metrics
+    from service.metrics import build_instruments, names
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+    monkeypatch.setattr(metrics, "_i", build_instruments(provider.get_meter("t"), lambda m: []))
+
+    def reaped() -> dict[str, float]:
+        data = reader.get_metrics_data()
+        return {
+            str((point.attributes or {})["outcome"]): point.value
+            for rm in (data.resource_metrics if data else [])
+            for sm in rm.scope_metrics
+            for m in sm.metrics
+            if m.name == names.LEASES_REAPED.name
+            for point in m.data.data_points
+        }
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(Reaper(repo, lease_seconds=3600).run)  # as the API starts it
+        got = await until(lambda: reaped() or None, what="the reaped series")
+        tg.cancel_scope.cancel()
+    provider.shutdown()
+    assert got == {"requeued": 0, "failed": 0}
