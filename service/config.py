@@ -424,7 +424,8 @@ FIELDS: Final[tuple[Field, ...]] = (
         "llm_base_url",
         _base_url,
         None,
-        "an http(s) URL with a host, a port 1-65535 if any, no query (a key goes in LLM_API_KEY)",
+        "an http(s) URL with a host, a port 1-65535 if any, and without a query (a key goes in "
+        "LLM_API_KEY)",
         "primary LLM endpoint",
     ),
     Field(
@@ -450,7 +451,7 @@ FIELDS: Final[tuple[Field, ...]] = (
         "voxtral_base_url",
         _base_url,
         None,
-        "an http(s) URL with a host, a port 1-65535 if any, no query (a key goes in "
+        "an http(s) URL with a host, a port 1-65535 if any, and without a query (a key goes in "
         "VOXTRAL_API_KEY)",
         "Voxtral endpoint",
     ),
