@@ -90,6 +90,8 @@ class Worker:
         self._repo: JobRepository | None = None
         self._keeper: LeaseKeeper | None = None
         self._stranded: list[Job] = []  # jobs the last final writes could not hand back
+        self._final_deadline: float | None = None  # (anyio clock) of the final writes
+        self._final_done = False
         self._readiness_log = ReadinessLog(log)
 
     # --- control ----------------------------------------------------------------------------
@@ -242,16 +244,21 @@ class Worker:
 
     async def _final_writes(self) -> None:
         """Store queued results, then hand back every job not finished here (after the grace,
-        or at once after a hard exit; a second call finds nothing left). Each step has half
-        of ``FINAL_WRITES_TIMEOUT``: a result the database keeps refusing must not use up the
-        time the release needs, and its job is released too, to run again rather than wait
-        out its lease and lose an attempt."""
+        or at once after a hard exit; a second call finds nothing left, or has what is left
+        of the first's ``FINAL_WRITES_TIMEOUT``). Storing results has half of it at most: a
+        result the database keeps refusing must not use up the time the release needs, and
+        its job is released too, to run again rather than wait out its lease and lose an
+        attempt."""
         completer, executor, repo = self._completer, self._executor, self._repo
-        if completer is None or executor is None or repo is None:
+        if completer is None or executor is None or repo is None or self._final_done:
             return
+        if self._final_deadline is None:  # one bound for both calls: the second (at exit)
+            # redid the whole 10 s on a database that stopped answering, past the pod's grace
+            self._final_deadline = anyio.current_time() + shutdown.FINAL_WRITES_TIMEOUT
+        deadline = self._final_deadline
         half = shutdown.FINAL_WRITES_TIMEOUT / 2
         if len(completer):
-            with anyio.move_on_after(half):
+            with anyio.move_on_after(min(half, deadline - anyio.current_time())):
                 await completer.drain()
 
         def unfinished() -> list[Job]:
@@ -260,11 +267,15 @@ class Worker:
             return list(left.values())
 
         released = False
-        with anyio.move_on_after(half):
+        if anyio.current_time() >= deadline:  # the first call used the time up
+            self._stranded = unfinished()
+            return
+        with anyio.move_on_after(deadline - anyio.current_time()):
             await shutdown.release(repo, self.worker_id, unfinished, self.status, results=completer)
             released = True
             executor.to_release.clear()
             await shutdown.release_unknown(repo, self.worker_id, self.status)
+            self._final_done = True
         self._stranded = [] if released else unfinished()  # reported once, at exit
 
     def _cancel(self, job_id: UUID, started_us: int | None) -> None:

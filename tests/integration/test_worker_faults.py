@@ -535,6 +535,34 @@ async def test_jobs_that_cannot_be_handed_back_at_exit_are_named_in_the_log(
     assert (await repo.get(job.id)).status == "running"  # until its lease expires
 
 
+async def test_the_final_writes_at_exit_get_what_is_left_of_their_time_not_all_of_it_again(
+    repo: JobRepository, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """They run at the end of the drain and again at exit; on a database that stopped
+    answering the second run waited the whole ``FINAL_WRITES_TIMEOUT`` again (10 s), which
+    took a worker past Kubernetes' 60 s termination grace. Both share one bound now: the
+    release that used it up is not tried again."""
+    monkeypatch.setattr("service.worker.shutdown.FINAL_WRITES_TIMEOUT", 1.0)
+    tries: list[int] = []
+
+    async def release(self: JobRepository, worker_id: str, ids: Any) -> set[UUID]:
+        tries.append(len(ids))
+        await anyio.sleep_forever()  # a database that does not answer
+        raise AssertionError("unreachable")
+
+    monkeypatch.setattr(JobRepository, "release", release)
+
+    async def handler(job: Job) -> Any:
+        await anyio.sleep_forever()
+
+    async with running_worker(db_url, registry(handler), worker_shutdown_grace=0.1) as worker:
+        await repo.create(nj())
+        await until(lambda: worker.status.profiles[PROFILE].in_flight == 1, what="the job")
+        worker.stop()
+        await until(lambda: worker.status.state == "stopped", what="the worker to stop")
+    assert tries == [1]
+
+
 async def test_a_provider_refusing_everyone_is_retried_a_bad_request_is_final(
     repo: JobRepository, db_url: str
 ) -> None:
