@@ -270,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     dev_console = args.command == "dev" and "LOG_FORMAT" not in os.environ
     fmt = "console" if dev_console else settings.log_format
     setup_logging(settings.log_level, fmt)
-    previous = signal.signal(signal.SIGTERM, _terminate_as_exit)
+    previous = {s: signal.signal(s, _terminate_as_exit) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
         _setup_tracing(args.command, settings)
         _setup_metrics(args.command, settings)
@@ -281,7 +281,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         telemetry.shutdown()  # flush queued spans, bounded: a dead collector cannot hold us
         _shutdown_metrics()
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _setup_tracing(command: str, settings: Settings) -> None:

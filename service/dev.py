@@ -24,7 +24,7 @@ import anyio
 
 from service.config import Settings
 from service.db.dead_runs import end_leases_of_dead_runs
-from service.runtime import Service, http_service, supervise
+from service.runtime import STOP_SIGNALS, Service, http_service, supervise
 from service.serve import listen_all, make_server
 
 if TYPE_CHECKING:
@@ -133,7 +133,7 @@ def _signals_held() -> Iterator[None]:
             "stopping the embedded PostgreSQL first (%s noted)", signal.Signals(signum).name
         )
 
-    held = (signal.SIGINT, signal.SIGTERM)
+    held = STOP_SIGNALS
     previous = {s: signal.signal(s, note) for s in held}
     try:
         yield

@@ -1,11 +1,11 @@
 """Process supervision shared by every long-running command (api, worker, dev).
 
 Why one supervisor: the shutdown order matters more than any single server. The first
-SIGTERM/SIGINT asks the services to stop gracefully, stage by stage: workers (stage 0) stop
-claiming and drain while the servers they depend on (stage 1: in ``dev`` the simulator their
-jobs call, and the API) keep serving; a second signal cancels everything at once and the
-process exits 128 + the signal's number. If any service dies, the others are stopped too, so
-a pod never keeps running half-alive. Returns the process exit code.
+SIGTERM/SIGINT (or SIGHUP) asks the services to stop gracefully, stage by stage: workers
+(stage 0) stop claiming and drain while the servers they depend on (stage 1: in ``dev`` the
+simulator their jobs call, and the API) keep serving; a second signal cancels everything at
+once and the process exits 128 + the signal's number. If any service dies, the others are
+stopped too, so a pod never keeps running half-alive. Returns the process exit code.
 """
 
 from __future__ import annotations
@@ -20,6 +20,9 @@ import anyio
 from service.serve import EmbeddedServer, StartupFailed
 
 log = logging.getLogger("ai_service.runtime")
+# SIGHUP too: a closed terminal or a dropped SSH session (`make run`) killed the process on
+# the spot, leaving the embedded PostgreSQL, in a session of its own, running
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 @dataclass
@@ -71,7 +74,7 @@ async def supervise(services: list[Service]) -> int:
 
         async def watch_signals() -> None:
             nonlocal exit_code
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            with anyio.open_signal_receiver(*STOP_SIGNALS) as signals:
                 count = 0
                 async for signum in signals:
                     count += 1

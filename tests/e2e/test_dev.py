@@ -123,3 +123,7 @@ def _serve_twice(data_dir: Path) -> None:
     assert "reusing data" in second
     assert "applied migration" not in second  # the schema survived: same data directory
     assert wait_for(lambda: not _postgres_on(data_dir), what="postgres to exit", timeout=30)
+    # a closed terminal (SIGHUP) killed the process on the spot and left postgres running
+    third = _run_until_ready_then_signal(data_dir, signal.SIGHUP)
+    assert "received SIGHUP: shutting down gracefully" in third, third
+    assert wait_for(lambda: not _postgres_on(data_dir), what="postgres to exit", timeout=30)
