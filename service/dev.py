@@ -110,13 +110,15 @@ def _check_ports(settings: Settings) -> None:
 def _stop(embedded: EmbeddedPostgres) -> None:
     from service.db.embedded import EmbeddedError
 
+    ran = embedded.started  # (a refused start stops nothing: no line saying it did)
     with _signals_held():
         try:
             embedded.close()
         except EmbeddedError as exc:
             log.error("stopping the embedded PostgreSQL failed: %s", exc)
             return
-    log.info("embedded PostgreSQL stopped")
+    if ran:
+        log.info("embedded PostgreSQL stopped")
 
 
 @contextmanager

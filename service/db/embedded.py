@@ -9,6 +9,7 @@ PostgreSQL refuses to run as root; as root we run it as the wheel's ``embedded_p
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import os
 import pwd
@@ -153,6 +154,7 @@ class EmbeddedPostgres:
         self.socket_dir = Path(tempfile.mkdtemp(prefix="aisvc-pg-"))
         self._user = SYSTEM_USER if os.geteuid() == 0 else None
         self._started = False  # stop() stops only a server this object started
+        self._lock_fd: int | None = None
 
     # --- commands -----------------------------------------------------------------------
     def _run(self, exe: str, *args: str, timeout: float = 120) -> str:
@@ -188,16 +190,63 @@ class EmbeddedPostgres:
         return (self.data_dir / "PG_VERSION").exists()
 
     def init(self) -> bool:
-        """Run initdb unless the directory already holds a cluster; True when it created one."""
+        """Run initdb unless the directory already holds a cluster; True when it created one.
+
+        initdb runs in a directory beside it, renamed into place once complete: initdb writes
+        ``PG_VERSION`` first, so one interrupted by Ctrl-C left a directory taken for a
+        cluster ("reusing data") that every later start failed on."""
         self._prepare_permissions()
         if self.initialised:
             return False
-        self._run(
-            "initdb",
-            "-D", str(self.data_dir),
-            "--auth=trust", "--encoding=UTF8", "--locale=C", "-U", "postgres", "--no-sync",
-        )  # fmt: skip
+        if any(self.data_dir.iterdir()):
+            raise EmbeddedError(
+                f"{self.data_dir} is not empty but holds no PostgreSQL cluster; remove it, or "
+                "set EMBEDDED_PG_DATA to another directory"
+            )
+        for stale in self.data_dir.parent.glob(f".{self.data_dir.name}.initdb-*"):
+            shutil.rmtree(stale, ignore_errors=True)  # interrupted before (we hold the lock)
+        staging = self.data_dir.with_name(f".{self.data_dir.name}.initdb-{os.getpid()}")
+        staging.mkdir(mode=0o700)
+        try:
+            if self._user is not None:
+                entry = _ensure_user()
+                os.chown(staging, entry.pw_uid, entry.pw_gid)
+            self._run(
+                "initdb",
+                "-D", str(staging),
+                "--auth=trust", "--encoding=UTF8", "--locale=C", "-U", "postgres", "--no-sync",
+            )  # fmt: skip
+            staging.replace(self.data_dir)  # (over the empty directory made above)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         return True
+
+    def _lock(self) -> None:
+        """Hold the data directory for this object's life (an advisory lock on a file beside
+        it, released by the kernel however the process ends). Two ``make run`` started
+        together both passed the in-use check, and the one whose server could not start
+        stopped the other's."""
+        if self._lock_fd is not None:
+            return
+        path = self.data_dir.with_name(f".{self.data_dir.name}.lock")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            owner = _pid_in(self.data_dir / OWNER_FILE)
+            raise EmbeddedError(
+                f"{self.data_dir} is in use by another process"
+                + (f" (pid {owner})" if owner else "")
+                + "; stop it first, or set EMBEDDED_PG_DATA to another directory"
+            ) from None
+        self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # (closing the descriptor releases the lock)
+            self._lock_fd = None
 
     def running_pid(self) -> int | None:
         """PID of a live postmaster on this data directory, if any (ours or a leftover). A
@@ -213,6 +262,15 @@ class EmbeddedPostgres:
 
         A server started by another live process (a second ``make run`` in the same directory)
         is not a leftover: stopping it would break that process, so starting fails instead."""
+        self._lock()
+        try:
+            return self._start()
+        except BaseException:
+            if not self._started:
+                self._unlock()
+            raise
+
+    def _start(self) -> str:
         self.init()
         pid = self.running_pid()
         owner = _pid_in(self.data_dir / OWNER_FILE)
@@ -227,7 +285,7 @@ class EmbeddedPostgres:
         else:  # no server: a pid file left behind would make PostgreSQL refuse to start
             (self.data_dir / "postmaster.pid").unlink(missing_ok=True)
         (self.data_dir / OWNER_FILE).write_text(f"{os.getpid()}\n")
-        self._started = True
+        self._started = True  # (before: a start cut short may still leave a server running)
         options = [f"-c {k}={v}" for k, v in sorted(self.settings.items())]
         options += [f"-p {self.port}", "-h 127.0.0.1", f"-k {self.socket_dir}"]
         self._run(
@@ -242,16 +300,26 @@ class EmbeddedPostgres:
         if not self._started:
             return
         self._started = False
-        if self.running_pid() is not None:
-            self._run("pg_ctl", "-D", str(self.data_dir), "-m", "fast", "-w", "-t", "60", "stop")
-        if _pid_in(self.data_dir / OWNER_FILE) == os.getpid():
-            (self.data_dir / OWNER_FILE).unlink(missing_ok=True)
+        try:
+            if self.running_pid() is not None:
+                self._run(
+                    "pg_ctl", "-D", str(self.data_dir), "-m", "fast", "-w", "-t", "60", "stop"
+                )  # fmt: skip
+            if _pid_in(self.data_dir / OWNER_FILE) == os.getpid():
+                (self.data_dir / OWNER_FILE).unlink(missing_ok=True)
+        finally:
+            self._unlock()
 
     def close(self) -> None:
         try:
             self.stop()
         finally:
             shutil.rmtree(self.socket_dir, ignore_errors=True)
+
+    @property
+    def started(self) -> bool:
+        """Whether this object runs the server (a refused ``start()`` does not)."""
+        return self._started
 
     def url_for(self, database: str = "postgres") -> str:
         return f"postgresql://postgres@/{database}?host={self.socket_dir}&port={self.port}"
