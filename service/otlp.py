@@ -106,7 +106,9 @@ _KV_CACHE: dict[tuple[bytes, str, type, Any], bytes] = {}
 _KV_CACHE_MAX = 4096
 _VALUES_PER_KEY = 64
 _KEY_VALUES: dict[tuple[bytes, str], int] = {}
-_SCALARS = frozenset((str, bool, int, float))
+# Not floats: 0.0 == -0.0 (the cache wrote the first one seen for both), NaN != NaN (never
+# found again), and a float attribute is a measurement, seldom repeated.
+_SCALARS = frozenset((str, bool, int))
 
 
 def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
@@ -173,7 +175,8 @@ def _span(span: ReadableSpan) -> bytes:
     if type(span) is LeanSpan:  # its fields as they are: no property calls, no copies
         return _span_fields(
             span._context, span._parent, span._name, span._kind, span._start_time,
-            span._end_time, span._attributes, 0, span._events, 0, span._links, 0, span._status,
+            span._end_time, span._attributes, span._dropped, span._events, 0, span._links, 0,
+            span._status,
         )  # fmt: skip
     return _span_fields(
         span.context, span.parent, span.name, span.kind, span.start_time, span.end_time,

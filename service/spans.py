@@ -12,8 +12,12 @@ numbers, booleans, sequences of strings), so they keep them in a plain ``dict``.
 What stays the SDK's: the installed ``TracerProvider``'s sampler (``OTEL_TRACES_SAMPLER``
 applies unchanged), its id generator, its resource, and its span processors, which receive the
 same ``ReadableSpan`` the SDK's span would hand them (a test compares the two exports field by
-field). What is left out, on purpose: span limits (our spans have a fixed, small set of
-attributes), processors' ``on_start`` (the batch processor ignores it) and exception messages
+field). Span limits apply to attributes (``OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT``, and
+``OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT`` / ``OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT``), once, as
+the span ends: with ``OTEL_CAPTURE_CONTENT=true`` a GenAI span carries the prompt, and one of
+megabytes made its export batch exceed the collector's message size, losing every span in it.
+What is left out, on purpose: limits on events and links (a span here has one or two),
+processors' ``on_start`` (the batch processor ignores it) and exception messages
 (``record_exception`` records the type only: messages may quote job input).
 """
 
@@ -56,6 +60,9 @@ class _Pipeline:
         # The SDK's default (and ``OTEL_TRACES_SAMPLER=parentbased_always_on``): decided here
         # without the sampler's call chain, with the same outcome (tested).
         self.parent_based_on = provider.sampler is DEFAULT_ON
+        limits = provider._span_limits  # (no public accessor either)
+        self.max_attributes: int | None = limits.max_span_attributes
+        self.max_length: int | None = limits.max_span_attribute_length
 
 
 _pipeline: _Pipeline | None = None
@@ -87,6 +94,8 @@ class LeanSpan(trace.Span, ReadableSpan):
         start_time: int | None,
     ) -> None:
         self._processor = pipeline.processor
+        self._limits = pipeline.max_attributes, pipeline.max_length
+        self._dropped = 0
         self._resource = pipeline.resource
         self._instrumentation_scope = scope
         self._instrumentation_info = None
@@ -163,7 +172,7 @@ class LeanSpan(trace.Span, ReadableSpan):
 
     @property
     def dropped_attributes(self) -> int:
-        return 0
+        return self._dropped
 
     @property
     def dropped_events(self) -> int:
@@ -176,7 +185,30 @@ class LeanSpan(trace.Span, ReadableSpan):
     def end(self, end_time: int | None = None) -> None:
         if self._end_time is None:
             self._end_time = time.time_ns() if end_time is None else end_time
+            count, length = self._limits
+            if length is not None or (count is not None and len(self._attributes) > count):
+                self._limit(count, length)
             self._processor.on_end(self)
+
+    def _limit(self, count: int | None, length: int | None) -> None:
+        """The SDK's span limits: the oldest attributes past ``count`` dropped, strings (and
+        strings in sequences) cut to ``length``."""
+        attributes = self._attributes
+        if count is not None and len(attributes) > count:
+            keys = list(attributes)
+            self._dropped = len(keys) - count
+            attributes = {k: attributes[k] for k in keys[self._dropped :]}
+        if length is not None:
+            attributes = {k: _cut(v, length) for k, v in attributes.items()}
+        self._attributes = attributes
+
+
+def _cut(value: Any, length: int) -> Any:
+    if isinstance(value, str):
+        return value[:length]
+    if isinstance(value, tuple):
+        return tuple(v[:length] if isinstance(v, str) else v for v in value)
+    return value
 
 
 class LeanTracer:

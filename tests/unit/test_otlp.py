@@ -112,10 +112,13 @@ def test_an_unencodable_value_falls_back_to_the_sdk_encoder() -> None:
 def test_the_attribute_cache_keeps_types_apart() -> None:
     provider, exporter = _provider(Resource({}))
     tracer = provider.get_tracer("t")
-    for value in (1, True, 1.0, "1"):
+    for value in (1, True, 1.0, "1", 0.0, -0.0):  # (0.0 == -0.0: the cache merged them)
         tracer.start_span("s", attributes={"v": value}).end()
     spans = list(exporter.get_finished_spans())
     _same(otlp.encode(spans), spans)
+    negative_zero = ExportTraceServiceRequest.FromString(otlp.encode(spans[-1:]))
+    [kv] = negative_zero.resource_spans[0].scope_spans[0].spans[0].attributes
+    assert str(kv.value.double_value) == "-0.0"
 
 
 def test_grpc_exporter_sends_the_encoded_spans() -> None:

@@ -15,7 +15,7 @@ from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.id_generator import IdGenerator
@@ -47,13 +47,16 @@ class CountingIds(IdGenerator):
         return 0xABC0000 + next(self._next)
 
 
-def _provider(sampler: Sampler | None = None) -> tuple[TracerProvider, InMemorySpanExporter]:
+def _provider(
+    sampler: Sampler | None = None, limits: SpanLimits | None = None
+) -> tuple[TracerProvider, InMemorySpanExporter]:
     exporter = InMemorySpanExporter()
     provider = TracerProvider(
         resource=Resource({"service.name": "t"}),
         id_generator=CountingIds(),
         sampler=sampler,
         shutdown_on_exit=False,
+        span_limits=limits,
     )
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     return provider, exporter
@@ -142,6 +145,30 @@ def test_lean_spans_export_what_the_sdks_spans_export(sampler: Sampler) -> None:
     chat, process = ours[1], ours[2]
     assert chat.parent is not None and chat.parent.span_id == process.context.span_id
     assert process.context.trace_id == 0x0AF7651916CD43DD8448EB211C80319C
+
+
+def test_span_limits_apply_to_lean_spans_as_to_the_sdks() -> None:
+    """With OTEL_CAPTURE_CONTENT=true a GenAI span carries the prompt: one of megabytes made
+    its export batch exceed the collector's message size (every span in it lost), whatever
+    OTEL_*_ATTRIBUTE_VALUE_LENGTH_LIMIT said. The SDK's limits, cut as the SDK cuts."""
+    limits = SpanLimits(max_span_attributes=2, max_span_attribute_length=3)
+    provider, lean_exporter = _provider(limits=limits)
+    spans.install(provider)
+    try:
+        _scenario(_lean_start(spans.LeanTracer("service.jobs")))
+    finally:
+        spans.install(None)
+    provider, sdk_exporter = _provider(limits=limits)
+    _scenario(_sdk_start(provider.get_tracer("service.jobs")))
+    ours, theirs = lean_exporter.get_finished_spans(), sdk_exporter.get_finished_spans()
+    assert _exported(ours) == _exported(theirs)
+    assert ExportTraceServiceRequest.FromString(otlp._encode(ours)) == _exported(theirs)
+    assert dict(ours[1].attributes or {}) == {
+        "gen_ai.usage.input_tokens": 7,
+        "flag": True,
+    }
+    assert ours[1].dropped_attributes == theirs[1].dropped_attributes == 2
+    assert dict(ours[2].attributes or {}) == {"wait": 1.5, "error.type": "pro"}  # cut to 3
 
 
 def test_the_current_lean_span_is_what_traceparent_and_children_follow(
