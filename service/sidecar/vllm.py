@@ -58,7 +58,11 @@ def _quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:
 
 
 def summarise(text: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+    """The figures of every model on the page together. A family may come in pieces (the
+    same name again further down, as a page that writes one model's metrics after another's
+    does): the pieces add up, rather than the last replacing the others."""
+    gauges: dict[str, list[float]] = {}
+    histograms: dict[str, tuple[dict[float, float], list[float]]] = {}  # buckets, [sum, count]
     families = list(text_string_to_metric_families(text))
     served = {f.name for f in families}
     for family in families:
@@ -66,15 +70,9 @@ def summarise(text: str) -> dict[str, Any]:
         if family.name in GAUGES:
             if family.name in LEGACY and "vllm:kv_cache_usage_perc" in served:
                 continue
-            values = [s.value for s in family.samples]
-            key = GAUGES[family.name]
-            if key in AVERAGED:
-                out[key] = sum(values) / len(values) if values else None
-            else:
-                out[key] = sum(values)
-        elif family.name in HISTOGRAMS:
-            buckets: dict[float, float] = {}
-            total = count = 0.0
+            gauges.setdefault(GAUGES[family.name], []).extend(s.value for s in family.samples)
+        elif (name := _histogram_of(family.name)) is not None:
+            buckets, totals = histograms.setdefault(HISTOGRAMS[name], ({}, [0.0, 0.0]))
             for s in family.samples:
                 if s.name.endswith("_bucket"):
                     if "le" not in s.labels:  # malformed: ``float(...)`` below raises ValueError
@@ -82,17 +80,33 @@ def summarise(text: str) -> dict[str, Any]:
                     le = float(s.labels["le"])
                     buckets[le] = buckets.get(le, 0.0) + s.value
                 elif s.name.endswith("_sum"):
-                    total += s.value
+                    totals[0] += s.value
                 elif s.name.endswith("_count"):
-                    count += s.value
-            ordered = sorted(buckets.items())
-            out[HISTOGRAMS[family.name]] = {
-                "count": count,
-                "mean_s": (total / count) if count else None,
-                "p50_s": _quantile(0.5, ordered),
-                "p95_s": _quantile(0.95, ordered),
-            }
+                    totals[1] += s.value
+    out: dict[str, Any] = {}
+    for key, values in gauges.items():
+        if key in AVERAGED:
+            out[key] = sum(values) / len(values) if values else None
+        else:
+            out[key] = sum(values)
+    for key, (buckets, (total, count)) in histograms.items():
+        ordered = sorted(buckets.items())
+        out[key] = {
+            "count": count,
+            "mean_s": (total / count) if count else None,
+            "p50_s": _quantile(0.5, ordered),
+            "p95_s": _quantile(0.95, ordered),
+        }
     return out
+
+
+def _histogram_of(family: str) -> str | None:
+    """The histogram a family belongs to: its own name, or (a piece without its TYPE line,
+    which the parser reads as untyped) that name with ``_bucket``/``_sum``/``_count``."""
+    if family in HISTOGRAMS:
+        return family
+    base, _, suffix = family.rpartition("_")
+    return base if suffix in ("bucket", "sum", "count") and base in HISTOGRAMS else None
 
 
 async def read_vllm(name: str, metrics_url: str, client: httpx.AsyncClient) -> dict[str, Any]:

@@ -55,34 +55,34 @@ def _num(v: float) -> str:
 
 
 class Exposition:
-    """Collects metric families and renders them in the text format."""
+    """Collects metric families and renders them in the text format, each family's samples
+    together under its HELP and TYPE (as vLLM writes them): two models' samples written one
+    model after the other made the second model's lines families of their own, untyped, with
+    the same names, which a parser took for duplicates."""
 
     def __init__(self) -> None:
-        self._lines: list[str] = []
-        self._declared: set[str] = set()
+        self._families: dict[str, list[str]] = {}
 
-    def _declare(self, name: str, kind: str, help_text: str) -> None:
-        if name not in self._declared:
-            self._declared.add(name)
-            self._lines.append(f"# HELP {name} {help_text}")
-            self._lines.append(f"# TYPE {name} {kind}")
+    def _family(self, name: str, kind: str, help_text: str) -> list[str]:
+        lines = self._families.get(name)
+        if lines is None:
+            lines = self._families[name] = [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+        return lines
 
     def gauge(self, name: str, help_text: str, labels: Mapping[str, str], value: float) -> None:
-        self._declare(name, "gauge", help_text)
-        self._lines.append(f"{name}{_labels(labels)} {_num(value)}")
+        self._family(name, "gauge", help_text).append(f"{name}{_labels(labels)} {_num(value)}")
 
     def counter(self, name: str, help_text: str, labels: Mapping[str, str], value: float) -> None:
-        self._declare(name, "counter", help_text)
-        self._lines.append(f"{name}{_labels(labels)} {_num(value)}")
+        self._family(name, "counter", help_text).append(f"{name}{_labels(labels)} {_num(value)}")
 
     def histogram(
         self, name: str, help_text: str, labels: Mapping[str, str], hist: Histogram
     ) -> None:
-        self._declare(name, "histogram", help_text)
+        lines = self._family(name, "histogram", help_text)
         for suffix, le, value in hist.samples():
-            self._lines.append(f"{name}{suffix}{_labels({**labels, 'le': le})} {_num(value)}")
-        self._lines.append(f"{name}_sum{_labels(labels)} {_num(hist.sum)}")
-        self._lines.append(f"{name}_count{_labels(labels)} {_num(hist.count)}")
+            lines.append(f"{name}{suffix}{_labels({**labels, 'le': le})} {_num(value)}")
+        lines.append(f"{name}_sum{_labels(labels)} {_num(hist.sum)}")
+        lines.append(f"{name}_count{_labels(labels)} {_num(hist.count)}")
 
     def render(self) -> str:
-        return "\n".join(self._lines) + "\n"
+        return "\n".join(line for lines in self._families.values() for line in lines) + "\n"

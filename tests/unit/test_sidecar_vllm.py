@@ -56,6 +56,32 @@ def test_summarise_reads_gauges_and_histograms() -> None:
     }
 
 
+def test_a_family_written_in_pieces_adds_up() -> None:
+    """A page that writes one model's metrics after another's repeats each name further
+    down (untyped there): the later piece replaced the earlier, so two models' running
+    requests read as the second's alone and its histograms were lost."""
+    voxtral = VLLM_TEXT.replace("qwen2.5-14b", "voxtral").replace(" 12.0", " 2.0")
+    second = "\n".join(line for line in voxtral.splitlines() if not line.startswith("#"))
+    out = summarise(VLLM_TEXT + second + "\n")
+    assert out["requests_running"] == 14.0 and out["requests_waiting"] == 6.0
+    assert out["kv_cache_usage"] == pytest.approx(0.42)  # a mean of fractions
+    assert out["time_to_first_token"]["count"] == 200.0
+
+
+def test_the_simulators_page_keeps_each_family_together() -> None:
+    from service.simulator.metrics import Exposition
+
+    page = Exposition()
+    for model in ("a", "b"):
+        page.gauge("vllm:num_requests_running", "Running.", {"model_name": model}, 1.0)
+        page.gauge("vllm:num_requests_waiting", "Waiting.", {"model_name": model}, 0.0)
+    lines = page.render().splitlines()
+    assert lines.count("# TYPE vllm:num_requests_running gauge") == 1
+    running = [i for i, line in enumerate(lines) if line.startswith("vllm:num_requests_running")]
+    assert running == [running[0], running[0] + 1]  # together, under their TYPE
+    assert summarise(page.render())["requests_running"] == 2.0
+
+
 def test_quantile_in_the_inf_bucket_reports_the_last_finite_bound() -> None:
     assert _quantile(0.99, [(1.0, 10.0), (float("inf"), 20.0)]) == 1.0
 
