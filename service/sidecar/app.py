@@ -23,7 +23,32 @@ from service.sidecar.vllm import read_vllm
 FRESH_FOR_S = 2.0
 
 
+class OneNvmlRead:
+    """NVML readings, one at a time. A wedged driver never returns: the reading is left to
+    its thread after ``SOURCE_DEADLINE_S``, and while that thread is stuck no other starts —
+    each collection (every 2 s while anyone polls) started one more before, without end."""
+
+    def __init__(self) -> None:
+        self._busy = False
+
+    def _read(self) -> dict[str, Any]:
+        try:
+            return read_gpus()
+        finally:
+            self._busy = False  # (in the thread, whenever the driver answers)
+
+    async def read(self) -> dict[str, Any]:
+        unavailable: dict[str, Any] = {"available": False, "devices": []}
+        if self._busy:
+            return {**unavailable, "reason": "NVML has not answered an earlier reading yet"}
+        self._busy = True
+        with anyio.move_on_after(SOURCE_DEADLINE_S):
+            return await anyio.to_thread.run_sync(self._read, abandon_on_cancel=True)
+        return {**unavailable, "reason": f"NVML did not answer within {SOURCE_DEADLINE_S:g}s"}
+
+
 def create_sidecar_app(vllm_metrics: dict[str, str], docker_socket: str) -> Litestar:
+    nvml = OneNvmlRead()
     lock = anyio.Lock()
     last: dict[str, Any] = {}
     last_at = -FRESH_FOR_S
@@ -47,15 +72,7 @@ def create_sidecar_app(vllm_metrics: dict[str, str], docker_socket: str) -> Lite
         async with httpx.AsyncClient(timeout=3.0) as client:
 
             async def gpus() -> None:
-                result["gpus"] = {
-                    "available": False,
-                    "reason": f"NVML did not answer within {SOURCE_DEADLINE_S:g}s",
-                    "devices": [],
-                }
-                with anyio.move_on_after(SOURCE_DEADLINE_S):  # a wedged driver: leave its thread
-                    result["gpus"] = await anyio.to_thread.run_sync(
-                        read_gpus, abandon_on_cancel=True
-                    )
+                result["gpus"] = await nvml.read()
 
             async def containers() -> None:
                 result["containers"] = await read_containers(docker_socket)

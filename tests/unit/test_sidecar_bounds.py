@@ -104,6 +104,34 @@ async def test_status_requests_share_one_collection_while_it_is_fresh(
     assert body["vllm"][0]["requests_running"] == 7 and body["containers"]["available"] is False
 
 
+async def test_a_wedged_gpu_driver_holds_one_thread_not_one_per_collection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import threading
+
+    monkeypatch.setattr(sidecar_app, "SOURCE_DEADLINE_S", 0.05)
+    monkeypatch.setattr(sidecar_app, "FRESH_FOR_S", 0.0)  # every request collects anew
+    wedged, calls = threading.Event(), []
+
+    def read_gpus() -> dict[str, Any]:
+        calls.append(1)
+        wedged.wait(60)  # a driver that does not answer (released at the end of the test)
+        return {"available": True, "devices": []}
+
+    monkeypatch.setattr(sidecar_app, "read_gpus", read_gpus)
+    app = sidecar_app.create_sidecar_app({}, "/nonexistent.sock")
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://sidecar") as client:
+            reasons = [(await client.get("/infra/status")).json()["gpus"]["reason"]
+                       for _ in range(5)]  # fmt: skip
+    finally:
+        wedged.set()
+    assert calls == [1]  # one thread stuck in the driver, not five
+    assert reasons[0] == "NVML did not answer within 0.05s"
+    assert set(reasons[1:]) == {"NVML has not answered an earlier reading yet"}
+
+
 def test_one_unsupported_gpu_reading_is_none_not_every_gpu_hidden(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
