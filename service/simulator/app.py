@@ -144,7 +144,7 @@ def _check_chat(body: Any, sim: Simulator) -> Response[Any] | None:
     if not isinstance(messages, list) or not messages:
         return error(400, "messages: a non-empty list is required.")
     for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in _ROLES:
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or m["role"] not in _ROLES:
             return error(400, f"messages[{i}]: a message needs a valid role.")
     if body.get("stream"):
         return error(400, "stream=true is not simulated.")
@@ -227,14 +227,19 @@ def build_app(sim: Simulator) -> Litestar:
         if kind == "invalid_json":
             answer, full = "Sure! Here is the JSON you asked for: {", None
         elif rf.get("type") in ("json_object", "json_schema"):
-            answer, full = content.json_answer(rf, text), None
+            try:
+                answer, full = content.json_answer(rf, text), None
+            except content.SchemaError as exc:
+                return error(400, f"response_format.json_schema: {exc}")
         else:
             answer, full = "", cfg.completion_tokens
         output = full if full is not None else content.estimate_tokens(answer)
         reason = "stop"
-        if max_tokens is not None and max_tokens < output:
-            output, reason = max_tokens, "length"
-            answer = answer[: max_tokens * 4]
+        # without max_tokens vLLM generates up to the context's end, no further
+        limit = max_tokens if max_tokens is not None else cfg.max_model_len - prompt
+        if limit < output:
+            output, reason = limit, "length"
+            answer = answer[: limit * 4]
         if full is not None:
             answer = content.text_answer(output)
         async with gpu.slot(prompt + output) as arrived:

@@ -54,28 +54,56 @@ def text_answer(tokens: int) -> str:
     return " ".join(_WORDS[i % len(_WORDS)] for i in range(max(1, tokens))).capitalize() + "."
 
 
-def example_from_schema(schema: Any, depth: int = 0) -> Any:
+MAX_SCHEMA_NODES = 10_000  # values an example may hold: a 100-byte schema asked for 8e9
+
+
+class SchemaError(ValueError):
+    """The schema cannot be followed (vLLM's guided decoding refuses it: a 400)."""
+
+
+def example_from_schema(schema: Any, depth: int = 0, budget: list[int] | None = None) -> Any:
     """A small value that satisfies common JSON Schemas (types, enum, const, properties)."""
+    budget = [MAX_SCHEMA_NODES] if budget is None else budget
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise SchemaError(f"the schema asks for a value of more than {MAX_SCHEMA_NODES} parts")
     if not isinstance(schema, dict) or depth > 8:
         return "simulated"
     if "const" in schema:
         return schema["const"]
-    if schema.get("enum"):
+    if "enum" in schema:
+        if not isinstance(schema["enum"], list) or not schema["enum"]:
+            raise SchemaError("enum must be a non-empty array")
         return schema["enum"][0]
     for key in ("anyOf", "oneOf", "allOf"):
         if isinstance(schema.get(key), list) and schema[key]:
-            return example_from_schema(schema[key][0], depth + 1)
+            return example_from_schema(schema[key][0], depth + 1, budget)
     kind = schema.get("type", "object" if "properties" in schema else "string")
     if isinstance(kind, list):
         kind = next((k for k in kind if k != "null"), "null")
     if kind == "object":
         props = schema.get("properties") or {}
-        return {k: example_from_schema(v, depth + 1) for k, v in props.items()}
+        if not isinstance(props, dict):
+            raise SchemaError("properties must be an object")
+        return {k: example_from_schema(v, depth + 1, budget) for k, v in props.items()}
     if kind == "array":
-        return [example_from_schema(schema.get("items", {}), depth + 1)] * max(
-            1, int(schema.get("minItems", 1))
-        )
+        count = schema.get("minItems", 1)
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise SchemaError("minItems must be a non-negative integer")
+        item = example_from_schema(schema.get("items", {}), depth + 1, budget)
+        budget[0] -= max(0, count - 1) * _size(item)
+        if budget[0] < 0:
+            raise SchemaError(f"the schema asks for a value of more than {MAX_SCHEMA_NODES} parts")
+        return [item] * max(1, count)
     return {"integer": 1, "number": 0.5, "boolean": True, "null": None}.get(kind, "simulated")
+
+
+def _size(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + sum(_size(v) for v in value.values())
+    if isinstance(value, list):
+        return 1 + sum(_size(v) for v in value)
+    return 1
 
 
 def json_answer(response_format: dict[str, Any], last_user: str) -> str:
@@ -91,9 +119,12 @@ def audio_seconds(data: bytes) -> float:
     """Duration of a WAV file from its header; otherwise an estimate from the size."""
     try:
         with wave.open(io.BytesIO(data)) as w:
-            rate = w.getframerate()
-            if rate > 0:
-                return float(w.getnframes()) / float(rate)
+            rate, frame = w.getframerate(), w.getsampwidth() * w.getnchannels()
+            if rate > 0 and frame > 0:
+                # the frames the file holds, not the header's claim: 44 bytes claiming 4 GB
+                # of 1 Hz audio made a transcript of 4e9 seconds
+                frames = min(w.getnframes(), len(data) // frame)
+                return float(frames) / float(rate)
     except (wave.Error, EOFError):
         pass
     return len(data) / FALLBACK_BYTES_PER_SECOND
