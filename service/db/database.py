@@ -110,6 +110,8 @@ async def _translate_errors() -> AsyncIterator[None]:
     try:
         yield
     except (psycopg.DataError, psycopg.errors.ProgramLimitExceeded) as exc:
+        if _notify_queue_full(exc):  # class 54, yet it passes: retried, not refused
+            raise DatabaseUnavailable(_first_line(exc, "NOTIFY queue full")) from exc
         raise ValueRefused(_first_line(exc, "value refused")) from exc
     except psycopg.errors.QueryCanceled as exc:
         # 57014 is also a cancel request (psycopg sends one when a task is cancelled); only
@@ -122,6 +124,14 @@ async def _translate_errors() -> AsyncIterator[None]:
         raise DatabaseUnavailable(_first_line(exc, "unavailable")) from exc
     except psycopg.errors.IntegrityError as exc:
         raise IntegrityViolation(_first_line(exc, "constraint violated")) from exc
+
+
+def _notify_queue_full(exc: psycopg.Error) -> bool:
+    """The server's NOTIFY queue is full (a session that LISTENs sits in a long transaction,
+    so the queue cannot be trimmed): every insert and completion fails until it lets go.
+    Refused as a bad value, a valid job was answered 422 and a stored result taken for one
+    that cannot be stored. Told by the raising function, which no ``lc_messages`` changes."""
+    return exc.diag.source_function == "PreCommit_Notify"
 
 
 def _stale_plan(exc: psycopg.Error) -> bool:

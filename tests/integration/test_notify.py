@@ -187,3 +187,46 @@ async def test_a_listen_connection_takes_many_channels_in_few_round_trips(db_url
         assert conn.channels == set()
     finally:
         await conn.close()
+
+
+async def test_a_full_notify_queue_is_a_passing_outage_not_a_refused_value() -> None:
+    """A session that LISTENs and then sits in a long transaction keeps the server's NOTIFY
+    queue from being trimmed; once full, every insert (and completion) fails until it lets
+    go. That error is of class 54, taken for a value PostgreSQL refuses: a valid job was
+    answered 422 and a result taken for one that cannot be stored; it is an outage (503,
+    retried). A server of its own, with a small queue (PostgreSQL 17+ sets its size)."""
+    import tempfile
+    from pathlib import Path
+
+    from service.db import DatabaseUnavailable
+    from service.db.embedded import FAST_SETTINGS, EmbeddedPostgres
+    from service.db.migrate import migrate
+
+    small = {**FAST_SETTINGS, "max_notify_queue_pages": "64"}
+    with tempfile.TemporaryDirectory(prefix="aisvc-nq-") as tmp:
+        server = EmbeddedPostgres(Path(tmp) / "pg", settings=small)
+        url = server.start()
+        try:
+            migrate(url)
+            holder = listener(url, "x")
+            holder.execute("BEGIN")
+            holder.execute("SELECT 1")  # idle in a transaction: the queue cannot be trimmed
+            with psycopg.connect(url, autocommit=True) as filler:
+                full = None
+                for _ in range(10_000):
+                    try:
+                        filler.execute("SELECT pg_notify('x', repeat('a', 7900))")
+                    except psycopg.errors.ProgramLimitExceeded as exc:
+                        full = exc
+                        break
+                assert full is not None, "the queue should have filled"
+            db = await open_database(url, max_size=1)
+            try:
+                repo = JobRepository(db)
+                with pytest.raises(DatabaseUnavailable, match="NOTIFY queue"):
+                    await repo.create(nj("p"))
+                holder.close()  # (it lets go: the queue drains as listeners read on)
+            finally:
+                await db.close()
+        finally:
+            server.close()
