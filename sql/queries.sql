@@ -323,7 +323,9 @@ SET status = CASE WHEN j.attempts >= j.max_attempts THEN 'failed' ELSE 'pending'
     finished_at = CASE WHEN j.attempts >= j.max_attempts THEN now() ELSE NULL END,
     worker_id = CASE WHEN j.attempts >= j.max_attempts THEN j.worker_id ELSE NULL END,
     lease_expires_at = NULL,
-    run_after = now(),
+    -- due again now when requeued; a final failure keeps the due time of its last attempt
+    -- (now() there made its queue wait, started_at - run_after, negative in the stats)
+    run_after = CASE WHEN j.attempts >= j.max_attempts THEN j.run_after ELSE now() END,
     updated_at = now()
 FROM expired
 WHERE j.id = expired.id

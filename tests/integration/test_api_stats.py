@@ -180,3 +180,24 @@ async def test_a_past_run_after_is_stored_as_the_submission_time(
         stats = (await api.client.get("/api/v1/stats")).json()
     ages = [q["oldest_pending_age_seconds"] for q in stats["pending"]]
     assert ages and all(age < 3600 for age in ages), stats["pending"]
+
+
+async def test_a_job_the_reaper_fails_for_good_keeps_the_wait_of_its_last_attempt(
+    repo: JobRepository, db_url: str
+) -> None:
+    """The reaper set ``run_after = now()`` on a job it failed for good too, so its final
+    attempt's wait (``started_at`` - due time) came out minus a lease in the stats."""
+    job, _ = await repo.create(NewJob(owner_service="t", task_type="x", model_profile="p",
+                                      max_attempts=1))  # fmt: skip
+    await repo.claim("p", "w", limit=1, lease_seconds=60)
+    with psycopg.connect(db_url, autocommit=True) as conn:  # due 95 s ago, claimed after 5 s
+        conn.execute(
+            "UPDATE ai_jobs SET created_at = now() - interval '95 seconds', "
+            "run_after = now() - interval '95 seconds', started_at = now() - interval '90 s', "
+            "lease_expires_at = now() - interval '30 seconds' WHERE id = %s",
+            (job.id,),
+        )
+    reaped = await repo.reap()
+    assert reaped is not None and [r.status for r in reaped] == ["failed"]
+    recent = (await StatsRepository(repo.db).snapshot())["stats_recent"][0]
+    assert recent["wait_p50"] == pytest.approx(5.0, abs=1.0), recent
