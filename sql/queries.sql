@@ -209,7 +209,7 @@ RETURNING id, extract(epoch FROM lease_expires_at - now())::float8 AS seconds_le
 -- newer one. Without it, as the seed's workers call it: the worker_id alone.
 UPDATE ai_jobs
 SET status = 'completed', result = %(result)s, finished_at = now(), updated_at = now(),
-    lease_expires_at = NULL, error_category = NULL, error_message = NULL
+    lease_expires_at = NULL, error_category = NULL, error_message = NULL, failed_at = NULL
 WHERE id = %(id)s AND status = 'running' AND worker_id = %(worker_id)s
   AND (%(started_at)s::timestamptz IS NULL OR started_at = %(started_at)s::timestamptz)
 RETURNING {{ _job_columns }};
@@ -220,7 +220,7 @@ RETURNING {{ _job_columns }};
 -- a retry or a reap) must not complete the newer run.
 UPDATE ai_jobs AS j
 SET status = 'completed', result = u.result, finished_at = now(), updated_at = now(),
-    lease_expires_at = NULL, error_category = NULL, error_message = NULL
+    lease_expires_at = NULL, error_category = NULL, error_message = NULL, failed_at = NULL
 FROM unnest(%(ids)b::uuid[], %(results)b::jsonb[], %(started)b::timestamptz[])
      AS u(id, result, started_at)
 WHERE j.id = u.id AND j.status = 'running' AND j.worker_id = %(worker_id)s
@@ -255,6 +255,7 @@ SET status = CASE WHEN %(retryable)s AND attempts < max_attempts
     lease_expires_at = NULL,
     error_category = %(error_category)s,
     error_message = %(error_message)s,
+    failed_at = now(),
     updated_at = now()
 WHERE id = %(id)s AND status = 'running' AND worker_id = %(worker_id)s
   AND (%(started_at)s::timestamptz IS NULL OR started_at = %(started_at)s::timestamptz)
@@ -283,6 +284,7 @@ RETURNING id;
 UPDATE ai_jobs
 SET status = 'pending', attempts = 0, run_after = now(), worker_id = NULL,
     lease_expires_at = NULL, result = NULL, error_category = NULL, error_message = NULL,
+    failed_at = NULL,
     started_at = NULL, finished_at = NULL, updated_at = now()
 WHERE id = %(id)s AND status IN ('failed', 'running')
 RETURNING {{ _job_columns }};
@@ -291,6 +293,7 @@ RETURNING {{ _job_columns }};
 UPDATE ai_jobs
 SET status = 'pending', attempts = 0, run_after = now(), worker_id = NULL,
     lease_expires_at = NULL, result = NULL, error_category = NULL, error_message = NULL,
+    failed_at = NULL,
     started_at = NULL, finished_at = NULL, updated_at = now()
 WHERE status IN ('failed', 'running') AND {{ _job_filter }}
 RETURNING id;
@@ -319,6 +322,7 @@ WITH expired AS (
 UPDATE ai_jobs AS j
 SET status = CASE WHEN j.attempts >= j.max_attempts THEN 'failed' ELSE 'pending' END,
     error_category = 'lease_expired',
+    failed_at = now(),
     error_message = 'lease expired on worker ' || j.worker_id || ' after attempt ' || j.attempts,
     finished_at = CASE WHEN j.attempts >= j.max_attempts THEN now() ELSE NULL END,
     worker_id = CASE WHEN j.attempts >= j.max_attempts THEN j.worker_id ELSE NULL END,

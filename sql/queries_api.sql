@@ -8,12 +8,21 @@ FROM ai_jobs GROUP BY status, model_profile, task_type
 ORDER BY status, model_profile, task_type;
 
 -- name: stats_errors
--- Jobs whose latest attempt failed, by category: index-only scan of ai_jobs_errors_idx.
-SELECT error_category,
-       count(*) FILTER (WHERE updated_at >= now() - interval '1 hour') AS last_hour,
-       count(*) AS total
-FROM ai_jobs WHERE error_category IS NOT NULL
-GROUP BY error_category ORDER BY error_category;
+-- Jobs whose latest failure is still their error, by category (index-only scan of
+-- ai_jobs_errors_idx), and how many of those failures came in the last hour (the newest
+-- range of ai_jobs_failed_at_idx: failed_at, not updated_at, which claims and heartbeats move).
+WITH total AS (
+    SELECT error_category, count(*) AS total
+    FROM ai_jobs WHERE error_category IS NOT NULL GROUP BY error_category
+), recent AS (
+    SELECT error_category, count(*) AS last_hour
+    FROM ai_jobs
+    WHERE failed_at >= now() - interval '1 hour' AND error_category IS NOT NULL
+    GROUP BY error_category
+)
+SELECT total.error_category, coalesce(recent.last_hour, 0) AS last_hour, total.total
+FROM total LEFT JOIN recent USING (error_category)
+ORDER BY total.error_category;
 
 -- name: stats_pending
 -- The queue per profile from the partial claim index. The age is how long the oldest *due*

@@ -21,6 +21,7 @@ ai_jobs.created_at timestamp with time zone NOT NULL DEFAULT now()
 ai_jobs.started_at timestamp with time zone
 ai_jobs.finished_at timestamp with time zone
 ai_jobs.updated_at timestamp with time zone NOT NULL DEFAULT now()
+ai_jobs.failed_at timestamp with time zone
 ai_service_migrations.version integer NOT NULL
 ai_service_migrations.name text NOT NULL
 ai_service_migrations.checksum text NOT NULL
@@ -40,6 +41,7 @@ ai_service_migrations ai_service_migrations_pkey PRIMARY KEY (version)
 CREATE INDEX ai_jobs_claim_idx ON public.ai_jobs USING btree (model_profile, priority DESC, run_after, id) WHERE (status = 'pending'::text)
 CREATE INDEX ai_jobs_claim_type_idx ON public.ai_jobs USING btree ((ARRAY[model_profile, task_type]), priority DESC, run_after, id) WHERE (status = 'pending'::text)
 CREATE INDEX ai_jobs_errors_idx ON public.ai_jobs USING btree (error_category, updated_at) WHERE (error_category IS NOT NULL)
+CREATE INDEX ai_jobs_failed_at_idx ON public.ai_jobs USING btree (failed_at, error_category) WHERE (failed_at IS NOT NULL)
 CREATE INDEX ai_jobs_finished_idx ON public.ai_jobs USING btree (finished_at) WHERE (finished_at IS NOT NULL)
 CREATE UNIQUE INDEX ai_jobs_idempotency_idx ON public.ai_jobs USING btree (owner_service, idempotency_key) WHERE (idempotency_key IS NOT NULL)
 CREATE INDEX ai_jobs_lease_idx ON public.ai_jobs USING btree (lease_expires_at) WHERE (status = 'running'::text)

@@ -201,3 +201,31 @@ async def test_a_job_the_reaper_fails_for_good_keeps_the_wait_of_its_last_attemp
     assert reaped is not None and [r.status for r in reaped] == ["failed"]
     recent = (await StatsRepository(repo.db).snapshot())["stats_recent"][0]
     assert recent["wait_p50"] == pytest.approx(5.0, abs=1.0), recent
+
+
+async def test_an_old_failure_is_not_an_error_of_the_last_hour_when_its_retry_runs(
+    repo: JobRepository, db_url: str
+) -> None:
+    """The errors of the last hour went by ``updated_at``, which claims and heartbeats move:
+    a job that failed hours ago counted again while its retry ran and renewed its lease."""
+    job, _ = await repo.create(NewJob(owner_service="t", task_type="x", model_profile="p"))
+    await repo.claim("p", "w", limit=1, lease_seconds=60)
+    await repo.fail(job.id, "w", error_category="timeout", error_message="t", retryable=True)
+    errors = (await StatsRepository(repo.db).snapshot())["stats_errors"]
+    assert [(e["error_category"], e["last_hour"], e["total"]) for e in errors] == [
+        ("timeout", 1, 1)  # just now
+    ]
+    with psycopg.connect(db_url, autocommit=True) as conn:  # ... that was three hours ago
+        conn.execute(
+            "UPDATE ai_jobs SET failed_at = now() - interval '3 hours', "
+            "updated_at = now() - interval '3 hours', run_after = now() WHERE id = %s",
+            (job.id,),
+        )
+    [claimed] = await repo.claim("p", "w2", limit=1, lease_seconds=60)  # retried, running
+    await repo.heartbeat("w2", [claimed.id], lease_seconds=60, default_seconds=None)
+    errors = (await StatsRepository(repo.db).snapshot())["stats_errors"]
+    assert [(e["error_category"], e["last_hour"], e["total"]) for e in errors] == [
+        ("timeout", 0, 1)
+    ]
+    await repo.complete(claimed.id, "w2", {"ok": True})  # the error goes with its success
+    assert (await StatsRepository(repo.db).snapshot())["stats_errors"] == []
