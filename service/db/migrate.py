@@ -113,8 +113,12 @@ def _connection(url: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
     try:
         with psycopg.connect(url, autocommit=True, **connect_params(url)) as conn:
             yield conn
-    except psycopg.OperationalError as exc:
+    except (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction) as exc:
+        # (read-only: a standby, during a switchover: passes, as a lost connection does)
         raise DatabaseUnavailable(_first_line(exc, "unavailable")) from exc
+
+
+_PASSING = (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction)
 
 
 def pending_migrations(url: str, directory: Path | None = None) -> list[Migration]:
@@ -143,7 +147,15 @@ def migrate(
             _check_history(applied, migrations)
             for mig in migrations:
                 if mig.version not in applied:
-                    _apply(conn, mig, lock_timeout, attempts)
+                    try:
+                        _apply(conn, mig, lock_timeout, attempts)
+                    except psycopg.DatabaseError as exc:
+                        if isinstance(exc, _PASSING):  # an outage: DatabaseUnavailable
+                            raise
+                        raise MigrationError(  # an error in its SQL: one line, not a traceback
+                            f"migration {mig.version:04d}_{mig.name} failed and was rolled "
+                            f"back: {_first_line(exc, type(exc).__name__)}"
+                        ) from exc
                     done.append(mig)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))

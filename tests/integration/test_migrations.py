@@ -63,13 +63,26 @@ def test_edited_applied_migration_is_refused(empty_db_url: str, tmp_path: Path) 
 def test_failed_migration_leaves_no_version_row(empty_db_url: str, tmp_path: Path) -> None:
     (tmp_path / "0001_first.sql").write_text("CREATE TABLE t1 (id int);")
     (tmp_path / "0002_broken.sql").write_text("CREATE TABLE t2 (id int); SELECT 1/0;")
-    with pytest.raises(psycopg.errors.DivisionByZero):
+    # one line naming the migration and the error (it was a traceback from the CLI)
+    with pytest.raises(MigrationError, match="0002_broken failed and was rolled back: divi"):
         migrate(empty_db_url, tmp_path)
     with psycopg.connect(empty_db_url) as conn:
         versions = [r[0] for r in conn.execute("SELECT version FROM ai_service_migrations")]
         t2 = conn.execute("SELECT to_regclass('t2')").fetchone()
     assert versions == [1]
     assert t2 == (None,)
+
+
+def test_a_read_only_database_is_an_outage_not_a_migration_error(empty_db_url: str) -> None:
+    """A standby during a switchover refuses writes: retried like a lost connection (the
+    migrate Job and init containers run again), not a traceback."""
+    from service.db import DatabaseUnavailable
+
+    with psycopg.connect(empty_db_url, autocommit=True) as conn:
+        name = conn.info.dbname
+        conn.execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on'.encode())
+    with pytest.raises(DatabaseUnavailable, match="read-only"):
+        migrate(empty_db_url)
 
 
 def test_gap_in_numbering_is_refused(tmp_path: Path) -> None:
