@@ -32,6 +32,8 @@ class ProviderStatus(msgspec.Struct, omit_defaults=True):
     latency_ms: float | None = None
     models: list[str] | None = None
     model_served: bool | None = None
+    # the server says it is the simulator (``x-simulated: true``): its answers are synthetic
+    simulated: bool | None = None
     error: str | None = None
     last_error: str | None = None
     last_error_at: datetime | None = None

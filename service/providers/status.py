@@ -164,6 +164,8 @@ class ProviderStatusBoard:
         else:
             out["reachable"] = True
             out["latency_ms"] = round((time.monotonic() - started) * 1000, 1)
+            if response.headers.get(SIMULATED_HEADER) == "true":
+                out["simulated"] = True  # no GPU behind it: nobody should take it for one
             failure = error_for_status(p.name, response, scrub)
             if failure is not None:
                 error = str(failure)
@@ -188,6 +190,9 @@ class ProviderStatusBoard:
         if p.name in self._last_error:
             out["last_error"], out["last_error_at"] = self._last_error[p.name]
         return out
+
+
+SIMULATED_HEADER = "x-simulated"  # every answer of `ai-service simulate-provider` carries it
 
 
 def infra_url(configured: str) -> str:

@@ -123,4 +123,6 @@ async def read_vllm(name: str, metrics_url: str, client: httpx.AsyncClient) -> d
     except ValueError as exc:
         error = f"bad metrics: {scrub(str(exc))}"
         return {"name": name, "url": shown, "reachable": True, "error": error}
+    if resp.headers.get("x-simulated") == "true":  # the simulator: no GPU behind these figures
+        metrics["simulated"] = True
     return {"name": name, "url": shown, "reachable": True, **metrics}

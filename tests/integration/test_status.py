@@ -73,6 +73,7 @@ async def test_configured_providers_are_probed_without_leaking_keys(db_url: str)
     assert llm["models"] == ["qwen2.5-14b", "mistralai/Voxtral-Small-24B-2507"]
     assert llm["model"] == "qwen2.5-14b" and llm["model_served"] is True
     assert "error" not in llm and "last_error" not in llm
+    assert llm["simulated"] is True  # the simulator says so: its answers are synthetic
     # the Voxtral key is wrong: reachable (it answered), but the 401 is the error
     assert voxtral["base_url"] == sim.url  # credentials stripped
     assert voxtral["reachable"] is True
@@ -90,7 +91,7 @@ async def test_unconfigured_unreachable_and_unserved_model(db_url: str) -> None:
             status = await status_of(api.client)
         async with running_api(db_url, Settings()) as api:
             none = await status_of(api.client)
-    assert status["llm"]["reachable"] is False
+    assert status["llm"]["reachable"] is False and "simulated" not in status["llm"]
     assert "unreachable" in status["llm"]["error"]
     assert "latency_ms" not in status["llm"]
     assert status["voxtral"]["reachable"] is True
@@ -197,6 +198,7 @@ async def test_infra_status_relays_the_sidecar(db_url: str, tmp_path: Any) -> No
                     assert vllm["name"] == "qwen2.5-14b" and vllm["reachable"] is True
                     assert vllm["requests_running"] == 0
                     assert vllm["e2e_request_latency"]["count"] == 1
+                    assert vllm["simulated"] is True  # no GPU behind these figures
 
 
 async def test_infra_status_unset_and_unreachable(db_url: str) -> None:

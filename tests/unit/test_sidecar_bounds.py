@@ -102,6 +102,7 @@ async def test_status_requests_share_one_collection_while_it_is_fresh(
             body = (await client.get("/infra/status")).json()
     assert page.requests == 1
     assert body["vllm"][0]["requests_running"] == 7 and body["containers"]["available"] is False
+    assert "simulated" not in body["vllm"][0]  # a server that does not say it is the simulator
 
 
 async def test_a_wedged_gpu_driver_holds_one_thread_not_one_per_collection(
