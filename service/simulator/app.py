@@ -115,10 +115,26 @@ class Simulator:
 
     async def hang(self, request: Request[Any, Any, Any], gpu: Gpu) -> Response[Any]:
         """An injected timeout: hold a slot until the client gives up (or ``hang_s``)."""
-        async with gpu.slot(0):
-            await self.until_gone(request, anyio.sleep(self.config.hang_s))
+        await self.run_on(request, gpu, 0, lambda _: anyio.sleep(self.config.hang_s))
         gpu.finish("abort")
         return error(504, "The request timed out (simulated).")
+
+    async def run_on(
+        self,
+        request: Request[Any, Any, Any],
+        gpu: Gpu,
+        kv_tokens: int,
+        work: Callable[[float], Awaitable[None]],
+    ) -> bool:
+        """Wait for a slot of ``gpu``, then ``work(arrival time)``; both end when the client
+        goes (as vLLM aborts a request waiting in its queue too, not only a running one).
+        Returns whether the work finished."""
+
+        async def in_slot() -> None:
+            async with gpu.slot(kv_tokens) as arrived:
+                await work(arrived)
+
+        return await self.until_gone(request, in_slot())
 
 
 def _text_of(messages: list[Any]) -> str:
@@ -242,17 +258,18 @@ def build_app(sim: Simulator) -> Litestar:
             answer = answer[: limit * 4]
         if full is not None:
             answer = content.text_answer(output)
-        async with gpu.slot(prompt + output) as arrived:
-            done = await sim.until_gone(
-                request,
-                gpu.generate(
-                    arrived=arrived,
-                    first_token_s=cfg.latency_ms / 1000,
-                    rest_s=cfg.per_token_ms * output / 1000,
-                    prompt=prompt,
-                    output=output,
-                ),
-            )
+        done = await sim.run_on(
+            request,
+            gpu,
+            prompt + output,
+            lambda arrived: gpu.generate(
+                arrived=arrived,
+                first_token_s=cfg.latency_ms / 1000,
+                rest_s=cfg.per_token_ms * output / 1000,
+                prompt=prompt,
+                output=output,
+            ),
+        )
         gpu.finish(reason if done else "abort")
         if not done:
             return error(503, "The request was aborted.")
@@ -314,17 +331,18 @@ def build_app(sim: Simulator) -> Litestar:
             return quick
         text = content.transcript(data, seconds, language)
         output = content.estimate_tokens(text)
-        async with gpu.slot(output) as arrived:
-            done = await sim.until_gone(
-                request,
-                gpu.generate(
-                    arrived=arrived,
-                    first_token_s=cfg.latency_ms / 1000,
-                    rest_s=cfg.per_audio_second_ms * seconds / 1000,
-                    prompt=0,
-                    output=output,
-                ),
-            )
+        done = await sim.run_on(
+            request,
+            gpu,
+            output,
+            lambda arrived: gpu.generate(
+                arrived=arrived,
+                first_token_s=cfg.latency_ms / 1000,
+                rest_s=cfg.per_audio_second_ms * seconds / 1000,
+                prompt=0,
+                output=output,
+            ),
+        )
         gpu.finish("stop" if done else "abort")
         if not done:
             return error(503, "The request was aborted.")

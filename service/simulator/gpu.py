@@ -54,8 +54,11 @@ class Gpu:
         self._notify()
         try:
             await self._slots.acquire()
-        finally:
+        except BaseException:  # aborted while queued (the client left): out of the queue
             self.waiting -= 1
+            self._notify()
+            raise
+        self.waiting -= 1
         self.queue.observe(time.monotonic() - arrived)
         self.running += 1
         self.kv_tokens_in_use += kv_tokens

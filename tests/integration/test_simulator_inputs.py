@@ -78,3 +78,38 @@ async def test_a_wav_header_is_not_taken_at_its_word() -> None:
         )
     assert r.status_code == 200, r.text
     assert r.json()["usage"]["seconds"] <= len(wav) // 2  # no more 2-byte frames than bytes
+
+
+async def test_a_queued_request_whose_client_leaves_leaves_the_queue() -> None:
+    """vLLM aborts a request waiting for its batch when the client disconnects; the
+    simulator kept it queued (and counted in ``num_requests_waiting``) until a slot freed."""
+    import anyio
+
+    hang = chat(messages=[{"role": "user", "content": "[simulate:timeout]"}])
+    async with (
+        serve_simulator(capacity=1, **FAST) as sim,
+        httpx.AsyncClient(base_url=sim.url, timeout=60) as client,
+        anyio.create_task_group() as tg,
+    ):
+        gpu = sim.state.gpus[CHAT]
+
+        async def hanging() -> None:  # holds the only slot
+            await client.post("/v1/chat/completions", json=hang)
+
+        tg.start_soon(hanging)
+        with anyio.fail_after(30):
+            await gpu.wait_until(lambda g: g.running == 1)
+        leaving = anyio.CancelScope()
+
+        async def queued() -> None:
+            with leaving:
+                await client.post("/v1/chat/completions", json=chat())
+
+        tg.start_soon(queued)
+        with anyio.fail_after(30):
+            await gpu.wait_until(lambda g: g.waiting == 1)
+        leaving.cancel()  # the client gives up and closes its connection
+        with anyio.fail_after(30):
+            await gpu.wait_until(lambda g: g.waiting == 0)
+        assert gpu.running == 1  # the hanging one still holds its slot
+        tg.cancel_scope.cancel()
