@@ -163,6 +163,32 @@ async def test_the_bound_follows_the_timeout_sessions_really_have(db_url: str) -
         await db.close()
 
 
+async def stop_while_frozen(
+    worker: Any, relay: Relay, freeze: Callable[[Any], Awaitable[None]]
+) -> None:
+    """Run ``worker`` until idle, let ``freeze`` leave a statement in flight on a server that
+    stopped answering, then stop the worker: it must exit well before the statement's own
+    bound (1 h + 10 s in these tests)."""
+    from tests.integration.test_worker_runtime import idle
+
+    stopped = anyio.Event()
+
+    async def run() -> None:
+        await worker.run()
+        stopped.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        await until(lambda: idle(worker), what="the worker to idle")
+        await freeze(worker)
+        worker.stop()
+        try:
+            with anyio.fail_after(60):
+                await stopped.wait()
+        finally:
+            relay.thaw()  # a failure ends the test, not a one-hour wait
+
+
 async def test_a_stopping_worker_does_not_wait_for_a_claim_the_database_never_answers(
     db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -173,7 +199,7 @@ async def test_a_stopping_worker_does_not_wait_for_a_claim_the_database_never_an
     on their own: ~17 s in all here). The release of a lost claim's jobs before a claim is
     shielded the same way; cut short, it was followed by a claim (2 s more)."""
     from service.worker.main import Worker
-    from tests.integration.test_worker_runtime import PROFILE, Probe, idle, registry_for, settings
+    from tests.integration.test_worker_runtime import PROFILE, Probe, registry_for, settings
 
     claims: list[bool] = []  # whether the worker was stopping when each claim began
     workers: list[Worker] = []
@@ -189,26 +215,15 @@ async def test_a_stopping_worker_does_not_wait_for_a_claim_the_database_never_an
             config = settings(db_statement_timeout=3600.0, worker_shutdown_grace=1.0)
             worker = Worker(config, url, [PROFILE], registry_for(Probe()))
             workers.append(worker)
-            stopped = anyio.Event()
 
-            async def run(worker: Worker = worker, stopped: anyio.Event = stopped) -> None:
-                await worker.run()
-                stopped.set()
-
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(run)
-                await until(lambda w=worker: idle(w), what="the worker to idle")
+            async def claim_in_flight(worker: Worker, first: bool = release_first) -> None:
                 loop = worker._loops[PROFILE]
                 relay.freeze()
-                loop._orphans_possible = release_first
+                loop._orphans_possible = first
                 loop.notify()  # which the frozen server never answers
                 await until(lambda c=loop: c._shielded is not None, what="a statement in flight")
-                worker.stop()
-                try:
-                    with anyio.fail_after(60):  # before: the statement's bound, 1 h + 10 s
-                        await stopped.wait()
-                finally:
-                    relay.thaw()  # a failure ends the test, not a one-hour claim
+
+            await stop_while_frozen(worker, relay, claim_in_flight)
         assert True not in claims, f"a claim began after the stop ({release_first=})"
 
 
@@ -224,7 +239,7 @@ async def test_a_stopping_worker_does_not_wait_for_a_lookup_or_a_failure_never_a
     from service.handlers.base import HandlerRegistry
     from service.jobs import Job
     from service.worker.main import Worker
-    from tests.integration.test_worker_runtime import PROFILE, Probe, idle, nj, registry_for
+    from tests.integration.test_worker_runtime import PROFILE, Probe, nj, registry_for
     from tests.integration.test_worker_runtime import settings as worker_settings
 
     frozen = anyio.Event()
@@ -251,15 +266,11 @@ async def test_a_stopping_worker_does_not_wait_for_a_lookup_or_a_failure_never_a
             config = worker_settings(db_statement_timeout=3600.0, worker_shutdown_grace=1.0)
             registry = registry_for(Probe()) if case == "lookup" else failing
             worker = Worker(config, url, [PROFILE], registry)
-            stopped = anyio.Event()
 
-            async def run(worker: Worker = worker, stopped: anyio.Event = stopped) -> None:
-                await worker.run()
-                stopped.set()
-
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(run)
-                await until(lambda w=worker: idle(w), what="the worker to idle")
+            async def statement_in_flight(
+                worker: Worker, case: str = case, frozen: anyio.Event = frozen
+            ) -> None:
+                nonlocal armed
                 armed = True
                 if case == "lookup":
                     worker._loops[PROFILE].notify()  # a claim finds nothing, then looks up
@@ -267,10 +278,6 @@ async def test_a_stopping_worker_does_not_wait_for_a_lookup_or_a_failure_never_a
                     await repo.create(nj())
                 with anyio.fail_after(60):
                     await frozen.wait()
-                worker.stop()
-                try:
-                    with anyio.fail_after(60):  # before: the statement's bound, 1 h + 10 s
-                        await stopped.wait()
-                finally:
-                    relay.thaw()  # a failure ends the test, not a one-hour wait
+
+            await stop_while_frozen(worker, relay, statement_in_flight)
             monkeypatch.undo()
