@@ -81,7 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     kinds = tuple(k.strip() for k in str(args.fail_kinds).split(",") if k.strip())
     try:
-        run_simulator(
+        return run_simulator(
             host=args.host,
             port=args.port,
             capacity=args.capacity,
@@ -96,6 +96,5 @@ def main(args: argparse.Namespace) -> int:
             audio_models=tuple(args.audio_models or _D.audio_models),
             api_key=args.api_key,
         )
-    except ValueError as exc:
+    except ValueError as exc:  # (ConfigError too: a port taken)
         raise SystemExit(f"simulate-provider: {exc}") from None
-    return 0

@@ -89,8 +89,10 @@ async def serve_simulator(
 
 def run_simulator(
     host: str = "127.0.0.1", port: int = 8000, capacity: int = 8, **options: Any
-) -> None:
-    """Serve until interrupted (the ``ai-service simulate-provider`` command)."""
+) -> int:
+    """Serve until SIGTERM/SIGINT (the ``ai-service simulate-provider`` command); returns the
+    exit code: 0 after a graceful stop, as the service's own commands (uvicorn's ``run()``
+    re-raised the signal after its shutdown, so a clean stop exited 143)."""
     cfg = SimulatorConfig(host=host, port=port, capacity=capacity, **options)
     app, _ = create_app(cfg)
     log.warning(
@@ -99,4 +101,8 @@ def run_simulator(
         host, port, cfg.capacity, cfg.latency_ms, cfg.per_token_ms, cfg.per_audio_second_ms,
         cfg.fail_rate, ", ".join((*cfg.chat_models, *cfg.audio_models)),
     )  # fmt: skip
-    uvicorn.Server(_config(app, cfg, "info")).run()
+    from service.runtime import http_service, supervise
+
+    server = make_simulator_server(app, cfg, "info")
+    server.listen("--host, --port")  # a port taken: ConfigError, one line
+    return int(anyio.run(supervise, [http_service("simulator", server)]))

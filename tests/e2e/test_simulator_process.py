@@ -1,0 +1,35 @@
+"""``ai-service simulate-provider`` as a process: SIGTERM stops it gracefully with exit 0, as the
+service's own commands (uvicorn's ``run()`` re-raised the signal after its clean shutdown, so
+it exited 143), and a port already taken is one line, not a traceback."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+from tests.helpers import free_port, http_ok, wait_for
+
+
+def _start(port: int) -> subprocess.Popen[str]:
+    cmd = [sys.executable, "-m", "service", "simulate-provider", "--port", str(port)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_sigterm_stops_the_simulator_with_exit_0_and_a_taken_port_is_one_line() -> None:
+    port = free_port()
+    proc = _start(port)
+    try:
+        wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/v1/models", proc), what="the simulator")
+        second = _start(port)
+        out, _ = second.communicate(timeout=60)
+        assert second.returncode == 1, out
+        assert "cannot listen on 127.0.0.1" in out and "Traceback" not in out, out
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, out
+    assert "received SIGTERM: shutting down gracefully" in out
