@@ -77,6 +77,18 @@ def http_ok(url: str, proc: subprocess.Popen[str] | None = None) -> bool:
         return False
 
 
+@contextmanager
+def reaped(proc: subprocess.Popen[str]) -> Iterator[subprocess.Popen[str]]:
+    """``proc`` for the block; killed (and its output collected) if it is still running at
+    the end, so a failing test leaves no process behind."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
 def wav_bytes(seconds: float, rate: int = 8000) -> bytes:
     """A real mono 16-bit WAV file of ``seconds`` (what the transcription tests upload)."""
     buf = io.BytesIO()

@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from service.config import FIELDS
-from tests.helpers import free_port, http_ok, wait_for, wav_base64
+from tests.helpers import free_port, http_ok, reaped, wait_for, wav_base64
 
 pytestmark = pytest.mark.slow
 
@@ -77,8 +77,7 @@ def _run_until_ready_then_signal(
     data_dir: Path, sig: signal.Signals, *, jobs: bool = False, extra: dict[str, str] | None = None
 ) -> str:
     port = free_port()
-    proc = _start(data_dir, port, extra or {})
-    try:
+    with reaped(_start(data_dir, port, extra or {})) as proc:
         wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/healthz", proc), what="healthz")
         wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/readyz", proc), what="readyz")
         assert _postgres_on(data_dir), "the embedded PostgreSQL should be running"
@@ -91,10 +90,6 @@ def _run_until_ready_then_signal(
             assert transcript["result"]["segments"][0]["speaker"] == "SPEAKER_00"
         proc.send_signal(sig)
         out, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 0, out
     return out
 

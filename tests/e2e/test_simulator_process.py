@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 
-from tests.helpers import free_port, http_ok, wait_for
+from tests.helpers import free_port, http_ok, reaped, wait_for
 
 
 def _start(port: int) -> subprocess.Popen[str]:
@@ -18,8 +18,7 @@ def _start(port: int) -> subprocess.Popen[str]:
 
 def test_sigterm_stops_the_simulator_with_exit_0_and_a_taken_port_is_one_line() -> None:
     port = free_port()
-    proc = _start(port)
-    try:
+    with reaped(_start(port)) as proc:
         wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/v1/models", proc), what="the simulator")
         second = _start(port)
         out, _ = second.communicate(timeout=60)
@@ -27,9 +26,5 @@ def test_sigterm_stops_the_simulator_with_exit_0_and_a_taken_port_is_one_line() 
         assert "cannot listen on 127.0.0.1" in out and "Traceback" not in out, out
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 0, out
     assert "received SIGTERM: shutting down gracefully" in out
