@@ -71,7 +71,7 @@ def _without_token(body: ErrorBody, response: httpx.Response) -> ErrorBody:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return body
-    secrets = maskable(escaped_forms(token.strip()) | escaped_forms(header))
+    secrets = maskable(escaped_forms(token.strip()))  # (inside any echo of the header too)
     detail = mask(body.detail, secrets)
     return body if detail == body.detail else msgspec.structs.replace(body, detail=detail)
 

@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.providers.bounded import send_bounded
 from service.providers.scrub import Scrubber
+from service.providers.status import SIMULATED_HEADER
 from service.providers.urls import redact_url
 from service.sidecar import SOURCE_DEADLINE_S
 
@@ -123,6 +124,6 @@ async def read_vllm(name: str, metrics_url: str, client: httpx.AsyncClient) -> d
     except ValueError as exc:
         error = f"bad metrics: {scrub(str(exc))}"
         return {"name": name, "url": shown, "reachable": True, "error": error}
-    if resp.headers.get("x-simulated") == "true":  # the simulator: no GPU behind these figures
+    if resp.headers.get(SIMULATED_HEADER) == "true":  # the simulator: no GPU behind it
         metrics["simulated"] = True
     return {"name": name, "url": shown, "reachable": True, **metrics}
