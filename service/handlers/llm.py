@@ -4,6 +4,9 @@ All three are one chat completion against the configured OpenAI-compatible serve
 differ only in which extra input keys they tolerate (see ``llm_input``). When the caller asked
 for JSON (``response_format`` json_object/json_schema) the content must parse, otherwise the
 job fails as ``invalid_output`` — a caller that asked for JSON should never have to guess.
+A generation the server itself cut off (vLLM answers HTTP 200 with ``finish_reason: "abort"``
+when its engine stops, sleeps or drops a running request) is not a result: it is retried as
+``provider_unavailable`` rather than stored as a completed job holding half an answer.
 """
 
 from __future__ import annotations
@@ -12,10 +15,14 @@ import json
 import time
 from typing import Any
 
-from service.handlers.base import InvalidOutput
+from service.handlers.base import InvalidOutput, ProviderUnavailable
 from service.handlers.llm_input import parse_chat_input
 from service.jobs.model import Job
 from service.providers.client import OpenAIClient
+
+# finish reasons that mean the server, not the model, ended the answer (vLLM's ``abort``; a
+# gateway may pass an ``error`` through)
+CUT_BY_SERVER = frozenset({"abort", "error"})
 
 
 class LlmHandler:
@@ -37,6 +44,11 @@ class LlmHandler:
         )
         duration_ms = round((time.monotonic() - started) * 1000)
         choice = response.choices[0]
+        if choice.finish_reason in CUT_BY_SERVER:
+            raise ProviderUnavailable(
+                f"the model server stopped the generation early (finish_reason="
+                f"{choice.finish_reason!r}: an engine shutdown, sleep or abort)"
+            )
         content = choice.message.content
         if content is None:
             raise InvalidOutput(

@@ -256,6 +256,9 @@ def build_app(sim: Simulator) -> Litestar:
         if limit < output:
             output, reason = limit, "length"
             answer = answer[: limit * 4]
+        if kind == "abort":  # the engine dropped it (shutdown, sleep mode): 200, cut short
+            output, reason = output // 2, "abort"
+            answer = answer[: len(answer) // 2]
         if full is not None:
             answer = content.text_answer(output)
         done = await sim.run_on(

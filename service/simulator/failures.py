@@ -4,7 +4,9 @@ Why both: benchmarks and soak tests want "3% of requests get a 503" reproducibly
 fixes the pass/fail sequence in arrival order), while an end-to-end test wants *this* job to
 fail in *this* way, which a marker in its text does without reconfiguring the server:
 ``[simulate:503]`` always fails, ``[simulate:503x2]`` fails the first two times the same
-request is seen and then succeeds. Kinds: 429, 503, 400, timeout, invalid_json.
+request is seen and then succeeds. Kinds: 429, 503, 400, timeout, invalid_json, and ``abort``
+(chat only: vLLM's answer when its engine drops a running request — HTTP 200, half the text,
+``finish_reason: "abort"``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import re
 
 from service.simulator.config import SimulatorConfig
 
-MARKER = re.compile(r"\[simulate:(429|503|400|timeout|invalid_json)(?:x(\d+))?\]")
+MARKER = re.compile(r"\[simulate:(429|503|400|timeout|invalid_json|abort)(?:x(\d+))?\]")
 
 
 class FailurePlan:

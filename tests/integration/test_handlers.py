@@ -10,7 +10,13 @@ from typing import Any
 import pytest
 
 from service.config import Settings
-from service.handlers.base import Handler, HandlerRegistry, InvalidOutput, ProviderRejected
+from service.handlers.base import (
+    Handler,
+    HandlerRegistry,
+    InvalidOutput,
+    ProviderRejected,
+    ProviderUnavailable,
+)
 from service.handlers.builtin import builtin_registry
 from service.jobs.model import Job
 from service.simulator import serve_simulator
@@ -100,6 +106,16 @@ async def test_json_that_does_not_parse_is_invalid_output() -> None:
         short = {"user": "Rate it", "max_tokens": 2, "response_format": {"type": "json_object"}}
         with pytest.raises(InvalidOutput, match="max_tokens cut the answer short"):
             await handler(job("llm_chat", "qwen2.5-14b", short))
+
+
+async def test_a_generation_the_server_aborted_is_retried_not_stored() -> None:
+    async with handlers() as registry:
+        handler = route(registry, "llm_chat", "qwen2.5-14b")
+        with pytest.raises(ProviderUnavailable, match="finish_reason='abort'") as err:
+            await handler(job("llm_chat", "qwen2.5-14b", {"user": "Sum up [simulate:abortx1]"}))
+        assert err.value.retryable
+        again = await handler(job("llm_chat", "qwen2.5-14b", {"user": "Sum up [simulate:abortx1]"}))
+        assert again["finish_reason"] == "stop"
 
 
 async def test_provider_rejection_keeps_its_message() -> None:
