@@ -314,6 +314,10 @@ class AudioFetcher:
                     return await self._save(current, response, spool)
             except httpx.TimeoutException:
                 raise InputUnavailable("audio_url did not answer in time") from None
+            except httpx.RemoteProtocolError as exc:
+                if str(exc).startswith(_BAD_LOCATION):  # httpx parses it even unfollowed
+                    raise InvalidInput(f"audio_url redirected to a malformed URL ({exc})") from None
+                raise InputUnavailable(f"audio_url could not be fetched: {reason(exc)}") from None
             except httpx.TransportError as exc:
                 raise InputUnavailable(f"audio_url could not be fetched: {reason(exc)}") from None
         raise InvalidInput(f"audio_url redirected more than {MAX_REDIRECTS} times")
@@ -336,6 +340,14 @@ class AudioFetcher:
             raise InvalidInput(
                 f"audio_url is {int(declared)} bytes, larger than AUDIO_MAX_BYTES={cap}"
             )
+        content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
+        if _is_document(content_type):
+            # a login, error or "link expired" page answered 200: no GPU should be asked
+            # to transcribe it, nor its refusal be blamed on the GPU server
+            raise InvalidInput(
+                f"audio_url answered with Content-Type {content_type}, not audio (a web page "
+                "or an error document?)"
+            )
         encoding = response.headers.get("content-encoding", "identity").strip().lower()
         if encoding not in ("", "identity"):
             # Asked for identity: a compressed answer is refused, not inflated. A few KB of
@@ -354,11 +366,19 @@ class AudioFetcher:
             await spool.write(chunk)
         if size == 0:
             raise InvalidInput("audio_url returned an empty body")
-        content_type = response.headers.get("content-type", "").split(";")[0].strip()
         return url, size, content_type or "application/octet-stream", head
 
 
 _IDENTITY = {"Accept-Encoding": "identity"}
+_BAD_LOCATION = "Invalid URL in location header"  # httpx's message: a permanent fault, not retried
+
+
+def _is_document(content_type: str) -> bool:
+    """Whether a downloaded body's type says it is text (HTML, JSON, XML), never audio."""
+    kind, _, sub = content_type.partition("/")
+    return kind == "text" or (
+        kind == "application" and (sub in ("json", "xml") or sub.endswith(("+json", "+xml")))
+    )
 
 
 def decode_base64_audio(text: str, max_bytes: int) -> Audio:

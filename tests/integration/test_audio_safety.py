@@ -40,6 +40,9 @@ ROUTES: dict[str, tuple[int, list[tuple[bytes, bytes]], list[bytes]]] = {
     "/to-call": (301, [(b"location", b"/call.wav")], [b""]),
     "/loop": (302, [(b"location", b"/loop")], [b""]),
     "/missing": (404, [], [b"not here"]),
+    "/login": (200, [(b"content-type", b"text/html; charset=utf-8")], [b"<html>Sign in</html>"]),
+    "/expired": (200, [(b"content-type", b"application/problem+json")], [b'{"title":"gone"}']),
+    "/to-bad-url": (302, [(b"location", b"http://[::1/x.wav")], [b""]),
     "/busy": (503, [(b"retry-after", b"9")], [b"busy"]),
     # 64 MiB of zeros in ~70 bytes: inflated, a few KB of this took a worker to 6 GB
     "/gzip-bomb": (
@@ -202,6 +205,10 @@ async def test_host_allow_list() -> None:
 async def test_http_errors_of_the_audio_host() -> None:
     async with audio_server() as base, fetcher(allowed_networks=LOOPBACK_ONLY) as f:
         assert "audio_url answered HTTP 404" in await refusal(f, f"{base}/missing")
+        # a page instead of audio is the caller's link, not a GPU's refusal; not retried
+        assert "Content-Type text/html, not audio" in await refusal(f, f"{base}/login")
+        assert "application/problem+json, not audio" in await refusal(f, f"{base}/expired")
+        assert "redirected to a malformed URL" in await refusal(f, f"{base}/to-bad-url")
         with pytest.raises(InputUnavailable) as err:
             async with f.fetch(f"{base}/busy"):
                 pass
