@@ -11,6 +11,7 @@ workers shows jobs created and never finished, and its failure alerts cannot fir
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 from uuid import UUID
 
@@ -31,11 +32,16 @@ from service.api.schemas import (
     HeartbeatRequest,
 )
 from service.config import Settings
+from service.db import DatabaseUnavailable
 from service.db.listen import profile_channel
 from service.jobs import Job, JobRepository
 from service.jobs.model import MAX_JSON_DEPTH, too_deep
 from service.jobs.reaper import Reaper
+from service.logs import reason
 
+log = logging.getLogger("ai_service.api.workers")
+
+HAND_BACK_TIMEOUT = 10.0  # longest a claim's error answer waits to release what it took
 TYPED_RETRIES = 2  # an empty claim by task type looks again this many times ...
 TYPED_RETRY_PAUSE = 0.01  # ... this many seconds apart (a claim lasts about a millisecond)
 
@@ -63,25 +69,45 @@ async def claim_jobs(
     lease = data.lease_seconds or settings.worker_lease_timeout
     profiles, only = data.profiles(), data.task_types()
 
-    async def claim_once() -> list[Job]:
+    async def hand_back(jobs: list[Job]) -> None:
+        """Release jobs no reply will carry (attempt not counted), so they do not sit leased
+        until ``lease`` runs out; if the database cannot take them, the lease does that."""
+        if not jobs:
+            return
+        with anyio.CancelScope(shield=True), anyio.move_on_after(HAND_BACK_TIMEOUT):
+            try:
+                await repo.release(data.worker_id, [j.id for j in jobs])
+            except DatabaseUnavailable as exc:
+                log.warning(
+                    "%d claimed job(s) of worker %r stay leased for %gs: %s",
+                    len(jobs), data.worker_id, lease, reason(exc),
+                )  # fmt: skip
+
+    async def claim_once(gone: anyio.Event | None) -> list[Job]:
         jobs: list[Job] = []
+        if gone is not None and gone.is_set():
+            return jobs
         try:
             for profile in profiles:
                 left = data.limit - len(jobs)
                 if left <= 0:
                     break
-                claimed = await repo.claim(
+                jobs += await repo.claim(
                     profile, data.worker_id, limit=left, lease_seconds=lease, only_types=only
                 )
-                metrics.jobs_claimed(claimed)
-                jobs += claimed
-        finally:  # also when a claim committed and then failed here (a later profile's
-            # claim, the client gone): its leases, carried by no reply, end on time too
+        except BaseException:  # a later profile's claim failed, or the request was cancelled:
+            await hand_back(jobs)  # the answer is an error, so the earlier ones go back
+            raise
+        finally:  # and if even that fails, their leases end on time
             reaper.lease_ends_in(lease)
+        if gone is not None and gone.is_set():  # the client hung up while it ran
+            await hand_back(jobs)
+            return []
+        metrics.jobs_claimed(jobs)
         return jobs
 
-    async def claim() -> list[Job] | None:
-        jobs = await claim_once()
+    async def claim(gone: anyio.Event | None) -> list[Job] | None:
+        jobs = await claim_once(gone)
         # A claim by task type locks the head of every (type, priority) group it reads and
         # keeps the best; one running meanwhile may find every due job locked for that moment
         # and come back empty, and no NOTIFY would come for those jobs: look again shortly.
@@ -89,7 +115,7 @@ async def claim_jobs(
             if jobs:
                 break
             await anyio.sleep(TYPED_RETRY_PAUSE)
-            jobs = await claim_once()
+            jobs = await claim_once(gone)
         return jobs or None
 
     async def due_in() -> float | None:
@@ -97,12 +123,12 @@ async def claim_jobs(
         times = [await repo.seconds_until_due(p, only_types=only) for p in profiles]
         return min((t for t in times if t is not None), default=None)
 
-    if data.wait_seconds <= 0:
-        return ClaimResult(jobs=await claim() or [])
     keys = [(profile_channel(p), None) for p in profiles]
     jobs = await unless_gone(
         request,
-        lambda gone: hub.wait_for(keys, claim, data.wait_seconds, gone=gone, due_in=due_in),
+        lambda gone: hub.wait_for(
+            keys, lambda: claim(gone), data.wait_seconds, gone=gone, due_in=due_in
+        ),
     )
     return ClaimResult(jobs=jobs or [])
 
