@@ -150,10 +150,12 @@ class NotifyHub:
         self._listening.update(new)
         idle = [ch for ch in sorted(self._listening - wanted)
                 if now - self._idle_since.get(ch, now) >= IDLE_UNLISTEN]  # fmt: skip
-        await conn.unlisten(*idle)
+        # Forgotten before the round trip: a request that subscribes meanwhile must see its
+        # channel unlistened and ask for it again, not take it for listened and miss its NOTIFY.
         self._listening.difference_update(idle)
         for ch in idle:
             self._idle_since.pop(ch, None)
+        await conn.unlisten(*idle)
         synced, self._synced = self._synced, anyio.Event()
         synced.set()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import anyio
@@ -493,3 +494,126 @@ async def test_stopping_the_server_answers_waiting_long_polls_instead_of_cutting
             api.server.should_exit = True
     assert got["id"] == job["id"] and got["status"] == "pending"
     assert claimed == [[]]
+
+
+async def test_a_claim_whose_caller_hung_up_hands_its_jobs_back(
+    api: Api, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The caller gives up (a client timeout) while its claim waits on the database: the
+    claim commits after, and its jobs went to nobody. They stayed leased for the whole lease
+    (15 minutes), an attempt spent — a one-attempt job failed as lease_expired unrun."""
+    from service.api import deps
+
+    saw_gone = anyio.Event()
+    watch = deps.watch_disconnect
+
+    async def watching(request: Any, gone: anyio.Event) -> None:
+        await watch(request, gone)
+        saw_gone.set()
+
+    monkeypatch.setattr(deps, "watch_disconnect", watching)
+    job = await create(api, model_profile="impatient", max_attempts=1)
+    with psycopg.connect(db_url) as locker:
+        locker.execute("LOCK TABLE ai_jobs IN ACCESS EXCLUSIVE MODE")
+        async with httpx.AsyncClient(base_url=api.url, timeout=90) as gone_client:
+            body = {"worker_id": "impatient", "model_profile": "impatient"}
+            with anyio.fail_after(GENEROUS), anyio.CancelScope() as scope:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(partial(gone_client.post, "/api/v1/jobs/claim", json=body))
+                    await until(
+                        lambda: blocked_on_lock(db_url), what="the claim waiting on the lock"
+                    )
+                    scope.cancel()  # the client gives up
+        with anyio.fail_after(GENEROUS):
+            await saw_gone.wait()
+        locker.rollback()  # the claim goes through now
+    row = await until(
+        lambda: handed_back(api, job), what="the job back to pending, the attempt not counted"
+    )
+    assert row["attempts"] == 0 and row["worker_id"] is None
+
+
+async def test_a_claim_that_fails_on_a_later_profile_hands_back_the_earlier_ones(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim of two profiles: the first committed, the second's statement failed. The
+    answer (503: "nothing was changed") carried no jobs, so the first profile's go back."""
+    from service.jobs import JobRepository
+
+    first = await create(api, model_profile="aa-first")
+    await create(api, model_profile="zz-second")
+    claim_one = JobRepository.claim
+
+    async def failing(self: JobRepository, profile: str, *args: Any, **kw: Any) -> Any:
+        if profile == "zz-second":
+            raise DatabaseUnavailable("the second profile's claim was cut off")
+        return await claim_one(self, profile, *args, **kw)
+
+    monkeypatch.setattr(JobRepository, "claim", failing)
+    body = {"worker_id": "w-multi", "model_profile": ["aa-first", "zz-second"], "limit": 4}
+    r = await api.client.post("/api/v1/jobs/claim", json=body)
+    assert r.status_code == 503, r.text
+    row = await handed_back(api, first)
+    assert row is not None, row
+    assert row["attempts"] == 0 and row["worker_id"] is None
+
+
+def blocked_on_lock(db_url: str) -> bool:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock' AND query ILIKE '%%ai_jobs%%'"
+        ).fetchone()
+    return bool(row and row[0])
+
+
+async def handed_back(api: Api, created: dict[str, Any]) -> dict[str, Any] | None:
+    """The job, once a claim took it and released it (pending, touched since created)."""
+    job: dict[str, Any] = (await api.client.get(f"/api/v1/jobs/{created['id']}")).json()
+    moved = job["status"] == "pending" and job["updated_at"] != created["updated_at"]
+    return job if moved else None
+
+
+async def test_a_request_arriving_while_its_channel_is_unlistened_still_gets_the_notify(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hub UNLISTENs a channel idle for a while; a claim that subscribed to it during
+    that round trip took it for listened, asked for nothing, and missed its NOTIFY (woken
+    only at the end of its wait, up to 60 s)."""
+    from service.api import hub as api_hub
+    from service.db.listen import ListenConnection
+
+    monkeypatch.setattr(api_hub, "IDLE_UNLISTEN", 0.0)
+    quiet, other = profile_channel("quiet"), profile_channel("other")
+    in_flight, go_on, done = anyio.Event(), anyio.Event(), anyio.Event()
+    unlisten = ListenConnection.unlisten
+
+    async def slow_unlisten(self: ListenConnection, *channels: str) -> None:
+        if quiet in channels and not in_flight.is_set():
+            in_flight.set()
+            await go_on.wait()  # the round trip, held open while a request subscribes
+            await unlisten(self, *channels)
+            done.set()
+        else:
+            await unlisten(self, *channels)
+
+    monkeypatch.setattr(ListenConnection, "unlisten", slow_unlisten)
+    hub = api_hub.NotifyHub(db_url)
+    with anyio.fail_after(GENEROUS):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(hub.run)
+            async with hub.subscribe([(quiet, None)]) as first:
+                await hub.until_listening(first.channels)
+            # quiet is idle now; a request on another channel makes the hub sync
+            async with hub.subscribe([(other, None)]):
+                await in_flight.wait()
+                async with hub.subscribe([(quiet, None)]) as late:
+                    go_on.set()
+                    await hub.until_listening(late.channels)
+                    await done.wait()
+                    async with await psycopg.AsyncConnection.connect(
+                        db_url, autocommit=True
+                    ) as conn:
+                        await conn.execute("SELECT pg_notify(%s, '')", [quiet])
+                    await late.wait()
+            tg.cancel_scope.cancel()
