@@ -73,10 +73,13 @@ def session_settings(
 
 
 def parses(url: str) -> bool:
-    """Whether libpq can parse ``url``; its own message for one it cannot quotes the password
-    (or the whole URL), so the settings refuse it without showing it (service/config.py)."""
+    """Whether libpq can parse ``url`` as meant; its own message for one it cannot quotes the
+    password (or the whole URL), so the settings refuse it without showing it
+    (service/config.py). An ``@`` left unencoded in a password parses too, at the first
+    ``@``: the rest of the password becomes the host (or the database name, after a ``/``),
+    which every connection error then prints — no host or database name of ours has one."""
     try:
-        conninfo_to_dict(url)
+        params = conninfo_to_dict(url)
     except Error:
         return False
-    return True
+    return not any("@" in str(params.get(k) or "") for k in ("host", "dbname"))

@@ -101,7 +101,12 @@ def test_secret_values_are_never_shown() -> None:
 def test_a_database_url_libpq_cannot_parse_is_refused_without_showing_it() -> None:
     """libpq's own message for these quotes the password (or the whole URL), and the driver
     raised it as a traceback from every command: refused with the settings instead."""
-    for url in ("postgresql://u:hunter2%zz@db/x", "postgresql://u:hunter2@[::1:5432/x"):
+    for url in (
+        "postgresql://u:hunter2%zz@db/x",
+        "postgresql://u:hunter2@[::1:5432/x",
+        "postgresql://u:Sup3r@hunter2@db.internal:5432/x",  # an unencoded @: it was the host
+        "postgresql://u:pw/hunter2@db/x",  # an unencoded /, then an @: the database name
+    ):
         with pytest.raises(ConfigError) as err:
             Settings.from_env({"DATABASE_URL": url})
         assert "hunter2" not in str(err.value)
