@@ -262,6 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = _settings()
+    if args.command in ("api", "worker", "dev", "migrate"):
+        from service.db.queries import missing_sql
+
+        if (why := missing_sql()) is not None:
+            _die(f"configuration error: {why}")
     if args.command == "dev":  # before anything listens: the metrics port is bound below
         from service.dev import local_hosts
 

@@ -23,6 +23,19 @@ def sql_dir() -> Path:
     return Path(__file__).resolve().parent.parent.parent / "sql"
 
 
+def missing_sql() -> str | None:
+    """Why the ``sql/`` directory cannot serve, or None. Checked at start: a wrong
+    ``AI_SERVICE_SQL_DIR`` found no migrations, so ``migrate`` (and ``--check``, an init
+    container's gate) reported an empty database up to date, and the API failed later."""
+    where = sql_dir()
+    if (where / "queries.sql").is_file() and any(where.glob("0001_*.sql")):
+        return None
+    return (
+        f"no SQL files in {where} (queries.sql and 0001_*.sql expected): AI_SERVICE_SQL_DIR "
+        "must name the sql/ directory"
+    )
+
+
 def parse_queries(text: str) -> dict[str, str]:
     """Split a queries file into ``{name: sql}``, splicing ``{{ _fragment }}`` references: in
     parentheses, but for a ``_..._columns`` fragment (a select list) which goes in as it is."""

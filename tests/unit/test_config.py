@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -233,6 +234,21 @@ def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=60,
     )
+
+
+def test_a_sql_directory_without_the_sql_files_stops_every_database_command(
+    tmp_path: Path,
+) -> None:
+    """Found no migrations, `migrate --check` passed an empty database (an init container's
+    gate) and the API failed on its first query."""
+    env = {"AI_SERVICE_SQL_DIR": str(tmp_path), "DATABASE_URL": "postgresql://u@127.0.0.1:1/x"}
+    for command in (["migrate", "--check"], ["migrate"], ["api"], ["worker"]):
+        done = _cli(env, *command)
+        assert done.returncode == 2, (command, done.stderr)
+        assert done.stderr.strip() == (
+            f"ai-service: configuration error: no SQL files in {tmp_path} (queries.sql and "
+            "0001_*.sql expected): AI_SERVICE_SQL_DIR must name the sql/ directory"
+        )
 
 
 def test_cli_bad_value_exits_2_with_one_line_and_no_traceback() -> None:
