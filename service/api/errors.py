@@ -27,6 +27,7 @@ from litestar.exceptions import (
 )
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import Example
 
 from service.api.naming import nul_field, parameter_name, plain_message
 from service.api.schemas import ErrorBody, FieldError
@@ -288,8 +289,11 @@ def _error_for(request: Request[Any, Any, Any], exc: Exception) -> Response[Erro
     if isinstance(exc, NotFoundException):
         return error_response(404, "not_found", f"no route or resource at {request.url.path}")
     if isinstance(exc, MethodNotAllowedException):
-        return error_response(
-            405, "method_not_allowed", f"{request.method} is not allowed on {request.url.path}"
+        return error_response(  # with its Allow header (RFC 9110 asks for it on a 405)
+            405,
+            "method_not_allowed",
+            f"{request.method} is not allowed on {request.url.path}",
+            headers=exc.headers,
         )
     if isinstance(exc, HTTPException) and exc.status_code == 400 and _is_body_decode(exc):
         detail = exc.detail
@@ -343,7 +347,33 @@ def responses(*codes: int, body: bool = False) -> dict[int, ResponseSpec]:
         503: "PostgreSQL is unavailable, or the statement ran over DB_STATEMENT_TIMEOUT",
     }
     bodies = {413, 415} if body else set()
-    return {
-        c: ResponseSpec(data_container=ErrorBody, description=text.get(c, "Error"))
+    return {  # examples of our own: Litestar's generated ones are random strings
+        c: ResponseSpec(
+            data_container=ErrorBody,
+            description=text.get(c, "Error"),
+            generate_examples=False,
+            examples=[
+                Example(
+                    value={
+                        "error": EXAMPLE_CODES.get(c, "http_error"),
+                        "detail": text.get(c, "Error"),
+                    }
+                )
+            ],
+        )
         for c in sorted({*codes, *bodies, 400, 401, 408, 431, 503})
     }
+
+
+EXAMPLE_CODES = {
+    400: "invalid_json",
+    401: "unauthorized",
+    404: "not_found",
+    408: "request_timeout",
+    409: "state_conflict",
+    413: "request_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    431: "request_header_fields_too_large",
+    503: "database_unavailable",
+}

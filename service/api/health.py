@@ -41,6 +41,7 @@ async def healthz() -> dict[str, str]:
     responses={
         503: ResponseSpec(
             data_container=dict[str, str],
+            generate_examples=False,
             description="PostgreSQL is not reachable (error, detail, status, database)",
         )
     },

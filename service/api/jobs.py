@@ -48,7 +48,9 @@ _FIELDS = JobFields.__struct_fields__
 
 
 def _repeat(model: type, what: str) -> ResponseSpec:
-    return ResponseSpec(data_container=model, description=f"An idempotent repeat: {what}")
+    return ResponseSpec(
+        data_container=model, generate_examples=False, description=f"An idempotent repeat: {what}"
+    )
 
 
 @post(

@@ -175,6 +175,7 @@ async def test_malformed_json_wrong_method_and_too_large(api: Api) -> None:
     r = await api.client.delete("/api/v1/jobs")
     assert r.status_code == 405
     assert_error(r.json(), "method_not_allowed")
+    assert {m.strip() for m in r.headers["allow"].split(",")} >= {"GET", "POST"}
     r = await api.client.post("/api/v1/jobs", json=job_body(input={"blob": "x" * 300_000}))
     assert r.status_code == 413
     assert_error(r.json(), "request_too_large")
@@ -204,6 +205,7 @@ async def test_unknown_ids_are_404_malformed_ones_422_naming_job_id(api: Api) ->
     assert r.status_code == 404
     r = await api.client.get("/api/v1/jobs/batch")  # a route of its own, for POST only
     assert r.status_code == 405
+    assert "POST" in r.headers["allow"] and "GET" not in r.headers["allow"]
 
 
 async def test_bad_query_values_are_422_named_as_sent(api: Api) -> None:
