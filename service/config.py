@@ -242,6 +242,26 @@ def _list(text: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in text.split(",") if p.strip())
 
 
+_LABEL = r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?"
+_HOST_NAME = re.compile(rf"\.?{_LABEL}(?:\.{_LABEL})*")
+
+
+def _hosts(text: str) -> tuple[str, ...]:
+    """Host names, lower-cased without a final dot as audio_url hosts are compared. An entry
+    that is a URL, has a port, a ``*.`` wildcard or a space could never match, and every
+    audio_url job would be refused, with no hint at start-up."""
+    out: list[str] = []
+    for entry in _list(text):
+        host = entry.lower().rstrip(".")
+        if not _HOST_NAME.fullmatch(host):
+            try:  # an address, written as a URL's host is
+                host = str(ipaddress.ip_address(host.removeprefix("[").removesuffix("]")))
+            except ValueError:
+                raise ValueError(entry) from None
+        out.append(host)
+    return tuple(out)
+
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -637,9 +657,10 @@ FIELDS: Final[tuple[Field, ...]] = (
     Field(
         "AUDIO_URL_ALLOWED_HOSTS",
         "audio_url_allowed_hosts",
-        _list,
+        _hosts,
         "",
-        "comma-separated host names; a leading dot (.example.com) allows subdomains",
+        "comma-separated host names (no scheme, port or path); a leading dot (.example.com) "
+        "allows subdomains",
         "hosts audio_url may name; empty allows any host (addresses are still checked)",
     ),
     Field(

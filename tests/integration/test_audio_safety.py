@@ -259,6 +259,15 @@ def test_settings_feed_the_policy() -> None:
     assert ipaddress.ip_address("10.2.3.77") in policy.allowed_networks[0]
     assert policy.max_bytes == 4096
     assert Settings.from_env({}).audio_max_bytes == 25 * 1024 * 1024
+    # compared as URL hosts are: lower case, no final dot
+    odd = Settings.from_env({"AUDIO_URL_ALLOWED_HOSTS": "Files.Example.COM., .Rec.example.org"})
+    assert odd.audio_url_allowed_hosts == ("files.example.com", ".rec.example.org")
+    assert AudioPolicy.from_settings(odd).host_allowed("files.example.com")
+    # an entry no URL's host can equal refused every audio_url job, silently: now at start
+    for bad in ("https://files.example.com", "files.example.com:443", "*.example.com",
+                "bad host", "files.example.com/audio"):  # fmt: skip
+        with pytest.raises(ConfigError, match=r"AUDIO_URL_ALLOWED_HOSTS=.* is invalid"):
+            Settings.from_env({"AUDIO_URL_ALLOWED_HOSTS": f"ok.example.com, {bad}"})
     with pytest.raises(
         ConfigError, match=r"AUDIO_URL_ALLOWED_NETWORKS='10\.0\.0\.0/33' is invalid"
     ):
