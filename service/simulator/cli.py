@@ -7,6 +7,7 @@ Hook it in with ``add_arguments(subparsers.add_parser("simulate-provider"))`` an
 from __future__ import annotations
 
 import argparse
+import sys
 
 from service.simulator.config import FAILURE_KINDS, SimulatorConfig
 from service.simulator.server import run_simulator
@@ -96,5 +97,6 @@ def main(args: argparse.Namespace) -> int:
             audio_models=tuple(args.audio_models or _D.audio_models),
             api_key=args.api_key,
         )
-    except ValueError as exc:  # (ConfigError too: a port taken)
-        raise SystemExit(f"simulate-provider: {exc}") from None
+    except ValueError as exc:  # (ConfigError too: a port taken): exit 2, as every command's
+        print(f"simulate-provider: {exc}", file=sys.stderr)  # bad setting
+        return 2

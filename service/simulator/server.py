@@ -95,14 +95,14 @@ def run_simulator(
     re-raised the signal after its shutdown, so a clean stop exited 143)."""
     cfg = SimulatorConfig(host=host, port=port, capacity=capacity, **options)
     app, _ = create_app(cfg)
+    from service.runtime import http_service, supervise
+
+    server = make_simulator_server(app, cfg, "info")
+    server.listen("--host, --port")  # a port taken: ConfigError, one line, before "on http://"
     log.warning(
         "simulated inference server (not a model) on http://%s:%d: capacity %d per model, "
         "latency %gms + %gms/token, %gms/audio-second, fail rate %g; models %s",
         host, port, cfg.capacity, cfg.latency_ms, cfg.per_token_ms, cfg.per_audio_second_ms,
         cfg.fail_rate, ", ".join((*cfg.chat_models, *cfg.audio_models)),
     )  # fmt: skip
-    from service.runtime import http_service, supervise
-
-    server = make_simulator_server(app, cfg, "info")
-    server.listen("--host, --port")  # a port taken: ConfigError, one line
     return int(anyio.run(supervise, [http_service("simulator", server)]))

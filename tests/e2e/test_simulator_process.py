@@ -1,6 +1,6 @@
 """``ai-service simulate-provider`` as a process: SIGTERM stops it gracefully with exit 0, as the
 service's own commands (uvicorn's ``run()`` re-raised the signal after its clean shutdown, so
-it exited 143), and a port already taken is one line, not a traceback."""
+it exited 143), and a port already taken or a bad option is one line and exit 2."""
 
 from __future__ import annotations
 
@@ -22,8 +22,13 @@ def test_sigterm_stops_the_simulator_with_exit_0_and_a_taken_port_is_one_line() 
         wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/v1/models", proc), what="the simulator")
         second = _start(port)
         out, _ = second.communicate(timeout=60)
-        assert second.returncode == 1, out
+        assert second.returncode == 2, out  # a bad setting, as every command's
         assert "cannot listen on 127.0.0.1" in out and "Traceback" not in out, out
+        assert "simulated inference server" not in out, out  # never said it was up
+        bad = [sys.executable, "-m", "service", "simulate-provider", "--fail-rate", "2"]
+        done = subprocess.run(bad, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.strip() == "simulate-provider: fail_rate must be between 0 and 1"
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
