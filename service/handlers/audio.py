@@ -103,8 +103,11 @@ class AudioPolicy:
     def check_url(self, url: str, *, what: str = "audio_url") -> httpx.URL:
         try:
             parsed = httpx.URL(url)
+            parsed.host  # noqa: B018 (decoded here: a bad IDNA label raises UnicodeError)
         except (httpx.InvalidURL, TypeError):
             raise InvalidInput(f"{what} is not a valid URL") from None
+        except UnicodeError:  # xn--ls8h.la, xn--.com: an A-label IDNA refuses to decode
+            raise InvalidInput(f"{what} host is not a valid host name") from None
         if parsed.scheme not in ("http", "https"):
             raise InvalidInput(f"{what} must be an http or https URL, not {parsed.scheme!r}")
         if not parsed.host:

@@ -35,6 +35,7 @@ REFUSED: list[tuple[dict[str, Any], str, str]] = [
     ({"audio_url": "http://127.1:8080/"}, "audio_url", "is a loopback address"),
     ({"audio_url": "http://0/"}, "audio_url", "is an unspecified address"),
     ({"audio_url": "http://exa mple.com/a.wav"}, "audio_url", "is not a valid host name"),
+    ({"audio_url": "https://xn--ls8h.la/a.wav"}, "audio_url", "host is not a valid host name"),
     ({"audio_url": "https://u:p@files.example.com/a.wav"}, "audio_url", "user name or password"),
     ({"audio_base64": "!!!notbase64"}, "audio_base64", "is not valid base64"),
     ({"audio_base64": "data:audio/wav,abc"}, "audio_base64", "data URL must look like"),

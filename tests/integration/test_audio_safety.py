@@ -182,6 +182,8 @@ async def test_oversized_audio_is_refused(path: str, expected: str) -> None:
         ("http:///a.wav", "has no host"),
         ("not a url", "must be an http or https URL"),
         ("http://example.com:70000/a.wav", "has port 70000, outside 1-65535"),
+        ("https://xn--ls8h.la/call.wav", "host is not a valid host name"),  # IDNA refuses it
+        ("https://xn--.com/a.wav", "host is not a valid host name"),
     ],
 )
 async def test_bad_urls_are_refused(url: str, expected: str) -> None:
