@@ -208,6 +208,8 @@ def _tokens(text: str) -> Secret:
     tokens = _list(text)
     if not tokens or any(t.lower() in PLACEHOLDER_TOKENS for t in tokens):
         raise ValueError(text)
+    if not all(re.fullmatch(r"[\x21-\x7e]+", t) for t in tokens):
+        raise ValueError(text)  # a header carries visible ASCII: another token never matched
     return Secret(text.strip())
 
 
@@ -335,8 +337,8 @@ FIELDS: Final[tuple[Field, ...]] = (
         "api_tokens",
         _tokens,
         None,
-        "comma-separated bearer tokens (at least one, not the example's CHANGE-ME; unset "
-        "the variable to run without authentication)",
+        "comma-separated bearer tokens of visible ASCII (at least one, not the example's "
+        "CHANGE-ME; unset the variable to run without authentication)",
         "required bearer token(s) for /api/v1/*; several for rotation",
         secret=True,
         blank_is_unset=False,

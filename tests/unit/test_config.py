@@ -192,7 +192,9 @@ def test_a_token_variable_that_names_no_token_is_refused() -> None:
     # Set but empty after splitting: "auth on" with nothing to accept used to let all in.
     # Blank too: an empty key of a Kubernetes Secret sets the variable to "", and reading that
     # as "unset" turned authentication off. And the example Secret's placeholder, unedited.
-    for value in (",", " , ", ",, ,", "", "  ", "CHANGE-ME", "tok-1,change-me"):
+    # And a token no header can carry (non-ASCII, a space inside): it started, and never matched.
+    for value in (",", " , ", ",, ,", "", "  ", "CHANGE-ME", "tok-1,change-me", "tök€n",
+                  "tok-1,tok 2"):  # fmt: skip
         with pytest.raises(ConfigError) as err:
             Settings.from_env({"AI_SERVICE_TOKEN": value})
         assert "AI_SERVICE_TOKEN=<hidden> is invalid: expected comma-separated" in str(err.value)
