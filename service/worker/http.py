@@ -72,6 +72,7 @@ def create_worker_app(worker: Observable, extra_routes: Sequence[Any] = ()) -> L
         route_handlers=[healthz, readyz, worker_status, *extra_routes],
         exception_handlers={Exception: _error},
         logging_config=None,
+        openapi_config=None,  # probes and status: no /schema on the worker port
         debug=False,
     )
 

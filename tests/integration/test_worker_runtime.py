@@ -501,6 +501,9 @@ async def test_http_endpoints(repo: JobRepository, db_url: str) -> None:
                 head = await client.head(path)
                 assert (head.status_code, head.content) == (200, b""), path
             status = (await client.get("/worker/status")).json()
+            # no OpenAPI document on the worker port: its paths are JSON 404s like any other
+            schema = await client.get("/schema/openapi.json")
+            assert schema.status_code == 404 and schema.json()["error"] == "not_found"
     assert status["worker_id"] == worker.worker_id
     assert status["worker_id"].startswith("test/")
     assert status["listener"]["state"] == "connected"
