@@ -219,6 +219,8 @@ def build_app(sim: Simulator) -> Litestar:
             body = msgspec.json.decode(await request.body())
         except msgspec.DecodeError as exc:
             return error(400, f"The request body is not valid JSON: {exc}")
+        except RecursionError:  # (msgspec stops at the interpreter's recursion limit)
+            return error(400, "The request body is not valid JSON: nested too deeply")
         refused = _check_chat(body, sim)
         if refused is not None:
             return refused
@@ -302,7 +304,10 @@ def build_app(sim: Simulator) -> Litestar:
     @post("/v1/audio/transcriptions", status_code=200)
     async def transcriptions(request: Request[Any, Any, Any]) -> Response[Any]:
         sim.saw(request)
-        form = await request.form()
+        try:
+            form = await request.form()
+        except UnicodeDecodeError:
+            return error(400, "The form is not valid: a field is not UTF-8.")
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
             return error(400, "file: an audio file part is required.")

@@ -45,6 +45,15 @@ async def test_odd_chat_requests_are_400s_naming_the_problem() -> None:
             assert r.status_code == 400, (body, r.status_code, r.text[:200])
             assert says in r.json()["error"]["message"], r.text
             assert r.headers["x-simulated"] == "true"
+        # and malformed ones: JSON nested past the decoder's depth, a form field not UTF-8
+        deep = b"[" * 10_000 + b"]" * 10_000
+        r = await client.post("/v1/chat/completions", content=deep)
+        assert r.status_code == 400 and "nested too deeply" in r.text, r.text
+        form = {"model": VOXTRAL, "language": b"\xff"}
+        r = await client.post(
+            "/v1/audio/transcriptions", files={"file": ("a.wav", b"RIFF")}, data=form
+        )
+        assert r.status_code == 400 and "not UTF-8" in r.text, r.text
 
 
 async def test_an_answer_without_max_tokens_stops_at_the_context_length() -> None:
