@@ -56,16 +56,45 @@ def nul_field(request: Request[Any, Any, Any]) -> str | None:
         return None
 
 
+NUL_SEARCH_VALUES = 500_000  # values searched for a NUL (~0.1 s); beyond, "body" is named
+
+
 def _nul_path(document: Any) -> str | None:
-    # Depth first in document order; a key is judged when its entry is reached.
-    stack: list[tuple[str, Any, bool]] = [("", document, False)]
+    """Depth first in document order; a key is judged when its entry is reached. A path is
+    spelled only for the value found: spelling one per value made a 10 MB body of 2 million
+    small arrays hold the event loop for seconds (every request waiting meanwhile), and
+    the search stops after ``NUL_SEARCH_VALUES`` values for the same reason."""
+    if isinstance(document, str):
+        return "body" if "\x00" in document else None
+    trail: list[str | int] = []  # the keys and indexes down to the container being read
+    stack: list[Any] = [_children(document)]
+    budget = NUL_SEARCH_VALUES
     while stack:
-        path, value, bad_key = stack.pop()
-        if bad_key or (isinstance(value, str) and "\x00" in value):
-            return path.replace("\x00", "\\u0000") or "body"
-        if isinstance(value, dict):
-            entries = [(f"{path}.{k}" if path else k, v, "\x00" in k) for k, v in value.items()]
-            stack.extend(reversed(entries))
-        elif isinstance(value, list):
-            stack.extend((f"{path}[{i}]", v, False) for i, v in reversed(list(enumerate(value))))
+        for key, value in stack[-1]:
+            budget -= 1
+            if budget < 0:  # a document this large is named as a whole, not searched on
+                return "body"
+            if (isinstance(key, str) and "\x00" in key) or (
+                isinstance(value, str) and "\x00" in value
+            ):
+                return _spell([*trail, key])
+            if isinstance(value, dict | list):
+                trail.append(key)
+                stack.append(_children(value))
+                break
+        else:
+            stack.pop()
+            if trail:
+                trail.pop()
     return None
+
+
+def _children(value: dict[str, Any] | list[Any]) -> Any:
+    return iter(value.items()) if isinstance(value, dict) else enumerate(value)
+
+
+def _spell(trail: list[str | int]) -> str:
+    out = ""
+    for key in trail:
+        out += f"[{key}]" if isinstance(key, int) else (f".{key}" if out else key)
+    return out.replace("\x00", "\\u0000") or "body"

@@ -36,3 +36,21 @@ def test_filter_body_maps_to_job_filter() -> None:
     flt = body.to_filter()
     assert flt.owner_service == "t" and flt.status == ["failed"] and not flt.is_empty()
     assert FilterBody(all=True).to_filter().is_empty()
+
+
+def test_a_nul_is_found_where_it_is_and_a_huge_document_is_named_whole() -> None:
+    from service.api.naming import NUL_SEARCH_VALUES, _nul_path
+
+    for document, path in [
+        ({"a": 1, "b": {"c": ["x", "y\x00"]}}, "b.c[1]"),
+        ({"jobs": [{"input": {}}, {"input": {"u\x00k": 1}}]}, "jobs[1].input.u\\u0000k"),
+        ({"a": [[], [1, {"b": "\x00"}]]}, "a[1][1].b"),
+        ({"a\x00": {"b": "\x00"}}, "a\\u0000"),  # the key first, as written
+        ([["\x00"]], "[0][0]"),
+        ("\x00", "body"),
+        ({"a": ["ok", {"b": None}]}, None),
+    ]:
+        assert _nul_path(document) == path, document
+    # two million small arrays (10 MB of JSON) held the event loop for seconds
+    huge = {"input": {"x": [[1]] * NUL_SEARCH_VALUES + ["\x00"]}}
+    assert _nul_path(huge) == "body"
