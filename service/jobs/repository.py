@@ -8,7 +8,7 @@ write are one statement; the method then reads the row once to say *why* it was 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, NamedTuple
@@ -298,9 +298,13 @@ class JobRepository:
         lease_seconds: float,
         only_types: Sequence[str] | None = None,
         skip_types: Sequence[str] = (),
+        connected: Callable[[], None] | None = None,
     ) -> list[Job]:
         """Claim up to ``limit`` due jobs of one profile, SKIP LOCKED: of ``only_types`` if
-        given (an external worker's), never of ``skip_types`` (left to external workers)."""
+        given (an external worker's), never of ``skip_types`` (left to external workers).
+        ``connected`` is called once a connection is in hand: the leases begin after that, not
+        before a wait for the pool (a worker that counted from before took a wait out of a
+        database restart for lease time and stopped its fresh jobs as lost)."""
         if limit <= 0:
             return []
         params: dict[str, object] = {
@@ -315,7 +319,10 @@ class JobRepository:
             params["only_types"] = list(only_types) if only_types is not None else None
             params["skip_types"] = list(skip_types)
         # serves many jobs, never inside a span: see ``Session``
-        rows = await self.db.fetch(query, params, traced=False)
+        async with self.db.session() as session:
+            if connected is not None:
+                connected()
+            rows = await session.fetch(query, params, traced=False)
         jobs: list[Job] = []
         for row in rows:
             job, problem = _claimed_job(row)

@@ -85,6 +85,7 @@ class ClaimLoop:
         self._orphans_possible = False
         self._check_scope: anyio.CancelScope | None = None
         self._shielded: anyio.CancelScope | None = None  # a claim or release in flight
+        self._sent = 0.0  # when the last claim had its connection (its leases began after)
         self._locked = Backoff(LOCKED_RETRY, LOCKED_RETRY_MAX)
 
     # --- signals from other parts of the worker (all synchronous, never block) -----------
@@ -162,8 +163,8 @@ class ClaimLoop:
                         await self._release_orphans()
                     if self._stopped:  # stopped meanwhile: no claim after it
                         break
-                    sent = time.monotonic()  # the leases begin after this
-                    jobs = await self._claim(limit)
+                    self._sent = time.monotonic()  # the leases begin after this (moved on
+                    jobs = await self._claim(limit)  # once the claim has a connection)
                 except DatabaseUnavailable as exc:
                     may_have_work = True
                     self.stats.state = "backoff"
@@ -181,7 +182,7 @@ class ClaimLoop:
                 if self._stopped:
                     await self._release(jobs)
                     break
-                self.executor.start_many(jobs, since=sent)
+                self.executor.start_many(jobs, since=self._sent)
                 self.stats.claimed += len(jobs)
                 metrics.jobs_claimed(jobs)
                 if jobs:
@@ -202,6 +203,9 @@ class ClaimLoop:
             await self._wakeup.wait(timeout)
         self.stats.state = "stopped"
 
+    def _connected(self) -> None:
+        self._sent = time.monotonic()
+
     async def _claim(self, free: int) -> list[Job]:
         jobs: list[Job] = []
         with self._shield(), tracing.receive(self.profile) as received:
@@ -212,6 +216,7 @@ class ClaimLoop:
                 limit=free,
                 lease_seconds=self.lease_seconds,
                 skip_types=self.skip_types,
+                connected=self._connected,
             )
             self._orphans_possible = False
             received.got(jobs)

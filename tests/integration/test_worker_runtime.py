@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -396,6 +397,60 @@ async def test_the_reaper_waits_for_the_earliest_lease_at_most_its_interval(
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute("UPDATE ai_jobs SET lease_expires_at = now() + interval '1 hour'")
     assert await reaper.next_wait() == 100
+
+
+async def test_a_claims_leases_are_counted_from_its_connection_not_from_a_wait_for_one(
+    repo: JobRepository, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim that waited for a pooled connection (the pool refilling after a database
+    restart) counted its leases from before the wait: with a short lease the worker held its
+    fresh jobs' leases for run out, stopped them as lost at once, and they sat running until
+    reaped, an attempt spent. The leases begin with the claim's statement, after the wait."""
+    import contextvars
+
+    from service.db.database import Database
+    from service.worker.executor import Executor
+
+    in_claim = contextvars.ContextVar("in_claim", default=False)
+    armed, waiting, go_on = anyio.Event(), anyio.Event(), anyio.Event()
+    connected_at: list[float] = []
+    started_since: list[float | None] = []
+    claim, session, start_many = JobRepository.claim, Database.session, Executor.start_many
+
+    async def claiming(self: JobRepository, *args: Any, **kw: Any) -> list[Job]:
+        in_claim.set(True)
+        return await claim(self, *args, **kw)
+
+    @asynccontextmanager
+    async def pool_waits(self: Database) -> AsyncIterator[Any]:
+        if in_claim.get() and armed.is_set() and not waiting.is_set():
+            waiting.set()
+            await go_on.wait()  # the pool has no connection to give yet
+        async with session(self) as s:
+            if in_claim.get() and armed.is_set():
+                connected_at.append(time.monotonic())
+            yield s
+
+    def starting(self: Executor, jobs: Any, *, since: float | None = None) -> None:
+        if jobs:
+            started_since.append(since)
+        start_many(self, jobs, since=since)
+
+    monkeypatch.setattr(JobRepository, "claim", claiming)
+    monkeypatch.setattr(Database, "session", pool_waits)
+    monkeypatch.setattr(Executor, "start_many", starting)
+    probe = Probe()
+    async with running_worker(db_url, registry_for(probe)):
+        armed.set()  # (the catch-up claim at start-up went through; claims are shielded)
+        job, _ = await repo.create(nj())
+        try:
+            with anyio.fail_after(30):
+                await waiting.wait()
+        finally:
+            go_on.set()
+        await until(lambda: finished(repo, job.id), what="the job")
+    [since] = started_since
+    assert since is not None and since >= connected_at[0], (since, connected_at)
 
 
 # --- listener -----------------------------------------------------------------------------
