@@ -187,12 +187,15 @@ def _db_url(text: str) -> Secret:
     return Secret(v)
 
 
+_VISIBLE_ASCII = re.compile(r"[\x21-\x7e]+")  # what a header value carries unquoted
+
+
 def _api_key(text: str) -> Secret:
     """A provider key, sent as ``Authorization: Bearer <key>``: visible ASCII only. Anything
     else cannot go in a header, and the encoder's error — quoting a character of the key and
     its position — would otherwise become every job's stored error message."""
     v = text.strip()
-    if v and not re.fullmatch(r"[\x21-\x7e]+", v):
+    if v and not _VISIBLE_ASCII.fullmatch(v):
         raise ValueError("not visible ASCII")
     return Secret(v)
 
@@ -208,7 +211,7 @@ def _tokens(text: str) -> Secret:
     tokens = _list(text)
     if not tokens or any(t.lower() in PLACEHOLDER_TOKENS for t in tokens):
         raise ValueError(text)
-    if not all(re.fullmatch(r"[\x21-\x7e]+", t) for t in tokens):
+    if not all(_VISIBLE_ASCII.fullmatch(t) for t in tokens):
         raise ValueError(text)  # a header carries visible ASCII: another token never matched
     return Secret(text.strip())
 
