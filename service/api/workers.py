@@ -37,6 +37,7 @@ from service.db.listen import profile_channel
 from service.jobs import Job, JobRepository
 from service.jobs.model import MAX_JSON_DEPTH, too_deep
 from service.jobs.reaper import Reaper
+from service.jobs.repository import CLAIM_REPLY_BYTES
 from service.logs import reason
 
 log = logging.getLogger("ai_service.api.workers")
@@ -87,14 +88,22 @@ async def claim_jobs(
         jobs: list[Job] = []
         if gone is not None and gone.is_set():
             return jobs
+        budget = CLAIM_REPLY_BYTES  # the answer holds the jobs whole: bounded like a page
         try:
             for profile in profiles:
                 left = data.limit - len(jobs)
-                if left <= 0:
+                if left <= 0 or budget <= 0:
                     break
-                jobs += await repo.claim(
-                    profile, data.worker_id, limit=left, lease_seconds=lease, only_types=only
+                claimed, spent = await repo.claim_for_reply(
+                    profile,
+                    data.worker_id,
+                    limit=left,
+                    lease_seconds=lease,
+                    only_types=only,
+                    max_bytes=budget,
                 )
+                jobs += claimed
+                budget -= spent
         except BaseException:  # a later profile's claim failed, or the request was cancelled:
             await hand_back(jobs)  # the answer is an error, so the earlier ones go back
             raise

@@ -28,6 +28,7 @@ log = logging.getLogger("ai_service.jobs")
 
 REAPER_LOCK_KEY = 0x61695F72656170  # "ai_reap"
 LIST_PAGE_BYTES = 16 << 20  # a page of GET /jobs ends before this much input and result
+CLAIM_REPLY_BYTES = LIST_PAGE_BYTES  # and a claim's answer before this much input
 _EXACT = msgspec.json.Decoder(float_hook=Decimal)
 
 
@@ -58,6 +59,23 @@ class Reaped(NamedTuple):
 
 def _jobs(rows: list[Row]) -> list[Job]:
     return [Job.from_row(r) for r in rows]
+
+
+def _claim_params(
+    model_profile: str,
+    worker_id: str,
+    limit: int,
+    lease_seconds: float,
+    only_types: Sequence[str] | None,
+) -> dict[str, object]:
+    return {
+        "model_profile": model_profile,
+        "worker_id": worker_id,
+        "limit": limit,
+        "lease_seconds": lease_seconds,
+        "only_types": list(only_types) if only_types is not None else None,
+        "skip_types": [],
+    }
 
 
 def _claimed_job(row: Row) -> tuple[Job | None, str]:
@@ -307,22 +325,41 @@ class JobRepository:
         database restart for lease time and stopped its fresh jobs as lost)."""
         if limit <= 0:
             return []
-        params: dict[str, object] = {
-            "model_profile": model_profile,
-            "worker_id": worker_id,
-            "limit": limit,
-            "lease_seconds": lease_seconds,
-        }
         query = "claim_jobs"
         if only_types is not None or skip_types:  # (see claim_jobs_of_types for why apart)
             query = "claim_jobs_of_types"
-            params["only_types"] = list(only_types) if only_types is not None else None
-            params["skip_types"] = list(skip_types)
+        params = _claim_params(model_profile, worker_id, limit, lease_seconds, only_types)
+        params["skip_types"] = list(skip_types)
         # serves many jobs, never inside a span: see ``Session``
         async with self.db.session() as session:
             if connected is not None:
                 connected()
             rows = await session.fetch(query, params, traced=False)
+        return await self._claimed(rows, worker_id)
+
+    async def claim_for_reply(
+        self,
+        model_profile: str,
+        worker_id: str,
+        *,
+        limit: int,
+        lease_seconds: float,
+        only_types: Sequence[str] | None,
+        max_bytes: int,
+    ) -> tuple[list[Job], int]:
+        """``claim`` for ``POST /jobs/claim``, whose answer carries the jobs whole: it also
+        stops before their inputs pass ``max_bytes`` as stored (the first job always comes).
+        Returns the jobs and their inputs' stored bytes (what is left of a budget)."""
+        if limit <= 0 or max_bytes <= 0:
+            return [], 0
+        query = "claim_jobs_within" if only_types is None else "claim_jobs_of_types_within"
+        params = _claim_params(model_profile, worker_id, limit, lease_seconds, only_types)
+        params["max_bytes"] = max_bytes
+        rows = await self.db.fetch(query, params, traced=False)
+        used = sum(int(r["input_bytes"]) for r in rows)
+        return await self._claimed(rows, worker_id), used
+
+    async def _claimed(self, rows: list[Row], worker_id: str) -> list[Job]:
         jobs: list[Job] = []
         for row in rows:
             job, problem = _claimed_job(row)

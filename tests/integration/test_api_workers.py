@@ -542,14 +542,14 @@ async def test_a_claim_that_fails_on_a_later_profile_hands_back_the_earlier_ones
 
     first = await create(api, model_profile="aa-first")
     await create(api, model_profile="zz-second")
-    claim_one = JobRepository.claim
+    claim_one = JobRepository.claim_for_reply
 
     async def failing(self: JobRepository, profile: str, *args: Any, **kw: Any) -> Any:
         if profile == "zz-second":
             raise DatabaseUnavailable("the second profile's claim was cut off")
         return await claim_one(self, profile, *args, **kw)
 
-    monkeypatch.setattr(JobRepository, "claim", failing)
+    monkeypatch.setattr(JobRepository, "claim_for_reply", failing)
     body = {"worker_id": "w-multi", "model_profile": ["aa-first", "zz-second"], "limit": 4}
     r = await api.client.post("/api/v1/jobs/claim", json=body)
     assert r.status_code == 503, r.text
@@ -617,3 +617,27 @@ async def test_a_request_arriving_while_its_channel_is_unlistened_still_gets_the
                         await conn.execute("SELECT pg_notify(%s, '')", [quiet])
                     await late.wait()
             tg.cancel_scope.cancel()
+
+
+async def test_a_claims_answer_stops_before_its_inputs_pass_the_reply_budget(api: Api) -> None:
+    """The answer holds the jobs whole, and `limit` may be 1,000: twenty 8 MiB inputs took an
+    API process from 157 to 594 MiB. Like a page of GET /jobs, a claim stops before its
+    inputs pass 16 MiB as stored; the first job always comes, the rest stay pending."""
+    import base64
+    import os
+
+    from service.jobs.repository import CLAIM_REPLY_BYTES
+
+    size = CLAIM_REPLY_BYTES * 7 // 16  # 7 MiB a job, incompressible: 3 fit, a 4th would not
+    ids = []
+    for _ in range(4):
+        blob = base64.b64encode(os.urandom(size * 3 // 4)).decode()
+        ids.append((await create(api, model_profile="big", input={"blob": blob}))["id"])
+    for task_type in (None, "llm_chat"):  # the plain claim, and the one by task type
+        typed = {"task_type": task_type} if task_type else {}
+        first = await claim(api, "w-big", model_profile="big", limit=10, **typed)
+        assert [j["id"] for j in first] == ids[:3]
+        rest = await claim(api, "w-big", model_profile="big", limit=10, **typed)
+        assert [j["id"] for j in rest] == ids[3:]
+        r = await api.client.post("/api/v1/jobs/retry", json={"model_profile": ["big"]})
+        assert r.status_code == 200, r.text
