@@ -83,6 +83,24 @@ SELECT {{ _job_columns }}, listed_rows FROM (
 WHERE page_bytes - row_bytes < %(max_bytes)s
 ORDER BY id DESC;
 
+-- name: _claim_set_columns
+-- What every claim sets on the rows it takes (a SET list: spliced as it is, like a column list).
+status = 'running',
+    attempts = j.attempts + 1,
+    worker_id = %(worker_id)s,
+    lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
+    started_at = now(),
+    updated_at = now()
+
+-- name: _within_budget
+-- The ids of a claim's candidates(id, priority, run_after, size), in claim order, up to the
+-- one whose input passes max_bytes as stored (the first always comes).
+SELECT id FROM (
+    SELECT id, size, sum(size) OVER (ORDER BY priority DESC, run_after, id
+                                     ROWS UNBOUNDED PRECEDING) AS spent
+    FROM candidates) AS r
+WHERE spent - size < %(max_bytes)s
+
 -- name: claim_jobs
 -- Batch claim for one profile: due pending jobs by priority, SKIP LOCKED. Expired leases are
 -- not taken here: the reaper returns them to pending (which NOTIFYs), so this statement, on
@@ -95,12 +113,7 @@ WITH picked AS (
     FOR UPDATE SKIP LOCKED
 )
 UPDATE ai_jobs AS j
-SET status = 'running',
-    attempts = j.attempts + 1,
-    worker_id = %(worker_id)s,
-    lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
-    started_at = now(),
-    updated_at = now()
+SET {{ _claim_set_columns }}
 FROM picked
 WHERE j.id = picked.picked_id
 RETURNING {{ _job_columns }};
@@ -111,26 +124,15 @@ RETURNING {{ _job_columns }};
 -- does; twenty 8 MiB inputs took an API process from 157 to 594 MiB. Rows locked but not kept
 -- are free again when the statement ends. The workers keep claim_jobs: they claim a few jobs
 -- at a time, on the path every pickup is measured on. input_bytes: what the budget spent.
-WITH locked AS (
+WITH candidates AS (
     SELECT id, priority, run_after, pg_column_size(input) AS size FROM ai_jobs
     WHERE status = 'pending' AND model_profile = %(model_profile)s AND run_after <= now()
     ORDER BY priority DESC, run_after, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
-), picked AS (
-    SELECT id FROM (
-        SELECT id, size, sum(size) OVER (ORDER BY priority DESC, run_after, id
-                                         ROWS UNBOUNDED PRECEDING) AS spent
-        FROM locked) AS r
-    WHERE spent - size < %(max_bytes)s
-)
+), picked AS {{ _within_budget }}
 UPDATE ai_jobs AS j
-SET status = 'running',
-    attempts = j.attempts + 1,
-    worker_id = %(worker_id)s,
-    lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
-    started_at = now(),
-    updated_at = now()
+SET {{ _claim_set_columns }}
 WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
 RETURNING {{ _job_columns }}, pg_column_size(j.input) AS input_bytes;
 
@@ -200,12 +202,7 @@ heads AS (
     SELECT id FROM heads ORDER BY priority DESC, run_after, id LIMIT %(limit)s
 )
 UPDATE ai_jobs AS j
-SET status = 'running',
-    attempts = j.attempts + 1,
-    worker_id = %(worker_id)s,
-    lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
-    started_at = now(),
-    updated_at = now()
+SET {{ _claim_set_columns }}
 WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
 RETURNING {{ _job_columns }};
 
@@ -224,22 +221,11 @@ heads AS (
         FOR UPDATE SKIP LOCKED
     ) AS h
     WHERE g.priority IS NOT NULL
-), best AS (
+), candidates AS (
     SELECT * FROM heads ORDER BY priority DESC, run_after, id LIMIT %(limit)s
-), picked AS (
-    SELECT id FROM (
-        SELECT id, size, sum(size) OVER (ORDER BY priority DESC, run_after, id
-                                         ROWS UNBOUNDED PRECEDING) AS spent
-        FROM best) AS r
-    WHERE spent - size < %(max_bytes)s
-)
+), picked AS {{ _within_budget }}
 UPDATE ai_jobs AS j
-SET status = 'running',
-    attempts = j.attempts + 1,
-    worker_id = %(worker_id)s,
-    lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
-    started_at = now(),
-    updated_at = now()
+SET {{ _claim_set_columns }}
 WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
 RETURNING {{ _job_columns }}, pg_column_size(j.input) AS input_bytes;
 
