@@ -66,16 +66,20 @@ def _claim_params(
     worker_id: str,
     limit: int,
     lease_seconds: float,
-    only_types: Sequence[str] | None,
+    types: tuple[Sequence[str] | None, Sequence[str]] | None,
 ) -> dict[str, object]:
-    return {
+    """A claim's parameters; ``types`` (only_types, skip_types) for the statements by type."""
+    params: dict[str, object] = {
         "model_profile": model_profile,
         "worker_id": worker_id,
         "limit": limit,
         "lease_seconds": lease_seconds,
-        "only_types": list(only_types) if only_types is not None else None,
-        "skip_types": [],
     }
+    if types is not None:
+        only_types, skip_types = types
+        params["only_types"] = list(only_types) if only_types is not None else None
+        params["skip_types"] = list(skip_types)
+    return params
 
 
 def _claimed_job(row: Row) -> tuple[Job | None, str]:
@@ -325,11 +329,10 @@ class JobRepository:
         database restart for lease time and stopped its fresh jobs as lost)."""
         if limit <= 0:
             return []
-        query = "claim_jobs"
-        if only_types is not None or skip_types:  # (see claim_jobs_of_types for why apart)
-            query = "claim_jobs_of_types"
-        params = _claim_params(model_profile, worker_id, limit, lease_seconds, only_types)
-        params["skip_types"] = list(skip_types)
+        typed = only_types is not None or bool(skip_types)  # (see claim_jobs_of_types)
+        query = "claim_jobs_of_types" if typed else "claim_jobs"
+        types = (only_types, skip_types) if typed else None
+        params = _claim_params(model_profile, worker_id, limit, lease_seconds, types)
         # serves many jobs, never inside a span: see ``Session``
         async with self.db.session() as session:
             if connected is not None:
@@ -353,7 +356,8 @@ class JobRepository:
         if limit <= 0 or max_bytes <= 0:
             return [], 0
         query = "claim_jobs_within" if only_types is None else "claim_jobs_of_types_within"
-        params = _claim_params(model_profile, worker_id, limit, lease_seconds, only_types)
+        types = None if only_types is None else (only_types, ())
+        params = _claim_params(model_profile, worker_id, limit, lease_seconds, types)
         params["max_bytes"] = max_bytes
         rows = await self.db.fetch(query, params, traced=False)
         used = sum(int(r["input_bytes"]) for r in rows)
